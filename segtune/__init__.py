@@ -1,0 +1,14 @@
+"""segtune: declarative, reproducible and cheap hyperparameter studies for U-Net segmentation."""
+
+from segtune.config import Config, build_config, load_config
+from segtune.data import SegData, Split
+from segtune.errors import ConfigError, DataError, SegtuneError, TrainingDiverged
+from segtune.registry import Registry, RegistryError
+from segtune.train import RunResult, load_data, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config", "ConfigError", "DataError", "Registry", "RegistryError", "RunResult", "SegData",
+    "SegtuneError", "Split", "TrainingDiverged", "build_config", "load_config", "load_data", "train",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from segtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Checkpoints: written atomically, read without executing code.
+
+A checkpoint is a plain dict of tensors and primitive values::
+
+    {"model": state_dict, "meta": {...how to rebuild the model and prepare its input...},
+     "epoch": int, "optimizer": state_dict, "scheduler": state_dict}
+
+:func:`save_atomic` writes to a temporary file in the same folder, fsyncs it and renames it
+over the target, so a crash or kill during the write leaves the previous file intact.
+:func:`load_checkpoint` uses ``torch.load(weights_only=True)``: a checkpoint from a stranger
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from segtune.errors import DataError
+from segtune.models import build_model
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` via a temporary file, fsync and rename."""
+    _write_atomic(Path(path), lambda f: torch.save(obj, f), "wb")
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file, fsync and rename."""
+    _write_atomic(Path(path), lambda f: f.write(json.dumps(obj, indent=2) + "\n"), "w")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) onto ``map_location``.
+
+    Raises:
+        DataError: missing, truncated or not a segtune checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: no checkpoint here; give a run directory or its best.pt / last.pt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem means an unusable file
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise DataError(f"{path}: not a segtune checkpoint (no 'model' and 'meta' entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the network described by ``ckpt['meta']`` and load its weights (eval mode)."""
+    meta = ckpt["meta"]
+    model = build_model(meta["model"], meta["model_options"], meta["in_channels"], meta["out_channels"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

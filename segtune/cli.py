@@ -1,0 +1,157 @@
+"""The ``segtune`` command line: parsing only; every command calls a public function.
+
+A user error (bad config, bad data, unknown name) prints ``error: <message>`` and exits 2,
+with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def decorator(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def demo_config_path() -> Path:
+    """The built-in demo config shipped with the package."""
+    return Path(str(resources.files("segtune") / "configs" / "demo.yaml"))
+
+
+def print_table(rows: list[list[Any]], header: list[str]) -> None:
+    """Print an aligned plain-text table (floats with 4 decimals)."""
+    cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def print_dice_table(metrics: dict[str, dict], class_names: list[str]) -> None:
+    """Per-class Dice (and IoU) of each split in ``metrics``, foreground classes and their mean."""
+    rows = []
+    for name in class_names[1:]:
+        rows.append([name] + [m["dice_per_class"][name] for m in metrics.values()]
+                    + [m["iou_per_class"][name] for m in metrics.values()])
+    rows.append(["mean (foreground)"] + [m["dice_mean"] for m in metrics.values()]
+                + [m["iou_mean"] for m in metrics.values()])
+    header = ["class"] + [f"{s} dice" for s in metrics] + [f"{s} iou" for s in metrics]
+    print_table(rows, header)
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from segtune.config import load_config
+    from segtune.train import train
+
+    config = load_config(args.config, args.set)
+    result = train(config, out_dir=args.out, verbose=not args.quiet)
+    s = result.summary
+    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")
+    print_dice_table({"val": s["val"], "test": s["test"]}, s["class_names"])
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segtune.config import load_config
+    from segtune.data.demo import COPYRIGHT
+    from segtune.train import train
+
+    config = load_config(demo_config_path(), args.set)
+    print("segtune demo: brain tissue segmentation on the MNI ICBM152 2009 template (nilearn), "
+          "held-out contiguous blocks of axial slices\n")
+    result = train(config, out_dir=args.out, verbose=not args.quiet)
+    s = result.summary
+    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s, run directory {result.run_dir}")
+    print("Dice on held-out test slices:")
+    print_dice_table({"test": s["test"]}, s["class_names"])
+    print("\n" + COPYRIGHT.splitlines()[0] + " Copyright notice: see NOTICE.")
+    return 0
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segtune.predict import evaluate_run
+
+    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint)
+    print_dice_table({args.split: metrics}, names)
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from segtune.predict import predict_files
+
+    written = predict_files(args.run, args.inputs, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {len(written)} label mask(s) to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segtune", description="Declarative, reproducible hyperparameter studies for U-Net segmentation.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override config values, e.g. --set optimizer.name=sgd optimizer.lr=0.01")
+
+    p = sub.add_parser("train", help="train one model from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    p = sub.add_parser("demo", help="train on the built-in brain MRI demo data and print test Dice")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default: runs/demo-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    p = sub.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
+    p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+    p = sub.add_parser("predict", help="write PNG label masks for images with a trained run")
+    p.add_argument("run", help="run directory (holding best.pt)")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for the label masks")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    return parser
+
+
+def _version() -> str:
+    from segtune import __version__
+
+    return f"segtune {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from segtune.errors import USER_ERRORS
+
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are in the run directory (metrics.csv, last.pt)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Errors a user can fix. The CLI prints their message and exits non-zero, with no traceback."""
+
+from __future__ import annotations
+
+from segtune.registry import RegistryError
+
+
+class SegtuneError(Exception):
+    """Base class of every error caused by the user's input rather than by a bug."""
+
+
+class ConfigError(SegtuneError):
+    """The config (file, ``--set`` overrides or study space) is invalid."""
+
+
+class DataError(SegtuneError):
+    """A data file or dataset layout is missing, unreadable or inconsistent."""
+
+
+class TrainingDiverged(SegtuneError):
+    """The loss became NaN or infinite; the run cannot continue."""
+
+
+USER_ERRORS = (SegtuneError, RegistryError)

@@ -1,0 +1,289 @@
+"""The one training loop: ``train(config) -> RunResult``.
+
+Every experiment (a single run, each trial of a study, the demo) goes through :func:`train`.
+Studies hook in with ``callbacks``: callables ``on_epoch(epoch, row)`` called after each
+validation with that epoch's metrics row; raising from one stops the run (a pruned trial).
+This module never imports Optuna.
+
+A run writes its directory::
+
+    config.yaml      the resolved config, every default filled in
+    metrics.csv      one row per epoch: losses, Dice per class and mean, lr, seconds
+    events.out.tfevents.*   the same as TensorBoard scalars
+    last.pt, best.pt checkpoints (atomic writes; weights_only-loadable)
+    summary.json     best epoch, epochs run, early stop, time, val and test metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import yaml
+
+from segtune.augment import AUGMENTATIONS
+from segtune.checkpoint import save_atomic, write_json_atomic
+from segtune.config import Config
+from segtune.data import SOURCES, SegData, prepare
+from segtune.errors import ConfigError, SegtuneError, TrainingDiverged
+from segtune.inference import autocast, evaluate_split, labels_from_logits
+from segtune.losses import LOSSES
+from segtune.models import build_model, count_parameters
+from segtune.optim import OPTIMIZERS, SCHEDULERS
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: its directory, its summary and its per-epoch history."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; other names are checked to exist.
+
+    Raises:
+        ConfigError: the named device is not available on this machine.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use train.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r} but MPS is not available; use train.device=auto or cpu")
+    return device
+
+
+def load_data(config: Config) -> SegData:
+    """Build the configured data source and apply the shared preprocessing."""
+    data_cfg = config.data
+    raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
+    return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
+                   normalize=data_cfg.normalize, seed=config.seed)
+
+
+def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.name}-{stamp}"
+
+
+def _prepare_run_dir(run_dir: Path) -> Path:
+    if (run_dir / "summary.json").exists():
+        raise SegtuneError(f"{run_dir} already holds a finished run (summary.json); "
+                           f"choose another --out or delete that folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SegtuneError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                           f"choose a writable --out") from None
+    return run_dir
+
+
+class _MetricsLog:
+    """metrics.csv (appended and flushed every epoch) plus TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, columns: list[str]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.columns = columns
+        self.file = open(run_dir / "metrics.csv", "w", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
+        self.csv.writeheader()
+        self.tb = SummaryWriter(log_dir=str(run_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.csv.writerow({k: row.get(k, "") for k in self.columns})
+        self.file.flush()
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def _epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generator):
+    """Shuffled (index, augment?) pairs: the data once, plus ``n_aug`` augmented copies.
+
+    With an augmentation and ``n_aug == 0`` every sample is augmented on the fly.
+    """
+    index = torch.arange(n).repeat(1 + n_aug)
+    flags = torch.zeros(len(index), dtype=torch.bool)
+    if augmenting:
+        flags[n:] = True
+        if n_aug == 0:
+            flags[:] = True
+    order = torch.randperm(len(index), generator=generator)
+    return index[order], flags[order]
+
+
+def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | None = None,
+          callbacks: Iterable[EpochCallback] = (), verbose: bool = True) -> RunResult:
+    """Train one model as ``config`` says and write its run directory.
+
+    Args:
+        config: a validated :class:`~segtune.config.Config`.
+        out_dir: the run directory; default ``runs/<name>-<timestamp>``.
+        data: already loaded data (a study loads it once for all trials); default: load it.
+        callbacks: ``on_epoch(epoch, row)`` after each validation; an exception stops the run.
+        verbose: print one line per epoch.
+
+    Returns:
+        A :class:`RunResult` whose ``summary`` holds the best epoch, the val and test metrics
+        of the restored best weights, and timing.
+
+    Raises:
+        TrainingDiverged: the training loss became NaN or infinite.
+        SegtuneError: an unusable device, data or run directory.
+    """
+    t_start = time.perf_counter()
+    cfg = config.train
+    device = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = _prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    torch.manual_seed(config.seed)
+    data = data if data is not None else load_data(config)
+    names = data.class_names
+    loss_fn = LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
+    out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
+    model = build_model(config.model.name, config.model.options, data.in_channels, out_channels).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    loss_fn = loss_fn.to(device)
+    optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
+    scheduler = SCHEDULERS.build(config.scheduler.name, config.scheduler.options, optimizer, cfg.epochs)
+    augment = AUGMENTATIONS.build(config.augment.name, config.augment.options)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    meta = {"model": config.model.name, "model_options": config.model.options,
+            "in_channels": data.in_channels, "out_channels": out_channels, "class_names": names,
+            "normalize": config.data.normalize, "resize": config.data.resize}
+
+    columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"]
+               + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
+    log = _MetricsLog(run_dir, columns)
+    sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
+    best, best_epoch, best_state, stale = -math.inf, 0, None, 0
+    history: list[dict[str, Any]] = []
+    generator = torch.Generator().manual_seed(config.seed)
+    train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
+    stopped_early = False
+    if verbose:
+        print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}",
+              flush=True)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]
+            index, flags = _epoch_order(len(data.train), config.augment.n_aug, augment is not None, generator)
+            batch_starts = list(range(0, len(index), cfg.batch_size))
+            if len(batch_starts) > 1 and len(index) - batch_starts[-1] == 1:
+                batch_starts.pop()  # a batch of one breaks batch norm; its sample comes next epoch
+            total, count = 0.0, 0
+            for start in batch_starts:
+                idx, aug = index[start:start + cfg.batch_size], flags[start:start + cfg.batch_size]
+                x, y = train_x[idx], train_y[idx]
+                if aug.any():
+                    ax, ay = augment(x, y, generator)
+                    aug = aug.to(device)
+                    x = torch.where(aug[:, None, None, None], ax, x)
+                    y = torch.where(aug[:, None, None], ay, y)
+                x = x.contiguous(memory_format=fmt)
+                with autocast(device, cfg.precision):
+                    loss = loss_fn(model(x).float(), y)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"diverged at epoch {epoch}: the training loss is {float(loss)}; "
+                                           f"lower optimizer.lr (now {lr:g}) or change the optimizer")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                val = evaluate_split(model, data.val, names, loss_fn=loss_fn, batch_size=cfg.batch_size * 2,
+                                     device=device, precision=cfg.precision, channels_last=cfg.channels_last)
+                row.update({"val_loss": val["loss"], "val_dice_mean": val["dice_mean"]})
+                row.update({f"val_dice_{n}": val["dice_per_class"][n] for n in names[1:]})
+                value = sign * (val["dice_mean"] if sign > 0 else val["loss"])
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(value)
+                if value > best + cfg.min_delta:
+                    best, best_epoch, stale = value, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    save_atomic({"model": best_state, "meta": meta, "epoch": epoch}, run_dir / "best.pt")
+                else:
+                    stale += cfg.val_every
+            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            row["seconds"] = time.perf_counter() - t_epoch
+            history.append(row)
+            log.write(row)
+            save_atomic({"model": model.state_dict(), "meta": meta, "epoch": epoch,
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                        run_dir / "last.pt")
+            if verbose:
+                _print_epoch(row, cfg.epochs)
+            for callback in callbacks:
+                callback(epoch, row)
+            if cfg.patience and stale >= cfg.patience:
+                stopped_early = True
+                if verbose:
+                    print(f"early stop: no improvement of {cfg.monitor} for {stale} epochs", flush=True)
+                break
+    finally:
+        log.close()
+
+    if cfg.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    kwargs = dict(batch_size=cfg.batch_size * 2, device=device, precision=cfg.precision,
+                  channels_last=cfg.channels_last)
+    summary = {
+        "name": config.name,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "seconds": time.perf_counter() - t_start,
+        "n_parameters": count_parameters(model),
+        "device": str(device),
+        "class_names": names,
+        "val": evaluate_split(model, data.val, names, loss_fn=loss_fn, **kwargs),
+        "test": evaluate_split(model, data.test, names, loss_fn=loss_fn, **kwargs),
+    }
+    write_json_atomic(summary, run_dir / "summary.json")
+    return RunResult(run_dir=run_dir, summary=summary, history=history)
+
+
+def _print_epoch(row: dict[str, Any], epochs: int) -> None:
+    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    if "val_loss" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_dice {row['val_dice_mean']:.4f}"]
+    parts += [f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s"]
+    print("  ".join(parts), flush=True)
+
+
+__all__ = ["EpochCallback", "RunResult", "labels_from_logits", "load_data", "resolve_device", "train"]
