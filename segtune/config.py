@@ -104,6 +104,9 @@ class TrainConfig(_Strict):
     patience: Annotated[int, Field(ge=0)] = 10
     min_delta: Annotated[float, Field(ge=0.0)] = 0.0
     restore_best: bool = True
+    # A run has diverged when a batch loss is NaN or inf, or exceeds this multiple of the first
+    # batch's loss (exploding training, e.g. SGD at lr 10); None checks NaN/inf only.
+    divergence_factor: Annotated[float, Field(gt=1.0)] | None = 10.0
     val_every: Annotated[int, Field(ge=1)] = 1  # validate every n epochs (and at the last)
     device: str = "auto"  # auto = CUDA when present, else CPU; or cpu, cuda, cuda:1, mps
     # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only).

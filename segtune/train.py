@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -188,7 +187,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     history: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
-    stopped_early = False
+    stopped_early, first_loss = False, None
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
               f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}",
@@ -214,9 +213,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                 x = x.contiguous(memory_format=fmt)
                 with autocast(device, cfg.precision):
                     loss = loss_fn(model(x).float(), y)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"diverged at epoch {epoch}: the training loss is {float(loss)}; "
-                                           f"lower optimizer.lr (now {lr:g}) or change the optimizer")
+                first_loss = first_loss if first_loss is not None else float(loss)
+                _check_divergence(float(loss), first_loss, cfg.divergence_factor, epoch, lr)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -276,6 +274,15 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     }
     write_json_atomic(summary, run_dir / "summary.json")
     return RunResult(run_dir=run_dir, summary=summary, history=history)
+
+
+def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:
+    fix = f"lower optimizer.lr (now {lr:g}) or change the optimizer"
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"diverged at epoch {epoch}: the training loss is {loss}; {fix}")
+    if factor is not None and loss > factor * first > 0:
+        raise TrainingDiverged(f"diverged at epoch {epoch}: the training loss {loss:.4g} exceeds "
+                               f"{factor:g}x its first value {first:.4g}; {fix}")
 
 
 def _print_epoch(row: dict[str, Any], epochs: int) -> None:

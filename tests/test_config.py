@@ -1,0 +1,87 @@
+"""Config loading: every problem found up front, each naming its field, value and rule."""
+
+import pytest
+import yaml
+
+from segtune.config import Config, build_config, load_config
+from segtune.errors import ConfigError
+
+from conftest import tiny_tree
+
+
+def test_defaults_are_filled_in_the_resolved_config():
+    cfg = build_config({})
+    resolved = cfg.to_dict()
+    assert resolved["optimizer"] == {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0}
+    assert resolved["train"]["patience"] == 10
+    # the resolved config validates to the same config
+    assert build_config(resolved).to_dict() == resolved
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    cfg = build_config(tiny_tree(), ["optimizer.name=sgd", "optimizer.lr=5e-4", "optimizer.nesterov=true",
+                                     "train.epochs=7", "data.resize=[16, 16]"])
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.options["lr"] == 5e-4
+    assert cfg.optimizer.options["nesterov"] is True
+    assert cfg.train.epochs == 7 and cfg.data.resize == (16, 16)
+
+
+def test_all_errors_reported_together_with_paths():
+    with pytest.raises(ConfigError) as err:
+        build_config(tiny_tree(), ["model.name=unett", "optimizer.lrr=3", "train.epochs=0", "trian.epochs=3"],
+                     origin="my.yaml")
+    msg = str(err.value)
+    assert msg.startswith("my.yaml: invalid config")
+    assert "model: unknown model 'unett' (did you mean 'unet'?)" in msg
+    assert "optimizer: optimizer 'adam' has no option 'lrr' (did you mean 'lr'?)" in msg
+    assert "train.epochs: Input should be greater than or equal to 1 (got 0)" in msg
+    assert "trian: unknown key; remove it or check its spelling" in msg
+
+
+def test_option_the_optimizer_lacks_is_an_error():
+    # Adam has no momentum: an error, never silently dropped
+    with pytest.raises(ConfigError, match="optimizer 'adam' has no option 'momentum'"):
+        build_config(tiny_tree(), ["optimizer.momentum=0.9"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_fraction=1.5", r"data.train_fraction: Input should be less than or equal to 1"),
+    ("optimizer.lr=-1", r"lr=-1: Input should be greater than 0"),
+    ("train.precision=fp8", r"train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+    ("train.device=tpu", r"device must be auto, cpu, cuda, cuda:N or mps"),
+    ("train.batch_size=many", r"train.batch_size: Input should be a valid integer"),
+    ("data.source=nowhere", r"unknown data source 'nowhere'"),
+])
+def test_bad_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(tiny_tree(), [override])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        build_config({}, ["optimizer.lr"])
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="seed is a value, not a section"):
+        build_config(tiny_tree(), ["seed.x=1"])
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_config(listy)
+
+
+def test_load_config_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree()))
+    cfg = load_config(path, ["seed=3"])
+    assert isinstance(cfg, Config) and cfg.seed == 3 and cfg.data.options["size"] == 32
