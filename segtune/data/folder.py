@@ -3,12 +3,20 @@
 ::
 
     mydata/
-      images/case01.png  case02.png ...   (PNG, JPEG or TIFF; grey or RGB)
-      masks/case01.png   case02.png ...   (integer label per pixel: 0 = background, 1, 2, ...)
+      images/case01.png  case02.jpg ...   (PNG, JPEG or TIFF; grey or RGB)
+      masks/case01.png   case02.png ...   (one label per pixel, see below)
+      classes.txt                         (optional: one class name per line, background first)
+      splits.json                         (optional: {"train": [stems], "val": [...], "test": [...]})
+
+A mask may hold integer labels (0 = background, 1, 2, ...), be a 0/255 binary mask (read as
+0/1), or be a palette PNG (the palette index is the label, as in PASCAL VOC). Every problem
+with a file is reported as a :class:`~segtune.errors.DataError` naming the file and the fix,
+before any training starts.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,63 +28,118 @@ from segtune.data.base import SOURCES, SegData, Split
 from segtune.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
+SPLIT_NAMES = ("train", "val", "test")
 
 
 def _index(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; a folder dataset needs images/ and masks/ side by side")
+    volumes = [p for p in sorted(folder.iterdir()) if p.name.lower().endswith(VOLUME_SUFFIXES)]
+    if volumes:
+        raise DataError(f"{volumes[0]}: a 3D volume where 2D images are expected; use data.source=nifti "
+                        f"for volumes, or save each slice as a PNG")
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as float32 ``(C, H, W)``; ``channels`` 1 converts to grey, 3 to RGB."""
+def _open_2d(path: Path, what: str, size: tuple[int, int] | None, resample: int):
+    """Open ``path`` with Pillow, load it fully, refuse stacks, resize to ``size`` (H, W)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-            if channels == 1 or (channels is None and img.mode in ("L", "I", "I;16", "F", "1", "P")):
-                img = img.convert("F") if img.mode in ("I", "I;16", "F") else img.convert("L")
-            else:
-                img = img.convert("RGB")
+            if getattr(img, "n_frames", 1) > 1:
+                raise DataError(f"{path}: a stack of {img.n_frames} frames (3D) where a 2D {what} is "
+                                f"expected; save each slice as its own file, or use data.source=nifti")
             if size is not None:
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read image ({err}); replace or remove the file") from None
+                img = img.resize((size[1], size[0]), resample)
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot read {what} ({err}); the file is unreadable or truncated: "
+                        f"replace or remove it") from None
+
+
+def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a 2D image.
+
+    Args:
+        path: PNG, JPEG, TIFF or BMP file.
+        channels: 1 converts to grey, 3 to RGB, None keeps grey images grey and the rest RGB.
+        size: ``(H, W)`` to resize to (bilinear), or None.
+
+    Returns:
+        float32 array ``(C, H, W)``.
+
+    Raises:
+        DataError: unreadable or truncated file, or a multi-frame (3D) file.
+    """
+    from PIL import Image
+
+    img = _open_2d(Path(path), "image", size, Image.BILINEAR)
+    if channels == 1 or (channels is None and img.mode in ("L", "I", "I;16", "F", "1", "P")):
+        img = img.convert("F") if img.mode in ("I", "I;16", "F") else img.convert("L")
+    else:
+        img = img.convert("RGB")
+    array = np.asarray(img, dtype=np.float32)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an integer label mask ``(H, W)``; resized with nearest neighbour if ``size`` is set."""
-    from PIL import Image, UnidentifiedImageError
+    """Read a label mask: integer labels, palette indices, or a grey mask saved as RGB.
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "P", "I", "I;16", "1"):
-                raise DataError(f"{path}: a mask must be a single-channel label image, found mode "
-                                f"{img.mode}; save one integer label per pixel (0 = background)")
-            if size is not None:
-                img = img.resize((size[1], size[0]), Image.NEAREST)
-            return np.asarray(img).astype(np.int64)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read mask ({err}); replace or remove the file") from None
+    Args:
+        path: a single-channel or palette image file.
+        size: ``(H, W)`` to resize to (nearest neighbour), or None.
+
+    Returns:
+        int64 array ``(H, W)``.
+
+    Raises:
+        DataError: unreadable, multi-frame, or a colour mask whose channels differ.
+    """
+    from PIL import Image
+
+    img = _open_2d(Path(path), "mask", size, Image.NEAREST)
+    array = np.asarray(img)
+    if img.mode in ("RGB", "RGBA"):
+        if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
+            raise DataError(f"{path}: a colour ({img.mode}) mask; save one integer label per pixel as a "
+                            f"grey or palette PNG (0 = background, 1, 2, ...)")
+        array = array[..., 0]
+    elif array.ndim != 2:
+        raise DataError(f"{path}: a mask must be a single-channel label image, found mode {img.mode}; "
+                        f"save one integer label per pixel (0 = background)")
+    return array.astype(np.int64)
 
 
-def load_pairs(root: Path, channels: int | None, size: tuple[int, int] | None) -> tuple[list[str], Split]:
-    """Read every image/mask pair of ``root`` into one split, with named errors."""
+def find_pairs(root: Path) -> tuple[list[str], dict[str, Path], dict[str, Path]]:
+    """Stems with both an image and a mask, checking that every file has its partner.
+
+    Raises:
+        DataError: no images, an image without a mask or a mask without an image.
+    """
     images, masks = _index(root / "images"), _index(root / "masks")
     if not images:
-        raise DataError(f"{root / 'images'}: no images (.png, .jpg, .tif) found")
+        raise DataError(f"{root / 'images'}: no images (.png, .jpg, .tif) found; the dataset is empty")
     only_img, only_mask = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if only_img:
-        raise DataError(f"{root}: {len(only_img)} image(s) without a mask in masks/, e.g. "
-                        f"{images[only_img[0]].name}; add the mask or remove the image")
+        raise DataError(f"{images[only_img[0]]}: image without a mask ({len(only_img)} in all); add "
+                        f"masks/{only_img[0]}.png or remove the image")
     if only_mask:
-        raise DataError(f"{root}: {len(only_mask)} mask(s) without an image in images/, e.g. "
-                        f"{masks[only_mask[0]].name}; add the image or remove the mask")
-    stems = sorted(images)
+        raise DataError(f"{masks[only_mask[0]]}: mask without an image ({len(only_mask)} in all); add "
+                        f"the image to images/ or remove the mask")
+    return sorted(images), images, masks
+
+
+def read_pairs(stems: list[str], images: dict[str, Path], masks: dict[str, Path], channels: int | None,
+               size: tuple[int, int] | None) -> Split:
+    """Read the image/mask pairs of ``stems`` into one split, checking sizes.
+
+    Raises:
+        DataError: a mask whose size differs from its image, or images of mixed sizes.
+    """
     if channels is None:
         channels = max(read_image(images[s]).shape[0] for s in stems)
     xs, ys = [], []
@@ -91,7 +154,100 @@ def load_pairs(root: Path, channels: int | None, size: tuple[int, int] | None) -
                             f"set data.size: [H, W] to resize every file on reading")
         xs.append(x)
         ys.append(y)
-    return stems, Split(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)))
+    return Split(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)))
+
+
+def binary_255_to_01(masks: torch.Tensor) -> torch.Tensor:
+    """Masks ``(N, H, W)`` whose only values are 0 and 255 become 0/1; others are returned as they are."""
+    values = masks.unique()
+    if 255 in values and bool(torch.isin(values, torch.tensor([0, 255])).all()):
+        return (masks == 255).long()
+    return masks
+
+
+def class_names(root: Path, classes: list[str] | str | None, n_labels: int) -> list[str]:
+    """The class names: a list, a text file (one per line), ``classes.txt`` in ``root``, or generic."""
+    if classes is None and (root / "classes.txt").is_file():
+        classes = "classes.txt"
+    if isinstance(classes, str):
+        file = Path(classes) if Path(classes).is_absolute() else root / classes
+        if not file.is_file():
+            raise DataError(f"{file}: class-name file not found; give one name per line, background first")
+        classes = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if classes is not None:
+        if len(classes) < 2:
+            raise DataError(f"{root}: data.classes names {len(classes)} class(es); name the background "
+                            f"and at least one foreground class")
+        return list(classes)
+    return ["background"] + [f"class_{k}" for k in range(1, max(n_labels, 2))]
+
+
+def check_labels(masks: torch.Tensor, names: list[str], files: list[Path]) -> None:
+    """Raise a DataError naming the first mask that holds a label outside ``0..len(names)-1``."""
+    bad = (masks >= len(names)) | (masks < 0)
+    if bool(bad.any()):
+        i = int(bad.flatten(1).any(1).nonzero()[0])
+        label = int(masks[i][bad[i]][0])
+        hint = " (255 often marks 'ignore'; map it to a class)" if label == 255 else ""
+        raise DataError(f"{files[i]}: label {label} is not one of the {len(names)} declared classes "
+                        f"({', '.join(names)}){hint}; add a class name or fix the mask")
+
+
+def read_json(file: Path, missing_hint: str) -> object:
+    """The parsed JSON of ``file``; a DataError says ``missing_hint`` if it is absent, or the parse error."""
+    if not file.is_file():
+        raise DataError(f"{file}: {missing_hint}")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{file}: not valid JSON ({err}); fix the file") from None
+
+
+def read_splits_file(file: Path, stems: list[str]) -> dict[str, list[int]]:
+    """Positions in ``stems`` of each split named in a JSON splits file.
+
+    Raises:
+        DataError: missing or invalid file, unknown stem, stem in two splits, image in no split,
+            or an empty train or val split.
+    """
+    tree = read_json(file, "splits file not found; write {\"train\": [...], \"val\": [...], "
+                           "\"test\": [...]} with the stems (case ids), or leave data.splits unset")
+    if not isinstance(tree, dict) or not set(tree) <= set(SPLIT_NAMES):
+        raise DataError(f"{file}: expected a mapping with keys train, val and test, found "
+                        f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}")
+    position = {s: i for i, s in enumerate(stems)}
+    seen: dict[str, str] = {}
+    parts: dict[str, list[int]] = {}
+    for name in SPLIT_NAMES:
+        for stem in tree.get(name, []):
+            stem = Path(str(stem)).stem if Path(str(stem)).suffix.lower() in IMAGE_SUFFIXES else str(stem)
+            if stem not in position:
+                raise DataError(f"{file}: {name} lists {stem!r}, which is not in the dataset; "
+                                f"fix the name or remove it")
+            if stem in seen:
+                raise DataError(f"{file}: {stem!r} is in both {seen[stem]} and {name}; a case may be in one split")
+            seen[stem] = name
+            parts.setdefault(name, []).append(position[stem])
+    missing = [s for s in stems if s not in seen]
+    if missing:
+        raise DataError(f"{file}: {len(missing)} case(s) in no split, e.g. {missing[0]!r}; add them to "
+                        f"train, val or test, or remove the files")
+    for name in ("train", "val"):
+        if not parts.get(name):
+            raise DataError(f"{file}: the {name} split is empty; list at least one image in it")
+    return {name: sorted(parts.get(name, [])) for name in SPLIT_NAMES}
+
+
+def random_split(n: int, val_fraction: float, test_fraction: float, split_seed: int,
+                 where: Path) -> dict[str, list[int]]:
+    """Positions ``0..n-1`` shuffled with ``split_seed`` into train / val / test shares."""
+    n_val, n_test = max(1, round(n * val_fraction)), round(n * test_fraction)
+    if n - n_val - n_test < 1:
+        raise DataError(f"{where}: {n} item(s) are too few for the validation and test shares "
+                        f"({n_val} + {n_test}); add data or lower data.val_fraction / data.test_fraction")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
+    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
+            "train": sorted(order[n_val + n_test:])}
 
 
 @SOURCES.register("folder")
@@ -100,31 +256,30 @@ def folder(
     /,
     *,
     path: str = "",
-    classes: list[str] | None = None,  # class names, background first; default from the labels
+    classes: list[str] | str | None = None,  # names (background first), or a text file; default classes.txt
     channels: Literal[1, 3] | None = None,  # None: RGB if any image is colour, else grey
     size: tuple[int, int] | None = None,  # resize every file on reading (H, W); needed for mixed sizes
+    splits: str | None = None,  # JSON file of stems per split (relative to path); None: random split
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15,
-    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15,
-    split_seed: int = 0,
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15,  # 0: test on the val split
+    split_seed: int = 0,  # fixed, so every run of a study sees the same split
 ) -> SegData:
-    """Images and integer label masks in ``images/`` and ``masks/``, matched by file stem."""
+    """Images and label masks in ``images/`` and ``masks/``, matched by file stem."""
     if not path:
         raise DataError("data.path is required for a folder dataset: the folder that holds images/ and masks/")
     root = Path(path).expanduser()
-    stems, pairs = load_pairs(root, channels, size)
-    n_labels = int(pairs.masks.max()) + 1
-    if classes is not None and n_labels > len(classes):
-        bad = next(s for s, m in zip(stems, pairs.masks) if int(m.max()) >= len(classes))
-        raise DataError(f"{root / 'masks'}: {bad} holds label {n_labels - 1} but data.classes names only "
-                        f"{len(classes)} classes ({', '.join(classes)}); add names or fix the mask")
-    names = classes or ["background"] + [f"class_{k}" for k in range(1, max(n_labels, 2))]
-    n = len(stems)
-    n_val, n_test = max(1, round(n * val_fraction)), round(n * test_fraction)
-    if n - n_val - n_test < 1:
-        raise DataError(f"{root}: {n} image(s) are too few for the validation and test shares; add images")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-    splits = {k: pairs.subset(v.sort().values) for k, v in parts.items()}
-    if n_test == 0:
-        splits["test"] = splits["val"]
-    return SegData(class_names=names, info={"source": "folder", "path": str(root)}, **splits)
+    stems, image_files, mask_files = find_pairs(root)
+    pairs = read_pairs(stems, image_files, mask_files, channels, size)
+    masks = binary_255_to_01(pairs.masks)
+    names = class_names(root, classes, int(masks.max()) + 1)
+    check_labels(masks, names, [mask_files[s] for s in stems])
+    pairs = Split(pairs.images, masks)
+    if splits:
+        parts = read_splits_file(Path(splits) if Path(splits).is_absolute() else root / splits, stems)
+    else:
+        parts = random_split(len(stems), val_fraction, test_fraction, split_seed, root)
+    data = {k: pairs.subset(torch.tensor(v, dtype=torch.long)) for k, v in parts.items()}
+    if not parts["test"]:
+        data["test"] = data["val"]
+    info = {"source": "folder", "path": str(root), "stems": {k: [stems[i] for i in v] for k, v in parts.items()}}
+    return SegData(class_names=names, info=info, **data)

@@ -1,0 +1,194 @@
+"""The nifti source: nnU-Net raw and MSD layouts, slicing, split by case, channels, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segtune.data import SOURCES
+from segtune.errors import DataError
+
+SHAPE = (8, 8, 6)
+AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+
+
+def case_volumes(i: int, n_channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """An 8x8x6 label volume (a class-1 block and a class-2 block) and images ``(*SHAPE, C)`` showing it."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:4, 1:5, 1:5] = 1
+    label[5:7, 4:7, 2 + i % 3:] = 2
+    rng = np.random.default_rng(i)
+    images = np.stack([label * (50.0 + 10 * c) + rng.normal(0, 5, SHAPE) for c in range(n_channels)], -1)
+    return images.astype(np.float32), label
+
+
+def save(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, AFFINE), str(path))
+
+
+def write_nnunet(root: Path, n_cases: int = 7, n_channels: int = 1) -> Path:
+    """A miniature nnU-Net raw dataset: ``imagesTr/case_XXX_000C.nii.gz``, ``labelsTr/case_XXX.nii.gz``."""
+    for i in range(n_cases):
+        images, label = case_volumes(i, n_channels)
+        for c in range(n_channels):
+            save(images[..., c], root / "imagesTr" / f"case_{i:03d}_{c:04d}.nii.gz")
+        save(label, root / "labelsTr" / f"case_{i:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(c): f"mod{c}" for c in range(n_channels)},
+        "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "numTraining": n_cases, "file_ending": ".nii.gz"}))
+    return root
+
+
+def write_msd(root: Path, n_cases: int = 7, n_channels: int = 2) -> Path:
+    """A miniature Medical Segmentation Decathlon task with 4D (channels-last) images."""
+    training = []
+    for i in range(n_cases):
+        images, label = case_volumes(i, n_channels)
+        save(images, root / "imagesTr" / f"vol_{i}.nii.gz")
+        save(label, root / "labelsTr" / f"vol_{i}.nii.gz")
+        training.append({"image": f"./imagesTr/vol_{i}.nii.gz", "label": f"./labelsTr/vol_{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {str(c): f"mod{c}" for c in range(n_channels)},
+        "labels": {"0": "background", "1": "edema", "2": "core"},
+        "numTraining": n_cases, "training": training, "test": []}))
+    return root
+
+
+def load(root: Path, **options):
+    return SOURCES.build("nifti", {"path": str(root), **options}, 0)
+
+
+def test_nnunet_layout_slices_axially_and_splits_by_case(tmp_path):
+    data = load(write_nnunet(tmp_path))
+    assert data.class_names == ["background", "liver", "tumour"]
+    assert data.info["layout"] == "nnunet"
+    # 7 cases: 1 val, 1 test, 5 train, each 6 axial slices of 8x8
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 6, 6)
+    assert data.train.images.shape[1:] == (1, 8, 8)
+    cases = {name: [c for c, _ in data.info["cases"][name]] for name in ("train", "val", "test")}
+    assert sum(map(len, cases.values())) == 7
+    assert not set(cases["train"]) & (set(cases["val"]) | set(cases["test"]))  # no case in two splits
+    assert set(cases["val"]).isdisjoint(cases["test"])
+
+
+def test_slices_keep_the_voxels_of_their_case(tmp_path):
+    data = load(write_nnunet(tmp_path), axis=0)
+    case_id, n = data.info["cases"]["test"][0]
+    _, label = case_volumes(int(case_id.split("_")[1]))
+    assert n == SHAPE[0]
+    assert data.test.masks.shape == (8, 8, 6)
+    assert np.array_equal(data.test.masks[:n].numpy(), label)
+
+
+def test_nnunet_channels_become_input_channels(tmp_path):
+    data = load(write_nnunet(tmp_path, n_channels=2))
+    assert data.in_channels == 2
+    # channel 1 was written with a larger gain than channel 0
+    assert float(data.train.images[:, 1].max()) > float(data.train.images[:, 0].max())
+
+
+def test_msd_layout_with_4d_images(tmp_path):
+    data = load(write_msd(tmp_path), axis=1)
+    assert data.info["layout"] == "msd"
+    assert data.in_channels == 2
+    assert data.class_names == ["background", "edema", "core"]
+    assert data.train.images.shape[1:] == (2, 8, 6)
+
+
+def test_size_resizes_slices(tmp_path):
+    data = load(write_nnunet(tmp_path), size=[16, 16])
+    assert data.train.images.shape[2:] == (16, 16)
+    assert set(data.train.masks.unique().tolist()) == {0, 1, 2}
+
+
+def test_splits_file_by_case(tmp_path):
+    root = write_nnunet(tmp_path, n_cases=4)
+    (root / "splits.json").write_text(json.dumps(
+        {"train": ["case_000", "case_001"], "val": ["case_002"], "test": ["case_003"]}))
+    data = load(root, splits="splits.json")
+    assert data.info["cases"]["test"] == [["case_003", 6]]
+
+
+def _nn_missing_label(root):
+    (root / "labelsTr" / "case_002.nii.gz").unlink()
+
+
+def _nn_missing_channel(root):
+    (root / "imagesTr" / "case_002_0000.nii.gz").unlink()
+
+
+def _nn_num_training(root):
+    tree = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**tree, "numTraining": 9}))
+
+
+def _nn_shape_mismatch(root):
+    save(np.zeros((8, 8, 5), np.uint8), root / "labelsTr" / "case_002.nii.gz")
+
+
+def _nn_label_outside(root):
+    save(np.full(SHAPE, 4, np.uint8), root / "labelsTr" / "case_002.nii.gz")
+
+
+def _nn_truncated(root):
+    data = (root / "imagesTr" / "case_002_0000.nii.gz").read_bytes()
+    (root / "imagesTr" / "case_002_0000.nii.gz").write_bytes(data[: len(data) // 2])
+
+
+def _nn_no_json(root):
+    (root / "dataset.json").unlink()
+
+
+def _nn_bad_json(root):
+    (root / "dataset.json").write_text("{not json")
+
+
+def _nn_labels_not_contiguous(root):
+    tree = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**tree, "labels": {"background": 0, "tumour": 2}}))
+
+
+def _nn_mixed_sizes(root):
+    images, label = np.zeros((10, 8, 6), np.float32), np.zeros((10, 8, 6), np.uint8)
+    save(images, root / "imagesTr" / "case_002_0000.nii.gz")
+    save(label, root / "labelsTr" / "case_002.nii.gz")
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (_nn_missing_label, r"case_002_0000\.nii\.gz: image without a label in labelsTr/"),
+    (_nn_missing_channel, r"case_002_0000\.nii\.gz: not found, but case_002\.nii\.gz is in labelsTr/"),
+    (_nn_num_training, r"dataset\.json: numTraining is 9 but 7 labelled cases"),
+    (_nn_shape_mismatch, r"case_002\.nii\.gz: label shape \(8, 8, 5\) differs from its image \(8, 8, 6\)"),
+    (_nn_label_outside, r"case_002\.nii\.gz: label 4 is not one of the 3 classes in dataset\.json"),
+    (_nn_truncated, r"case_002_0000\.nii\.gz: cannot read"),
+    (_nn_no_json, r"dataset\.json: not found"),
+    (_nn_bad_json, r"dataset\.json: not valid JSON"),
+    (_nn_labels_not_contiguous, r"label values \[0, 2\] must be 0, 1"),
+    (_nn_mixed_sizes, r"case_002_0000\.nii\.gz: slices are 10x8 .* set data\.size"),
+])
+def test_bad_nnunet_input(tmp_path, break_it, message):
+    root = write_nnunet(tmp_path)
+    break_it(root)
+    with pytest.raises(DataError, match=message):
+        load(root)
+
+
+def test_msd_file_listed_but_missing(tmp_path):
+    root = write_msd(tmp_path, n_cases=4)
+    (root / "labelsTr" / "vol_1.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"dataset\.json: lists \./labelsTr/vol_1\.nii\.gz, but .* does not exist"):
+        load(root)
+
+
+def test_msd_channels_disagree_with_modality(tmp_path):
+    root = write_msd(tmp_path, n_cases=4, n_channels=2)
+    tree = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**tree, "modality": {"0": "T1", "1": "T2", "2": "FLAIR"}}))
+    with pytest.raises(DataError, match=r"vol_0\.nii\.gz: holds 2 channel\(s\) but dataset\.json declares 3"):
+        load(root)
