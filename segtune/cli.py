@@ -7,6 +7,7 @@ with no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -56,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from segtune.train import train
 
     config = load_config(args.config, args.set)
-    result = train(config, out_dir=args.out, verbose=not args.quiet)
+    result = train(config, out_dir=args.out, verbose=not args.quiet, resume=args.resume)
     s = result.summary
     print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")
     print_dice_table({"val": s["val"], "test": s["test"]}, s["class_names"])
@@ -81,6 +82,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("study")
+def cmd_study(args: argparse.Namespace) -> int:
+    from segtune import study as st
+
+    status = args.target[0] == "status" and len(args.target) == 2
+    if len(args.target) != 1 and not status:
+        raise SystemExit("usage: segtune study STUDY.yaml [options] | segtune study status STUDY.yaml")
+    path = args.target[-1]
+    if status:
+        print_study_results(st.load_existing_study(path, study_dir=args.out, storage=args.storage))
+        return 0
+    if args.worker:
+        spec, space = st.load_study(path)
+        n = st.run_worker(spec, space, study_dir=Path(args.out) if args.out else st.default_study_dir(spec),
+                          storage=args.storage, num_threads=args.threads, seed=st.worker_seed(spec),
+                          verbose=args.verbose)
+        print(f"worker {os.getpid()}: ran {n} trial(s); the study is done", flush=True)
+        return 0
+    study = st.run_study(path, study_dir=args.out, storage=args.storage, n_workers=args.workers,
+                         num_threads=args.threads, verbose=args.verbose)
+    print_study_results(study)
+    return 0
+
+
+def print_study_results(study: Any) -> Any:
+    """Print a study's leaderboard and its best configuration; returns the best trial or None."""
+    import yaml
+
+    from segtune.study import best_trial, leaderboard
+
+    header, rows = leaderboard(study)
+    print(f"study {study.study_name}: {len(rows)} trial(s)")
+    if rows:
+        print_table(rows, header)
+    best = best_trial(study)
+    if best is None:
+        print("no trial has completed yet")
+        return None
+    objective = study.user_attrs.get("spec", {}).get("objective", "objective")
+    print(f"\nbest: trial {best.number}, {objective} {best.value:.4f}; its configuration:")
+    print(yaml.safe_dump(best.user_attrs["config"], sort_keys=False).rstrip())
+    return best
+
+
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segtune.predict import evaluate_run
@@ -99,6 +144,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("download")
+def cmd_download(args: argparse.Namespace) -> int:
+    from segtune.download import download
+
+    folder = download(args.dataset, args.folder, mirror=args.mirror)
+    print(f"ready: use data.source=oxford_pet data.path={folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segtune", description="Declarative, reproducible hyperparameter studies for U-Net segmentation.")
@@ -114,11 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last.pt (same config and --set)")
 
     p = sub.add_parser("demo", help="train on the built-in brain MRI demo data and print test Dice")
     add_set(p)
     p.add_argument("--out", help="run directory (default: runs/demo-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    p = sub.add_parser("study", help="run, resume or join a hyperparameter study; `study status` shows it")
+    p.add_argument("target", nargs="+", metavar="[status] STUDY",
+                   help="the study YAML file; `status STUDY` prints its leaderboard")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--storage", help="shared Optuna storage URL, e.g. postgresql://user@host:5432/db "
+                                     "(default: SQLite file study.db in the study directory)")
+    p.add_argument("--worker", action="store_true", help="run as one worker of the study, no leaderboard")
+    p.add_argument("--out", help="study directory (default: runs/<study name>)")
+    p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
 
     p = sub.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
     p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
@@ -130,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--out", required=True, help="folder for the label masks")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+    p = sub.add_parser("download", help="fetch a public dataset (oxford-pet), check its MD5 sums and unpack it")
+    p.add_argument("dataset", help="dataset name: oxford-pet")
+    p.add_argument("folder", help="where to put the archives and the unpacked files")
+    p.add_argument("--mirror", help="base URL of a mirror holding the same archive files (https://, file://)")
     return parser
 
 
