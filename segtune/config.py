@@ -87,6 +87,8 @@ class OptimizerConfig(_Component):
 class SchedulerConfig(_Component):
     registry: ClassVar[Registry] = SCHEDULERS
     name: str = "none"
+    # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup_epochs + 1) for e < warmup_epochs.
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
 
 
 class AugmentConfig(_Component):

@@ -2,12 +2,14 @@
 
 Every builder takes ``(in_channels, out_channels)`` positionally and its options as keywords.
 :func:`build_model` wraps the network so that any input size works: the input is zero-padded
-on the bottom and right to the next multiple the network needs (``2 ** depth``) and the output
-is cropped back, so the output always has the input's height and width.
+on the bottom and right to the next multiple the network needs (``2 ** depth``; 32 for the
+ResNet-34 encoder) and the output is cropped back, so the output always has the input's height
+and width. No input size is refused; padding costs compute only on the padded border.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from segtune.errors import DataError
 from segtune.registry import Registry
 
 MODELS = Registry("model")
@@ -130,6 +133,76 @@ def monai_unet(
                     channels=tuple(channels), strides=(2,) * (len(channels) - 1),
                     num_res_units=num_res_units, dropout=dropout, norm=norm)
     net.size_multiple = 2 ** (len(channels) - 1)
+    return net
+
+
+def _resnet34_encoder(in_channels: int) -> nn.Module:
+    """MONAI's ResNet-34 with projection shortcuts (He et al. 2016, option B): torchvision's layer names."""
+    from monai.networks.nets.resnet import ResNet, ResNetFeatures
+
+    class ResNet34Features(ResNet):
+        forward = ResNetFeatures.forward  # the five feature maps FlexibleUNet's decoder takes
+
+    return ResNet34Features(block="basic", layers=[3, 4, 6, 3], block_inplanes=[64, 128, 256, 512], spatial_dims=2,
+                            n_input_channels=in_channels, conv1_t_stride=2, shortcut_type="B",
+                            feed_forward=False, bias_downsample=False)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load a ResNet-34 state dict (torchvision layout, e.g. ``resnet34-b627a593.pth``) into ``encoder``.
+
+    ``fc.*`` entries are dropped and ``module.`` / ``encoder.`` prefixes stripped; a first
+    convolution for 3 channels is summed over them for a 1-channel encoder (a grey image then
+    gives the response of the same image in RGB), and a 1-channel one repeated / 3 for 3 channels.
+
+    Raises:
+        DataError: unreadable file, or keys or shapes that do not match a ResNet-34.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"model.encoder_weights={str(path)!r}: no such file; give a ResNet-34 state dict (.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem means an unusable file
+        raise DataError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    for prefix in ("module.", "encoder.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    conv1, want = state.get("conv1.weight"), encoder.conv1.weight
+    if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != want.shape[1]:
+        state["conv1.weight"] = (conv1.sum(1, keepdim=True) if want.shape[1] == 1
+                                 else conv1.repeat(1, want.shape[1], 1, 1) / want.shape[1])
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = str(err).split(":", 1)[-1].strip().replace("\n", " ")[:400]
+        raise DataError(f"{path}: does not fit a ResNet-34 encoder ({detail}); give torchvision-style "
+                        f"ResNet-34 weights (conv1, bn1, layer1..layer4)") from None
+
+
+@MODELS.register("resnet34_unet")
+def resnet34_unet(
+    in_channels: int,
+    out_channels: int,
+    /,
+    *,
+    decoder_channels: tuple[int, int, int, int, int] = (256, 128, 64, 32, 16),
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+    encoder_weights: str | None = None,  # path to ResNet-34 weights (torchvision layout); None = random init
+) -> nn.Module:
+    """ResNet-34 encoder (He et al. 2016) with a U-Net decoder (MONAI FlexibleUNet); random init or weights from a file."""
+    from monai.networks.nets import FlexibleUNet
+
+    net = FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone="resnet34", pretrained=False,
+                       decoder_channels=tuple(decoder_channels), spatial_dims=2, dropout=dropout)
+    net.encoder = _resnet34_encoder(in_channels)
+    if encoder_weights:
+        load_encoder_weights(net.encoder, encoder_weights)
+    net.size_multiple = 32
     return net
 
 

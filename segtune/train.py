@@ -35,7 +35,7 @@ from segtune.errors import ConfigError, SegtuneError, TrainingDiverged
 from segtune.inference import autocast, evaluate_split, labels_from_logits
 from segtune.losses import LOSSES
 from segtune.models import build_model, count_parameters
-from segtune.optim import OPTIMIZERS, SCHEDULERS
+from segtune.optim import OPTIMIZERS, build_scheduler
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -172,7 +172,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     model = model.to(memory_format=fmt)
     loss_fn = loss_fn.to(device)
     optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
-    scheduler = SCHEDULERS.build(config.scheduler.name, config.scheduler.options, optimizer, cfg.epochs)
+    scheduler = build_scheduler(config.scheduler.name, config.scheduler.options, optimizer, n_epochs=cfg.epochs,
+                                warmup_epochs=config.scheduler.warmup_epochs)
     augment = AUGMENTATIONS.build(config.augment.name, config.augment.options)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     meta = {"model": config.model.name, "model_options": config.model.options,
