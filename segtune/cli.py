@@ -130,7 +130,13 @@ def print_study_results(study: Any) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segtune.predict import evaluate_run
 
-    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint)
+    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set)
+    if "per_case" in metrics:
+        print(f"3D Dice per case ({args.split} split):")
+        rows = [[case] + [dice[n] for n in names[1:]] for case, dice in metrics["per_case"].items()]
+        rows.append(["mean over cases"] + [metrics["case_mean_dice_per_class"][n] for n in names[1:]])
+        print_table(rows, ["case"] + list(names[1:]))
+        print("\nall voxels of the split pooled:")
     print_dice_table({args.split: metrics}, names)
     return 0
 
@@ -189,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
     p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="all: every image or case once, e.g. a separate test set given with --set data.path=...")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_set(p)
 
     p = sub.add_parser("predict", help="write PNG label masks for images with a trained run")
     p.add_argument("run", help="run directory (holding best.pt)")

@@ -70,7 +70,9 @@ def load_data(config: Config) -> SegData:
     data_cfg = config.data
     raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
     return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
-                   normalize=data_cfg.normalize, seed=config.seed)
+                   normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
+                   label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
+                   min_foreground_fraction=data_cfg.min_foreground_fraction)
 
 
 def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
@@ -93,21 +95,42 @@ def _prepare_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def _check_resumable(out_dir: str | Path | None, config: Config) -> Path:
+    if out_dir is None:
+        raise SegtuneError("--resume needs --out: the directory of the run to continue")
+    run_dir = Path(out_dir)
+    if (run_dir / "summary.json").exists():
+        raise SegtuneError(f"{run_dir} is already finished (summary.json); nothing to resume")
+    if not (run_dir / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
+        raise SegtuneError(f"{run_dir} has no last.pt and config.yaml to resume from; start it without --resume")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if saved != config.to_dict():
+        changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
+        raise SegtuneError(f"{run_dir}: the config differs from the run's config.yaml in {', '.join(changed)}; "
+                           f"resume with the same config and overrides")
+    return run_dir
+
+
 class _MetricsLog:
     """metrics.csv (appended and flushed every epoch) plus TensorBoard scalars."""
 
-    def __init__(self, run_dir: Path, columns: list[str]) -> None:
+    def __init__(self, run_dir: Path, columns: list[str], earlier: list[dict[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.columns = columns
         self.file = open(run_dir / "metrics.csv", "w", newline="")
         self.csv = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
         self.csv.writeheader()
+        for row in earlier:  # a resumed run keeps the rows of the epochs before its checkpoint
+            self._write_csv(row)
         self.tb = SummaryWriter(log_dir=str(run_dir))
 
-    def write(self, row: dict[str, Any]) -> None:
+    def _write_csv(self, row: dict[str, Any]) -> None:
         self.csv.writerow({k: row.get(k, "") for k in self.columns})
         self.file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._write_csv(row)
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
@@ -116,6 +139,37 @@ class _MetricsLog:
     def close(self) -> None:
         self.file.close()
         self.tb.close()
+
+
+@dataclass
+class _Progress:
+    """What a resumed run needs besides the weights: the early-stopping state and the history."""
+
+    best: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    stopped_early: bool = False
+    first_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _restore(run_dir: Path, model, optimizer, scheduler, generator) -> tuple[_Progress, dict | None]:
+    """Load last.pt (and best.pt) of ``run_dir`` into the live objects, for ``--resume``."""
+    from segtune.checkpoint import load_checkpoint
+
+    last = load_checkpoint(run_dir / "last.pt")
+    if "progress" not in last:
+        raise SegtuneError(f"{run_dir / 'last.pt'} holds no training progress; it cannot be resumed")
+    model.load_state_dict(last["model"])
+    optimizer.load_state_dict(last["optimizer"])
+    scheduler.load_state_dict(last["scheduler"])
+    torch.set_rng_state(last["rng"]["torch"])
+    generator.set_state(last["rng"]["generator"])
+    best = load_checkpoint(run_dir / "best.pt")["model"] if (run_dir / "best.pt").is_file() else None
+    return _Progress(**last["progress"]), best
 
 
 def _epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generator):
@@ -134,7 +188,7 @@ def _epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generato
 
 
 def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | None = None,
-          callbacks: Iterable[EpochCallback] = (), verbose: bool = True) -> RunResult:
+          callbacks: Iterable[EpochCallback] = (), verbose: bool = True, resume: bool = False) -> RunResult:
     """Train one model as ``config`` says and write its run directory.
 
     Args:
@@ -143,6 +197,9 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         data: already loaded data (a study loads it once for all trials); default: load it.
         callbacks: ``on_epoch(epoch, row)`` after each validation; an exception stops the run.
         verbose: print one line per epoch.
+        resume: continue the unfinished run in ``out_dir`` from its ``last.pt`` (weights,
+            optimizer, schedule, early-stopping state and random generators), ending with the
+            same numbers as an uninterrupted run; ``config`` must equal the run's config.yaml.
 
     Returns:
         A :class:`RunResult` whose ``summary`` holds the best epoch, the val and test metrics
@@ -159,8 +216,11 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    run_dir = _prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if resume:
+        run_dir = _check_resumable(out_dir, config)
+    else:
+        run_dir = _prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)
@@ -182,19 +242,23 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
 
     columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"]
                + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
-    log = _MetricsLog(run_dir, columns)
-    sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
-    best, best_epoch, best_state, stale = -math.inf, 0, None, 0
-    history: list[dict[str, Any]] = []
     generator = torch.Generator().manual_seed(config.seed)
+    state = _Progress()
+    best_state = None
+    if resume:
+        state, best_state = _restore(run_dir, model, optimizer, scheduler, generator)
+    log = _MetricsLog(run_dir, columns, state.history)
+    sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
     train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
-    stopped_early, first_loss = False, None
+    stopped_early = state.stopped_early
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
-              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}",
-              flush=True)
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}"
+              + (f", resumed after epoch {len(state.history)}" if resume else ""), flush=True)
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(len(state.history) + 1, cfg.epochs + 1):
+            if stopped_early:
+                break
             t_epoch = time.perf_counter()
             model.train()
             lr = optimizer.param_groups[0]["lr"]
@@ -214,13 +278,14 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                 x = x.contiguous(memory_format=fmt)
                 with autocast(device, cfg.precision):
                     loss = loss_fn(model(x).float(), y)
-                first_loss = first_loss if first_loss is not None else float(loss)
-                _check_divergence(float(loss), first_loss, cfg.divergence_factor, epoch, lr)
+                loss_value = float(loss.detach())
+                state.first_loss = state.first_loss if state.first_loss is not None else loss_value
+                _check_divergence(loss_value, state.first_loss, cfg.divergence_factor, epoch, lr)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total += float(loss.detach()) * len(idx)
+                total += loss_value * len(idx)
                 count += len(idx)
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
@@ -231,29 +296,29 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                 value = sign * (val["dice_mean"] if sign > 0 else val["loss"])
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.step(value)
-                if value > best + cfg.min_delta:
-                    best, best_epoch, stale = value, epoch, 0
+                if value > state.best + cfg.min_delta:
+                    state.best, state.best_epoch, state.stale = value, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     save_atomic({"model": best_state, "meta": meta, "epoch": epoch}, run_dir / "best.pt")
                 else:
-                    stale += cfg.val_every
+                    state.stale += cfg.val_every
             if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
             row["seconds"] = time.perf_counter() - t_epoch
-            history.append(row)
+            state.history.append(row)
+            stopped_early = state.stopped_early = bool(cfg.patience and state.stale >= cfg.patience)
             log.write(row)
             save_atomic({"model": model.state_dict(), "meta": meta, "epoch": epoch,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "progress": state.to_dict(), "rng": {"torch": torch.get_rng_state(),
+                                                               "generator": generator.get_state()}},
                         run_dir / "last.pt")
             if verbose:
                 _print_epoch(row, cfg.epochs)
             for callback in callbacks:
                 callback(epoch, row)
-            if cfg.patience and stale >= cfg.patience:
-                stopped_early = True
-                if verbose:
-                    print(f"early stop: no improvement of {cfg.monitor} for {stale} epochs", flush=True)
-                break
+            if stopped_early and verbose:
+                print(f"early stop: no improvement of {cfg.monitor} for {state.stale} epochs", flush=True)
     finally:
         log.close()
 
@@ -263,8 +328,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                   channels_last=cfg.channels_last)
     summary = {
         "name": config.name,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
         "stopped_early": stopped_early,
         "seconds": time.perf_counter() - t_start,
         "n_parameters": count_parameters(model),
@@ -274,7 +339,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         "test": evaluate_split(model, data.test, names, loss_fn=loss_fn, **kwargs),
     }
     write_json_atomic(summary, run_dir / "summary.json")
-    return RunResult(run_dir=run_dir, summary=summary, history=history)
+    return RunResult(run_dir=run_dir, summary=summary, history=state.history)
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:

@@ -92,9 +92,9 @@ def demo(
     plane: Literal["axial", "coronal", "sagittal"] = "axial",
     spacing: Literal[1, 2] = 2,  # mm; 2 mm trains about 4x faster than 1 mm
     min_brain_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05,  # drop emptier slices
-    n_blocks: Annotated[int, Field(ge=3, le=50)] = 10,  # contiguous blocks of slices
-    val_blocks: Annotated[int, Field(ge=1)] = 2,
-    test_blocks: Annotated[int, Field(ge=1)] = 2,
+    n_blocks: Annotated[int, Field(ge=3, le=50)] = 20,  # contiguous blocks of slices (8 at 1 mm axial)
+    val_blocks: Annotated[int, Field(ge=1)] = 4,
+    test_blocks: Annotated[int, Field(ge=1)] = 4,
     split_seed: int = 0,  # fixed, so every run of a study sees the same test slices
 ) -> SegData:
     """Brain tissue (CSF, grey and white matter) on 2D slices of the MNI ICBM152 2009 T1 template."""

@@ -1,0 +1,88 @@
+"""Resuming an interrupted run ends with the same numbers as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from segtune.config import build_config
+from segtune.errors import SegtuneError
+from segtune.train import train
+
+from conftest import tiny_tree
+
+OVERRIDES = ["train.epochs=5", "augment.name=combine", "model.dropout=0.2", "scheduler.name=step",
+             "scheduler.step_size=2", "train.patience=3"]
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(n):
+    def on_epoch(epoch, row):
+        if epoch == n:
+            raise Crash()
+    return on_epoch
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert resumed.summary["test"] == full.summary["test"]
+    assert resumed.summary["best_epoch"] == full.summary["best_epoch"]
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + full.summary["epochs_run"]  # the earlier epochs' rows are kept, none twice
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(1)], verbose=False)
+    other = build_config(tiny_tree(), OVERRIDES + ["optimizer.lr=0.5"])
+    with pytest.raises(SegtuneError, match="differs from the run's config.yaml in optimizer"):
+        train(other, out_dir=tmp_path / "cut", verbose=False, resume=True)
+
+
+def test_resume_needs_an_unfinished_run(tiny_config, tmp_path):
+    with pytest.raises(SegtuneError, match="no last.pt and config.yaml to resume from"):
+        train(tiny_config, out_dir=tmp_path / "empty", verbose=False, resume=True)
+    train(tiny_config, out_dir=tmp_path / "done", verbose=False)
+    with pytest.raises(SegtuneError, match="already finished"):
+        train(tiny_config, out_dir=tmp_path / "done", verbose=False, resume=True)
+
+
+def test_sigkill_then_resume_from_the_command_line(tmp_path):
+    # a real kill -9 of `segtune train` mid-run; `--resume` finishes it with the uninterrupted numbers
+    tree = tiny_tree()
+    tree["data"].update(n_train=48)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    args = [sys.executable, "-m", "segtune", "train", str(config), "--quiet", "--set", *OVERRIDES[:-1],
+            "train.epochs=12", "train.patience=0"]
+    subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    run = tmp_path / "cut"
+    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and _rows(run / "metrics.csv") < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    subprocess.run(args + ["--out", str(run), "--resume"], check=True, capture_output=True)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    cut = json.loads((run / "summary.json").read_text())
+    assert cut["test"] == full["test"] and cut["epochs_run"] == full["epochs_run"] == 12
+
+
+def _rows(path):
+    return len(path.read_text().splitlines()) if path.exists() else 0
