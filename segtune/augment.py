@@ -4,8 +4,11 @@ An augmentation is built with no context and called on a whole batch::
 
     images, masks = aug(images, masks, generator)   # (B, C, H, W) float, (B, H, W) int64
 
-Random draws come from ``generator`` only, so a seed reproduces them. Masks are resampled with
-nearest neighbour, so labels stay labels. Validation and test data are never augmented.
+Random draws come from ``generator`` (a CPU generator, also for data on a GPU) only, so a seed
+reproduces them. Masks are resampled with nearest neighbour, so labels stay labels; pixels moved
+in from outside the image are 0 in the image and background in the mask. Validation and test data
+are never augmented. With ``augment.n_aug = n`` an epoch holds every training image once plus
+``n`` augmented copies ((1 + n) x the data); with ``n_aug = 0`` every image is augmented on the fly.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def random_flip(images: torch.Tensor, masks: torch.Tensor, generator: torch.Gene
     for enabled, dim in ((horizontal, -1), (vertical, -2)):
         if not enabled:
             continue
-        flip = torch.rand(images.shape[0], generator=generator) < 0.5
+        flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
         if flip.any():
             images = torch.where(flip[:, None, None, None], images.flip(dim), images)
             masks = torch.where(flip[:, None, None], masks.flip(dim), masks)
@@ -45,7 +48,7 @@ def random_affine(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2  # grid coords span 2
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)[:, 0].round().long()

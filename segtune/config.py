@@ -66,7 +66,14 @@ class DataConfig(_Component):
     source: str = "demo"
     train_fraction: Fraction = 1.0  # share of the training split used, drawn with the seed
     resize: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] | None = None
-    normalize: Literal["zscore", "minmax", "none"] = "zscore"  # per image
+    # zscore and minmax per image; zscore_dataset with the training split's mean and std per channel
+    normalize: Literal["zscore", "zscore_dataset", "minmax", "none"] = "zscore"
+    color: Literal["grey", "rgb"] | None = None  # convert every image to 1 or 3 channels; None: as the source gives
+    label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None  # e.g. {3: 1, 4: 0}
+    # Merge foreground classes covering less than this share of the training pixels into background.
+    min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # Drop training images (slices) whose foreground covers less than this share (DeepNAT / QuickNAT).
+    min_foreground_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 class ModelConfig(_Component):

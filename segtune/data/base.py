@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segtune.errors import DataError
+from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
 
 SOURCES = Registry("data source")
@@ -63,11 +63,22 @@ class SegData:
         return getattr(self, name)
 
 
-def normalize_images(images: torch.Tensor, how: str) -> torch.Tensor:
-    """Normalise each image on its own: ``zscore`` (mean 0, std 1), ``minmax`` ([0, 1]) or ``none``.
+Stats = dict[str, list[float]]  # {"mean": [per channel], "std": [per channel]}
+COLOR_CHANNELS = {"grey": 1, "rgb": 3}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for RGB to grey
+
+
+def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None) -> torch.Tensor:
+    """Normalise images: per image (``zscore``, ``minmax``), over the dataset or not at all.
 
     Args:
         images: ``(N, C, H, W)`` float tensor.
+        how: ``zscore`` (each image to mean 0, std 1), ``zscore_dataset`` (each channel with the
+            training set's mean and std from ``stats``), ``minmax`` (each image to [0, 1]) or ``none``.
+        stats: for ``zscore_dataset``: ``{"mean": [...], "std": [...]}``, one value per channel.
+
+    Raises:
+        DataError: ``zscore_dataset`` without ``stats``.
     """
     if how == "none":
         return images
@@ -76,11 +87,41 @@ def normalize_images(images: torch.Tensor, how: str) -> torch.Tensor:
         mean = images.mean(dims, keepdim=True)
         std = images.std(dims, keepdim=True)
         return (images - mean) / std.clamp_min(1e-6)
+    if how == "zscore_dataset":
+        if stats is None:
+            raise DataError("data.normalize=zscore_dataset needs the training set's mean and std "
+                            "(SegData.info['normalize_stats'] of the prepared data)")
+        mean = torch.tensor(stats["mean"], dtype=images.dtype, device=images.device)[None, :, None, None]
+        std = torch.tensor(stats["std"], dtype=images.dtype, device=images.device)[None, :, None, None]
+        return (images - mean) / std.clamp_min(1e-6)
     if how == "minmax":
         lo = images.amin(dims, keepdim=True)
         hi = images.amax(dims, keepdim=True)
         return (images - lo) / (hi - lo).clamp_min(1e-6)
     raise ValueError(f"unknown normalisation {how!r}")
+
+
+def dataset_stats(images: torch.Tensor) -> Stats:
+    """Mean and std of each channel over all images ``(N, C, H, W)`` (for ``zscore_dataset``)."""
+    flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+    return {"mean": flat.mean(1).tolist(), "std": flat.std(1).tolist()}
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey to RGB (repeat) or RGB to grey (BT.601 luminance) for ``(N, C, H, W)`` images.
+
+    Raises:
+        DataError: a channel count other than 1 or 3 to convert from.
+    """
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.repeat(1, 3, 1, 1)
+    if have == 3 and channels == 1:
+        return (images * torch.tensor(LUMA, dtype=images.dtype)[None, :, None, None]).sum(1, keepdim=True)
+    raise DataError(f"data.color: cannot convert images with {have} channels to {channels}; "
+                    f"use data.color=null to keep them")
 
 
 def resize_split(split: Split, size: tuple[int, int]) -> Split:
@@ -92,25 +133,110 @@ def resize_split(split: Split, size: tuple[int, int]) -> Split:
     return Split(images, masks)
 
 
-def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | None,
-            normalize: str, seed: int) -> SegData:
-    """Apply the source-independent steps: resize, per-image normalisation, train fraction.
+def remap_labels(data: SegData, mapping: dict[int, int], field: str = "data.label_map") -> SegData:
+    """Relabel every mask: label ``c`` becomes ``mapping.get(c, c)``; class names follow.
 
-    The train fraction is drawn with ``seed`` from the training split, so the same seed gives
-    the same subset and a smaller fraction is a subset of a larger one.
+    The new labels must be ``0..K-1`` without gaps. A new class takes the names of the classes
+    mapped onto it, joined by ``+``; class 0 stays ``background``.
+
+    Raises:
+        ConfigError: a label the data does not have, or new labels with a gap.
+    """
+    n = data.n_classes
+    unknown = sorted(k for k in mapping if not 0 <= k < n)
+    if unknown:
+        raise ConfigError(f"{field} maps label {unknown[0]} but the data has labels 0..{n - 1} "
+                          f"({', '.join(data.class_names)}); remove it")
+    new = [mapping.get(c, c) for c in range(n)]
+    k = max(new) + 1
+    missing = sorted(set(range(k)) - set(new))
+    if missing or min(new) < 0:
+        raise ConfigError(f"{field} gives labels {sorted(set(new))}; the new labels must be 0..{k - 1} without "
+                          f"gaps (nothing is mapped to {missing[0] if missing else min(new)}); renumber them")
+    lut = torch.tensor(new, dtype=torch.long)
+    names = ["background"] + ["+".join(data.class_names[c] for c in range(n) if new[c] == j) for j in range(1, k)]
+    splits = {s: Split(data.split(s).images, lut[data.split(s).masks]) for s in ("train", "val", "test")}
+    return replace(data, class_names=names, **splits)
+
+
+def merge_rare_classes(data: SegData, min_fraction: float) -> SegData:
+    """Merge the foreground classes covering less than ``min_fraction`` of the training pixels into background.
+
+    Raises:
+        DataError: every foreground class is rarer than that.
+    """
+    counts = torch.bincount(data.train.masks.flatten(), minlength=data.n_classes).double()
+    share = counts / counts.sum()
+    rare = [c for c in range(1, data.n_classes) if share[c] < min_fraction]
+    if not rare:
+        return data
+    if len(rare) == data.n_classes - 1:
+        raise DataError(f"data.min_class_fraction={min_fraction}: every foreground class is rarer than that "
+                        f"(largest {float(share[1:].max()):.4f}); lower it")
+    kept = [c for c in range(data.n_classes) if c not in rare]
+    mapping = {c: 0 for c in rare} | {c: kept.index(c) for c in kept}
+    merged = remap_labels(data, mapping, field="data.min_class_fraction")
+    return replace(merged, info={**merged.info, "merged_classes": [data.class_names[c] for c in rare]})
+
+
+def drop_empty_slices(split: Split, min_foreground: float) -> Split:
+    """Keep the images whose mask has at least ``min_foreground`` of its pixels labelled > 0."""
+    keep = (split.masks > 0).flatten(1).float().mean(1) >= min_foreground
+    return split.subset(keep.nonzero()[:, 0])
+
+
+def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | None, normalize: str, seed: int,
+            color: str | None = None,
+            label_map: dict[int, int] | None = None, min_class_fraction: float = 0.0,
+            min_foreground_fraction: float = 0.0) -> SegData:
+    """Apply the source-independent steps to every split, in this order.
+
+    1. ``color``: ``grey`` (1 channel, BT.601 luminance) or ``rgb`` (3 channels, grey repeated);
+       ``None`` keeps the source's channels.
+    2. ``resize``: to ``(H, W)``, images bilinear, masks nearest.
+    3. ``label_map``: relabel, e.g. ``{3: 1}``; see :func:`remap_labels`.
+    4. ``min_class_fraction``: merge rarer foreground classes (by training pixels) into background.
+    5. ``min_foreground_fraction``: drop training images whose foreground share is below it
+       (near-empty slices, as DeepNAT / QuickNAT preprocessing does); val and test keep them.
+    6. ``train_fraction``: keep this share of the training split, drawn with ``seed``; the same
+       seed gives the same subset and a smaller fraction is a subset of a larger one.
+    7. ``normalize``: see :func:`normalize_images`; ``zscore_dataset`` uses the mean and std of
+       the final training split, stored in ``info["normalize_stats"]``.
+
+    Raises:
+        DataError: a step leaves a split empty, or cannot be applied to these images.
+        ConfigError: an invalid label map.
     """
     splits = {}
     for name in ("train", "val", "test"):
         split = data.split(name)
-        if resize is not None:
-            split = resize_split(split, resize)
-        splits[name] = Split(normalize_images(split.images.float(), normalize), split.masks.long())
+        images = split.images.float()
+        if color is not None:
+            images = convert_channels(images, COLOR_CHANNELS[color])
+        split = Split(images, split.masks.long())
+        splits[name] = resize_split(split, resize) if resize is not None else split
+    data = replace(data, **splits)
+    if label_map:
+        data = remap_labels(data, label_map)
+    if min_class_fraction > 0:
+        data = merge_rare_classes(data, min_class_fraction)
+    train = data.train
+    if min_foreground_fraction > 0:
+        train = drop_empty_slices(train, min_foreground_fraction)
+        if len(train) == 0:
+            raise DataError(f"data.min_foreground_fraction={min_foreground_fraction} drops every training image; "
+                            f"lower it")
     if train_fraction < 1.0:
-        n = len(splits["train"])
+        n = len(train)
         keep = max(1, round(n * train_fraction))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        splits["train"] = splits["train"].subset(order[:keep].sort().values)
-    for name, split in splits.items():
-        if len(split) == 0:
+        train = train.subset(order[:keep].sort().values)
+    data = replace(data, train=train)
+    for name in ("train", "val", "test"):
+        if len(data.split(name)) == 0:
             raise DataError(f"the {name} split is empty; use more data or smaller validation/test shares")
-    return replace(data, **splits)
+    stats = dataset_stats(data.train.images) if normalize == "zscore_dataset" else None
+    splits = {name: Split(normalize_images(data.split(name).images, normalize, stats), data.split(name).masks)
+              for name in ("train", "val", "test")}
+    info = data.info if stats is None else {**data.info, "normalize_stats": stats}
+    return replace(data, info=info, **splits)
