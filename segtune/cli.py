@@ -159,6 +159,14 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("list")
+def cmd_list(args: argparse.Namespace) -> int:
+    from segtune.components import format_components
+
+    print(format_components(args.sections or None), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segtune", description="Declarative, reproducible hyperparameter studies for U-Net segmentation.")
@@ -210,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset name: oxford-pet")
     p.add_argument("folder", help="where to put the archives and the unpacked files")
     p.add_argument("--mirror", help="base URL of a mirror holding the same archive files (https://, file://)")
+
+    p = sub.add_parser("list", help="every model, loss, optimizer, schedule, augmentation and data source, "
+                                    "with its options and defaults")
+    p.add_argument("sections", nargs="*", metavar="SECTION",
+                   help="only these config sections: model loss optimizer scheduler augment data")
     return parser
 
 
