@@ -278,8 +278,8 @@ def folder(
         parts = read_splits_file(Path(splits) if Path(splits).is_absolute() else root / splits, stems)
     else:
         parts = random_split(len(stems), val_fraction, test_fraction, split_seed, root)
-    data = {k: pairs.subset(torch.tensor(v, dtype=torch.long)) for k, v in parts.items()}
     if not parts["test"]:
-        data["test"] = data["val"]
+        parts["test"] = parts["val"]
+    data = {k: pairs.subset(torch.tensor(v, dtype=torch.long)) for k, v in parts.items()}
     info = {"source": "folder", "path": str(root), "stems": {k: [stems[i] for i in v] for k, v in parts.items()}}
     return SegData(class_names=names, info=info, **data)
