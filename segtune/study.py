@@ -1,0 +1,319 @@
+"""Run a study on Optuna: storage, workers, trials, resume, and the leaderboard.
+
+A study lives in an Optuna storage: by default ``<study dir>/study.db`` (SQLite); with
+``storage="postgresql://..."`` on a server that workers on other machines join (Optuna's own
+distributed mode). Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``)
+through :func:`segtune.train.train`, reports the first repeat's validation objective every epoch
+(the pruners use it), and keeps its run directories under ``<study dir>/trials/``. Its resolved
+config, parameters, per-repeat values and test metrics are stored as user attributes, so
+``optuna-dashboard <storage>`` shows them as they are.
+
+Resume is the same command: finished trials stay; a trial left RUNNING by a dead worker is
+found by its heartbeat, marked failed and re-queued with the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from segtune.config import Config
+from segtune.errors import USER_ERRORS, ConfigError
+from segtune.study_space import Space, config_for
+from segtune.study_spec import PRUNERS, SAMPLERS, StudySpec, load_study
+from segtune.train import load_data, train
+
+FAIL_REASON = "fail_reason"
+
+
+def default_study_dir(spec: StudySpec) -> Path:
+    return Path("runs") / spec.name
+
+
+def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> optuna.storages.RDBStorage:
+    """The study's RDB storage with heartbeats; a dead worker's trial is re-queued once stale.
+
+    Args:
+        spec: the study (heartbeat interval, grace period, retries).
+        study_dir: where the default SQLite file ``study.db`` lives.
+        url: an SQLAlchemy URL (``postgresql://user@host/db``); default the SQLite file.
+    """
+    if url is None:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+                grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+    except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
+        raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
+
+
+def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorage, *,
+               seed: int | None = None) -> optuna.Study:
+    """Create the study or load it; a stored study made from a different study file is an error."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, seed)
+    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, Config.model_validate(spec.base).train.epochs)
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=spec.resolved_direction, load_if_exists=True)
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", spec.fingerprint())
+    elif stored != json.loads(json.dumps(spec.fingerprint())):
+        changed = sorted(k for k in stored if stored[k] != json.loads(json.dumps(spec.fingerprint()))[k])
+        raise ConfigError(f"study {spec.name!r} in this storage was made from a different study file "
+                          f"({', '.join(changed)} differ); rename the study or use another study directory")
+    return study
+
+
+class DataCache:
+    """Data loaded once per worker process and shared by every trial with the same data section."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+
+    def get(self, config: Config):
+        key = json.dumps({"data": config.data.model_dump(mode="json"), "seed": config.seed}, sort_keys=True)
+        if key not in self._data:
+            self._data[key] = load_data(config)
+        return self._data[key]
+
+
+@dataclass
+class _Objective:
+    spec: StudySpec
+    space: Space
+    study_dir: Path
+    cache: DataCache
+    num_threads: int | None
+    verbose: bool
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        t0 = time.perf_counter()
+        values = self.space.sample_grid(trial) if self.spec.method.name == "grid" else self.space.sample(trial)
+        trial.set_user_attr("params", values)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        runs: list[dict[str, Any]] = []
+        trial.set_user_attr("runs", runs)
+        try:
+            for repeat in range(self.spec.repeats):
+                seed = int(self.spec.base.get("seed", 0)) + repeat
+                extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
+                config = config_for(self.spec.base, {**values, **extra}, seed=seed,
+                                    name=f"{self.spec.name}-{trial.number:04d}")
+                if repeat == 0:
+                    trial.set_user_attr("config", config.to_dict())
+                callbacks = [self._reporter(trial)] if repeat == 0 else []
+                result = train(config, out_dir=self.study_dir / "trials" / f"{trial.number:04d}-seed{seed}",
+                               data=self.cache.get(config), callbacks=callbacks, verbose=self.verbose)
+                s = result.summary
+                runs.append({"seed": seed, "value": self.spec.objective_value(s), "epochs_run": s["epochs_run"],
+                             "best_epoch": s["best_epoch"], "run_dir": str(result.run_dir),
+                             "class_names": s["class_names"], "test": _metrics(s["test"])})
+                trial.set_user_attr("runs", runs)
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            raise
+        except USER_ERRORS as err:
+            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            raise
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        scores = [r["value"] for r in runs]
+        trial.set_user_attr("spread", statistics.stdev(scores) if len(scores) > 1 else 0.0)
+        return statistics.fmean(scores)
+
+    def _reporter(self, trial: optuna.Trial):
+        key = self.spec.epoch_key
+
+        def on_epoch(epoch: int, row: dict[str, Any]) -> None:
+            trial.set_user_attr("epochs", epoch)
+            if key is None or key not in row:
+                return
+            trial.report(float(row[key]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
+
+        return on_epoch
+
+
+def _metrics(split: dict[str, Any]) -> dict[str, Any]:
+    keep = ("dice_mean", "iou_mean", "dice_per_class", "iou_per_class", "loss")
+    return {k: split[k] for k in keep if k in split}
+
+
+def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool, bool]:
+    """(a trial should start now, some trial is still running elsewhere)."""
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True, bool(running)
+    if spec.method.name == "grid":
+        covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.state.is_finished() or t.params}
+        covered_by_unsampled = sum(1 for t in running if not t.params)
+        return len(covered) + covered_by_unsampled < space.n_grid_cells(), bool(running)
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+               or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs)]
+    return len(counted) < spec.n_trials, bool(running)
+
+
+def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
+               num_threads: int | None = None, seed: int | None = None, verbose: bool = False) -> int:
+    """Run trials until the study is done; returns how many trials this worker ran.
+
+    The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
+    running (random, tpe), no re-queued trial waits, and no other worker's trial still runs
+    (a dead worker's trial turns stale after the grace period and is re-queued here).
+    """
+    study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=seed)
+    objective = _Objective(spec, space, study_dir, DataCache(), num_threads, verbose)
+    n_run = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        start, running = _work_left(spec, space, study)
+        if start:
+            study.optimize(objective, n_trials=1, catch=USER_ERRORS)
+            n_run += 1
+        elif running:
+            time.sleep(min(spec.heartbeat_interval, 2))
+        else:
+            return n_run
+
+
+def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage: str | None = None,
+              n_workers: int = 1, num_threads: int | None = None, verbose: bool = False) -> optuna.Study:
+    """Run (or resume, or join) the study of a study file with ``n_workers`` local workers.
+
+    Args:
+        path: the study file.
+        study_dir: run directories and the default SQLite storage; default ``runs/<name>``.
+        storage: an SQLAlchemy URL of a shared storage (``postgresql://user@host:5432/db``).
+        n_workers: worker processes on this machine; 1 runs in this process.
+        num_threads: CPU threads per worker; default the cores divided among the workers.
+        verbose: print every epoch of every trial.
+
+    Returns:
+        The Optuna study, finished.
+
+    Raises:
+        ConfigError: an invalid study file or space, an unusable storage, or a stored study
+            made from a different file.
+    """
+    spec, space = load_study(path)
+    study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
+    if n_workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {n_workers}")
+    if num_threads is None and n_workers > 1:
+        num_threads = max(1, (os.cpu_count() or 1) // n_workers)
+    study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
+    if n_workers == 1:
+        run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
+                   seed=spec.seed, verbose=verbose)
+        return study
+    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
+    command += ["--storage", storage] if storage else []
+    command += ["--threads", str(num_threads)]
+    procs = [subprocess.Popen(command) for _ in range(n_workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")
+    return study
+
+
+def worker_seed(spec: StudySpec) -> int:
+    """The sampler seed of one worker process.
+
+    Random and TPE draws differ per worker (else workers would draw the same values); a grid
+    keeps the study's seed in every worker, since Optuna numbers the cells in a seeded order.
+    """
+    if spec.method.name == "grid":
+        return spec.seed
+    return hash((spec.seed, socket.gethostname(), os.getpid())) % 2**31
+
+
+def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
+    """The trials, best first: parameters, objective mean and spread, epochs, state, seconds.
+
+    Returns:
+        ``(header, rows)``; completed trials first (by objective), then pruned, then failed.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    paths = sorted({p for t in trials for p in t.user_attrs.get("params", {})})
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.FAIL: 3}
+
+    def rank(t: optuna.trial.FrozenTrial) -> tuple:
+        value = t.value if t.value is not None else _last_value(t)
+        return order.get(t.state, 4), sign * value if value is not None else 0.0, t.number
+
+    rows = []
+    for t in sorted(trials, key=rank):
+        runs = t.user_attrs.get("runs", [])
+        value = t.value if t.value is not None else _last_value(t)
+        state = t.state.name.lower()
+        if t.state == TrialState.FAIL:
+            state = "died" if FAIL_REASON not in t.user_attrs else "failed"
+        rows.append([t.number] + [_show(t.user_attrs.get("params", {}).get(p, "-")) for p in paths]
+                    + ["-" if value is None else float(value), float(t.user_attrs.get("spread", 0.0)),
+                       f"{len(runs)}", t.user_attrs.get("epochs", "-"), state,
+                       f"{t.user_attrs.get('seconds', 0.0):.0f}", t.user_attrs.get(FAIL_REASON, "")[:60]])
+    objective = study.user_attrs.get("spec", {}).get("objective", "objective")
+    header = ["trial"] + paths + [objective, "spread", "repeats", "epochs", "state", "seconds", "reason"]
+    return header, rows
+
+
+def _last_value(t: optuna.trial.FrozenTrial) -> float | None:
+    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+
+
+def _show(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial, or None when no trial has completed."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        return None
+    return study.best_trial
+
+
+def load_existing_study(path: str | Path, *, study_dir: str | Path | None = None,
+                        storage: str | None = None) -> optuna.Study:
+    """Open a study that exists, for ``segtune study status``.
+
+    Raises:
+        ConfigError: no study of that name in the storage.
+    """
+    spec, space = load_study(path)
+    study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
+    if storage is None and not (study_dir / "study.db").exists():
+        raise ConfigError(f"no study {spec.name!r} yet: {study_dir / 'study.db'} does not exist; "
+                          f"run `segtune study {path}` first")
+    try:
+        return optuna.load_study(study_name=spec.name, storage=open_storage(spec, study_dir, storage))
+    except KeyError:
+        raise ConfigError(f"no study {spec.name!r} in the storage; run `segtune study {path}` first") from None
+
+
+__all__ = ["DataCache", "best_trial", "leaderboard", "load_existing_study", "open_storage", "open_study",
+           "run_study", "run_worker", "worker_seed"]

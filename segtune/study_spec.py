@@ -1,0 +1,231 @@
+"""The study file: what to vary, how to search, what to optimise; validated before any trial.
+
+::
+
+    name: optim-x-lr
+    base: demo.yaml                 # a config file, or an inline config mapping
+    set: {data.spacing: 2}          # fixed changes to the base, by dotted path (optional)
+    objective: val.dice_mean        # a summary metric; direction: maximize (loss: minimize)
+    method: tpe                     # grid | random | tpe, or {name: tpe, n_startup_trials: 5}
+    n_trials: 20                    # ignored by grid (the grid's size)
+    repeats: 1                      # seeds per configuration: mean and spread of the objective
+    space: {...}                    # see segtune.study_space
+    pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
+
+``base`` is looked up next to the study file, then in the current directory, then among the
+configs shipped with segtune (``demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import optuna
+import pydantic
+from pydantic import Field
+
+from segtune.config import _Component as ComponentSection
+from segtune.config import _format_errors, build_config, read_yaml, set_path
+from segtune.errors import ConfigError
+from segtune.registry import Registry
+from segtune.study_space import Space, check_path
+
+SAMPLERS = Registry("study method")
+PRUNERS = Registry("pruner")
+
+
+@SAMPLERS.register("grid")
+def grid_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
+    """Every cell of the grid once (Optuna GridSampler); lists or stepped ranges only."""
+    return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+
+@SAMPLERS.register("random")
+def random_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
+    """Independent uniform draws (Optuna RandomSampler)."""
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@SAMPLERS.register("tpe")
+def tpe_sampler(space: Space, seed: int | None, /, *,
+                n_startup_trials: Annotated[int, Field(ge=1)] = 10) -> optuna.samplers.BaseSampler:
+    """Tree-structured Parzen estimator, multivariate and grouped for conditional spaces."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed,
+                                          multivariate=True, group=True)
+
+
+@PRUNERS.register("none")
+def no_pruner(max_epochs: int, /) -> optuna.pruners.BasePruner:
+    """Every trial runs to its end (or its early stop)."""
+    return optuna.pruners.NopPruner()
+
+
+@PRUNERS.register("median")
+def median_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                  n_startup_trials: Annotated[int, Field(ge=0)] = 2) -> optuna.pruners.BasePruner:
+    """Stop a trial whose value is below the median of earlier trials at the same epoch."""
+    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=min_epochs - 1)
+
+
+@PRUNERS.register("successive_halving")
+def successive_halving_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                              reduction_factor: Annotated[int, Field(ge=2)] = 3) -> optuna.pruners.BasePruner:
+    """Asynchronous successive halving: keep the best 1/reduction_factor at each rung."""
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
+
+
+@PRUNERS.register("hyperband")
+def hyperband_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                     reduction_factor: Annotated[int, Field(ge=2)] = 3) -> optuna.pruners.BasePruner:
+    """Hyperband: several successive-halving brackets up to the base config's epochs."""
+    return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs,
+                                          reduction_factor=reduction_factor)
+
+
+class MethodSection(ComponentSection):
+    registry: ClassVar[Registry] = SAMPLERS
+    name: str = "tpe"
+
+
+class PrunerSection(ComponentSection):
+    registry: ClassVar[Registry] = PRUNERS
+    name: str = "none"
+
+
+_SPLITS = ("val", "test")
+_METRICS = ("dice_mean", "iou_mean", "loss")
+
+
+class StudySpec(pydantic.BaseModel):
+    """A validated study file. Build it with :func:`load_study`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    base: dict[str, Any]  # the resolved base config tree
+    objective: str = "val.dice_mean"
+    direction: Literal["maximize", "minimize"] | None = None  # None: minimize losses, maximize the rest
+    method: MethodSection = MethodSection()
+    n_trials: Annotated[int, Field(ge=1)] | None = None  # required by random and tpe
+    repeats: Annotated[int, Field(ge=1, le=100)] = 1  # seeds base.seed, base.seed+1, ...
+    seed: int = 0  # the sampler's seed
+    space: dict[str, Any]
+    pruner: PrunerSection = PrunerSection()
+    # Dead workers: a RUNNING trial whose heartbeat is older than grace_period seconds is marked
+    # failed and re-queued with the same parameters (up to max_retry times).
+    heartbeat_interval: Annotated[int, Field(ge=1)] = 10
+    grace_period: Annotated[int, Field(ge=2)] = 30
+    max_retry: Annotated[int, Field(ge=0)] = 3
+
+    @pydantic.field_validator("method", "pruner", mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @pydantic.field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        split, _, metric = value.partition(".")
+        per_class = metric.split(".")[0] in ("dice_per_class", "iou_per_class") and metric.count(".") == 1
+        if split not in _SPLITS or not (metric in _METRICS or per_class):
+            raise ValueError(f"objective must be SPLIT.METRIC with SPLIT in {_SPLITS} and METRIC in {_METRICS} "
+                             f"or dice_per_class.CLASS, e.g. val.dice_mean; got {value!r}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if self.method.name != "grid" and self.n_trials is None:
+            raise ValueError(f"method {self.method.name} needs n_trials (how many configurations to try)")
+        if self.pruner.name != "none" and self.epoch_key is None:
+            raise ValueError(f"pruner {self.pruner.name} needs a validation objective reported every epoch "
+                             f"(val.dice_mean, val.loss, val.dice_per_class.CLASS), not {self.objective}")
+        return self
+
+    @property
+    def resolved_direction(self) -> str:
+        """The direction in force: the one given, else minimize for a loss and maximize otherwise."""
+        return self.direction or ("minimize" if self.objective.endswith("loss") else "maximize")
+
+    @property
+    def epoch_key(self) -> str | None:
+        """The key of the objective in the per-epoch metrics row, or None if it is not there."""
+        split, _, metric = self.objective.partition(".")
+        if split != "val" or metric.startswith("iou"):
+            return None
+        return "val_" + metric.replace("dice_per_class.", "dice_")
+
+    def objective_value(self, summary: dict[str, Any]) -> float:
+        """Read the objective from a run's summary."""
+        node: Any = summary
+        for key in self.objective.split("."):
+            if not isinstance(node, dict) or key not in node:
+                raise ConfigError(f"objective {self.objective}: the run summary has no {key!r}")
+            node = node[key]
+        return float(node)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed study must share with the stored one."""
+        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+
+
+def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise ConfigError(f"{study_path}: base must be a config file name or an inline config mapping, got {base!r}")
+    packaged = Path(str(resources.files("segtune") / "configs" / base))
+    for candidate in (study_path.parent / base, Path(base), packaged):
+        if candidate.is_file():
+            return read_yaml(candidate)
+    raise ConfigError(f"{study_path}: base config {base!r} not found next to the study file, in the current "
+                      f"directory, or among segtune's configs (demo.yaml)")
+
+
+def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec, Space]:
+    """Validate a study tree whose ``base`` is already a config mapping.
+
+    Returns:
+        The spec and its parsed :class:`~segtune.study_space.Space`, whose every choice and range
+        end builds a valid config.
+
+    Raises:
+        ConfigError: every problem, naming the field, the value and the rule.
+    """
+    try:
+        spec = StudySpec.model_validate(tree)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_errors(err, origin).replace("invalid config", "invalid study file")) from None
+    build_config(spec.base, origin=f"{origin}: base")
+    space = Space(spec.space)
+    if spec.method.name == "grid":
+        space.grid()
+    space.validate_against(spec.base)
+    return spec, space
+
+
+def load_study(path: str | Path) -> tuple[StudySpec, Space]:
+    """Read and validate a study file (see the module doc for its keys).
+
+    Example:
+        >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
+    """
+    path = Path(path)
+    tree = read_yaml(path)
+    if "base" not in tree:
+        raise ConfigError(f"{path}: missing base: a config file (e.g. demo.yaml) or an inline config")
+    tree["base"] = _resolve_base(tree["base"], path)
+    fixed = tree.pop("set", None) or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
+    for key, value in fixed.items():
+        check_path(str(key))
+        set_path(tree["base"], str(key).split("."), value)
+    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
+    return parse_study(tree, origin=str(path))

@@ -1,0 +1,133 @@
+"""Study files, spaces and single-process studies on tiny synthetic data (SQLite storage)."""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+import pytest
+import yaml
+from conftest import tiny_tree
+
+from segtune.errors import ConfigError
+from segtune.study import leaderboard, load_existing_study, run_study
+from segtune.study_spec import load_study, parse_study
+from segtune.study_space import Space
+
+TrialState = optuna.trial.TrialState
+
+
+def study_tree(**fields) -> dict:
+    """A study on the tiny synthetic task, one epoch per trial."""
+    tree = {"name": "tiny", "base": tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0}),
+            "method": "grid", "space": {"optimizer.lr": [0.01, 0.001]}}
+    tree.update(fields)
+    return tree
+
+
+def write_study(tmp_path, **fields):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_tree(**fields)))
+    return path
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimzer.lr": [0.1]}, "no section or field 'optimzer' \\(did you mean 'optimizer'\\?\\)"),
+    ({"optimizer.lrr": [0.1]}, "optimizer has no option 'lrr' \\(did you mean 'lr'\\?\\)"),
+    ({"optimizer.name": ["adam", "sgdd"]}, "optimizer.name='sgdd' is invalid(.|\n)*did you mean 'sgd'"),
+    ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, "low must be below high"),
+    ({"optimizer.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log ranges need low > 0"),
+    ({"optimizer.lr": []}, "list of values is empty"),
+    ({"optimizer.lr": 0.1}, "give a list of values, a range"),
+    ({"optimizer.name": ["adam"], "optimizer.lr": {"when": "optimizer.nam", "cases": {"adam": [0.1]}}},
+     "did you mean 'optimizer.name'"),
+    ({"optimizer.name": ["adam"], "optimizer.lr": {"when": "optimizer.name", "cases": {"sdg": [0.1]}}},
+     "case 'sdg' is not a value of optimizer.name"),
+])
+def test_invalid_space_fails_before_any_trial(space, message):
+    # every problem of the space is found when the study file is read, naming path and rule
+    with pytest.raises(ConfigError, match=message):
+        parse_study(study_tree(method="random", n_trials=2, space=space))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"method": "random"}, "method random needs n_trials"),
+    ({"method": "annealing"}, "unknown study method 'annealing'"),
+    ({"objective": "val.dise_mean"}, "objective must be SPLIT.METRIC"),
+    ({"objective": "test.dice_mean", "pruner": "median"}, "pruner median needs a validation objective"),
+    ({"pruner": {"name": "median", "min_epoch": 2}}, "has no option 'min_epoch' \\(did you mean 'min_epochs'"),
+    ({"space": {"optimizer.lr": {"low": 0.001, "high": 0.1}}}, "a grid needs a list of values or a step"),
+])
+def test_invalid_study_fields(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_study(study_tree(**fields))
+
+
+def test_conditional_values_make_one_grid_cell_per_valid_combination():
+    # lr per optimizer: 2 adam cells + 1 sgd cell, never an sgd cell with an adam lr
+    space = Space({"optimizer.name": ["adam", "sgd"], "train.batch_size": {"low": 4, "high": 8, "step": 4},
+                   "optimizer.lr": {"when": "optimizer.name", "cases": {"adam": [0.01, 0.001], "sgd": [0.1]}}})
+    assert space.n_grid_cells() == 3 * 2
+    assert sorted(space.grid()["train.batch_size"]) == [4, 8]
+
+
+def test_base_file_is_found_next_to_the_study_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "method": "grid", "space": {"optimizer.lr": [0.1]}}))
+    spec, _ = load_study(path)
+    assert spec.name == "s" and spec.base["data"]["source"] == "synthetic"
+
+
+def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
+    path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001], "train.batch_size": [4, 8]})
+    study = run_study(path, study_dir=tmp_path / "out")
+    trials = study.get_trials()
+    cells = {(t.params["optimizer.lr"], t.params["train.batch_size"]) for t in trials}
+    assert len(trials) == 4 and cells == {(0.01, 4), (0.01, 8), (0.001, 4), (0.001, 8)}
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # the resolved config is stored on the trial, with the sampled values in it
+    config = trials[0].user_attrs["config"]
+    assert config["optimizer"]["lr"] == trials[0].params["optimizer.lr"]
+    assert (tmp_path / "out" / "trials" / "0000-seed0" / "summary.json").exists()
+    run_study(path, study_dir=tmp_path / "out")
+    assert len(load_existing_study(path, study_dir=tmp_path / "out").get_trials()) == 4
+    # leaderboard: best first
+    header, rows = leaderboard(study)
+    values = [r[header.index("val.dice_mean")] for r in rows]
+    assert values == sorted(values, reverse=True)
+
+
+def test_repeats_give_the_mean_and_spread_of_the_objective(tmp_path):
+    path = write_study(tmp_path, space={"optimizer.lr": [0.01]}, repeats=2)
+    (trial,) = run_study(path, study_dir=tmp_path / "out").get_trials()
+    runs = trial.user_attrs["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    scores = [r["value"] for r in runs]
+    assert trial.value == pytest.approx(statistics.fmean(scores))
+    assert trial.user_attrs["spread"] == pytest.approx(statistics.stdev(scores))
+
+
+def test_median_pruner_prunes_a_hopeless_trial(tmp_path):
+    # grid order with seed 3 is lr 0.02, 0.05, then 1e-8, which learns nothing: below the median
+    base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
+    path = write_study(tmp_path, base=base, seed=3, space={"optimizer.lr": [0.05, 0.02, 1e-8]},
+                       pruner={"name": "median", "min_epochs": 1, "n_startup_trials": 2})
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    states = {t.params["optimizer.lr"]: t.state for t in trials}
+    assert states == {0.05: TrialState.COMPLETE, 0.02: TrialState.COMPLETE, 1e-8: TrialState.PRUNED}
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
+    path = write_study(tmp_path, space={"optimizer.lr": [10.0, 0.01]})
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    by_lr = {t.params["optimizer.lr"]: t for t in trials}
+    assert by_lr[0.01].state == TrialState.COMPLETE
+    assert by_lr[10.0].state == TrialState.FAIL
+    assert "TrainingDiverged" in by_lr[10.0].user_attrs["fail_reason"]
+
+
+def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
+    run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
+    with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
+        run_study(write_study(tmp_path, space={"optimizer.lr": [0.02]}), study_dir=tmp_path / "out")
