@@ -22,22 +22,30 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from segtune.errors import DataError
+from segtune.errors import DataError, StorageError
 from segtune.models import build_model
 
 
 def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact; " if path.exists() else ""
+        raise StorageError(f"cannot write {path}: {err}; {kept}free disk space or choose a writable "
+                           f"directory, then resume") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -17,6 +17,10 @@ class DataError(SegtuneError):
     """A data file or dataset layout is missing, unreadable or inconsistent."""
 
 
+class StorageError(SegtuneError):
+    """A result file could not be written (disk full, quota, permissions)."""
+
+
 class TrainingDiverged(SegtuneError):
     """The loss became NaN or infinite; the run cannot continue."""
 

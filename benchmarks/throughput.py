@@ -1,0 +1,180 @@
+"""Training throughput: segtune's loop against a plain PyTorch loop written the usual way.
+
+The reference is how such studies are usually written by hand: a per-sample ``Dataset`` that
+augments with numpy/scipy (flip, small rotation and shift), a ``DataLoader``, fp32 and the
+default memory format. segtune trains the same model on the same data with the same batch size,
+augmentation, loss and optimizer through ``segtune.train`` (data resident as tensors, batched
+augmentation, channels_last, and optionally bf16 autocast). Both run in this process, one after
+the other, so they see the same machine.
+
+Also printed: FLOPs of one training step (torch.utils.flop_counter), achieved GFLOP/s against
+this machine's measured matmul and convolution peaks for the same precision, `predict` speed,
+and peak resident memory.
+
+Usage::
+
+    python benchmarks/throughput.py                  # both models, about 10 minutes on 2 CPU cores
+    python benchmarks/throughput.py --models monai_unet --epochs 2 --out bench.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import resource
+import tempfile
+import time
+from datetime import date
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from segtune.config import build_config
+from segtune.inference import evaluate_split, predict_labels
+from segtune.losses import LOSSES
+from segtune.models import build_model
+from segtune.train import load_data, train
+
+MODELS = {
+    "unet": {"name": "unet", "depth": 4, "base": 16},
+    "monai_unet": {"name": "monai_unet", "channels": [16, 32, 64, 128], "num_res_units": 2},
+}
+
+
+class HandWrittenDataset(Dataset):
+    """Per-sample numpy augmentation, the way hand-written training scripts do it."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, seed: int) -> None:
+        self.images, self.masks = images, masks
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x, y = self.images[i, 0], self.masks[i]
+        angle = self.rng.uniform(-20, 20)
+        shift = self.rng.uniform(-0.1, 0.1, 2) * x.shape
+        x = ndimage.shift(ndimage.rotate(x, angle, reshape=False, order=1), shift, order=1)
+        y = ndimage.shift(ndimage.rotate(y, angle, reshape=False, order=0), shift, order=0)
+        if self.rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, ::-1]
+        return torch.from_numpy(x.copy())[None].float(), torch.from_numpy(y.copy()).long()
+
+
+def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Module]:
+    """The hand-written loop: returns (train images/s, val Dice, model)."""
+    torch.manual_seed(cfg.seed)
+    loss_fn = LOSSES.build(cfg.loss.name, cfg.loss.options, data.n_classes)
+    model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.options["lr"])
+    ds = HandWrittenDataset(data.train.images.numpy(), data.train.masks.numpy(), cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=True)
+    n, seconds = 0, 0.0
+    for epoch in range(epochs):
+        model.train()
+        t = time.perf_counter()
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += len(x) if epoch else 0
+        seconds += time.perf_counter() - t if epoch else 0.0  # epoch 0 is warm-up
+    dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
+    return n / seconds, dice, model
+
+
+def segtune_loop(cfg, data, epochs: int) -> tuple[float, float]:
+    """segtune.train with validation only at the end: returns (train images/s, val Dice)."""
+    cfg = build_config(cfg.to_dict(), [f"train.epochs={epochs}", f"train.val_every={epochs}", "train.patience=0",
+                                       "train.restore_best=false"])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(cfg, out_dir=f"{tmp}/run", data=data, verbose=False)
+    images = (len(data.train) // cfg.train.batch_size) * cfg.train.batch_size
+    seconds = sum(r["seconds"] for r in result.history[1:-1])  # skip warm-up and the validated last epoch
+    return images * (epochs - 2) / seconds, result.summary["val"]["dice_mean"]
+
+
+def step_flops(cfg, data, precision: str) -> float:
+    """FLOPs of one forward + backward pass per training image."""
+    model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes)
+    loss_fn = LOSSES.build(cfg.loss.name, cfg.loss.options, data.n_classes)
+    x, y = data.train.images[:4], data.train.masks[:4]
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with FlopCounterMode(display=False) as counter, ctx:
+        loss_fn(model(x).float(), y).backward()
+    return counter.get_total_flops() / 4
+
+
+def peak_gflops(dtype: torch.dtype) -> dict[str, float]:
+    """Measured peaks: a 2048^3 matmul and a 64->64 3x3 convolution (channels_last)."""
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(16, 64, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, fn, flops in (("matmul", lambda: a @ b, 2 * 2048**3),
+                            ("conv", lambda: conv(x), 2 * 16 * 64 * 64 * 9 * 128 * 128)):
+        with torch.no_grad():
+            fn()
+            t = time.perf_counter()
+            reps = 5
+            for _ in range(reps):
+                fn()
+        out[name] = flops * reps / (time.perf_counter() - t) / 1e9
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="unet,monai_unet")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per measurement (first is warm-up)")
+    parser.add_argument("--spacing", type=int, default=1, choices=[1, 2], help="demo data resolution in mm")
+    parser.add_argument("--out", default="benchmarks/throughput.md")
+    args = parser.parse_args()
+
+    lines = [f"# Training throughput ({date.today()}, {platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
+             f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
+             "| model | loop | train img/s | x reference | val Dice after run | GFLOP/s | % of conv peak |",
+             "|---|---|---|---|---|---|---|"]
+    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
+    for model in args.models.split(","):
+        tree = {"name": "bench", "data": {"source": "demo", "spacing": args.spacing}, "model": MODELS[model],
+                "loss": {"name": "dice_ce"}, "optimizer": {"name": "adam", "lr": 3e-3},
+                "augment": {"name": "combine"}, "train": {"batch_size": 16}}
+        cfg = build_config(tree)
+        data = load_data(cfg)
+        ref_speed, ref_dice, ref_model = reference_loop(cfg, data, args.epochs)
+        flops = {p: step_flops(cfg, data, p) for p in ("fp32", "bf16")}
+        rows = [("plain PyTorch (reference)", ref_speed, ref_dice, "fp32")]
+        for label, overrides, precision in (
+            ("segtune fp32, default layout", ["train.channels_last=false"], "fp32"),
+            ("segtune fp32, channels_last", [], "fp32"),
+            ("segtune bf16, channels_last", ["train.precision=bf16"], "bf16"),
+        ):
+            speed, dice = segtune_loop(build_config(tree, overrides), data, args.epochs)
+            rows.append((label, speed, dice, precision))
+        for label, speed, dice, precision in rows:
+            achieved = flops[precision] * speed / 1e9
+            lines.append(f"| {model} | {label} | {speed:.1f} | {speed / ref_speed:.2f} | {dice:.3f} | "
+                         f"{achieved:.0f} | {100 * achieved / peaks[precision]['conv']:.0f}% |")
+        t = time.perf_counter()
+        predict_labels(ref_model, data.test.images, batch_size=16)
+        lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | |")
+        lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | |")
+    lines += ["", "Measured peaks (GFLOP/s): " + ", ".join(
+        f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()),
+        f"Peak resident memory of this benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]
+    text = "\n".join(lines)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Faults a user meets: a full disk, and garbage configs. Never a traceback, nothing lost."""
+
+import resource
+import signal
+import subprocess
+import sys
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segtune.cli import main
+from segtune.config import Config, build_config
+from segtune.errors import ConfigError
+
+from conftest import tiny_tree
+
+
+def _small_disk(limit_bytes):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+def test_full_disk_gives_a_clear_error(tmp_path):
+    # files may grow to 16 KiB only: config.yaml fits, the checkpoint does not
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_tree()))
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "segtune", "train", str(config), "--quiet", "--out", str(run)],
+                          capture_output=True, text=True, preexec_fn=_small_disk(16 * 1024))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: cannot write ") and "free disk space" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(run.glob(".*.tmp"))  # no half-written temporary file left behind
+    assert yaml.safe_load((run / "config.yaml").read_text())["name"] == "tiny"
+
+
+SECTIONS = ["data", "model", "loss", "optimizer", "scheduler", "augment", "train", "seed", "name", "bogus"]
+KEYS = ["name", "source", "lr", "epochs", "batch_size", "depth", "base", "patience", "train_fraction", "momentum",
+        "gamma", "step_size", "n_aug", "precision", "device", "resize", "size", "n_classes", "plane", "spacing", "x"]
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+                   st.text(max_size=8), st.sampled_from(["adam", "sgd", "unet", "demo", "synthetic", "dice", "bf16"]),
+                   st.lists(st.integers(-2, 300), max_size=3))
+TREES = st.dictionaries(st.sampled_from(SECTIONS),
+                        st.one_of(VALUES, st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4)), max_size=5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(TREES)
+def test_random_configs_validate_or_fail_cleanly(tree):
+    # any tree either validates or raises ConfigError naming a field; nothing else escapes
+    try:
+        assert isinstance(build_config(tree), Config)
+    except ConfigError as err:
+        assert str(err).startswith("config: invalid config\n  ")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["optimizer.lr=abc", "train.epochs=-1", "model.name=x", "loss.gamma=2",
+                                 "data.source=folder", "train.device=cuda:x", "scheduler.name=cosine",
+                                 "augment.n_aug=99", "=3", "seed=[1]"]), min_size=1, max_size=3))
+def test_bad_overrides_exit_2_without_traceback(tmp_path_factory, overrides):
+    config = tmp_path_factory.mktemp("c") / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0})))
+    code = main(["train", str(config), "--quiet", "--out", str(config.parent / "run"), "--set", *overrides])
+    assert code in (0, 2)
