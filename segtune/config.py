@@ -79,6 +79,17 @@ class DataConfig(_Component):
 class ModelConfig(_Component):
     registry: ClassVar[Registry] = MODELS
     name: str = "monai_unet"
+    # Transfer learning (with the model option encoder_weights): train only the decoder, and
+    # optionally the whole network after unfreeze_encoder_after epochs (None = frozen to the end).
+    freeze_encoder: bool = False
+    unfreeze_encoder_after: Annotated[int, Field(ge=1)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> "ModelConfig":
+        if self.unfreeze_encoder_after is not None and not self.freeze_encoder:
+            raise ValueError(f"model.unfreeze_encoder_after={self.unfreeze_encoder_after} needs "
+                             f"model.freeze_encoder=true; set it, or remove unfreeze_encoder_after")
+        return self
 
 
 class LossConfig(_Component):
@@ -126,8 +137,8 @@ class TrainConfig(_Strict):
     @pydantic.field_validator("device")
     @classmethod
     def _device_name(cls, value: str) -> str:
-        head = value.split(":")[0]
-        if head not in {"auto", "cpu", "cuda", "mps"}:
+        head, _, index = value.partition(":")
+        if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
         return value
 
@@ -144,6 +155,13 @@ class Config(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _warmup_fits(self) -> "Config":
+        if self.scheduler.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"scheduler.warmup_epochs={self.scheduler.warmup_epochs} must be less than "
+                             f"train.epochs={self.train.epochs}; use fewer warm-up epochs or more epochs")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, every default filled in, as plain YAML-able values."""

@@ -49,6 +49,7 @@ def test_option_the_optimizer_lacks_is_an_error():
     ("optimizer.lr=-1", r"lr=-1: Input should be greater than 0"),
     ("train.precision=fp8", r"train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
     ("train.device=tpu", r"device must be auto, cpu, cuda, cuda:N or mps"),
+    ("train.device=cuda:x", r"device must be auto, cpu, cuda, cuda:N or mps, not .cuda:x."),
     ("train.batch_size=many", r"train.batch_size: Input should be a valid integer"),
     ("data.source=nowhere", r"unknown data source 'nowhere'"),
 ])
