@@ -94,15 +94,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         print_study_results(st.load_existing_study(path, study_dir=args.out, storage=args.storage))
         return 0
     if args.worker:
-        spec, space = st.load_study(path)
+        spec, space = st.load_study(path, args.set)
         n = st.run_worker(spec, space, study_dir=Path(args.out) if args.out else st.default_study_dir(spec),
                           storage=args.storage, num_threads=args.threads, seed=st.worker_seed(spec),
-                          verbose=args.verbose)
+                          verbose=args.verbose, progress=args.progress)
         print(f"worker {os.getpid()}: ran {n} trial(s); the study is done", flush=True)
         return 0
     study = st.run_study(path, study_dir=args.out, storage=args.storage, n_workers=args.workers,
-                         num_threads=args.threads, verbose=args.verbose)
+                         num_threads=args.threads, overrides=args.set, verbose=args.verbose,
+                         progress=not args.quiet)
     print_study_results(study)
+    print(f"\nreport: {study_report(study, study_dir=args.out)}")
     return 0
 
 
@@ -200,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="study directory (default: runs/<study name>)")
     p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
     p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # set for spawned workers
+    add_set(p)
 
     p = sub.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
     p.add_argument("run", help="run directory (holding config.yaml and best.pt)")

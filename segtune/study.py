@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -174,8 +174,18 @@ def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool
     return len(counted) < spec.n_trials, bool(running)
 
 
+def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    params = ", ".join(f"{k}={_show(v)}" for k, v in trial.user_attrs.get("params", {}).items())
+    value = trial.value if trial.value is not None else _last_value(trial)
+    shown = "" if value is None else f" {value:.4f}"
+    reason = f" ({trial.user_attrs[FAIL_REASON]})" if FAIL_REASON in trial.user_attrs else ""
+    print(f"trial {trial.number:>3} {trial.state.name.lower():<8}{shown}  epochs {trial.user_attrs.get('epochs', 0):>3}  "
+          f"{trial.user_attrs.get('seconds', 0.0):5.0f} s  {params}{reason}", flush=True)
+
+
 def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
-               num_threads: int | None = None, seed: int | None = None, verbose: bool = False) -> int:
+               num_threads: int | None = None, seed: int | None = None, verbose: bool = False,
+               progress: bool = False) -> int:
     """Run trials until the study is done; returns how many trials this worker ran.
 
     The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
@@ -191,7 +201,7 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
             optuna.storages.fail_stale_trials(study)
         start, running = _work_left(spec, space, study)
         if start:
-            study.optimize(objective, n_trials=1, catch=USER_ERRORS)
+            study.optimize(objective, n_trials=1, catch=USER_ERRORS, callbacks=[_print_progress] if progress else [])
             n_run += 1
         elif running:
             time.sleep(min(spec.heartbeat_interval, 2))
@@ -200,7 +210,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
 
 
 def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage: str | None = None,
-              n_workers: int = 1, num_threads: int | None = None, verbose: bool = False) -> optuna.Study:
+              n_workers: int = 1, num_threads: int | None = None, overrides: Sequence[str] = (),
+              verbose: bool = False, progress: bool = False) -> optuna.Study:
     """Run (or resume, or join) the study of a study file with ``n_workers`` local workers.
 
     Args:
@@ -209,7 +220,9 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         storage: an SQLAlchemy URL of a shared storage (``postgresql://user@host:5432/db``).
         n_workers: worker processes on this machine; 1 runs in this process.
         num_threads: CPU threads per worker; default the cores divided among the workers.
+        overrides: ``--set`` style changes of the base config (``["data.spacing=2"]``).
         verbose: print every epoch of every trial.
+        progress: print one line per finished trial.
 
     Returns:
         The Optuna study, finished.
@@ -218,7 +231,7 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         ConfigError: an invalid study file or space, an unusable storage, or a stored study
             made from a different file.
     """
-    spec, space = load_study(path)
+    spec, space = load_study(path, overrides)
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
@@ -227,10 +240,12 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     if n_workers == 1:
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
-                   seed=spec.seed, verbose=verbose)
+                   seed=spec.seed, verbose=verbose, progress=progress)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
     command += ["--storage", storage] if storage else []
+    command += ["--set", *overrides] if overrides else []
+    command += ["--progress"] if progress else []
     command += ["--threads", str(num_threads)]
     procs = [subprocess.Popen(command) for _ in range(n_workers)]
     codes = [p.wait() for p in procs]

@@ -21,14 +21,14 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Sequence
 
 import optuna
 import pydantic
 from pydantic import Field
 
 from segtune.config import _Component as ComponentSection
-from segtune.config import _format_errors, build_config, read_yaml, set_path
+from segtune.config import _format_errors, build_config, parse_override, read_yaml, set_path
 from segtune.errors import ConfigError
 from segtune.registry import Registry
 from segtune.study_space import Space, check_path
@@ -70,8 +70,8 @@ def no_pruner(max_epochs: int, /) -> optuna.pruners.BasePruner:
 @PRUNERS.register("median")
 def median_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
                   n_startup_trials: Annotated[int, Field(ge=0)] = 2) -> optuna.pruners.BasePruner:
-    """Stop a trial whose value is below the median of earlier trials at the same epoch."""
-    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=min_epochs - 1)
+    """Stop a trial worse than the median of earlier trials at the same epoch, from ``min_epochs`` on."""
+    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=min_epochs)
 
 
 @PRUNERS.register("successive_halving")
@@ -210,8 +210,12 @@ def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec,
     return spec, space
 
 
-def load_study(path: str | Path) -> tuple[StudySpec, Space]:
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySpec, Space]:
     """Read and validate a study file (see the module doc for its keys).
+
+    Args:
+        path: the study file.
+        overrides: ``--set`` style changes of the base config, after the file's own ``set``.
 
     Example:
         >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
@@ -227,5 +231,9 @@ def load_study(path: str | Path) -> tuple[StudySpec, Space]:
     for key, value in fixed.items():
         check_path(str(key))
         set_path(tree["base"], str(key).split("."), value)
+    for item in overrides:
+        keys, value = parse_override(item)
+        check_path(".".join(keys))
+        set_path(tree["base"], keys, value)
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
     return parse_study(tree, origin=str(path))

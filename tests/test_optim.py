@@ -143,6 +143,9 @@ def test_plateau_reduces_after_patience_and_warms_up():
 def test_warmup_must_leave_epochs_for_the_schedule():
     with pytest.raises(ConfigError, match="warmup_epochs=5 leaves no epochs of train.epochs=5"):
         build_scheduler("none", {}, _optimizer(), n_epochs=5, warmup_epochs=5)
+    # The config says so when it is loaded, before any data is read.
+    with pytest.raises(ConfigError, match="scheduler.warmup_epochs=5 must be less than train.epochs=5"):
+        build_config({"scheduler": {"name": "poly", "warmup_epochs": 5}, "train": {"epochs": 5}})
 
 
 def test_unknown_schedule_suggests_a_name():

@@ -131,3 +131,24 @@ def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
         run_study(write_study(tmp_path, space={"optimizer.lr": [0.02]}), study_dir=tmp_path / "out")
+
+
+def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
+    path = write_study(tmp_path, set={"train.batch_size": 4})
+    spec, _ = load_study(path, ["optimizer.lr=0.5"])
+    assert spec.base["train"]["batch_size"] == 4 and spec.base["optimizer"]["lr"] == 0.5
+    with pytest.raises(ConfigError, match="train has no option 'bach_size' \\(did you mean 'batch_size'"):
+        load_study(write_study(tmp_path, set={"train.bach_size": 4}))
+
+
+def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
+    from segtune.cli import main
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01]}), str(tmp_path / "out")
+    assert main(["study", "status", str(path), "--out", out]) == 2
+    assert "no study 'tiny' yet" in capsys.readouterr().err
+    assert main(["study", str(path), "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "trial   0 complete" in printed and "best: trial 0, val.dice_mean" in printed
+    assert main(["study", "status", str(path), "--out", out]) == 0
+    assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out
