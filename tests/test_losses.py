@@ -177,3 +177,16 @@ def test_label_smoothing_raises_the_minimum_of_ce():
     target = _target(3)
     smoothed = LOSSES.build("ce", {"label_smoothing": 0.1}, 3)(_perfect(target, 3), target)
     assert float(smoothed) > 0.1 * math.log(3) / 2
+
+
+def test_a_single_channel_loss_trains_a_one_channel_network(tmp_path):
+    from segtune.config import build_config
+    from segtune.train import train
+    from tests.conftest import tiny_tree
+
+    tree = tiny_tree(loss={"name": "dice_bce"})
+    tree["data"]["n_classes"] = 2
+    tree["train"]["epochs"] = 1
+    result = train(build_config(tree), out_dir=tmp_path / "run", verbose=False)
+    assert result.summary["class_names"] == ["background", "class_1"]
+    assert 0.0 <= result.summary["test"]["dice_mean"] <= 1.0
