@@ -70,21 +70,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from segtune.data.demo import COPYRIGHT
     from segtune.train import train
 
-    config = load_config(demo_config_path(), args.set)
     print("segtune demo: brain tissue segmentation on the MNI ICBM152 2009 template (nilearn), "
           "held-out contiguous blocks of axial slices\n")
-    result = train(config, out_dir=args.out, verbose=not args.quiet)
-    s = result.summary
-    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s, run directory {result.run_dir}")
-    print("Dice on held-out test slices:")
-    print_dice_table({"test": s["test"]}, s["class_names"])
+    if not args.single:
+        _demo_study(args)
+    else:
+        config = load_config(demo_config_path(), args.set)
+        result = train(config, out_dir=args.out, verbose=not args.quiet)
+        s = result.summary
+        print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s, "
+              f"run directory {result.run_dir}")
+        print("Dice on held-out test slices:")
+        print_dice_table({"test": s["test"]}, s["class_names"])
     print("\n" + COPYRIGHT.splitlines()[0] + " Copyright notice: see NOTICE.")
     return 0
+
+
+def _demo_study(args: argparse.Namespace) -> None:
+    import time
+
+    from segtune.study import run_study
+
+    path = demo_config_path().with_name("demo_study.yaml")
+    out = args.out or Path("runs") / f"demo-study-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"a study of optimizer x learning rate x loss with median pruning ({path.name}) -> {out}", flush=True)
+    t0 = time.perf_counter()
+    study = run_study(path, study_dir=out, overrides=args.set, verbose=False, progress=not args.quiet)
+    print(f"\n{time.perf_counter() - t0:.0f} s in all")
+    best = print_study_results(study)
+    if best is not None:
+        run = max(best.user_attrs["runs"], key=lambda r: r["value"])
+        print(f"\nbest trial {best.number}: Dice on held-out test slices ({run['run_dir']})")
+        print_dice_table({"test": run["test"]}, run["class_names"])
 
 
 @command("study")
 def cmd_study(args: argparse.Namespace) -> int:
     from segtune import study as st
+    from segtune.report import study_report
 
     status = args.target[0] == "status" and len(args.target) == 2
     if len(args.target) != 1 and not status:
@@ -128,6 +151,17 @@ def print_study_results(study: Any) -> Any:
     return best
 
 
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from segtune.report import write_report
+
+    if args.path is None and args.storage is None:
+        raise SystemExit("usage: segtune report STUDY_DIR | RUN_DIR | --storage URL [--study NAME] [STUDY_DIR]")
+    html = write_report(args.path, storage=args.storage, study_name=args.study, out=args.out, layout=args.layout)
+    print(f"report: {html} (and report.md, figures/ beside it)")
+    return 0
+
+
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segtune.predict import evaluate_run
@@ -161,11 +195,69 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("inspect")
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from segtune.inspect import data_config, fingerprint, format_fingerprint
+
+    fp = fingerprint(data_config(args.data, args.set))
+    print(json.dumps(fp, indent=2) if args.json else format_fingerprint(fp))
+    return 0
+
+
 @command("list")
 def cmd_list(args: argparse.Namespace) -> int:
     from segtune.components import format_components
 
     print(format_components(args.sections or None), end="")
+    return 0
+
+
+@command("pretrain")
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from segtune.config import load_config
+    from segtune.pretrain import pretrain
+
+    config = load_config(args.config, args.set)
+    s = pretrain(config, out_dir=args.out, verbose=not args.quiet).summary
+    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s: validation MSE "
+          f"{s['val']['mse']:.4f}, MAE {s['val']['mae']:.4f}")
+    print(f"encoder weights: {s['encoder']}\ntrain from them with: --set model.encoder_weights={s['encoder']} "
+          f"[model.freeze_encoder=true [model.unfreeze_encoder_after=N]]")
+    return 0
+
+
+@command("lr-find")
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from segtune.config import load_config
+    from segtune.lr_find import find_lrs, refine_lr
+    from segtune.train import default_run_dir, load_data
+
+    config = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else default_run_dir(config).with_name(f"lr-find-{config.name}")
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else [config.optimizer.name]
+    data = load_data(config)
+    if args.refine:
+        options = {k: getattr(args, k) for k in ("low", "high", "n_bisect", "epochs") if hasattr(args, k)}
+        rows, total = [], 0.0
+        for name in names:
+            r = refine_lr(config, out_dir=out, data=data, optimizer=name, verbose=not args.quiet, **options)
+            rows += [[name, t["stage"], f"{t['lr']:.3g}", t["val_dice"], f"{t['seconds']:.1f}", t["status"]]
+                     for t in r.trials]
+            total += r.seconds
+            print(f"{name}: best lr {r.best_lr:.3g}, val Dice {r.best_dice:.4f}, {len(r.trials)} trainings of "
+                  f"{r.epochs} epochs, {r.seconds:.0f} s", flush=True)
+        print_table(rows, ["optimizer", "stage", "lr", "val dice", "seconds", "status"])
+        print(f"\ntotal cost: {len(rows)} trainings, {total:.0f} s; run directories in {out}")
+        return 0
+    options = {k: getattr(args, k) for k in ("n_steps", "start_lr", "end_lr", "rule") if hasattr(args, k)}
+    curves = find_lrs(config, names, out_dir=out, data=data, **options)
+    rows = [[c.optimizer, f"{c.suggestion:.3g}", *(f"{c.suggestions[r]:.3g}" for r in sorted(c.suggestions)),
+             len(c.lrs), f"{c.seconds:.1f}", c.stopped] for c in curves]
+    print_table(rows, ["optimizer", f"suggested lr ({curves[0].rule})", *sorted(curves[0].suggestions),
+                       "steps", "seconds", "stopped"])
+    print(f"\ncurves: {out / 'lr_find.png'}, table: {out / 'lr_find.csv'}")
     return 0
 
 
@@ -187,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from its last.pt (same config and --set)")
 
-    p = sub.add_parser("demo", help="train on the built-in brain MRI demo data and print test Dice")
+    p = sub.add_parser("demo", help="a small study on the built-in brain MRI demo data; prints the test Dice")
     add_set(p)
-    p.add_argument("--out", help="run directory (default: runs/demo-<timestamp>)")
+    p.add_argument("--single", action="store_true", help="train demo.yaml once instead of running the study")
+    p.add_argument("--out", help="study directory (default: runs/demo-study-<timestamp>), "
+                                 "or with --single the run directory (default: runs/demo-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
     p = sub.add_parser("study", help="run, resume or join a hyperparameter study; `study status` shows it")
@@ -205,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # set for spawned workers
     add_set(p)
+
+    p = sub.add_parser("report", help="HTML and Markdown report of a study or a run: tables, curves, predictions")
+    p.add_argument("path", nargs="?", help="study directory (holding study.db) or run directory (holding config.yaml)")
+    p.add_argument("--storage", help="a study storage URL instead, e.g. postgresql://user@host:5432/db")
+    p.add_argument("--study", help="the study's name in --storage (needed when it holds several)")
+    p.add_argument("--out", help="report folder (default: PATH/report)")
+    p.add_argument("--layout", nargs="+", metavar="PARAM",
+                   help="one or two hyperparameters laying out the curve grids (columns, or rows then columns), "
+                        "e.g. optimizer.name scheduler.name")
 
     p = sub.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
     p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
@@ -224,10 +327,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="where to put the archives and the unpacked files")
     p.add_argument("--mirror", help="base URL of a mirror holding the same archive files (https://, file://)")
 
+    p = sub.add_parser("inspect", help="dataset fingerprint: sizes, spacings, intensities, class frequencies, "
+                                       "warnings and suggested settings")
+    p.add_argument("--data", help="dataset folder (layout recognised) or YAML config; or give --set data.source=...")
+    add_set(p)
+    p.add_argument("--json", action="store_true", help="print the fingerprint as JSON")
+
     p = sub.add_parser("list", help="every model, loss, optimizer, schedule, augmentation and data source, "
                                     "with its options and defaults")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help="only these config sections: model loss optimizer scheduler augment data")
+    p = sub.add_parser("pretrain", help="pre-train the model's encoder as an autoencoder on the training images")
+    p.add_argument("config", help="YAML config file (data, model, optimizer, train.epochs)")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default: runs/<name>-pretrain-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    p = sub.add_parser("lr-find", help="LR range test per optimizer (one table, one figure); --refine: "
+                                        "coarse-to-fine search on validation Dice")
+    p.add_argument("config", help="YAML config file")
+    add_set(p)
+    p.add_argument("--optimizers", help="comma-separated optimizer names (default: the configured one)")
+    p.add_argument("--out", help="output folder (default: runs/lr-find-<name>-<timestamp>)")
+    keep = argparse.SUPPRESS  # unset options keep the defaults of segtune.lr_find
+    p.add_argument("--steps", dest="n_steps", type=int, default=keep, help="range test: optimizer steps (100)")
+    p.add_argument("--start-lr", type=float, default=keep, help="range test: first lr (1e-7)")
+    p.add_argument("--end-lr", type=float, default=keep, help="range test: last lr (10)")
+    p.add_argument("--rule", default=keep, help="range test: valley (default), steepest or min_tenth")
+    p.add_argument("--refine", action="store_true",
+                   help="short trainings at each decade from --low to --high, then bisection on validation Dice")
+    p.add_argument("--low", type=float, default=keep, help="refine: lowest lr (1e-5)")
+    p.add_argument("--high", type=float, default=keep, help="refine: highest lr (1e-1)")
+    p.add_argument("--n-bisect", type=int, default=keep, help="refine: bisection rounds, 2 trainings each (2)")
+    p.add_argument("--epochs", type=int, default=keep, help="refine: epochs per training (train.epochs)")
+    p.add_argument("--quiet", action="store_true", help="refine: no per-epoch lines")
     return parser
 
 

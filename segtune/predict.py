@@ -204,8 +204,8 @@ class _Predictor:
             images, _ = resize_slices(images, None, tuple(read_size))
         if self.meta.get("resize"):
             images, _ = resize_slices(images, None, tuple(self.meta["resize"]))
-        labels = predict_labels(self.model, normalize_images(images.float(), self.meta["normalize"]),
-                                batch_size=self.batch_size, device=self.device)
+        images = normalize_images(images.float(), self.meta["normalize"], self.meta.get("normalize_stats"))
+        labels = predict_labels(self.model, images, batch_size=self.batch_size, device=self.device)
         if tuple(labels.shape[1:]) != size:
             labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         return labels
