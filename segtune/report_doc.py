@@ -1,0 +1,161 @@
+"""A report as a list of blocks, written once as self-contained HTML and once as Markdown.
+
+Blocks are headings, paragraphs, tables and figures. :func:`write_document` renders the same
+blocks twice: ``report.html`` with every figure embedded as a base64 PNG (one file, readable
+offline) and ``report.md`` with the figures as PNG files in ``figures/`` beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str  # plain text; **bold** spans are kept in Markdown and rendered as <b> in HTML
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+    bold: frozenset[tuple[int, int]] = frozenset()  # (row, column) cells to emphasise
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem, unique in the report
+    png: bytes
+    caption: str = ""
+
+
+Block = Union[Heading, Text, Table, Figure]
+
+
+def figure_block(fig: Any, name: str, caption: str = "", *, dpi: int = 110) -> Figure:
+    """Render a matplotlib figure to a PNG :class:`Figure` block and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return Figure(name, buf.getvalue(), caption)
+
+
+def cell_text(value: Any) -> str:
+    """A table cell: floats with 4 significant decimals, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return str(value)
+
+
+def _bold_html(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def to_markdown(blocks: list[Block], *, figure_dir: str = "figures") -> str:
+    """The blocks as Markdown; figures refer to ``<figure_dir>/<name>.png``."""
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Text):
+            out.append(b.text)
+        elif isinstance(b, Table):
+            cells = [[cell_text(c).replace("|", "\\|") for c in row] for row in b.rows]
+            cells = [[f"**{c}**" if (i, j) in b.bold else c for j, c in enumerate(row)] for i, row in enumerate(cells)]
+            lines = ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(row) + " |" for row in cells]
+            out.append((f"*{b.caption}*\n\n" if b.caption else "") + "\n".join(lines))
+        elif isinstance(b, Figure):
+            out.append(f"![{b.name}]({figure_dir}/{b.name}.png)"
+                       + (f"\n\n*{b.caption}*" if b.caption else ""))
+        else:
+            raise TypeError(f"not a report block: {b!r}")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .15em; margin-top: 1.8em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.88em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; }
+td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: .3em; }
+figure { margin: 1em 0 1.6em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-style: italic; font-size: 0.9em; color: #555; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def to_html(blocks: list[Block], *, title: str) -> str:
+    """The blocks as one self-contained HTML page (figures embedded as base64 PNG, no scripts)."""
+    out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Text):
+            out.append(f"<p>{_bold_html(b.text)}</p>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+            body = "".join(
+                "<tr>" + "".join((f"<td><b>{html.escape(cell_text(c))}</b></td>" if (i, j) in b.bold
+                                  else f"<td>{html.escape(cell_text(c))}</td>") for j, c in enumerate(row)) + "</tr>"
+                for i, row in enumerate(b.rows))
+            caption = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
+            out.append(f"<div class=\"scroll\"><table>{caption}<thead><tr>{head}</tr></thead>"
+                       f"<tbody>{body}</tbody></table></div>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode(b.png).decode("ascii")
+            out.append(f"<figure><img alt=\"{html.escape(b.caption or b.name)}\" src=\"data:image/png;base64,{data}\">"
+                       + (f"<figcaption>{html.escape(b.caption)}</figcaption>" if b.caption else "") + "</figure>")
+        else:
+            raise TypeError(f"not a report block: {b!r}")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> Path:
+    """Write ``report.html``, ``report.md`` and ``figures/*.png`` into ``out_dir``.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    figure_dir = out_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for b in blocks:
+        if isinstance(b, Figure):
+            (figure_dir / f"{b.name}.png").write_bytes(b.png)
+    (out_dir / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    path = out_dir / "report.html"
+    path.write_text(to_html(blocks, title=title), encoding="utf-8")
+    return path
+
+
+__all__ = ["Block", "Figure", "Heading", "Table", "Text", "cell_text", "figure_block", "to_html", "to_markdown",
+           "write_document"]
