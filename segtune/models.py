@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from segtune.errors import DataError
+from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
 
 MODELS = Registry("model")
@@ -69,6 +69,7 @@ class UNet(nn.Module):
                                              nn.Conv2d(widths[k + 1], widths[k], 1)))
             self.merge.append(_double_conv(2 * widths[k], widths[k], batch_norm, dropout))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.encoder_modules = [f"down.{k}" for k in range(depth + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -109,10 +110,12 @@ def unet(
     batch_norm: bool = True,
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
     upsample: Literal["transpose", "bilinear"] = "transpose",
+    encoder_weights: str | None = None,  # encoder file written by `segtune pretrain`; None = random init
 ) -> nn.Module:
     """Classic U-Net (Ronneberger et al. 2015), padded 3x3 convolutions, optional batch norm and dropout."""
-    return UNet(in_channels, out_channels, depth=depth, base=base, batch_norm=batch_norm,
-                dropout=dropout, upsample=upsample)
+    net = UNet(in_channels, out_channels, depth=depth, base=base, batch_norm=batch_norm,
+               dropout=dropout, upsample=upsample)
+    return load_pretrained_encoder(net, encoder_weights) if encoder_weights else net
 
 
 @MODELS.register("monai_unet")
@@ -125,6 +128,7 @@ def monai_unet(
     num_res_units: Annotated[int, Field(ge=0, le=8)] = 2,
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
     norm: Literal["batch", "instance"] = "batch",
+    encoder_weights: str | None = None,  # encoder file written by `segtune pretrain`; None = random init
 ) -> nn.Module:
     """MONAI UNet with residual units (Kerfoot et al. 2018): one level per entry of ``channels``."""
     from monai.networks.nets import UNet as MonaiUNet
@@ -133,7 +137,18 @@ def monai_unet(
                     channels=tuple(channels), strides=(2,) * (len(channels) - 1),
                     num_res_units=num_res_units, dropout=dropout, norm=norm)
     net.size_multiple = 2 ** (len(channels) - 1)
-    return net
+    net.encoder_modules = _monai_encoder_modules(net)
+    return load_pretrained_encoder(net, encoder_weights) if encoder_weights else net
+
+
+def _monai_encoder_modules(net: nn.Module) -> list[str]:
+    """MONAI UNet nests ``Sequential(down, SkipConnection(deeper), up)``: the downs, then the bottom layer."""
+    names, prefix, block = [], "model", net.model
+    while True:
+        names.append(f"{prefix}.0")
+        prefix, block = f"{prefix}.1.submodule", block[1].submodule
+        if not (isinstance(block, nn.Sequential) and len(block) == 3):
+            return names + [prefix]
 
 
 def _resnet34_encoder(in_channels: int) -> nn.Module:
@@ -148,6 +163,15 @@ def _resnet34_encoder(in_channels: int) -> nn.Module:
                             feed_forward=False, bias_downsample=False)
 
 
+def _read_weights(path: Path, fix: str):
+    if not path.is_file():
+        raise DataError(f"model.encoder_weights={str(path)!r}: no such file; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem means an unusable file
+        raise DataError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a ResNet-34 state dict (torchvision layout, e.g. ``resnet34-b627a593.pth``) into ``encoder``.
 
@@ -159,12 +183,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         DataError: unreadable file, or keys or shapes that do not match a ResNet-34.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"model.encoder_weights={str(path)!r}: no such file; give a ResNet-34 state dict (.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem means an unusable file
-        raise DataError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+    state = _read_weights(path, "give a ResNet-34 state dict (.pth)")
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise DataError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
@@ -203,6 +222,7 @@ def resnet34_unet(
     if encoder_weights:
         load_encoder_weights(net.encoder, encoder_weights)
     net.size_multiple = 32
+    net.encoder_modules = ["encoder"]
     return net
 
 
@@ -214,3 +234,55 @@ def build_model(name: str, options: dict, in_channels: int, out_channels: int) -
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def encoder_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that form ``model``'s encoder, shallow to deep (the last gives the deepest features).
+
+    Every registered network names its encoder in ``encoder_modules``; a network built by
+    :func:`build_model` has them under ``net.``.
+
+    Raises:
+        ConfigError: the network names no encoder.
+    """
+    net, prefix = (model.net, "net.") if isinstance(model, PadToMultiple) else (model, "")
+    names = getattr(net, "encoder_modules", None)
+    if not names:
+        raise ConfigError(f"{type(net).__name__} names no encoder (encoder_modules); transfer learning needs one of "
+                          f"the registered models: {', '.join(MODELS.names())}")
+    return [prefix + name for name in names]
+
+
+def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's entries of ``model.state_dict()``, named as in the bare network (no ``net.`` prefix)."""
+    net = model.net if isinstance(model, PadToMultiple) else model
+    heads = tuple(f"{name}." for name in encoder_modules(net))
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if k.startswith(heads)}
+
+
+def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (``False``) or unfreeze the encoder's parameters; batch-norm statistics keep updating."""
+    for name in encoder_modules(model):
+        for param in model.get_submodule(name).parameters():
+            param.requires_grad_(trainable)
+
+
+def load_pretrained_encoder(net: nn.Module, path: str | Path) -> nn.Module:
+    """Load an encoder file written by ``segtune pretrain`` into the encoder of ``net``; returns ``net``.
+
+    Raises:
+        DataError: unreadable file, or entries that do not fit this network's encoder (another
+            model or other options than at pre-training).
+    """
+    path = Path(path).expanduser()
+    state = _read_weights(path, "write one with `segtune pretrain`")
+    want = encoder_state(net)
+    have = state if isinstance(state, dict) else {}
+    bad = sorted(k for k in want if k not in have or tuple(have[k].shape) != tuple(want[k].shape))
+    extra = sorted(set(have) - set(want))
+    if bad or extra:
+        raise DataError(f"{path}: does not fit the encoder of this {type(net).__name__} ({len(bad)} entries missing "
+                        f"or of another shape, e.g. {(bad or extra)[0]!r}); pre-train with the same model.name and "
+                        f"model options as the segmentation run")
+    net.load_state_dict(have, strict=False)
+    return net

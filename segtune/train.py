@@ -34,7 +34,7 @@ from segtune.data import SOURCES, SegData, prepare
 from segtune.errors import ConfigError, SegtuneError, TrainingDiverged
 from segtune.inference import autocast, evaluate_split, labels_from_logits
 from segtune.losses import LOSSES
-from segtune.models import build_model, count_parameters
+from segtune.models import build_model, count_parameters, set_encoder_trainable
 from segtune.optim import OPTIMIZERS, build_scheduler
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -225,18 +225,16 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)
     names = data.class_names
-    loss_fn = LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
-    out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
-    model = build_model(config.model.name, config.model.options, data.in_channels, out_channels).to(device)
+    model, loss_fn, optimizer = build_training(config, data, device)
+    out_channels = model.out_channels
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    loss_fn = loss_fn.to(device)
-    optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
     scheduler = build_scheduler(config.scheduler.name, config.scheduler.options, optimizer, n_epochs=cfg.epochs,
                                 warmup_epochs=config.scheduler.warmup_epochs)
     augment = AUGMENTATIONS.build(config.augment.name, config.augment.options)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    meta = {"model": config.model.name, "model_options": config.model.options,
+    # the weights file is not needed to rebuild the trained network, so it is left out
+    model_options = {k: v for k, v in config.model.options.items() if k != "encoder_weights"}
+    meta = {"model": config.model.name, "model_options": model_options,
             "in_channels": data.in_channels, "out_channels": out_channels, "class_names": names,
             "normalize": config.data.normalize, "resize": config.data.resize}
 
@@ -260,6 +258,9 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
             if stopped_early:
                 break
             t_epoch = time.perf_counter()
+            unfreeze_after = config.model.unfreeze_encoder_after
+            if config.model.freeze_encoder and unfreeze_after is not None and epoch > unfreeze_after:
+                set_encoder_trainable(model, True)
             model.train()
             lr = optimizer.param_groups[0]["lr"]
             index, flags = _epoch_order(len(data.train), config.augment.n_aug, augment is not None, generator)
@@ -281,10 +282,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                 loss_value = float(loss.detach())
                 state.first_loss = state.first_loss if state.first_loss is not None else loss_value
                 _check_divergence(loss_value, state.first_loss, cfg.divergence_factor, epoch, lr)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                backward_step(loss, optimizer, scaler)
                 total += loss_value * len(idx)
                 count += len(idx)
             row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
@@ -340,6 +338,36 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     }
     write_json_atomic(summary, run_dir / "summary.json")
     return RunResult(run_dir=run_dir, summary=summary, history=state.history)
+
+
+def build_training(config: Config, data: SegData, device: torch.device):
+    """The model, loss and optimizer of ``config`` for ``data``, on ``device``, in the configured memory format.
+
+    The model gets ``out_channels`` set (1 for single-channel losses, else the class count),
+    the encoder weights of ``model.encoder_weights`` and, with ``model.freeze_encoder``, a
+    frozen encoder. Every short training (the LR range test, pre-training) builds its parts here.
+
+    Returns:
+        ``(model, loss_fn, optimizer)``.
+    """
+    loss_fn = LOSSES.build(config.loss.name, config.loss.options, data.n_classes).to(device)
+    out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
+    model = build_model(config.model.name, config.model.options, data.in_channels, out_channels)
+    model.out_channels = out_channels
+    if config.model.freeze_encoder:
+        set_encoder_trainable(model, False)
+    fmt = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt)
+    optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
+    return model, loss_fn, optimizer
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimizer step on ``loss``: zero the gradients, back-propagate (scaled for fp16), step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:
