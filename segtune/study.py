@@ -9,7 +9,15 @@ config, parameters, per-repeat values and test metrics are stored as user attrib
 ``optuna-dashboard <storage>`` shows them as they are.
 
 Resume is the same command: finished trials stay; a trial left RUNNING by a dead worker is
-found by its heartbeat, marked failed and re-queued with the same parameters.
+found by its heartbeat, marked failed and re-queued with the same parameters; a trial stopped
+by Ctrl-C is re-queued too.
+
+User attributes of a trial: ``params`` ({config path: value}), ``config`` (the resolved config
+of its first repeat), ``runs`` (per repeat: seed, value, epochs_run, best_epoch, run_dir,
+class_names, test metrics), ``spread`` (standard deviation over repeats), ``epochs`` (epochs run
+by the first repeat), ``seconds``, ``worker`` (host:pid), and ``fail_reason``, ``interrupted``
+or ``requeued_from`` where they apply. The study's ``spec`` attribute holds what a resumed
+study must share with its study file.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from segtune.study_spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.train import load_data, train
 
 FAIL_REASON = "fail_reason"
+AUTO_LR_CACHE = "auto_lr"  # study attribute: {optimizer, loss, model and data as JSON: lr}
+INTERRUPTED = "interrupted"
 
 
 def default_study_dir(spec: StudySpec) -> Path:
@@ -117,7 +127,7 @@ class _Objective:
                 seed = int(self.spec.base.get("seed", 0)) + repeat
                 extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
                 config = config_for(self.spec.base, {**values, **extra}, seed=seed,
-                                    name=f"{self.spec.name}-{trial.number:04d}")
+                                    name=f"{self.spec.name}-{trial.number:04d}", auto_lr=self._auto_lr(trial))
                 if repeat == 0:
                     trial.set_user_attr("config", config.to_dict())
                 callbacks = [self._reporter(trial)] if repeat == 0 else []
@@ -131,6 +141,9 @@ class _Objective:
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
         except USER_ERRORS as err:
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             trial.set_user_attr("seconds", time.perf_counter() - t0)
@@ -139,6 +152,20 @@ class _Objective:
         scores = [r["value"] for r in runs]
         trial.set_user_attr("spread", statistics.stdev(scores) if len(scores) > 1 else 0.0)
         return statistics.fmean(scores)
+
+    def _auto_lr(self, trial: optuna.Trial):
+        """``optimizer.lr: auto``: the LR range test's lr, found once per optimizer, loss, model and data."""
+
+        def lookup(config: Config) -> float:
+            from segtune.lr_find import auto_lr_key, lr_range_test
+
+            key = auto_lr_key(config)
+            if key not in trial.study.user_attrs.get(AUTO_LR_CACHE, {}):
+                found = lr_range_test(config, data=self.cache.get(config)).suggestion
+                trial.study.set_user_attr(AUTO_LR_CACHE, {**trial.study.user_attrs.get(AUTO_LR_CACHE, {}), key: found})
+            return trial.study.user_attrs[AUTO_LR_CACHE][key]
+
+        return lookup
 
     def _reporter(self, trial: optuna.Trial):
         key = self.spec.epoch_key
@@ -157,6 +184,18 @@ class _Objective:
 def _metrics(split: dict[str, Any]) -> dict[str, Any]:
     keep = ("dice_mean", "iou_mean", "dice_per_class", "iou_per_class", "loss")
     return {k: split[k] for k in keep if k in split}
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Queue again, with the same parameters, each trial stopped by Ctrl-C (Optuna fails them).
+
+    Trials of dead workers are re-queued by the heartbeat callback instead.
+    """
+    trials = study.get_trials(deepcopy=False)
+    handled = {t.user_attrs.get("requeued_from") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.params and t.number not in handled:
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
 
 
 def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool, bool]:
@@ -199,9 +238,14 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        _requeue_interrupted(study)
         start, running = _work_left(spec, space, study)
         if start:
-            study.optimize(objective, n_trials=1, catch=USER_ERRORS, callbacks=[_print_progress] if progress else [])
+            try:
+                study.optimize(objective, n_trials=1, catch=USER_ERRORS,
+                               callbacks=[_print_progress] if progress else [])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # its heartbeat came too late: taken for dead and re-queued meanwhile
             n_run += 1
         elif running:
             time.sleep(min(spec.heartbeat_interval, 2))
@@ -286,7 +330,7 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
         value = t.value if t.value is not None else _last_value(t)
         state = t.state.name.lower()
         if t.state == TrialState.FAIL:
-            state = "died" if FAIL_REASON not in t.user_attrs else "failed"
+            state = "failed" if FAIL_REASON in t.user_attrs else "stopped" if INTERRUPTED in t.user_attrs else "died"
         rows.append([t.number] + [_show(t.user_attrs.get("params", {}).get(p, "-")) for p in paths]
                     + ["-" if value is None else float(value), float(t.user_attrs.get("spread", 0.0)),
                        f"{len(runs)}", t.user_attrs.get("epochs", "-"), state,

@@ -31,16 +31,27 @@ from segtune.config import _Component as ComponentSection
 from segtune.config import _format_errors, build_config, parse_override, read_yaml, set_path
 from segtune.errors import ConfigError
 from segtune.registry import Registry
-from segtune.study_space import Space, check_path
+from segtune.study_space import Space, check_path, config_for
 
 SAMPLERS = Registry("study method")
 PRUNERS = Registry("pruner")
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its end-of-grid check after each trial.
+
+    The worker loop (:func:`segtune.study.run_worker`) decides when the grid is done; Optuna's
+    check raises KeyError after a re-queued trial, which carries fixed parameters, not a grid id.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 @SAMPLERS.register("grid")
 def grid_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
     """Every cell of the grid once (Optuna GridSampler); lists or stepped ranges only."""
-    return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    return _GridSampler(space.grid(), seed=seed)
 
 
 @SAMPLERS.register("random")
@@ -202,7 +213,7 @@ def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec,
         spec = StudySpec.model_validate(tree)
     except pydantic.ValidationError as err:
         raise ConfigError(_format_errors(err, origin).replace("invalid config", "invalid study file")) from None
-    build_config(spec.base, origin=f"{origin}: base")
+    config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
     space = Space(spec.space)
     if spec.method.name == "grid":
         space.grid()

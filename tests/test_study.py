@@ -152,3 +152,23 @@ def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     assert "trial   0 complete" in printed and "best: trial 0, val.dice_mean" in printed
     assert main(["study", "status", str(path), "--out", out]) == 0
     assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out
+
+
+def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch):
+    import segtune.study
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]})
+    real_train = segtune.study.train
+    monkeypatch.setattr(segtune.study, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, study_dir=tmp_path / "out")
+    monkeypatch.setattr(segtune.study, "train", real_train)
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped.user_attrs["interrupted"] is True
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["optimizer.lr"] for t in complete) == [0.001, 0.01]
+    assert [t.user_attrs.get("requeued_from") for t in complete].count(stopped.number) == 1

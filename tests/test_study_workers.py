@@ -81,10 +81,13 @@ def test_two_worker_processes_share_one_study(tmp_path, storage, request):
     url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
     trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
-    # every cell once, all complete, and both workers took part
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    # every cell completes once, and both workers took part; on a machine so loaded that a
+    # heartbeat comes later than the grace period, a trial is taken for dead and re-queued
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({tuple(sorted(t.params.items())) for t in complete}) == 4
+    assert all(t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs
+               for t in trials if t.state != TrialState.COMPLETE)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
 
 
 def test_resume_after_a_worker_is_killed_mid_trial(tmp_path):
