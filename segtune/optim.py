@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable, Literal
 
 import torch
 from pydantic import Field
@@ -193,10 +193,13 @@ class WarmupPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 
 @SCHEDULERS.register("plateau")
 def plateau(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
-            patience: Annotated[int, Field(ge=0)] = 5, factor: Factor = 0.1,
-            min_lr: Decay = 0.0) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Multiply the lr by factor after patience validations without improvement of train.monitor (torch ReduceLROnPlateau)."""
-    return WarmupPlateau(optimizer, n_warmup, patience=patience, factor=factor, min_lr=min_lr)
+            patience: Annotated[int, Field(ge=0)] = 5, factor: Factor = 0.1, min_lr: Decay = 0.0,
+            monitor: Literal["val.dice_mean", "val.loss"] | None = None,  # None: follow train.monitor
+            ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Multiply the lr by factor after patience validations without improvement of the monitored value (torch ReduceLROnPlateau)."""
+    scheduler = WarmupPlateau(optimizer, n_warmup, patience=patience, factor=factor, min_lr=min_lr)
+    scheduler.monitor = monitor
+    return scheduler
 
 
 def build_scheduler(name: str, options: dict[str, Any], optimizer: torch.optim.Optimizer, *, n_epochs: int,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +32,7 @@ from segtune.augment import AUGMENTATIONS
 from segtune.checkpoint import save_atomic, write_json_atomic
 from segtune.config import Config
 from segtune.data import SOURCES, SegData, prepare
-from segtune.errors import ConfigError, SegtuneError, TrainingDiverged
+from segtune.errors import ConfigError, SegtuneError, StorageError, TrainingDiverged
 from segtune.inference import autocast, evaluate_split, labels_from_logits
 from segtune.losses import LOSSES
 from segtune.models import build_model, count_parameters, set_encoder_trainable
@@ -126,8 +127,12 @@ class _MetricsLog:
         self.tb = SummaryWriter(log_dir=str(run_dir))
 
     def _write_csv(self, row: dict[str, Any]) -> None:
-        self.csv.writerow({k: row.get(k, "") for k in self.columns})
-        self.file.flush()
+        try:
+            self.csv.writerow({k: row.get(k, "") for k in self.columns})
+            self.file.flush()
+        except OSError as err:
+            raise StorageError(f"cannot write {self.file.name}: {err}; free disk space or choose a "
+                               f"writable directory, then resume") from None
 
     def write(self, row: dict[str, Any]) -> None:
         self._write_csv(row)
@@ -236,7 +241,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     model_options = {k: v for k, v in config.model.options.items() if k != "encoder_weights"}
     meta = {"model": config.model.name, "model_options": model_options,
             "in_channels": data.in_channels, "out_channels": out_channels, "class_names": names,
-            "normalize": config.data.normalize, "resize": config.data.resize}
+            "normalize": config.data.normalize, "normalize_stats": data.info.get("normalize_stats"),
+            "resize": config.data.resize}
 
     columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"]
                + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
@@ -268,7 +274,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
             if len(batch_starts) > 1 and len(index) - batch_starts[-1] == 1:
                 batch_starts.pop()  # a batch of one breaks batch norm; its sample comes next epoch
             total, count = 0.0, 0
-            for start in batch_starts:
+            for start in _progress_bar(batch_starts, f"epoch {epoch}/{cfg.epochs}", verbose):
                 idx, aug = index[start:start + cfg.batch_size], flags[start:start + cfg.batch_size]
                 x, y = train_x[idx], train_y[idx]
                 if aug.any():
@@ -293,7 +299,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                 row.update({f"val_dice_{n}": val["dice_per_class"][n] for n in names[1:]})
                 value = sign * (val["dice_mean"] if sign > 0 else val["loss"])
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(value)
+                    key = getattr(scheduler, "monitor", None) or cfg.monitor  # stepped with larger = better
+                    scheduler.step(val["dice_mean"] if key == "val.dice_mean" else -val["loss"])
                 if value > state.best + cfg.min_delta:
                     state.best, state.best_epoch, state.stale = value, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -368,6 +375,15 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
+
+
+def _progress_bar(items: list, label: str, verbose: bool):
+    """A batch progress bar on an interactive terminal; the plain list elsewhere (logs, CI)."""
+    if not (verbose and sys.stderr.isatty()):
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=label, unit="batch", leave=False)
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:

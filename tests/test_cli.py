@@ -56,3 +56,19 @@ def test_module_entry_point_and_version():
 
     out = subprocess.run([sys.executable, "-m", "segtune", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("segtune ")
+
+
+def test_predict_uses_the_training_sets_normalisation(tmp_path):
+    # zscore_dataset: the training split's mean and std travel in the checkpoint to `predict`
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(data={"source": "synthetic", "n_train": 16, "n_val": 8, "n_test": 8,
+                                                   "size": 32, "normalize": "zscore_dataset"})))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--quiet", "--out", str(run)]) == 0
+    from segtune.checkpoint import load_checkpoint
+
+    stats = load_checkpoint(run / "best.pt")["meta"]["normalize_stats"]
+    assert len(stats["mean"]) == 1 and stats["std"][0] > 0
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(tmp_path / "grey.png")
+    assert main(["predict", str(run), str(tmp_path / "grey.png"), "--out", str(tmp_path / "masks")]) == 0
+    assert (tmp_path / "masks" / "grey.png").exists()

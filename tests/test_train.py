@@ -136,3 +136,21 @@ def test_bf16_autocast_trains(tmp_path):
     cfg = build_config(tiny_tree(), ["train.precision=bf16"])
     result = train(cfg, out_dir=tmp_path / "run", verbose=False)
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+
+
+@pytest.mark.parametrize("monitor, column, sign", [("val.loss", "val_loss", -1.0),
+                                                   ("val.dice_mean", "val_dice_mean", 1.0)])
+def test_plateau_follows_its_own_monitor(tmp_path, monitor, column, sign):
+    # with patience 0 the lr halves after every validation that did not improve the plateau's monitor
+    cfg = build_config(tiny_tree(), ["train.epochs=5", "scheduler.name=plateau", "scheduler.patience=0",
+                                     "scheduler.factor=0.5", f"scheduler.monitor={monitor}"])
+    history = train(cfg, out_dir=tmp_path / "run", verbose=False).history
+    lr, best, expected = 0.01, -float("inf"), []
+    for row in history:
+        expected.append(lr)
+        value = sign * row[column]
+        if value > best * (1 + 1e-4) if best > -float("inf") else True:  # torch's rel threshold, mode max
+            best = value
+        else:
+            lr *= 0.5
+    assert [row["lr"] for row in history] == pytest.approx(expected)
