@@ -239,6 +239,14 @@ def find_lrs(config: Config, optimizers: Sequence[str] = (), *, out_dir: str | P
     return curves
 
 
+def auto_lr_key(config: Config) -> str:
+    """What a suggested lr depends on, as JSON: the optimizer (but its lr), loss, model, data and batch size."""
+    tree = config.to_dict()
+    optimizer = {k: v for k, v in tree["optimizer"].items() if k != "lr"}
+    return json.dumps({"optimizer": optimizer, "loss": tree["loss"], "model": tree["model"], "data": tree["data"],
+                       "batch_size": tree["train"]["batch_size"]}, sort_keys=True)
+
+
 @dataclass
 class RefineResult:
     """The coarse-to-fine search of one optimizer: every training, the best lr, the cost."""
@@ -316,4 +324,5 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
                         seconds=sum(t["seconds"] for t in trials), epochs=epochs)
 
 
-__all__ = ["LR_RULES", "RangeTest", "RefineResult", "find_lrs", "lr_range_test", "plot_range_tests", "refine_lr"]
+__all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "find_lrs", "lr_range_test", "plot_range_tests",
+           "refine_lr"]

@@ -23,7 +23,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pydantic
 
@@ -33,6 +33,7 @@ from segtune.errors import ConfigError
 from segtune.registry import suggest
 
 _PRIMITIVE = (str, int, float, bool, type(None))
+AUTO_LR = "auto"  # optimizer.lr: auto, found once per optimizer, loss and model by the LR range test
 
 
 class _Range(pydantic.BaseModel):
@@ -276,10 +277,20 @@ class Space:
         return n
 
 
-def config_for(base: dict[str, Any], values: dict[str, Any], **top: Any) -> Config:
-    """The base config tree with ``values`` (``{dotted.path: value}``) and top-level ``top`` set."""
+def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callable[[Config], float] | None = None,
+               **top: Any) -> Config:
+    """The base config tree with ``values`` (``{dotted.path: value}``) and top-level ``top`` set.
+
+    ``optimizer.lr: auto`` takes the lr that ``auto_lr(config)`` finds for the config built with
+    the optimizer's default lr; without ``auto_lr`` (validation) the default lr stands in.
+    """
     tree = copy.deepcopy(base)
     tree.update(top)
     for path, value in values.items():
         set_path(tree, path.split("."), value)
+    optimizer = tree.get("optimizer")
+    if isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR:
+        del optimizer["lr"]
+        if auto_lr is not None:
+            optimizer["lr"] = auto_lr(build_config(tree, origin="study trial"))
     return build_config(tree, origin="study trial")

@@ -86,3 +86,19 @@ def test_cli_lr_find_prints_one_table_and_writes_one_figure(tmp_path, capsys):
     assert "adam" in printed and "sgd" in printed
     assert (tmp_path / "out" / "lr_find.png").stat().st_size > 0
     assert len((tmp_path / "out" / "lr_find.csv").read_text().splitlines()) == 3  # header + 2 optimizers
+
+
+def test_study_with_auto_lr_runs_the_range_test_once_per_optimizer_and_reuses_it(tmp_path):
+    from segtune.study import AUTO_LR_CACHE, run_study
+
+    base = tiny_tree(optimizer={"name": "sgd", "lr": "auto"},
+                     train={"epochs": 1, "batch_size": 8, "patience": 0, "num_threads": 1})
+    study_file = tmp_path / "study.yaml"
+    # two cells that share the optimizer, loss, model and data: one range test serves both
+    study_file.write_text(yaml.safe_dump({"name": "auto", "base": base, "method": "grid",
+                                          "space": {"augment.name": ["none", "flip"]}}))
+    study = run_study(study_file, study_dir=tmp_path / "runs")
+    cache = study.user_attrs[AUTO_LR_CACHE]
+    assert len(cache) == 1
+    (lr,) = cache.values()
+    assert [t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials] == [lr, lr]
