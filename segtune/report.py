@@ -174,7 +174,7 @@ def _leaderboard(study: optuna.Study, records: Sequence[TrialRecord], varied: Se
         ci = r.ci
         interval = "–" if ci is None or ci.low is None else f"{ci.low:.4f} – {ci.high:.4f}"
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else _BASE_LEVEL for p in paths]
-                    + [ci.mean if ci else r.value, interval, len(r.values), r.epochs, r.state, f"{r.seconds:.0f}",
+                    + [ci.mean if ci else r.value, interval, len(r.values), r.epochs, r.state, round(r.seconds),
                        r.reason[:80]])
     bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == "complete" else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(
@@ -187,6 +187,25 @@ def _leaderboard(study: optuna.Study, records: Sequence[TrialRecord], varied: Se
         blocks.append(figure_block(fig, "leaderboard", f"{_objective(study)} of the completed trials, mean and "
                                                        f"95% interval over seeds."))
     return blocks
+
+
+def _test_table(records: Sequence[TrialRecord], varied: Sequence[Levels], *, n_rows: int = 10) -> list[Block]:
+    """Final test loss and Dice per class of the best completed trials, mean over their seeds."""
+    done = [r for r in records if r.state == "complete" and r.test][:n_rows]
+    classes = list(dict.fromkeys(c for r in done for t in r.test for c in t.get("dice_per_class", {})))[1:]
+    if not done or not classes:
+        return []
+
+    def mean_of(r: TrialRecord, get) -> float | None:
+        values = [v for v in (get(t) for t in r.test) if v is not None]
+        return sum(values) / len(values) if values else None
+
+    rows = [[r.number] + [lv.of(r) for lv in varied]
+            + [mean_of(r, lambda t: t.get("loss")), mean_of(r, lambda t: t.get("dice_mean"))]
+            + [mean_of(r, lambda t, c=c: t.get("dice_per_class", {}).get(c)) for c in classes] for r in done]
+    header = ["trial"] + [lv.path for lv in varied] + ["test loss", "test Dice (mean)"] + [f"Dice {c}" for c in classes]
+    return [Heading("Final test metrics"), Table(header, rows, caption="Held-out test split, best weights of each run, mean over seeds: the final "
+                                        "loss, the mean foreground Dice and the Dice of each class.")]
 
 
 def _cell_ci(records: Sequence[TrialRecord]) -> MeanCI | None:
@@ -264,21 +283,20 @@ def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None) -> tuple[L
     return (chosen[0], chosen[1]) if chosen else (None, None)
 
 
-def curve_blocks(runs: list[CurveRun], *, rows: Levels | None, cols: Levels | None, prefix: str = "") -> list[Block]:
+def curve_blocks(runs: list[CurveRun], *, rows: Levels | None, cols: Levels | None) -> list[Block]:
     """The loss, Dice and learning-rate grids of ``runs``, laid out by ``rows`` x ``cols``."""
     row_labels, col_labels = (rows.labels if rows else [""]), (cols.labels if cols else [""])
     layout = dict(rows=row_labels, cols=col_labels, row_title=rows.path if rows else "",
-                  col_title=cols.path if cols else "")
-    where = f"rows {rows.path}, columns {cols.path}" if rows and cols else (
-        f"columns {cols.path}" if cols else (f"rows {rows.path}" if rows else "one panel"))
+                  col_title=cols.path if cols else "", legend=len({r.trial for r in runs}) > 1)
+    where = f"; rows {rows.path}, columns {cols.path}" if rows and cols else (f"; columns {cols.path}" if cols else "")
+    where += "; fainter lines are further seeds" if any(r.repeat for r in runs) else ""
     return [
-        figure_block(curve_grid(runs, keys=["train_loss", "val_loss"], ylabel="loss", **layout), f"{prefix}loss",
-                     f"Training (solid) and validation (dashed) loss per epoch; {where}; fainter lines are "
-                     f"further seeds."),
-        figure_block(curve_grid(runs, keys=["val_dice_mean"], ylabel="val Dice (mean)", **layout), f"{prefix}dice",
-                     f"Validation mean Dice per epoch; {where}."),
-        figure_block(curve_grid(runs, keys=["lr"], ylabel="learning rate", log=True, **layout), f"{prefix}lr",
-                     f"Learning rate per epoch; {where}."),
+        figure_block(curve_grid(runs, keys=["train_loss", "val_loss"], ylabel="loss", **layout), "loss",
+                     f"Training (solid) and validation (dashed) loss per epoch{where}."),
+        figure_block(curve_grid(runs, keys=["val_dice_mean"], ylabel="val Dice (mean)", **layout), "dice",
+                     f"Validation mean Dice per epoch{where}."),
+        figure_block(curve_grid(runs, keys=["lr"], ylabel="learning rate", log=True, **layout), "lr",
+                     f"Learning rate per epoch{where}."),
     ]
 
 
@@ -425,6 +443,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     blocks += _question(study, records)
     blocks += _answer(study, records)
     blocks += _leaderboard(study, records, varied)
+    blocks += _test_table(records, varied)
     blocks += _pivots_and_marginals(study, records, varied)
     blocks += _importance(study)
     blocks += _curves(records, rows, cols)
@@ -449,8 +468,9 @@ def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -
     config, summary = run["config"], run["summary"]
     blocks: list[Block] = [Heading(f"Run {config.get('name', run_dir.name)}", 1), Heading("Configuration")]
     sections = ("model", "loss", "optimizer", "scheduler", "augment", "data", "train")
-    blocks.append(Table(["section", "settings"], [[s, ", ".join(f"{k}={v}" for k, v in config[s].items())]
-                                                  for s in sections if isinstance(config.get(s), dict)]))
+    blocks.append(Table(["section", "name", "settings"], [
+        [s, config[s].get("name", ""), ", ".join(f"{k}={v}" for k, v in config[s].items() if k != "name")]
+        for s in sections if isinstance(config.get(s), dict)]))
     blocks.append(Heading("Results"))
     if summary is None:
         blocks.append(Text("The run has not finished (no summary.json): curves only."))

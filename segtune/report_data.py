@@ -36,6 +36,7 @@ class TrialRecord:
     seconds: float
     reason: str
     run_dirs: list[Path] = field(default_factory=list)  # by seed
+    test: list[dict[str, Any]] = field(default_factory=list)  # test-split metrics per finished repeat
 
     @property
     def ci(self) -> MeanCI | None:
@@ -132,7 +133,8 @@ def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -
             number=t.number, state=_state(t), params=dict(t.user_attrs.get("params", {})),
             values={int(r["seed"]): float(r["value"]) for r in runs if math.isfinite(r["value"])},
             value=value, epochs=t.user_attrs.get("epochs"), seconds=float(t.user_attrs.get("seconds", 0.0)),
-            reason=str(t.user_attrs.get(FAIL_REASON, "")), run_dirs=_run_dirs(t, study_dir)))
+            reason=str(t.user_attrs.get(FAIL_REASON, "")), run_dirs=_run_dirs(t, study_dir),
+            test=[r["test"] for r in runs if r.get("test")]))
     return rank(records, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
 
 

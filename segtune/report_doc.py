@@ -28,7 +28,7 @@ class Heading:
 
 @dataclass(frozen=True)
 class Text:
-    text: str  # plain text; **bold** spans are kept in Markdown and rendered as <b> in HTML
+    text: str  # plain text with Markdown's **bold** and `code` spans
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,11 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-def _bold_html(text: str) -> str:
+def _inline_html(text: str) -> str:
+    """Markdown's **bold** and `code` spans as HTML."""
     parts = html.escape(text).split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(text.split("`")))
 
 
 def to_markdown(blocks: list[Block], *, figure_dir: str = "figures") -> str:
@@ -99,9 +101,10 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #ccc; padding-bottom: .15em; margin-top: 1.8em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.88em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
-td:first-child, th:first-child { text-align: left; }
+td.long { white-space: normal; min-width: 30em; }
 tr:nth-child(even) td { background: #fafafa; }
 caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: .3em; }
 figure { margin: 1em 0 1.6em; }
@@ -109,6 +112,14 @@ figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-style: italic; font-size: 0.9em; color: #555; }
 .scroll { overflow-x: auto; }
 """
+
+
+def _html_cell(value: Any, bold: bool) -> str:
+    text = html.escape(cell_text(value))
+    text = f"<b>{text}</b>" if bold else text
+    if len(text) > 60:
+        return f'<td class="long">{text}</td>'
+    return f'<td class="num">{text}</td>' if isinstance(value, (int, float)) else f"<td>{text}</td>"
 
 
 def to_html(blocks: list[Block], *, title: str) -> str:
@@ -119,13 +130,11 @@ def to_html(blocks: list[Block], *, title: str) -> str:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
         elif isinstance(b, Text):
-            out.append(f"<p>{_bold_html(b.text)}</p>")
+            out.append(f"<p>{_inline_html(b.text)}</p>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-            body = "".join(
-                "<tr>" + "".join((f"<td><b>{html.escape(cell_text(c))}</b></td>" if (i, j) in b.bold
-                                  else f"<td>{html.escape(cell_text(c))}</td>") for j, c in enumerate(row)) + "</tr>"
-                for i, row in enumerate(b.rows))
+            body = "".join("<tr>" + "".join(_html_cell(c, (i, j) in b.bold) for j, c in enumerate(row)) + "</tr>"
+                           for i, row in enumerate(b.rows))
             caption = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
             out.append(f"<div class=\"scroll\"><table>{caption}<thead><tr>{head}</tr></thead>"
                        f"<tbody>{body}</tbody></table></div>")

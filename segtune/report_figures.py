@@ -44,7 +44,8 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
 
 
 def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[str], cols: Sequence[str],
-               row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False) -> plt.Figure:
+               row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False,
+               legend: bool = True) -> plt.Figure:
     """Per-epoch curves as small multiples, ``rows`` x ``cols`` panels sharing their axes.
 
     Args:
@@ -53,6 +54,7 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
         rows: the row levels, top to bottom; cols: the column levels, left to right.
         row_title: the hyperparameter of the rows; col_title: that of the columns.
         ylabel: the y axis label; log: a log y axis (the learning rate).
+        legend: name the trials in each panel (up to 8).
     """
     n_rows, n_cols = max(len(rows), 1), max(len(cols), 1)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6),
@@ -75,7 +77,7 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
                             marker="." if len(x) < 4 else None)
             if not here:
                 ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
-            elif len(trials) <= 8:
+            elif legend and len(trials) <= 8:
                 ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
             if log:
                 ax.set_yscale("log")

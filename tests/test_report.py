@@ -13,6 +13,7 @@ import statistics
 
 import optuna
 import pytest
+import yaml
 from browser import find_chromium, render
 from conftest import tiny_tree
 from optuna.distributions import CategoricalDistribution
@@ -68,7 +69,9 @@ def make_study(study_dir, run_dir, trials=TRIALS) -> optuna.Study:
             _metrics_csv(d / "metrics.csv", values.get(seed, 0.3))
             if values:
                 runs.append({"seed": seed, "value": values[seed], "epochs_run": 3, "best_epoch": 3,
-                             "run_dir": str(d), "class_names": [], "test": {"dice_mean": values[seed]}})
+                             "run_dir": str(d), "class_names": [], "test": {
+                                 "loss": 1 - values[seed], "dice_mean": values[seed],
+                                 "dice_per_class": {"background": 0.99, "disc": values[seed], "ring": 0.5}}})
         attrs = {"params": params, "runs": runs, "epochs": 3 if values else 1, "seconds": 12.0}
         if state == TrialState.FAIL:
             attrs["fail_reason"] = "TrainingDiverged: diverged at epoch 1"
@@ -116,6 +119,9 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     assert "| 2 | 3 | 0.1983 | 0.1912 | 0.2055 |" in md and "best is better" in md
     # the leaderboard holds the pruned trial and the failed one with its reason
     assert "| pruned |" in md and "TrainingDiverged: diverged at epoch 1" in md
+    # final test metrics per class, mean over seeds
+    assert "| trial | optimizer.name | scheduler.name | test loss | test Dice (mean) | Dice disc | Dice ring |" in md
+    assert "| 0 | adam | none | 0.1900 | 0.8100 | 0.8100 | 0.5000 |" in md
     # the pivot table of the two hyperparameters, and importances
     assert "| optimizer.name \\ scheduler.name | none | cosine |" in md
     assert "| fANOVA |" in md or "fANOVA" in md
@@ -168,6 +174,15 @@ def test_cli_report_errors_name_the_fix(study_report, tmp_path, capsys, args, me
 def test_cli_report_of_a_folder_that_is_neither_study_nor_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study.db here" in capsys.readouterr().err
+
+
+def test_segtune_study_writes_its_report_at_the_end(tmp_path, capsys):
+    study = {"name": "one", "base": tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0}),
+             "method": "grid", "space": {"optimizer.lr": [0.01]}}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert f"report: {tmp_path / 'out' / 'report' / 'report.html'}" in capsys.readouterr().out
+    assert "**Best: trial 0**" in (tmp_path / "out" / "report" / "report.md").read_text()
 
 
 def test_report_renders_in_chromium_with_no_errors(study_report):
