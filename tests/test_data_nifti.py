@@ -132,6 +132,10 @@ def _nn_shape_mismatch(root):
     save(np.zeros((8, 8, 5), np.uint8), root / "labelsTr" / "case_002.nii.gz")
 
 
+def _nn_affine_mismatch(root):
+    nib.save(nib.Nifti1Image(case_volumes(2)[1], np.diag([1.0, 1.0, 1.0, 1.0])), str(root / "labelsTr" / "case_002.nii.gz"))
+
+
 def _nn_label_outside(root):
     save(np.full(SHAPE, 4, np.uint8), root / "labelsTr" / "case_002.nii.gz")
 
@@ -165,6 +169,7 @@ def _nn_mixed_sizes(root):
     (_nn_missing_channel, r"case_002_0000\.nii\.gz: not found, but case_002\.nii\.gz is in labelsTr/"),
     (_nn_num_training, r"dataset\.json: numTraining is 9 but 7 labelled cases"),
     (_nn_shape_mismatch, r"case_002\.nii\.gz: label shape \(8, 8, 5\) differs from its image \(8, 8, 6\)"),
+    (_nn_affine_mismatch, r"case_002\.nii\.gz: its affine .* differs from its image case_002_0000\.nii\.gz"),
     (_nn_label_outside, r"case_002\.nii\.gz: label 4 is not one of the 3 classes in dataset\.json"),
     (_nn_truncated, r"case_002_0000\.nii\.gz: cannot read"),
     (_nn_no_json, r"dataset\.json: not found"),

@@ -72,7 +72,7 @@ def test_warnings_for_missing_class_imbalance_and_mixed_sizes(tmp_path):
 
 def test_anisotropic_volumes_suggest_the_coarse_axis(tmp_path):
     root = write_nnunet(tmp_path, n_cases=4)
-    for path in (root / "imagesTr").iterdir():  # 1 x 1 x 4 mm voxels
+    for path in [*(root / "imagesTr").iterdir(), *(root / "labelsTr").iterdir()]:  # 1 x 1 x 4 mm voxels
         image = nib.load(path)
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.0, 1.0, 4.0, 1.0])), str(path))
     fp = fingerprint(data_config(str(root), ["data.axis=0"]))

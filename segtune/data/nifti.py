@@ -260,6 +260,9 @@ def read_case(case: Case, layout: Layout, axis: int, size: tuple[int, int] | Non
     if label.shape != image.shape[1:]:
         raise DataError(f"{case.label}: label shape {label.shape} differs from its image {image.shape[1:]} "
                         f"({case.images[0].name}); they must match voxel for voxel")
+    if not np.allclose(load_nifti(case.images[0]).affine, load_nifti(case.label).affine, atol=1e-3):
+        raise DataError(f"{case.label}: its affine (voxel spacing, origin or orientation) differs from its "
+                        f"image {case.images[0].name}; resample the label onto the image's grid")
     values = np.unique(label)
     bad = values[(values < 0) | (values >= len(layout.class_names)) | (values != np.round(values))]
     if bad.size:
