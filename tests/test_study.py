@@ -172,3 +172,11 @@ def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["optimizer.lr"] for t in complete) == [0.001, 0.01]
     assert [t.user_attrs.get("requeued_from") for t in complete].count(stopped.number) == 1
+
+
+def test_the_demo_study_file_is_valid():
+    from segtune.cli import demo_config_path
+
+    spec, space = load_study(demo_config_path().with_name("demo_study.yaml"))
+    assert spec.base["data"]["source"] == "demo" and spec.base["train"]["epochs"] == 20
+    assert spec.method.name == "grid" and space.n_grid_cells() == 8
