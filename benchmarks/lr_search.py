@@ -8,7 +8,7 @@ at the suggested learning rate for the same budget, and reports:
 - the validation Dice at the suggestion against the best of the grid (aim: within 0.02), and
 - the cost of the search (the range test) as a share of the grid's cost (aim: at most 10 %).
 
-Every rule's suggestion is printed; only the chosen rule's (``--rule``, default valley) is trained.
+The suggestions of the rules in ``--rules`` (default steepest and valley) are trained.
 Everything runs in this process, one run after the other, so all see the same machine.
 
 Usage::
@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="range-test steps")
     parser.add_argument("--start-lr", type=float, default=1e-6)
     parser.add_argument("--end-lr", type=float, default=1.0)
-    parser.add_argument("--rule", default="valley")
+    parser.add_argument("--smoothing", type=float, default=0.3,
+                        help="moving-average weight of the newest loss (0.3 for short tests: less lag)")
+    parser.add_argument("--rules", default="steepest,valley", help="rules whose suggestions are trained")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--spacing", type=int, default=2, choices=[1, 2])
     parser.add_argument("--out", default="benchmarks/lr_search.md", help="Markdown file for the table")
@@ -67,10 +69,9 @@ def main() -> None:
     lines = [f"# LR search on the demo data ({date.today()}, {platform.processor() or platform.machine()}, "
              f"{args.threads} thread(s))", "",
              f"Budget {args.epochs} epochs per training, {args.spacing} mm slices, range test {args.steps} steps "
-             f"from {args.start_lr:g} to {args.end_lr:g}, "
-             f"rule {args.rule}.", "",
-             "| optimizer | grid lrs: val Dice | best grid lr | best grid Dice | suggested lr | Dice at suggestion "
-             "| Dice gap | search s | grid s | search / grid | other rules |",
+             f"from {args.start_lr:g} to {args.end_lr:g}, smoothing {args.smoothing:g}.", "",
+             "| optimizer | grid lrs: val Dice | best grid lr | best grid Dice | rule | suggested lr "
+             "| Dice at suggestion | Dice gap | search s | grid s | search / grid |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in [n.strip() for n in args.optimizers.split(",")]:
@@ -84,19 +85,19 @@ def main() -> None:
                 dice, seconds = _train_dice(run_cfg, data, Path(tmp) / f"{name}-{lr:g}")
                 grid[lr], grid_seconds = dice, grid_seconds + seconds
                 print(f"{name} lr {lr:g}: val Dice {dice:.4f} ({seconds:.0f} s)", flush=True)
-            curve = lr_range_test(cfg, data=data, n_steps=args.steps, rule=args.rule, start_lr=args.start_lr,
-                                  end_lr=args.end_lr)
-            at = load_config("segtune/configs/demo.yaml", base + [f"optimizer.name={name}",
-                                                                f"optimizer.lr={curve.suggestion:.3g}"])
-            dice, _ = _train_dice(at, data, Path(tmp) / f"{name}-suggested")
+            curve = lr_range_test(cfg, data=data, n_steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr,
+                                  smoothing=args.smoothing)
             best_lr = max(grid, key=grid.get)
-            others = ", ".join(f"{r} {lr:.2g}" for r, lr in curve.suggestions.items() if r != args.rule)
-            print(f"{name}: range test {curve.seconds:.0f} s ({curve.stopped}), suggestion {curve.suggestion:.3g} "
-                  f"-> val Dice {dice:.4f}; best grid lr {best_lr:g} -> {grid[best_lr]:.4f}", flush=True)
-            lines.append(
-                f"| {name} | {', '.join(f'{lr:g}: {d:.3f}' for lr, d in grid.items())} | {best_lr:g} "
-                f"| {grid[best_lr]:.4f} | {curve.suggestion:.3g} | {dice:.4f} | {dice - grid[best_lr]:+.4f} "
-                f"| {curve.seconds:.0f} | {grid_seconds:.0f} | {curve.seconds / grid_seconds:.1%} | {others} |")
+            for rule in args.rules.split(","):
+                lr = curve.suggestions[rule]
+                at = load_config("segtune/configs/demo.yaml", base + [f"optimizer.name={name}", f"optimizer.lr={lr:.3g}"])
+                dice, _ = _train_dice(at, data, Path(tmp) / f"{name}-{rule}")
+                print(f"{name}: range test {curve.seconds:.0f} s ({curve.stopped}), {rule} {lr:.3g} "
+                      f"-> val Dice {dice:.4f}; best grid lr {best_lr:g} -> {grid[best_lr]:.4f}", flush=True)
+                lines.append(
+                    f"| {name} | {', '.join(f'{g:g}: {d:.3f}' for g, d in grid.items())} | {best_lr:g} "
+                    f"| {grid[best_lr]:.4f} | {rule} | {lr:.3g} | {dice:.4f} | {dice - grid[best_lr]:+.4f} "
+                    f"| {curve.seconds:.0f} | {grid_seconds:.0f} | {curve.seconds / grid_seconds:.1%} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     Path(args.out).write_text(text)

@@ -251,7 +251,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         print_table(rows, ["optimizer", "stage", "lr", "val dice", "seconds", "status"])
         print(f"\ntotal cost: {len(rows)} trainings, {total:.0f} s; run directories in {out}")
         return 0
-    options = {k: getattr(args, k) for k in ("n_steps", "start_lr", "end_lr", "rule") if hasattr(args, k)}
+    options = {k: getattr(args, k) for k in ("n_steps", "start_lr", "end_lr", "smoothing", "rule") if hasattr(args, k)}
     curves = find_lrs(config, names, out_dir=out, data=data, **options)
     rows = [[c.optimizer, f"{c.suggestion:.3g}", *(f"{c.suggestions[r]:.3g}" for r in sorted(c.suggestions)),
              len(c.lrs), f"{c.seconds:.1f}", c.stopped] for c in curves]
@@ -353,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", dest="n_steps", type=int, default=keep, help="range test: optimizer steps (100)")
     p.add_argument("--start-lr", type=float, default=keep, help="range test: first lr (1e-7)")
     p.add_argument("--end-lr", type=float, default=keep, help="range test: last lr (10)")
-    p.add_argument("--rule", default=keep, help="range test: valley (default), steepest or min_tenth")
+    p.add_argument("--smoothing", type=float, default=keep,
+                   help="range test: moving-average weight of the newest loss (0.05; 0.3 for short tests)")
+    p.add_argument("--rule", default=keep, help="range test: steepest (default), valley or min_tenth")
     p.add_argument("--refine", action="store_true",
                    help="short trainings at each decade from --low to --high, then bisection on validation Dice")
     p.add_argument("--low", type=float, default=keep, help="refine: lowest lr (1e-5)")

@@ -6,10 +6,12 @@ record the loss smoothed by an exponential moving average (bias-corrected, as fa
 and stop once the smoothed loss exceeds ``diverge_factor`` times its minimum. A rule then reads
 a learning rate off the curve (:data:`LR_RULES`):
 
-- ``valley`` (default; fastai's ``valley``): the middle of the longest stretch over which the
-  loss keeps falling. Chosen as the default because it is robust to the noise of a short
-  curve: it needs a sustained descent, where ``steepest`` can land on one noisy dip.
-- ``steepest``: where the smoothed loss falls fastest per decade of lr (fastai's ``steep``).
+- ``steepest`` (default; fastai's ``steep``): where the smoothed loss falls fastest per decade
+  of lr. The default because it came closest to the best of a 5-point grid for both Adam and
+  SGD on the demo data (``benchmarks/lr_search.py``; see the README).
+- ``valley`` (fastai's ``valley``): the middle of the longest stretch over which the loss keeps
+  falling. On the demo data it lands one to two decades too low: the long flat start of the
+  curve counts as part of the descent.
 - ``min_tenth``: a tenth of the lr at the loss minimum (fastai's ``minimum``).
 
 **Refine**: the search users run by hand, automated: one short training (:func:`segtune.train.train`)
@@ -109,7 +111,7 @@ def _check_range(start_lr: float, end_lr: float, n_steps: int, smoothing: float,
 def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str | None = None,
                   start_lr: float = 1e-7, end_lr: float = 10.0, n_steps: int = 100,
                   smoothing: float = 0.05, diverge_factor: float = 4.0,
-                  rule: str = "valley") -> RangeTest:
+                  rule: str = "steepest") -> RangeTest:
     """Run the LR range test for one optimizer on the training images of ``config``.
 
     Args:

@@ -42,7 +42,7 @@ def test_range_test_grows_the_lr_exponentially_and_suggests_one_inside(tiny_data
     ratios = np.diff(np.log(curve.lrs))
     assert np.allclose(ratios, math.log(1e4) / 11)  # a constant factor per step
     assert curve.optimizer == "sgd" and curve.stopped == "end_lr reached" and len(curve.lrs) == 12
-    assert 1e-5 <= curve.suggestion <= 1e-1 and curve.suggestion == curve.suggestions["valley"]
+    assert 1e-5 <= curve.suggestion <= 1e-1 and curve.suggestion == curve.suggestions["steepest"]
 
 
 def test_range_test_stops_when_the_loss_diverges(tiny_data):
@@ -82,7 +82,7 @@ def test_cli_lr_find_prints_one_table_and_writes_one_figure(tmp_path, capsys):
     config.write_text(yaml.safe_dump(tiny_tree()))
     code = main(["lr-find", str(config), "--optimizers", "adam,sgd", "--steps", "10", "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
-    assert code == 0 and "suggested lr (valley)" in printed
+    assert code == 0 and "suggested lr (steepest)" in printed
     assert "adam" in printed and "sgd" in printed
     assert (tmp_path / "out" / "lr_find.png").stat().st_size > 0
     assert len((tmp_path / "out" / "lr_find.csv").read_text().splitlines()) == 3  # header + 2 optimizers
