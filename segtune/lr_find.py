@@ -266,7 +266,8 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
               verbose: bool = False) -> RefineResult:
     """Coarse-to-fine lr search on validation Dice: one training per decade, then bisection.
 
-    Each decade ``low, 10 * low, ..., high`` gets one training of ``epochs`` epochs; then each of
+    Each decade ``low, 10 * low, ..., high`` gets one training of ``epochs`` epochs (one decade
+    more beyond ``low`` or ``high`` when the best is there); then each of
     ``n_bisect`` rounds trains at the log-midpoints between the best lr so far and its nearest
     tried neighbours, halving the interval (in decades) around the best. A diverged training
     scores a Dice of 0.
@@ -314,6 +315,9 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
 
     for k in range(n_decades + 1):
         run(low * (high / low) ** (k / n_decades), "decade")
+    best = max(scores, key=lambda lr: scores[lr])
+    if best in (min(scores), max(scores)):  # the best is at an end: look one decade further out
+        run(best * 10 if best == max(scores) else best / 10, "decade")
     for _ in range(n_bisect):
         tried = sorted(scores)
         best = max(tried, key=lambda lr: scores[lr])
