@@ -27,7 +27,9 @@ def _snapshot(path, name):
 
 def test_five_kills_at_random_times_then_the_study_completes(tmp_path):
     lrs = [0.02, 0.01, 0.005, 0.003]
-    path = write_study(tmp_path, epochs=6, space={"optimizer.lr": lrs}, heartbeat_interval=1, grace_period=2)
+    # max_retry 10: the kills are the environment's fault, so a cell killed 4 times is still retried
+    path = write_study(tmp_path, epochs=6, space={"optimizer.lr": lrs}, heartbeat_interval=1, grace_period=2,
+                       max_retry=10)
     name = path.read_text().split("name: ")[1].split()[0]
     out, db = tmp_path / "out", tmp_path / "out" / "study.db"
     rng = random.Random(0)
