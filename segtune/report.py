@@ -301,7 +301,8 @@ def curve_blocks(runs: list[CurveRun], *, rows: Levels | None, cols: Levels | No
 
 
 def _curves(records: Sequence[TrialRecord], rows: Levels | None, cols: Levels | None) -> list[Block]:
-    runs = [CurveRun(rows.of(r) if rows else "", cols.of(r) if cols else "", r.number, k, read_metrics(d))
+    runs = [CurveRun(rows.of(r) if rows else "", cols.of(r) if cols else "", r.number, k, read_metrics(d),
+                     note="" if r.state == "complete" else r.state)
             for r in records for k, d in enumerate(r.run_dirs)]
     runs = [run for run in runs if run.history]
     if not runs:

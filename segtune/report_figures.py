@@ -36,6 +36,7 @@ class CurveRun:
     trial: int
     repeat: int
     history: list[dict[str, float]]
+    note: str = ""  # shown after the trial number in the legend, e.g. "pruned"
 
 
 def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
@@ -71,7 +72,7 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
                     x, y = _series(run.history, key)
                     if not x:
                         continue
-                    label = f"#{run.trial}" if run.repeat == 0 and k == 0 else None
+                    label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
                     ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
                             alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
                             marker="." if len(x) < 4 else None)
