@@ -102,6 +102,9 @@ def _demo_study(args: argparse.Namespace) -> None:
         run = max(best.user_attrs["runs"], key=lambda r: r["value"])
         print(f"\nbest trial {best.number}: Dice on held-out test slices ({run['run_dir']})")
         print_dice_table({"test": run["test"]}, run["class_names"])
+    from segtune.report import study_report
+
+    print(f"\nreport: {study_report(study, study_dir=out)}")
 
 
 @command("study")

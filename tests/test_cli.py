@@ -72,3 +72,15 @@ def test_predict_uses_the_training_sets_normalisation(tmp_path):
     Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(tmp_path / "grey.png")
     assert main(["predict", str(run), str(tmp_path / "grey.png"), "--out", str(tmp_path / "masks")]) == 0
     assert (tmp_path / "masks" / "grey.png").exists()
+
+
+def test_demo_runs_a_study_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # the real demo study, shrunk: 2 mm slices, 1 epoch per trial, a narrower network
+    assert main(["demo", "--quiet", "--out", str(out), "--set", "data.spacing=2", "train.epochs=1",
+                 "model.channels=[8,16,32,64]"]) == 0
+    printed = capsys.readouterr().out
+    assert "best trial" in printed and "mean (foreground)" in printed and "white_matter" in printed
+    html = out / "report" / "report.html"
+    assert f"report: {html}" in printed and html.stat().st_size > 10_000
+    assert (out / "report" / "trials.csv").read_text().count("\n") == 5  # header + the 4 trials of the grid
