@@ -26,12 +26,17 @@ from segtune.errors import DataError, StorageError
 from segtune.models import build_model
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _write_atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp makes 0600): shared study folders
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

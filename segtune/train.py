@@ -81,7 +81,7 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
     return Path(root) / f"{config.name}-{stamp}"
 
 
-def _prepare_run_dir(run_dir: Path) -> Path:
+def prepare_run_dir(run_dir: Path) -> Path:
     if (run_dir / "summary.json").exists():
         raise SegtuneError(f"{run_dir} already holds a finished run (summary.json); "
                            f"choose another --out or delete that folder")
@@ -104,6 +104,8 @@ def _check_resumable(out_dir: str | Path | None, config: Config) -> Path:
         raise SegtuneError(f"{run_dir} is already finished (summary.json); nothing to resume")
     if not (run_dir / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
         raise SegtuneError(f"{run_dir} has no last.pt and config.yaml to resume from; start it without --resume")
+    for stale in run_dir.glob(".*.tmp"):  # the temporary file of a write that a kill interrupted
+        stale.unlink(missing_ok=True)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     if saved != config.to_dict():
         changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
@@ -112,7 +114,7 @@ def _check_resumable(out_dir: str | Path | None, config: Config) -> Path:
     return run_dir
 
 
-class _MetricsLog:
+class MetricsLog:
     """metrics.csv (appended and flushed every epoch) plus TensorBoard scalars."""
 
     def __init__(self, run_dir: Path, columns: list[str], earlier: list[dict[str, Any]]) -> None:
@@ -224,7 +226,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     if resume:
         run_dir = _check_resumable(out_dir, config)
     else:
-        run_dir = _prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
+        run_dir = prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     torch.manual_seed(config.seed)
@@ -251,7 +253,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     best_state = None
     if resume:
         state, best_state = _restore(run_dir, model, optimizer, scheduler, generator)
-    log = _MetricsLog(run_dir, columns, state.history)
+    log = MetricsLog(run_dir, columns, state.history)
     sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
     train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
     stopped_early = state.stopped_early

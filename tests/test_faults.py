@@ -66,3 +66,54 @@ def test_bad_overrides_exit_2_without_traceback(tmp_path_factory, overrides):
     config.write_text(yaml.safe_dump(tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0})))
     code = main(["train", str(config), "--quiet", "--out", str(config.parent / "run"), "--set", *overrides])
     assert code in (0, 2)
+
+
+def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_path):
+    # files may grow to 1 MiB: the study database fits, a checkpoint of this U-Net (2 MB) does not
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "disk", "method": "grid", "space": {"loss.name": ["dice_ce", "dice"]},
+        "base": tiny_tree(model={"name": "unet", "depth": 3, "base": 16},
+                          train={"epochs": 1, "batch_size": 8, "patience": 0})}))
+    command = [sys.executable, "-m", "segtune", "study", str(study), "--out", str(tmp_path / "st"), "--quiet"]
+    proc = subprocess.run(command, capture_output=True, text=True, preexec_fn=_small_disk(1024 * 1024))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: cannot write ") and "run the same command again" in proc.stderr
+
+    import optuna
+
+    stored = optuna.load_study(study_name="disk", storage=f"sqlite:///{tmp_path / 'st' / 'study.db'}")
+    (trial,) = stored.trials  # the worker stopped at the first failure instead of failing every cell
+    assert trial.state == optuna.trial.TrialState.FAIL and "free disk space" in trial.user_attrs["fail_reason"]
+
+    proc = subprocess.run(command, capture_output=True, text=True)  # room again: the same command resumes
+    assert proc.returncode == 0, proc.stderr
+    states = sorted((t.state.name, t.params["loss.name"]) for t in stored.trials)
+    assert states == [("COMPLETE", "dice"), ("COMPLETE", "dice_ce"), ("FAIL", trial.params["loss.name"])]
+
+
+WRITER = """
+import sys, torch
+from segtune.checkpoint import save_atomic
+for i in range(10**6):
+    save_atomic({"version": i, "weights": torch.full((4_000_000,), float(i))}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
+    import random
+    import time
+
+    import torch
+
+    path, rng = tmp_path / "last.pt", random.Random(0)
+    for _ in range(5):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        writer.stdout.readline()  # at least one complete write
+        time.sleep(rng.uniform(0.0, 0.2))  # 16 MB per write: the kill lands mid-write most times
+        writer.kill()
+        writer.wait()
+        saved = torch.load(path, weights_only=True)
+        assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["version"])))
+    assert list(tmp_path.glob(".last.pt.*.tmp"))  # (the kills did interrupt writes)
