@@ -15,14 +15,16 @@ by Ctrl-C is re-queued too.
 User attributes of a trial: ``params`` ({config path: value}), ``config`` (the resolved config
 of its first repeat), ``runs`` (per repeat: seed, value, epochs_run, best_epoch, run_dir,
 class_names, test metrics), ``spread`` (standard deviation over repeats), ``epochs`` (epochs run
-by the first repeat), ``seconds``, ``worker`` (host:pid), and ``fail_reason``, ``interrupted``
-or ``requeued_from`` where they apply. The study's ``spec`` attribute holds what a resumed
+by the first repeat), ``seconds``, ``worker`` (host:pid), and ``fail_reason``, ``interrupted``,
+``requeued_from`` or ``same_as`` (a configuration sampled again takes its earlier trial's result
+without training: ``reuse_results``) where they apply. The study's ``spec`` attribute holds what a resumed
 study must share with its study file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import statistics
@@ -38,7 +40,7 @@ import optuna
 from optuna.trial import TrialState
 
 from segtune.config import Config
-from segtune.errors import USER_ERRORS, ConfigError
+from segtune.errors import USER_ERRORS, ConfigError, StorageError
 from segtune.study_space import Space, config_for
 from segtune.study_spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.train import load_data, train
@@ -46,6 +48,7 @@ from segtune.train import load_data, train
 FAIL_REASON = "fail_reason"
 AUTO_LR_CACHE = "auto_lr"  # study attribute: {optimizer, loss, model and data as JSON: lr}
 INTERRUPTED = "interrupted"
+SAME_AS = "same_as"  # trial attribute: the earlier trial of the same configuration whose result was reused
 
 
 def default_study_dir(spec: StudySpec) -> Path:
@@ -73,6 +76,19 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
                 grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
     except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
         raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a user's error (NaN loss, full disk)
+    the reason stored on the trial, shown in the leaderboard, says it all. Bugs keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, KeyboardInterrupt)):
+            return False
+        return not record.getMessage().endswith("failed with value None.")
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_UserErrorsWithoutTraceback())
 
 
 def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorage, *,
@@ -114,12 +130,20 @@ class _Objective:
     cache: DataCache
     num_threads: int | None
     verbose: bool
+    stopped_by: StorageError | None = None  # an error that fails every trial after it: the worker stops
 
     def __call__(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         values = self.space.sample_grid(trial) if self.spec.method.name == "grid" else self.space.sample(trial)
         trial.set_user_attr("params", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        twin = _finished_twin(trial, values) if self.spec.reuse_results else None
+        replayed: set[int] = set()
+        if twin is not None:
+            reused = _reuse(trial, twin)
+            if reused is not None:
+                return reused
+            replayed = set(twin.intermediate_values)  # a pruned twin's curve, not pruned here: train
         runs: list[dict[str, Any]] = []
         trial.set_user_attr("runs", runs)
         try:
@@ -130,7 +154,7 @@ class _Objective:
                                     name=f"{self.spec.name}-{trial.number:04d}", auto_lr=self._auto_lr(trial))
                 if repeat == 0:
                     trial.set_user_attr("config", config.to_dict())
-                callbacks = [self._reporter(trial)] if repeat == 0 else []
+                callbacks = [self._reporter(trial, replayed)] if repeat == 0 else []
                 result = train(config, out_dir=self.study_dir / "trials" / f"{trial.number:04d}-seed{seed}",
                                data=self.cache.get(config), callbacks=callbacks, verbose=self.verbose)
                 s = result.summary
@@ -143,6 +167,13 @@ class _Objective:
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(INTERRUPTED, True)
+            raise
+        except StorageError as err:  # a full disk fails every later trial too: stop, and run it again on resume
+            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            self.stopped_by = StorageError(f"{err}\nthe study stopped at trial {trial.number}; once there is room, "
+                                           "run the same command again: the trial is run again, finished ones are kept")
             raise
         except USER_ERRORS as err:
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
@@ -167,18 +198,51 @@ class _Objective:
 
         return lookup
 
-    def _reporter(self, trial: optuna.Trial):
+    def _reporter(self, trial: optuna.Trial, replayed: set[int]):
         key = self.spec.epoch_key
 
         def on_epoch(epoch: int, row: dict[str, Any]) -> None:
             trial.set_user_attr("epochs", epoch)
             if key is None or key not in row:
                 return
-            trial.report(float(row[key]), epoch)
+            if epoch not in replayed:  # the same value was reported from the twin's curve
+                trial.report(float(row[key]), epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
 
         return on_epoch
+
+
+def _finished_twin(trial: optuna.Trial, values: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """The earlier trained trial of the same configuration (and so the same seeds): a completed
+    one, else the pruned one that got furthest."""
+    twins = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+             if t.user_attrs.get("params") == values and SAME_AS not in t.user_attrs]
+    return max(twins, key=lambda t: (t.state == TrialState.COMPLETE, len(t.intermediate_values)), default=None)
+
+
+def _reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | None:
+    """Give ``trial`` the curve and result of ``twin`` without training.
+
+    A pruned twin's curve is replayed to this trial's pruner (Hyperband's brackets prune at
+    different epochs): pruned again, or ``None`` when this pruner lets it go further: train it.
+    """
+    pruned = twin.state == TrialState.PRUNED
+    for epoch, value in sorted(twin.intermediate_values.items()):
+        trial.report(value, epoch)
+        if pruned and trial.should_prune():
+            break
+    else:
+        if pruned:
+            return None
+    for key in ("config", "runs", "spread", "epochs"):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    trial.set_user_attr(SAME_AS, twin.number)
+    trial.set_user_attr("seconds", 0.0)
+    if pruned:
+        raise optuna.TrialPruned(f"the configuration of trial {twin.number}, pruned on the same curve")
+    return float(twin.value)
 
 
 def _metrics(split: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +310,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
                                callbacks=[_print_progress] if progress else [])
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # its heartbeat came too late: taken for dead and re-queued meanwhile
+            if objective.stopped_by is not None:
+                raise objective.stopped_by
             n_run += 1
         elif running:
             time.sleep(min(spec.heartbeat_interval, 2))
@@ -334,10 +400,16 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
         rows.append([t.number] + [_show(t.user_attrs.get("params", {}).get(p, "-")) for p in paths]
                     + ["-" if value is None else float(value), float(t.user_attrs.get("spread", 0.0)),
                        f"{len(runs)}", t.user_attrs.get("epochs", "-"), state,
-                       f"{t.user_attrs.get('seconds', 0.0):.0f}", t.user_attrs.get(FAIL_REASON, "")[:60]])
+                       f"{t.user_attrs.get('seconds', 0.0):.0f}", _reason(t)])
     objective = study.user_attrs.get("spec", {}).get("objective", "objective")
     header = ["trial"] + paths + [objective, "spread", "repeats", "epochs", "state", "seconds", "reason"]
     return header, rows
+
+
+def _reason(t: optuna.trial.FrozenTrial) -> str:
+    if SAME_AS in t.user_attrs:
+        return f"result of trial {t.user_attrs[SAME_AS]} (same configuration)"
+    return t.user_attrs.get(FAIL_REASON, "")[:60]
 
 
 def _last_value(t: optuna.trial.FrozenTrial) -> float | None:

@@ -134,6 +134,9 @@ class StudySpec(pydantic.BaseModel):
     heartbeat_interval: Annotated[int, Field(ge=1)] = 10
     grace_period: Annotated[int, Field(ge=2)] = 30
     max_retry: Annotated[int, Field(ge=0)] = 3
+    # A configuration sampled again (random and TPE do, on lists) takes the result of its finished
+    # trial instead of training again: the same config and seeds give the same numbers.
+    reuse_results: bool = True
 
     @pydantic.field_validator("method", "pruner", mode="before")
     @classmethod

@@ -98,6 +98,69 @@ def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
     assert values == sorted(values, reverse=True)
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
+    # 6 random draws from 2 learning rates: with reuse only the first draw of each trains
+    path = write_study(tmp_path, method="random", n_trials=6, seed=1, reuse_results=reuse)
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    trained = [t for t in trials if "same_as" not in t.user_attrs]
+    assert len(list((tmp_path / "out" / "trials").iterdir())) == len(trained) == (2 if reuse else 6)
+    for t in trials:  # the same configuration and seed give the same value, trained or reused
+        first = next(f for f in trials if f.params == t.params)
+        assert t.value == first.value
+        assert t.user_attrs.get("same_as", first.number) == first.number
+    if reuse:
+        header, rows = leaderboard(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/out/study.db"))
+        assert sum("same configuration" in r[header.index("reason")] for r in rows) == 4
+
+
+def test_a_pruned_configuration_drawn_again_is_pruned_on_the_same_curve(tmp_path):
+    base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
+    path = write_study(tmp_path, base=base, method="random", n_trials=7, seed=1,
+                       space={"optimizer.lr": [0.05, 0.02, 1e-8]},
+                       pruner={"name": "median", "min_epochs": 1, "n_startup_trials": 2})
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    hopeless = [t for t in trials if t.params["optimizer.lr"] == 1e-8]
+    assert [t.state for t in hopeless] == [TrialState.PRUNED] * 3
+    first, *again = hopeless
+    assert "same_as" not in first.user_attrs and all(t.user_attrs["same_as"] == first.number for t in again)
+    assert all(t.intermediate_values == first.intermediate_values for t in again)
+    assert len(list((tmp_path / "out" / "trials").iterdir())) == 3  # one training per configuration
+
+
+class _ReplayTrial:
+    """Stands in for an Optuna trial: records reports; its pruner prunes from a given epoch."""
+
+    def __init__(self, prune_from):
+        self.prune_from, self.reported, self.attrs = prune_from, {}, {}
+
+    def report(self, value, epoch):
+        self.reported[epoch] = value
+
+    def should_prune(self):
+        return max(self.reported) >= self.prune_from
+
+    def set_user_attr(self, key, value):
+        self.attrs[key] = value
+
+
+@pytest.mark.parametrize("prune_from, trains", [(2, False), (9, True)])
+def test_a_pruned_twin_is_replayed_to_this_trials_pruner(prune_from, trains):
+    from segtune.study import _reuse
+
+    twin = optuna.trial.create_trial(state=TrialState.PRUNED, params={"optimizer.lr": 0.1},
+                                     distributions={"optimizer.lr": optuna.distributions.CategoricalDistribution([0.1])},
+                                     intermediate_values={1: 0.2, 2: 0.3, 3: 0.35}, user_attrs={"epochs": 3})
+    trial = _ReplayTrial(prune_from)
+    if trains:  # this pruner would have let it go on: it must be trained, its replayed epochs reported
+        assert _reuse(trial, twin) is None and trial.reported == {1: 0.2, 2: 0.3, 3: 0.35} and not trial.attrs
+    else:  # pruned at epoch 2 of the same curve, without training
+        with pytest.raises(optuna.TrialPruned):
+            _reuse(trial, twin)
+        assert trial.reported == {1: 0.2, 2: 0.3} and trial.attrs["same_as"] == twin.number
+
+
 def test_repeats_give_the_mean_and_spread_of_the_objective(tmp_path):
     path = write_study(tmp_path, space={"optimizer.lr": [0.01]}, repeats=2)
     (trial,) = run_study(path, study_dir=tmp_path / "out").get_trials()
