@@ -2,13 +2,16 @@
 
 from segtune.config import Config, build_config, load_config
 from segtune.data import SegData, Split
-from segtune.errors import ConfigError, DataError, SegtuneError, TrainingDiverged
+from segtune.errors import ConfigError, DataError, SegtuneError, StorageError, TrainingDiverged
 from segtune.registry import Registry, RegistryError
+from segtune.lr_find import lr_range_test
+from segtune.study import run_study
 from segtune.train import RunResult, load_data, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config", "ConfigError", "DataError", "Registry", "RegistryError", "RunResult", "SegData",
-    "SegtuneError", "Split", "TrainingDiverged", "build_config", "load_config", "load_data", "train",
+    "SegtuneError", "Split", "StorageError", "TrainingDiverged", "build_config", "load_config", "load_data",
+    "lr_range_test", "run_study", "train",
 ]

@@ -36,7 +36,7 @@ from segtune.data import SegData, Split
 from segtune.inference import autocast, batches
 from segtune.models import PadToMultiple, build_model, count_parameters, encoder_modules, encoder_state
 from segtune.optim import OPTIMIZERS
-from segtune.train import (RunResult, _MetricsLog, _prepare_run_dir, backward_step, default_run_dir, load_data,
+from segtune.train import (MetricsLog, RunResult, backward_step, default_run_dir, load_data, prepare_run_dir,
                            resolve_device)
 
 
@@ -169,7 +169,7 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
         torch.set_num_threads(cfg.num_threads)
     default = default_run_dir(config)
     default = default.with_name(default.name.replace(config.name, f"{config.name}-pretrain", 1))
-    run_dir = _prepare_run_dir(Path(out_dir) if out_dir else default)
+    run_dir = prepare_run_dir(Path(out_dir) if out_dir else default)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)
@@ -180,7 +180,7 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
     optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, autoencoder.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
-    log = _MetricsLog(run_dir, ["epoch", "train_mse", "val_mse", "val_mae", "seconds"], [])
+    log = MetricsLog(run_dir, ["epoch", "train_mse", "val_mse", "val_mae", "seconds"], [])
     images = data.train.images.to(device)
     kwargs = dict(batch_size=cfg.batch_size * 2, device=device, precision=cfg.precision,
                   channels_last=cfg.channels_last)
