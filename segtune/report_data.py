@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from segtune.errors import ConfigError
 from segtune.report_stats import MeanCI, mean_ci
-from segtune.study import FAIL_REASON
+from segtune.study import FAIL_REASON, SAME_AS
 
 
 @dataclass
@@ -118,12 +118,13 @@ def _run_dirs(t: optuna.trial.FrozenTrial, study_dir: Path | None) -> list[Path]
 
 
 def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -> list[TrialRecord]:
-    """Every trial of ``study`` (waiting ones left out), ranked: completed by objective, then
-    running, pruned and failed ones."""
+    """Every trial of ``study`` ranked: completed by objective, then running, pruned and failed
+    ones. Waiting trials, and trials that reused an earlier trial's result (the same runs), are
+    left out, so no run counts twice."""
     study_dir = Path(study_dir) if study_dir is not None else None
     records = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.WAITING:
+        if t.state == TrialState.WAITING or SAME_AS in t.user_attrs:
             continue
         runs = t.user_attrs.get("runs", [])
         value = t.value

@@ -113,6 +113,10 @@ def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
     if reuse:
         header, rows = leaderboard(optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/out/study.db"))
         assert sum("same configuration" in r[header.index("reason")] for r in rows) == 4
+        from segtune.report_data import trial_records
+
+        stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/out/study.db")
+        assert len(trial_records(stored)) == 2  # a report counts each run once
 
 
 def test_a_pruned_configuration_drawn_again_is_pruned_on_the_same_curve(tmp_path):
