@@ -4,8 +4,9 @@ The reference is how such studies are usually written by hand: a per-sample ``Da
 augments with numpy/scipy (flip, small rotation and shift), a ``DataLoader``, fp32 and the
 default memory format. segtune trains the same model on the same data with the same batch size,
 augmentation, loss and optimizer through ``segtune.train`` (data resident as tensors, batched
-augmentation, channels_last, and optionally bf16 autocast). Both run in this process, one after
-the other, so they see the same machine.
+augmentation), in each memory format, in fp32 and bf16 autocast, and with ``torch.compile``
+(its one-off compile time is left out with the warm-up epoch; it is printed). Both run in this
+process, one after the other, so they see the same machine.
 
 Also printed: FLOPs of one training step (torch.utils.flop_counter), achieved GFLOP/s against
 this machine's measured matmul and convolution peaks for the same precision, `predict` speed,
@@ -66,15 +67,15 @@ class HandWrittenDataset(Dataset):
         return torch.from_numpy(x.copy())[None].float(), torch.from_numpy(y.copy()).long()
 
 
-def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Module]:
-    """The hand-written loop: returns (train images/s, val Dice, model)."""
+def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Module, float]:
+    """The hand-written loop: returns (train images/s, val Dice, model, first epoch's seconds)."""
     torch.manual_seed(cfg.seed)
     loss_fn = LOSSES.build(cfg.loss.name, cfg.loss.options, data.n_classes)
     model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.options["lr"])
     ds = HandWrittenDataset(data.train.images.numpy(), data.train.masks.numpy(), cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=True)
-    n, seconds = 0, 0.0
+    n, seconds, first = 0, 0.0, 0.0
     for epoch in range(epochs):
         model.train()
         t = time.perf_counter()
@@ -85,19 +86,20 @@ def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Modul
             opt.step()
             n += len(x) if epoch else 0
         seconds += time.perf_counter() - t if epoch else 0.0  # epoch 0 is warm-up
+        first = first or time.perf_counter() - t
     dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
-    return n / seconds, dice, model
+    return n / seconds, dice, model, first
 
 
-def segtune_loop(cfg, data, epochs: int) -> tuple[float, float]:
-    """segtune.train with validation only at the end: returns (train images/s, val Dice)."""
+def segtune_loop(cfg, data, epochs: int) -> tuple[float, float, float]:
+    """segtune.train with validation only at the end: (train images/s, val Dice, first epoch's seconds)."""
     cfg = build_config(cfg.to_dict(), [f"train.epochs={epochs}", f"train.val_every={epochs}", "train.patience=0",
                                        "train.restore_best=false"])
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, out_dir=f"{tmp}/run", data=data, verbose=False)
     images = (len(data.train) // cfg.train.batch_size) * cfg.train.batch_size
     seconds = sum(r["seconds"] for r in result.history[1:-1])  # skip warm-up and the validated last epoch
-    return images * (epochs - 2) / seconds, result.summary["val"]["dice_mean"]
+    return images * (epochs - 2) / seconds, result.summary["val"]["dice_mean"], result.history[0]["seconds"]
 
 
 def step_flops(cfg, data, precision: str) -> float:
@@ -140,8 +142,8 @@ def main() -> None:
     lines = [f"# Training throughput ({date.today()}, {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
              f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
-             "| model | loop | train img/s | x reference | val Dice after run | GFLOP/s | % of conv peak |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | loop | train img/s | x reference | val Dice after run | GFLOP/s | % of conv peak | first epoch (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
     for model in args.models.split(","):
         tree = {"name": "bench", "data": {"source": "demo", "spacing": args.spacing}, "model": MODELS[model],
@@ -149,24 +151,28 @@ def main() -> None:
                 "augment": {"name": "combine"}, "train": {"batch_size": 16}}
         cfg = build_config(tree)
         data = load_data(cfg)
-        ref_speed, ref_dice, ref_model = reference_loop(cfg, data, args.epochs)
+        ref_speed, ref_dice, ref_model, ref_first = reference_loop(cfg, data, args.epochs)
         flops = {p: step_flops(cfg, data, p) for p in ("fp32", "bf16")}
-        rows = [("plain PyTorch (reference)", ref_speed, ref_dice, "fp32")]
+        rows = [("plain PyTorch (reference)", ref_speed, ref_dice, "fp32", ref_first)]
         for label, overrides, precision in (
             ("segtune fp32, default layout", ["train.channels_last=false"], "fp32"),
-            ("segtune fp32, channels_last", [], "fp32"),
-            ("segtune bf16, channels_last", ["train.precision=bf16"], "bf16"),
+            ("segtune fp32, channels_last", ["train.channels_last=true"], "fp32"),
+            ("segtune bf16, default layout", ["train.precision=bf16", "train.channels_last=false"], "bf16"),
+            ("segtune bf16, channels_last", ["train.precision=bf16", "train.channels_last=true"], "bf16"),
+            ("segtune fp32, compiled", ["train.compile=true", "train.channels_last=false"], "fp32"),
+            ("segtune bf16, compiled", ["train.compile=true", "train.precision=bf16", "train.channels_last=false"],
+             "bf16"),
         ):
-            speed, dice = segtune_loop(build_config(tree, overrides), data, args.epochs)
-            rows.append((label, speed, dice, precision))
-        for label, speed, dice, precision in rows:
+            speed, dice, first = segtune_loop(build_config(tree, overrides), data, args.epochs)
+            rows.append((label, speed, dice, precision, first))
+        for label, speed, dice, precision, first in rows:
             achieved = flops[precision] * speed / 1e9
             lines.append(f"| {model} | {label} | {speed:.1f} | {speed / ref_speed:.2f} | {dice:.3f} | "
-                         f"{achieved:.0f} | {100 * achieved / peaks[precision]['conv']:.0f}% |")
+                         f"{achieved:.0f} | {100 * achieved / peaks[precision]['conv']:.0f}% | {first:.1f} |")
         t = time.perf_counter()
         predict_labels(ref_model, data.test.images, batch_size=16)
-        lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | |")
-        lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | |")
+        lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | | |")
+        lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | | |")
     lines += ["", "Measured peaks (GFLOP/s): " + ", ".join(
         f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()),
         f"Peak resident memory of this benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -233,6 +234,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     data = data if data is not None else load_data(config)
     names = data.class_names
     model, loss_fn, optimizer = build_training(config, data, device)
+    forward = compiled(model, device) if cfg.compile else model  # validation runs eagerly
     out_channels = model.out_channels
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     scheduler = build_scheduler(config.scheduler.name, config.scheduler.options, optimizer, n_epochs=cfg.epochs,
@@ -286,7 +288,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
                     y = torch.where(aug[:, None, None], ay, y)
                 x = x.contiguous(memory_format=fmt)
                 with autocast(device, cfg.precision):
-                    loss = loss_fn(model(x).float(), y)
+                    loss = loss_fn(forward(x).float(), y)
                 loss_value = float(loss.detach())
                 state.first_loss = state.first_loss if state.first_loss is not None else loss_value
                 _check_divergence(loss_value, state.first_loss, cfg.divergence_factor, epoch, lr)
@@ -369,6 +371,14 @@ def build_training(config: Config, data: SegData, device: torch.device):
     model = model.to(device).to(memory_format=fmt)
     optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
     return model, loss_fn, optimizer
+
+
+def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(model)`` with static shapes (a run has at most two batch sizes)."""
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        raise ConfigError("train.compile=true needs a C++ compiler on a CPU (install g++); "
+                          "or set train.compile=false")
+    return torch.compile(model, dynamic=False)
 
 
 def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
