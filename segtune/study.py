@@ -23,6 +23,7 @@ study must share with its study file.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -175,7 +177,7 @@ class _Objective:
             self.stopped_by = StorageError(f"{err}\nthe study stopped at trial {trial.number}; once there is room, "
                                            "run the same command again: the trial is run again, finished ones are kept")
             raise
-        except USER_ERRORS as err:
+        except Exception as err:  # a user's error (recorded, the study goes on) or a bug (the worker stops)
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise
@@ -262,6 +264,32 @@ def _requeue_interrupted(study: optuna.Study) -> None:
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
 
 
+def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
+    """Queue again each dead worker's trial that Optuna failed but did not queue again.
+
+    Optuna fails a stale trial and queues its retry in two steps; a worker killed between the
+    two leaves the trial failed with no retry, and a grid would lose its cell. Such a trial is
+    queued here once it has been failed for longer than the grace period (before that, the
+    worker that failed it may still be queuing it).
+
+    Returns:
+        Whether such a trial is still too fresh to queue: the study is not done yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+    now, fresh = datetime.now(), False
+    for t in trials:
+        died = t.state == TrialState.FAIL and FAIL_REASON not in t.user_attrs and INTERRUPTED not in t.user_attrs
+        if not died or t.number in retried or len(t.system_attrs.get("retry_history", ())) >= spec.max_retry:
+            continue
+        if t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < spec.grace_period:
+            fresh = True
+        else:
+            retry(study, copy.deepcopy(t))
+    return fresh
+
+
 def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool, bool]:
     """(a trial should start now, some trial is still running elsewhere)."""
     trials = study.get_trials(deepcopy=False)
@@ -302,8 +330,10 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+            orphans_pending = _requeue_orphans(study, spec)
         _requeue_interrupted(study)
         start, running = _work_left(spec, space, study)
+        running = running or orphans_pending
         if start:
             try:
                 study.optimize(objective, n_trials=1, catch=USER_ERRORS,

@@ -123,3 +123,25 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path):
     assert done_before.number in [t.number for t in complete]
     assert len(died) == 1 and "fail_reason" not in died[0].user_attrs
     assert died[0].params == next(t for t in complete if t.number != done_before.number).params
+
+
+def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
+    # Optuna fails a stale trial, then queues its retry: a worker killed between the two steps
+    # leaves a failed trial and no retry. The next worker queues it, so the grid loses no cell.
+    from segtune.study import open_storage, open_study
+    from segtune.study_spec import load_study
+
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003]}, heartbeat_interval=1,
+                       grace_period=2)
+    spec, space = load_study(path)
+    study = open_study(spec, space, open_storage(spec, tmp_path / "out"), seed=spec.seed)
+    orphan = study.ask()
+    lost = space.sample_grid(orphan)
+    study._storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)  # failed, its retry not queued
+    time.sleep(2.2)  # past the grace period: no other worker can still be queuing it
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["optimizer.lr"] for t in complete) == [0.003, 0.01]
+    retry = next(t for t in complete if t.params == orphan.params)
+    assert retry.params == {"optimizer.lr": lost["optimizer.lr"]} and retry.system_attrs["retry_history"] == [0]
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
