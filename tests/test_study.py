@@ -247,3 +247,28 @@ def test_the_demo_study_file_is_valid():
     spec, space = load_study(demo_config_path().with_name("demo_study.yaml"))
     assert spec.base["data"]["source"] == "demo"
     assert spec.method.name == "grid" and space.n_grid_cells() == 4
+
+
+def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path):
+    # optuna-dashboard's own app reads the SQLite file: the study, its trials and their attributes
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard", reason="pip install optuna-dashboard (in .[test])")
+    run_study(write_study(tmp_path), study_dir=tmp_path / "out")
+    app = dashboard.wsgi(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+
+    def get(path: str) -> dict:
+        environ, status = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}, []
+        setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["tiny"]
+    trials = get(f"/api/studies/{studies[0]['study_id']}")["trials"]
+    assert sorted(t["state"] for t in trials) == ["Complete", "Complete"]
+    attrs = {a["key"] for a in trials[0]["user_attrs"]}
+    assert {"params", "config", "runs", "seconds"} <= attrs
