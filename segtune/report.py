@@ -213,19 +213,29 @@ def _cell_ci(records: Sequence[TrialRecord]) -> MeanCI | None:
     return mean_ci(values) if values else None
 
 
-def _pivot(a: Levels, b: Levels, done: Sequence[TrialRecord], objective: str) -> Table:
-    """Rows ``a``, columns ``b``: the best trial of each cell; the study's best in bold."""
+def _pivot(a: Levels, b: Levels, done: Sequence[TrialRecord], pruned: Sequence[TrialRecord],
+           objective: str) -> Table:
+    """Rows ``a``, columns ``b``: the best trial of each cell, else its furthest pruned one; the
+    study's best in bold."""
     rows, bold = [], set()
     for i, la in enumerate(a.labels):
         row: list[Any] = [la]
         for j, lb in enumerate(b.labels):
             here = [r for r in done if a.of(r) == la and b.of(r) == lb]  # ranked: the first is the cell's best
-            row.append(here[0].ci.text() if here else "–")
+            stopped = max((r for r in pruned if a.of(r) == la and b.of(r) == lb),
+                          key=lambda r: r.epochs or 0, default=None)
+            if here:
+                row.append(here[0].ci.text())
+            elif stopped is not None:
+                row.append(f"pruned at epoch {stopped.epochs}: {stopped.value:.4f}")
+            else:
+                row.append("–")
             if here and here[0] is done[0]:
                 bold.add((i, j + 1))
         rows.append(row)
     return Table([f"{a.path} \\ {b.path}"] + b.labels, rows, bold=frozenset(bold), caption=(
-        f"{objective} of the best trial in each cell (mean ± 95% half-width over seeds); "
+        f"{objective} of the best trial in each cell (mean ± 95% half-width over seeds); a cell whose "
+        f"trials were all pruned shows the one that got furthest, with its last reported value; "
         f"rows {a.path}, columns {b.path}."))
 
 
@@ -236,7 +246,8 @@ def _pivots_and_marginals(study: optuna.Study, records: Sequence[TrialRecord],
         return []
     objective = _objective(study)
     blocks: list[Block] = [Heading("Hyperparameters: pairs and marginals")]
-    blocks += [_pivot(a, b, done, objective) for a, b in itertools.combinations(varied, 2)]
+    pruned = [r for r in records if r.state == "pruned" and r.value is not None]
+    blocks += [_pivot(a, b, done, pruned, objective) for a, b in itertools.combinations(varied, 2)]
     marginals = {}
     for lv in varied:
         pairs = [(label, _cell_ci([r for r in done if lv.of(r) == label])) for label in lv.labels]

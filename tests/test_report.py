@@ -124,6 +124,8 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     assert "| 0 | adam | none | 0.1900 | 0.8100 | 0.8100 | 0.5000 |" in md
     # the pivot table of the two hyperparameters, and importances
     assert "| optimizer.name \\ scheduler.name | none | cosine |" in md
+    # a cell whose only finished trial was pruned shows where it stopped, not a blank
+    assert re.search(r"\| sgd \| 0\.6117 ± [0-9.]+ \| pruned at epoch 1: 0\.3000 \|", md)
     assert "| fANOVA |" in md or "fANOVA" in md
     for name in ("leaderboard", "marginals", "importance", "loss", "dice", "lr", "predictions"):
         assert (study_report / "figures" / f"{name}.png").stat().st_size > 1000, name
