@@ -272,9 +272,11 @@ def _importance(study: optuna.Study) -> list[Block]:
     return blocks
 
 
-def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None) -> tuple[Levels | None, Levels | None]:
+def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None,
+              records: Sequence[TrialRecord] = ()) -> tuple[Levels | None, Levels | None]:
     """The (rows, columns) hyperparameters of the curve grids: ``layout`` (one name: columns only),
-    else the two varied ones with the fewest levels.
+    else the two varied ones whose grid ``records`` fill best (a learning rate given per optimizer
+    leaves most optimizer x lr cells empty), of those the pair with the fewest levels.
 
     Raises:
         ConfigError: more than two names, or a name that is not a varied hyperparameter.
@@ -288,7 +290,14 @@ def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None) -> tuple[L
                               f"hyperparameters are {', '.join(by_path) or 'none'}")
         chosen = [by_path[p] for p in layout]
     else:
-        chosen = sorted(varied, key=lambda lv: len(lv.labels))[:2]
+        fewest_first = sorted(varied, key=lambda lv: len(lv.labels))
+
+        def filled(pair: tuple[Levels, Levels]) -> float:
+            a, b = pair
+            return len({(a.of(r), b.of(r)) for r in records}) / (len(a.labels) * len(b.labels))
+
+        pairs = list(itertools.combinations(fewest_first, 2))
+        chosen = list(max(pairs, key=filled)) if pairs else fewest_first[:1]
     if len(chosen) == 1:
         return None, chosen[0]
     return (chosen[0], chosen[1]) if chosen else (None, None)
@@ -450,7 +459,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     out_dir.mkdir(parents=True, exist_ok=True)
     records = trial_records(study, study_dir=study_dir)
     varied = varied_levels(records, study.user_attrs.get("spec", {}).get("space"))
-    rows, cols = grid_axes(varied, layout)
+    rows, cols = grid_axes(varied, layout, records)
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
     blocks += _answer(study, records)
