@@ -148,6 +148,14 @@ def test_bad_input_names_the_file_and_the_fix(tmp_path, break_it, message):
         load(root, classes=["background", "a", "b"])
 
 
+def test_a_mask_of_another_size_is_caught_when_both_are_resized(tmp_path):
+    # data.size resizes image and mask alike; the mismatch of the stored files must still show
+    root = write_folder(tmp_path)
+    _break_size_mismatch(root)
+    with pytest.raises(DataError, match=r"case2\.png: mask is 16x8 but its image is 16x16"):
+        load(root, size=[32, 32])
+
+
 @pytest.mark.parametrize("splits, message", [
     ({"train": ["case0"], "val": ["nope"]}, r"val lists 'nope', which is not in the dataset"),
     ({"train": ["case0", "case1"], "val": ["case1"]}, r"'case1' is in both train and val"),

@@ -71,6 +71,9 @@ def test_n_max_limits_each_list(tmp_path):
     (lambda r: Image.fromarray(np.full((16, 20), 5, np.uint8)).save(r / "annotations" / "trimaps" / "beagle_1.png"),
      r"beagle_1\.png: trimap value 5 found"),
     (lambda r: (r / "images" / "Bengal_1.jpg").write_bytes(b"\xff\xd8\xff"), r"Bengal_1\.jpg: cannot read image"),
+    # both are resized to data.size on reading; the stored sizes must still agree
+    (lambda r: Image.fromarray(trimap(10, 20)).save(r / "annotations" / "trimaps" / "beagle_1.png"),
+     r"beagle_1\.png: trimap is 20x10 but its image is 20x1[68]"),
 ])
 def test_bad_input(tmp_path, break_it, message):
     root = write_pets(tmp_path)

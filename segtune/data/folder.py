@@ -61,6 +61,21 @@ def _open_2d(path: Path, what: str, size: tuple[int, int] | None, resample: int)
                         f"replace or remove it") from None
 
 
+def check_same_size(image: Path, mask: Path, what: str = "mask") -> None:
+    """Compare the stored sizes of an image and its mask (read from the file headers), so that a
+    mismatch is caught even when both are resized on reading.
+
+    Raises:
+        DataError: the sizes differ.
+    """
+    from PIL import Image
+
+    with Image.open(image) as a, Image.open(mask) as b:
+        (wa, ha), (wb, hb) = a.size, b.size
+    if (wa, ha) != (wb, hb):
+        raise DataError(f"{mask}: {what} is {wb}x{hb} but its image is {wa}x{ha}; they must match pixel for pixel")
+
+
 def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read a 2D image.
 
@@ -145,9 +160,7 @@ def read_pairs(stems: list[str], images: dict[str, Path], masks: dict[str, Path]
     xs, ys = [], []
     for stem in stems:
         x, y = read_image(images[stem], channels, size), read_mask(masks[stem], size)
-        if x.shape[1:] != y.shape:
-            raise DataError(f"{masks[stem]}: mask is {y.shape[1]}x{y.shape[0]} but its image is "
-                            f"{x.shape[2]}x{x.shape[1]}; they must match pixel for pixel")
+        check_same_size(images[stem], masks[stem])
         if xs and x.shape != xs[0].shape:
             raise DataError(f"{images[stem]}: size {x.shape[2]}x{x.shape[1]} differs from "
                             f"{images[stems[0]].name} ({xs[0].shape[2]}x{xs[0].shape[1]}); "

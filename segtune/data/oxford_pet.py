@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from segtune.data.base import SOURCES, SegData, Split
-from segtune.data.folder import random_split, read_image, read_mask
+from segtune.data.folder import check_same_size, random_split, read_image, read_mask
 from segtune.errors import DataError
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
@@ -72,6 +72,7 @@ def read_pets(root: Path, names: list[str], foreground: str, size: tuple[int, in
                                 f"restore the file (segtune download oxford-pet DIR) or remove it from the list")
         xs.append(read_image(image, 3, size))
         ys.append(trimap_to_labels(read_mask(trimap, size), foreground, trimap))
+        check_same_size(image, trimap, "trimap")
     return Split(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)))
 
 
