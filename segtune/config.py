@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
+import torch
 import yaml
 from pydantic import Field
 
@@ -100,6 +101,16 @@ class LossConfig(_Component):
 class OptimizerConfig(_Component):
     registry: ClassVar[Registry] = OPTIMIZERS
     name: str = "adam"
+
+    @pydantic.model_validator(mode="after")
+    def _builds(self) -> "OptimizerConfig":
+        # Rules between options (nesterov needs momentum) and torch's own checks, before any data is
+        # read: the optimizer is built once on a dummy weight.
+        try:
+            self.registry.build(self.name, self.options, [torch.nn.Parameter(torch.zeros(1))])
+        except (ConfigError, ValueError) as err:
+            raise ValueError(str(err)) from None
+        return self
 
 
 class SchedulerConfig(_Component):

@@ -58,6 +58,20 @@ def test_bad_values(override, message):
         build_config(tiny_tree(), [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    # a rule between two options, checked when the config is read, not when training starts
+    (["optimizer.name=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"],
+     r"optimizer: optimizer.nesterov=true needs optimizer.momentum > 0"),
+    # a size no network can take
+    (["data.source=folder", "data.path=x", "data.size=[0,0]"], r"data: .*greater than or equal to 8"),
+    (["data.source=nifti", "data.path=x", "data.size=[-3,4]"], r"data: .*greater than or equal to 8"),
+])
+def test_invalid_combinations_fail_before_any_data_is_read(overrides, message):
+    tree = tiny_tree(data={"source": "synthetic"})
+    with pytest.raises(ConfigError, match=message):
+        build_config(tree, overrides)
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         build_config({}, ["optimizer.lr"])

@@ -7,13 +7,17 @@ int64 label maps ``(N, H, W)``, held in memory as tensors so that no epoch re-re
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
+
+# An image size (H, W) to resize to on reading; 8 pixels is the least any network here can take.
+ImageSize = tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]]
 
 SOURCES = Registry("data source")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from segtune.data.base import SOURCES, SegData, Split
+from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -271,7 +271,7 @@ def folder(
     path: str = "",
     classes: list[str] | str | None = None,  # names (background first), or a text file; default classes.txt
     channels: Literal[1, 3] | None = None,  # None: RGB if any image is colour, else grey
-    size: tuple[int, int] | None = None,  # resize every file on reading (H, W); needed for mixed sizes
+    size: ImageSize | None = None,  # resize every file on reading (H, W); needed for mixed sizes
     splits: str | None = None,  # JSON file of stems per split (relative to path); None: random split
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15,
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15,  # 0: test on the val split

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from segtune.data.base import SOURCES, SegData, Split
+from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.data.folder import random_split, read_json, read_splits_file
 from segtune.errors import DataError
 
@@ -287,7 +287,7 @@ def nifti(
     path: str = "",
     layout: Literal["auto", "nnunet", "msd"] = "auto",  # auto: MSD if dataset.json has 'training'
     axis: Literal[0, 1, 2] = 2,  # the voxel axis cut into slices; 2 is axial for RAS-stored volumes
-    size: tuple[int, int] | None = None,  # resize slices on reading (H, W); needed for mixed in-plane sizes
+    size: ImageSize | None = None,  # resize slices on reading (H, W); needed for mixed in-plane sizes
     splits: str | None = None,  # JSON file of case ids per split (relative to path); None: random by case
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15,
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15,  # 0: test on the val split

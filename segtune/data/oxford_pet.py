@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from segtune.data.base import SOURCES, SegData, Split
+from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.data.folder import check_same_size, random_split, read_image, read_mask
 from segtune.errors import DataError
 
@@ -83,7 +83,7 @@ def oxford_pet(
     *,
     path: str = "",
     foreground: Literal["pet_and_border", "pet"] = "pet_and_border",  # what the trimap's class 1 covers
-    size: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] = (128, 128),  # H, W on reading
+    size: ImageSize = (128, 128),  # H, W on reading
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15,  # share of trainval held out
     n_max: Annotated[int, Field(ge=0)] = 0,  # use at most this many images per list (0 = all): quick trials
     split_seed: int = 0,  # fixed, so every run of a study sees the same validation images
