@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from segtune.errors import ConfigError
 from segtune.report_stats import MeanCI, mean_ci
-from segtune.study import FAIL_REASON, SAME_AS
+from segtune.study import FAIL_REASON, SAME_AS, trial_reason
 
 
 @dataclass
@@ -122,8 +122,8 @@ def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -
     ones. Waiting trials, and trials that reused an earlier trial's result (the same runs), are
     left out, so no run counts twice."""
     study_dir = Path(study_dir) if study_dir is not None else None
-    records = []
-    for t in study.get_trials(deepcopy=False):
+    records, trials = [], study.get_trials(deepcopy=False)
+    for t in trials:
         if t.state == TrialState.WAITING or SAME_AS in t.user_attrs:
             continue
         runs = t.user_attrs.get("runs", [])
@@ -134,7 +134,7 @@ def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -
             number=t.number, state=_state(t), params=dict(t.user_attrs.get("params", {})),
             values={int(r["seed"]): float(r["value"]) for r in runs if math.isfinite(r["value"])},
             value=value, epochs=t.user_attrs.get("epochs"), seconds=float(t.user_attrs.get("seconds", 0.0)),
-            reason=str(t.user_attrs.get(FAIL_REASON, "")), run_dirs=_run_dirs(t, study_dir),
+            reason=trial_reason(t, trials), run_dirs=_run_dirs(t, study_dir),
             test=[r["test"] for r in runs if r.get("test")]))
     return rank(records, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
 

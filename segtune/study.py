@@ -177,7 +177,7 @@ class _Objective:
             self.stopped_by = StorageError(f"{err}\nthe study stopped at trial {trial.number}; once there is room, "
                                            "run the same command again: the trial is run again, finished ones are kept")
             raise
-        except Exception as err:  # a user's error (recorded, the study goes on) or a bug (the worker stops)
+        except Exception as err:  # diverged, a bad combination, out of memory: recorded, the study goes on
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise
@@ -336,7 +336,7 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
         running = running or orphans_pending
         if start:
             try:
-                study.optimize(objective, n_trials=1, catch=USER_ERRORS,
+                study.optimize(objective, n_trials=1, catch=(Exception,),
                                callbacks=[_print_progress] if progress else [])
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # its heartbeat came too late: taken for dead and re-queued meanwhile
@@ -379,8 +379,11 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         num_threads = max(1, (os.cpu_count() or 1) // n_workers)
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     if n_workers == 1:
+        # On a shared storage other machines may run this same command: each worker draws its own
+        # random/TPE sequence. A study in its own SQLite file keeps the study's seed, so it repeats.
+        seed = spec.seed if storage is None else worker_seed(spec)
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
-                   seed=spec.seed, verbose=verbose, progress=progress)
+                   seed=seed, verbose=verbose, progress=progress)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
     command += ["--storage", storage] if storage else []
@@ -411,7 +414,8 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     Returns:
         ``(header, rows)``; completed trials first (by objective), then pruned, then failed.
     """
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    everything = study.get_trials(deepcopy=False)
+    trials = [t for t in everything if t.state != TrialState.WAITING]
     paths = sorted({p for t in trials for p in t.user_attrs.get("params", {})})
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.RUNNING: 2, TrialState.FAIL: 3}
@@ -430,16 +434,23 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
         rows.append([t.number] + [_show(t.user_attrs.get("params", {}).get(p, "-")) for p in paths]
                     + ["-" if value is None else float(value), float(t.user_attrs.get("spread", 0.0)),
                        f"{len(runs)}", t.user_attrs.get("epochs", "-"), state,
-                       f"{t.user_attrs.get('seconds', 0.0):.0f}", _reason(t)])
+                       f"{t.user_attrs.get('seconds', 0.0):.0f}", trial_reason(t, everything)[:60]])
     objective = study.user_attrs.get("spec", {}).get("objective", "objective")
     header = ["trial"] + paths + [objective, "spread", "repeats", "epochs", "state", "seconds", "reason"]
     return header, rows
 
 
-def _reason(t: optuna.trial.FrozenTrial) -> str:
+def trial_reason(t: optuna.trial.FrozenTrial, trials: Sequence[optuna.trial.FrozenTrial]) -> str:
+    """Why ``t`` ended as it did: its failure reason; for a trial stopped by Ctrl-C or whose worker
+    died, that and the trial that ran it again; for a reused result, the trial it came from."""
     if SAME_AS in t.user_attrs:
         return f"result of trial {t.user_attrs[SAME_AS]} (same configuration)"
-    return t.user_attrs.get(FAIL_REASON, "")[:60]
+    if FAIL_REASON in t.user_attrs or t.state != TrialState.FAIL:
+        return str(t.user_attrs.get(FAIL_REASON, ""))
+    again = next((c.number for c in trials if c.user_attrs.get("requeued_from") == t.number
+                  or c.system_attrs.get("retry_history", [None])[-1] == t.number), None)
+    what = "stopped by Ctrl-C" if INTERRUPTED in t.user_attrs else "its worker died (no heartbeat)"
+    return what + (f"; run again as trial {again}" if again is not None else "")
 
 
 def _last_value(t: optuna.trial.FrozenTrial) -> float | None:
@@ -477,4 +488,4 @@ def load_existing_study(path: str | Path, *, study_dir: str | Path | None = None
 
 
 __all__ = ["DataCache", "best_trial", "leaderboard", "load_existing_study", "open_storage", "open_study",
-           "run_study", "run_worker", "worker_seed"]
+           "run_study", "run_worker", "trial_reason", "worker_seed"]

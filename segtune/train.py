@@ -91,9 +91,9 @@ def prepare_run_dir(run_dir: Path) -> Path:
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
-    except OSError as err:
-        raise SegtuneError(f"cannot write the run directory {run_dir}: {err.strerror}; "
-                           f"choose a writable --out") from None
+    except OSError as err:  # a StorageError: a study stops there and runs the trial again on resume
+        raise StorageError(f"cannot write the run directory {run_dir}: {err.strerror}; "
+                           f"choose a writable --out, or free disk space") from None
     return run_dir
 
 

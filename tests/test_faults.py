@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -90,6 +91,25 @@ def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_pa
     assert proc.returncode == 0, proc.stderr
     states = sorted((t.state.name, t.params["loss.name"]) for t in stored.trials)
     assert states == [("COMPLETE", "dice"), ("COMPLETE", "dice_ce"), ("FAIL", trial.params["loss.name"])]
+
+
+def test_an_unwritable_run_directory_stops_a_study_and_the_rerun_loses_nothing(tmp_path):
+    # trials/ is a file, so no run directory can be made: the study stops at the first trial
+    # (every later one would fail the same way) and runs it again once the directory is usable
+    from test_study import write_study
+
+    from segtune.errors import StorageError
+    from segtune.study import run_study
+
+    path, out = write_study(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "trials").write_text("in the way")
+    with pytest.raises(StorageError, match=r"(?s)cannot write the run directory .*the study stopped at trial 0"):
+        run_study(path, study_dir=out)
+    (out / "trials").unlink()
+    trials = run_study(path, study_dir=out).get_trials()
+    states = sorted((t.state.name, t.params["optimizer.lr"]) for t in trials)
+    assert states == [("COMPLETE", 0.001), ("COMPLETE", 0.01), ("FAIL", trials[0].params["optimizer.lr"])]
 
 
 WRITER = """

@@ -194,6 +194,25 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
     assert "TrainingDiverged" in by_lr[10.0].user_attrs["fail_reason"]
 
 
+def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    # e.g. out of GPU memory for one batch size: not segtune's own error, still one trial's failure
+    import segtune.study
+
+    real_train = segtune.study.train
+
+    def train(config, **kwargs):
+        if config.optimizer.options["lr"] == 0.01:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(segtune.study, "train", train)
+    trials = run_study(write_study(tmp_path), study_dir=tmp_path / "out").get_trials()
+    by_lr = {t.params["optimizer.lr"]: t for t in trials}
+    assert by_lr[0.001].state == TrialState.COMPLETE
+    assert by_lr[0.01].state == TrialState.FAIL
+    assert by_lr[0.01].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
 def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
@@ -272,3 +291,17 @@ def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path):
     assert sorted(t["state"] for t in trials) == ["Complete", "Complete"]
     attrs = {a["key"] for a in trials[0]["user_attrs"]}
     assert {"params", "config", "runs", "seconds"} <= attrs
+
+
+def test_on_a_shared_storage_each_worker_draws_its_own_sequence(tmp_path, monkeypatch):
+    # the same command on two machines must not sample the same random/TPE sequence; alone in
+    # its SQLite file a study keeps its seed and repeats
+    import segtune.study
+
+    seeds = []
+    monkeypatch.setattr(segtune.study, "run_worker", lambda *args, seed, **kwargs: seeds.append(seed))
+    path = write_study(tmp_path, method="random", n_trials=2, seed=7)
+    run_study(path, study_dir=tmp_path / "alone")
+    run_study(path, study_dir=tmp_path / "alone")
+    run_study(path, study_dir=tmp_path / "shared", storage=f"sqlite:///{tmp_path / 'shared.db'}")
+    assert seeds[:2] == [7, 7] and seeds[2] != 7

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import tiny_tree
 
-from segtune.study import run_study
+from segtune.study import leaderboard, run_study
 
 TrialState = optuna.trial.TrialState
 
@@ -145,3 +145,8 @@ def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
     retry = next(t for t in complete if t.params == orphan.params)
     assert retry.params == {"optimizer.lr": lost["optimizer.lr"]} and retry.system_attrs["retry_history"] == [0]
     assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    # the leaderboard says why trial 0 failed and where it ran again
+    header, rows = leaderboard(optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}"))
+    row = next(r for r in rows if r[0] == 0)
+    assert row[header.index("state")] == "died"
+    assert row[header.index("reason")] == f"its worker died (no heartbeat); run again as trial {retry.number}"
