@@ -319,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     add_set(p)
 
-    p = sub.add_parser("predict", help="write PNG label masks for images with a trained run")
+    p = sub.add_parser("predict", help="write label masks with a trained run: PNG for images, NIfTI for volumes")
     p.add_argument("run", help="run directory (holding best.pt)")
-    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files, NIfTI volumes (.nii, .nii.gz) or folders of them")
     p.add_argument("--out", required=True, help="folder for the label masks")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
 
