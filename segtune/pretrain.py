@@ -9,7 +9,7 @@ directory::
     metrics.csv            per epoch: train_mse, val_mse, val_mae, seconds (and TensorBoard events)
     encoder.pt             the encoder's weights at the best validation MSE (a plain state dict)
     reconstructions.png    validation images, their reconstructions and the absolute error
-    report.md              the numbers and the figure
+    report.html, report.md the numbers, the MSE curves and the reconstructions (figures/ beside them)
     summary.json           best epoch, validation MSE and MAE, time
 
 Then ``segtune train CONFIG --set model.encoder_weights=RUN/encoder.pt`` starts from it, with
@@ -221,13 +221,10 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
                "val": {"mse": history[best_epoch - 1]["val_mse"], "mae": history[best_epoch - 1]["val_mae"]}}
     shown = data.val.images[torch.linspace(0, len(data.val) - 1, min(n_images, len(data.val))).long()]
     plot_reconstructions(autoencoder, shown, run_dir / "reconstructions.png", device)
-    (run_dir / "report.md").write_text(
-        f"# Pre-training {config.name}: {config.model.name} encoder\n\n"
-        f"Best epoch {best_epoch} of {len(history)}: validation MSE {summary['val']['mse']:.4f}, "
-        f"MAE {summary['val']['mae']:.4f} (images normalised with data.normalize={config.data.normalize}).\n\n"
-        f"Encoder weights: `encoder.pt`; use them with `--set model.encoder_weights={encoder}`.\n\n"
-        f"![validation images, reconstructions and absolute error](reconstructions.png)\n")
     write_json_atomic(summary, run_dir / "summary.json")
+    from segtune.report import run_report
+
+    run_report(run_dir, run_dir)  # report.html and report.md (figures/ beside them), as `segtune report` writes
     return RunResult(run_dir=run_dir, summary=summary, history=history)
 
 

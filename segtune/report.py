@@ -28,7 +28,7 @@ import optuna
 
 from segtune.errors import ConfigError
 from segtune.report_data import TrialRecord, load_report_study, read_metrics, read_run, trial_records
-from segtune.report_doc import Block, Heading, Table, Text, figure_block, write_document
+from segtune.report_doc import Block, Figure, Heading, Table, Text, figure_block, write_document
 from segtune.report_figures import (CurveRun, curve_grid, importance_chart, level_label, marginal_chart,
                                     objective_bars, prediction_panel)
 from segtune.report_stats import MeanCI, importances, mean_ci, paired_comparison
@@ -495,6 +495,8 @@ def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -
     blocks.append(Heading("Results"))
     if summary is None:
         blocks.append(Text("The run has not finished (no summary.json): curves only."))
+    elif "encoder" in summary:  # a pre-training run (segtune pretrain): reconstruction, no classes
+        return _pretrain_report(run_dir, out_dir, blocks, summary, run["metrics"], config)
     else:
         names = summary["class_names"][1:]
         splits = [s for s in ("val", "test") if s in summary]
@@ -513,6 +515,26 @@ def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -
         blocks += [Heading("Predictions")] + predictions
     out_dir.mkdir(parents=True, exist_ok=True)
     return write_document(blocks, out_dir, title=f"Run {config.get('name', run_dir.name)}")
+
+
+def _pretrain_report(run_dir: Path, out_dir: Path, blocks: list[Block], summary: dict[str, Any],
+                     metrics: list[dict[str, float]], config: dict[str, Any]) -> Path:
+    """The rest of a pre-training run's report: MSE and MAE, their curves, the reconstructions."""
+    blocks.append(Text(f"Autoencoder pre-training of the {summary['model']} encoder. Best epoch "
+                       f"{summary['best_epoch']} of {summary['epochs_run']}, {summary['seconds']:.0f} s: validation "
+                       f"MSE {summary['val']['mse']:.4f}, MAE {summary['val']['mae']:.4f} (images normalised with "
+                       f"data.normalize={config.get('data', {}).get('normalize')}). Encoder weights: "
+                       f"`{summary['encoder']}`; use them with `--set model.encoder_weights=PATH`."))
+    if metrics:
+        layout = dict(rows=[""], cols=[""], row_title="", col_title="", legend=False)
+        blocks += [Heading("Curves"), figure_block(
+            curve_grid([CurveRun("", "", 0, 0, metrics)], keys=["train_mse", "val_mse"], ylabel="MSE", **layout),
+            "mse", "Training (solid) and validation (dashed) reconstruction MSE per epoch.")]
+    if (run_dir / "reconstructions.png").is_file():
+        blocks += [Heading("Reconstructions"), Figure("reconstructions", (run_dir / "reconstructions.png").read_bytes(),
+                                                      "Validation images, their reconstructions and the absolute error.")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_document(blocks, out_dir, title=f"Pre-training {config.get('name', run_dir.name)}")
 
 
 def write_report(path: str | Path | None = None, *, storage: str | None = None, study_name: str | None = None,

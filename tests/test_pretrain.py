@@ -50,9 +50,14 @@ def test_pretrain_writes_the_encoder_its_errors_and_a_report(pretrained):
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["val"]["mse"] > 0 and s["val"]["mae"] > 0 and s["epochs_run"] == 1
     assert "validation MSE" in printed and f"model.encoder_weights={s['encoder']}" in printed
-    for name in ("encoder.pt", "reconstructions.png", "report.md", "metrics.csv"):
+    for name in ("encoder.pt", "reconstructions.png", "report.md", "report.html", "metrics.csv"):
         assert (run_dir / name).stat().st_size > 0
-    assert "reconstructions.png" in (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert f"validation MSE {s['val']['mse']:.4f}" in md
+    assert "](figures/reconstructions.png)" in md and "](figures/mse.png)" in md
+    # `segtune report` reads a pre-training run too
+    assert main(["report", str(run_dir), "--out", str(run_dir / "again")]) == 0
+    assert (run_dir / "again" / "report.md").read_text() == md
     assert all(k.startswith("down.") for k in torch.load(s["encoder"], weights_only=True))
 
 
