@@ -73,3 +73,18 @@ def test_combine_rotates_within_its_range():
     assert not torch.equal(y, masks)
     ratio = (y == 1).sum() / (masks == 1).sum()
     assert 0.85 < float(ratio) < 1.15
+
+
+@pytest.mark.parametrize("n_aug, augmenting, n_seen, n_augmented", [
+    (2, True, 15, 10),   # each image once as it is plus 2 augmented copies: (1 + n_aug) x the data
+    (0, True, 5, 5),     # no copies: every image is augmented on the fly
+    (3, False, 20, 0),   # augment.name: none: copies, none augmented
+])
+def test_an_epoch_sees_1_plus_n_aug_times_the_data(n_aug, augmenting, n_seen, n_augmented):
+    from segtune.train import _epoch_order
+
+    index, flags = _epoch_order(5, n_aug, augmenting, torch.Generator().manual_seed(0))
+    assert len(index) == n_seen and int(flags.sum()) == n_augmented
+    assert sorted(index.tolist()) == sorted(list(range(5)) * (1 + n_aug))
+    if augmenting and n_aug:  # every image also appears once unaugmented
+        assert sorted(index[~flags].tolist()) == list(range(5))

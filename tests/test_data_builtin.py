@@ -18,11 +18,22 @@ def test_demo_dataset_shapes_labels_and_notice():
     assert "McGill University" in COPYRIGHT and data.info["copyright"] == COPYRIGHT
 
 
+def _runs(index: list[int]) -> int:
+    """How many runs of consecutive numbers ``index`` (sorted) holds."""
+    return 1 + sum(b != a + 1 for a, b in zip(index, index[1:]))
+
+
 def test_demo_split_is_contiguous_blocks_and_fixed():
     # axial slices: no slice in two splits, and the same split for every run seed
     a, b = demo(0), demo(123)
     assert torch.equal(a.test.images, b.test.images)
+    slices = a.info["slices"]
     n = len(a.train) + len(a.val) + len(a.test)
+    assert sorted(slices["train"] + slices["val"] + slices["test"]) == list(range(n))
+    assert [len(slices[k]) for k in ("train", "val", "test")] == [len(a.train), len(a.val), len(a.test)]
+    # 20 blocks, 4 for validation and 4 for test: each split is at most 4 runs of neighbouring
+    # slices (fewer where chosen blocks touch), never interleaved slice by slice
+    assert _runs(slices["val"]) <= 4 and _runs(slices["test"]) <= 4
     assert len(a.test) >= n // 10
 
 

@@ -114,10 +114,12 @@ def demo(
         "test": order[val_blocks : val_blocks + test_blocks],
         "train": order[val_blocks + test_blocks :],
     }
-    splits = {}
+    splits, slices = {}, {}
     for name, block_ids in chosen.items():
         index = np.sort(np.concatenate([blocks[b] for b in block_ids]))
+        slices[name] = index.tolist()
         splits[name] = Split(torch.from_numpy(images[index][:, None].copy()),
                              torch.from_numpy(masks[index].astype(np.int64)))
-    info = {"source": "demo", "plane": plane, "spacing_mm": spacing, "copyright": COPYRIGHT}
+    # slices: the index of each split's slices among the kept slices of the plane, in order
+    info = {"source": "demo", "plane": plane, "spacing_mm": spacing, "copyright": COPYRIGHT, "slices": slices}
     return SegData(class_names=list(CLASS_NAMES), info=info, **splits)
