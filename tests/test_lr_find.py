@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -103,3 +104,16 @@ def test_study_with_auto_lr_runs_the_range_test_once_per_optimizer_and_reuses_it
     assert len(cache) == 1
     (lr,) = cache.values()
     assert [t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials] == [lr, lr]
+
+
+def test_cli_refine_prints_every_training_and_the_total_cost(tmp_path, capsys):
+    from segtune.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    code = main(["lr-find", str(tmp_path / "tiny.yaml"), "--refine", "--low", "1e-3", "--high", "1e-2",
+                 "--n-bisect", "1", "--epochs", "1", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings", out)
+    n = int(re.search(r"total cost: (\d+) trainings", out).group(1))
+    assert 3 <= n <= 5  # 2 decades (+1 beyond a best end) and one bisection round of 1 or 2

@@ -173,6 +173,13 @@ def test_cli_report_errors_name_the_fix(study_report, tmp_path, capsys, args, me
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_cli_report_from_a_storage_url_and_a_study_name(study_report, tmp_path):
+    # the form for a study on a server: --storage URL --study NAME (here the same SQLite file)
+    url = f"sqlite:///{study_report.parent / 'study.db'}"
+    assert main(["report", "--storage", url, "--study", "known", "--out", str(tmp_path / "r")]) == 0
+    assert "**Best: trial 0**" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_cli_report_of_a_folder_that_is_neither_study_nor_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study.db here" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import optuna
 import pytest
@@ -305,3 +306,43 @@ def test_on_a_shared_storage_each_worker_draws_its_own_sequence(tmp_path, monkey
     run_study(path, study_dir=tmp_path / "alone")
     run_study(path, study_dir=tmp_path / "shared", storage=f"sqlite:///{tmp_path / 'shared.db'}")
     assert seeds[:2] == [7, 7] and seeds[2] != 7
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_study_file_is_valid(path):
+    spec, space = load_study(path)
+    assert spec.name and space.params
+
+
+@pytest.mark.parametrize("pruner", [{"name": "hyperband", "min_epochs": 1, "reduction_factor": 2},
+                                    {"name": "successive_halving", "min_epochs": 1, "reduction_factor": 2}])
+def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
+    # TPE over a log range and a list, 4 trials of 3 epochs: every trial ends complete or pruned
+    path = write_study(tmp_path, method={"name": "tpe", "n_startup_trials": 2}, n_trials=4, pruner=pruner,
+                       space={"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}, "loss.name": ["dice_ce", "dice"]},
+                       base=tiny_tree(train={"epochs": 3, "batch_size": 8, "patience": 0}))
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    assert len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
+    assert all(len(t.intermediate_values) in (1, 2, 3) for t in trials)
+
+
+def test_a_space_that_switches_a_component_leaves_out_the_old_ones_options():
+    # the base's step schedule has step_size and gamma; cosine takes neither. Adam's betas are
+    # left out for sgd, while the lr given by the space for sgd is kept.
+    from segtune.study_space import config_for
+
+    base = tiny_tree(scheduler={"name": "step", "step_size": 3, "gamma": 0.5, "warmup_epochs": 1},
+                     optimizer={"name": "adam", "lr": 0.01, "betas": [0.8, 0.9]},
+                     train={"epochs": 4, "batch_size": 8, "patience": 0})
+    cosine = config_for(base, {"scheduler.name": "cosine", "optimizer.name": "sgd", "optimizer.lr": 0.1})
+    assert cosine.scheduler.name == "cosine" and "step_size" not in cosine.scheduler.options
+    assert cosine.scheduler.warmup_epochs == 1  # a field of every schedule stays
+    assert cosine.optimizer.options["lr"] == 0.1 and "betas" not in cosine.optimizer.options
+    step = config_for(base, {"scheduler.name": "step", "optimizer.name": "adam"})
+    assert step.scheduler.options["step_size"] == 3 and step.optimizer.options["betas"] == (0.8, 0.9)
+    # an option the new component lacks, set by the space itself, is still an error
+    with pytest.raises(ConfigError, match="has no option 'betas'"):
+        config_for(base, {"optimizer.name": "sgd", "optimizer.betas": [0.9, 0.99]})
