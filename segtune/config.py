@@ -10,6 +10,7 @@ signatures, nowhere else.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -219,15 +220,40 @@ def _format_errors(err: pydantic.ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def leave_old_component_options(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """When ``path`` switches a section to another component (``scheduler.name=cosine``), leave out
+    the options of that section in ``tree`` that the new component does not take: they were the
+    old one's (demo.yaml's ``step_size`` of ``step``). The section's common fields stay, and options
+    set together with the switch are checked as usual."""
+    if len(path) != 2:
+        return
+    section, key = path
+    field = Config.model_fields.get(section)
+    cls = field.annotation if field is not None else None
+    node = tree.get(section)
+    if not (isinstance(cls, type) and issubclass(cls, _Component) and key == cls.key and isinstance(node, dict)):
+        return
+    if node.get(key) == value or not isinstance(value, str) or value not in cls.registry.names():
+        return  # the same component, or an unknown name that validation reports
+    keep = set(cls.registry.entry(value).options.model_fields) | set(cls.model_fields)
+    for option in [k for k in node if k not in keep]:
+        del node[option]
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] = (), origin: str = "config") -> Config:
     """Validate a config tree with ``--set`` style overrides applied.
+
+    An override that switches a component (``optimizer.name=sgd``) leaves out the tree's options
+    of the old one that the new one does not take (see :func:`leave_old_component_options`).
 
     Raises:
         ConfigError: with every problem, each naming its field path, value and rule.
     """
-    tree = dict(raw or {})
-    for item in overrides:
-        path, value = parse_override(item)
+    tree = copy.deepcopy(dict(raw or {}))
+    parsed = [parse_override(item) for item in overrides]
+    for path, value in parsed:
+        leave_old_component_options(tree, path, value)
+    for path, value in parsed:
         set_path(tree, path, value)
     try:
         return Config.model_validate(tree)

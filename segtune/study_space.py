@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import pydantic
 
-from segtune.config import Config, build_config, set_path
+from segtune.config import Config, build_config, leave_old_component_options, set_path
 from segtune.config import _Component as ComponentSection
 from segtune.errors import ConfigError
 from segtune.registry import suggest
@@ -277,23 +277,6 @@ class Space:
         return n
 
 
-def _leave_old_component_options(tree: dict[str, Any], path: str, value: Any) -> None:
-    """When ``path`` names another component (``scheduler.name: cosine``), leave out the base's
-    options of that section that the new component does not take: they were the old one's
-    (demo.yaml's ``step_size`` of ``step``). The section's common fields stay."""
-    section, _, key = path.partition(".")
-    field = Config.model_fields.get(section)
-    cls = field.annotation if field is not None else None
-    node = tree.get(section)
-    if not (isinstance(cls, type) and issubclass(cls, ComponentSection) and key == cls.key and isinstance(node, dict)):
-        return
-    if node.get(key) == value or not isinstance(value, str) or value not in cls.registry.names():
-        return  # the same component, or an unknown name that validation reports
-    keep = set(cls.registry.entry(value).options.model_fields) | set(cls.model_fields)
-    for option in [k for k in node if k not in keep]:
-        del node[option]
-
-
 def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callable[[Config], float] | None = None,
                **top: Any) -> Config:
     """The base config tree with ``values`` (``{dotted.path: value}``) and top-level ``top`` set.
@@ -304,7 +287,7 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
     tree = copy.deepcopy(base)
     tree.update(top)
     for path, value in values.items():
-        _leave_old_component_options(tree, path, value)
+        leave_old_component_options(tree, path.split("."), value)
     for path, value in values.items():
         set_path(tree, path.split("."), value)
     optimizer = tree.get("optimizer")

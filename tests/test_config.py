@@ -100,3 +100,16 @@ def test_load_config_round_trip(tmp_path):
     path.write_text(yaml.safe_dump(tiny_tree()))
     cfg = load_config(path, ["seed=3"])
     assert isinstance(cfg, Config) and cfg.seed == 3 and cfg.data.options["size"] == 32
+
+
+def test_an_override_that_switches_a_component_leaves_out_the_old_ones_options():
+    # demo.yaml's step schedule has step_size and gamma, which cosine does not take
+    tree = tiny_tree(scheduler={"name": "step", "step_size": 3, "gamma": 0.5})
+    cfg = build_config(tree, ["scheduler.name=cosine", "scheduler.min_lr=1e-5"])
+    assert cfg.scheduler.name == "cosine" and cfg.scheduler.options["min_lr"] == 1e-5
+    assert "step_size" not in cfg.scheduler.options
+    assert tree["scheduler"] == {"name": "step", "step_size": 3, "gamma": 0.5}  # the caller's tree is untouched
+    # the same component keeps its options, and an option set with the switch is still checked
+    assert build_config(tree, ["scheduler.name=step"]).scheduler.options["step_size"] == 3
+    with pytest.raises(ConfigError, match="scheduler 'cosine' has no option 'gamma'"):
+        build_config(tree, ["scheduler.name=cosine", "scheduler.gamma=0.1"])
