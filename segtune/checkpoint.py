@@ -59,9 +59,14 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     _write_atomic(Path(path), lambda f: torch.save(obj, f), "wb")
 
 
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
+    _write_atomic(Path(path), lambda f: f.write(text), "w")
+
+
 def write_json_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file, fsync and rename."""
-    _write_atomic(Path(path), lambda f: f.write(json.dumps(obj, indent=2) + "\n"), "w")
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from segtune.checkpoint import save_atomic, write_json_atomic
+from segtune.checkpoint import save_atomic, write_json_atomic, write_text_atomic
 from segtune.config import Config
 from segtune.data import SegData, Split
 from segtune.inference import autocast, batches
@@ -170,7 +170,7 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
     default = default_run_dir(config)
     default = default.with_name(default.name.replace(config.name, f"{config.name}-pretrain", 1))
     run_dir = prepare_run_dir(Path(out_dir) if out_dir else default)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), run_dir / "config.yaml")
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)
     model = build_model(config.model.name, config.model.options, data.in_channels, data.n_classes)

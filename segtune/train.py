@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from segtune.augment import AUGMENTATIONS
-from segtune.checkpoint import save_atomic, write_json_atomic
+from segtune.checkpoint import save_atomic, write_json_atomic, write_text_atomic
 from segtune.config import Config
 from segtune.data import SOURCES, SegData, prepare
 from segtune.errors import ConfigError, SegtuneError, StorageError, TrainingDiverged
@@ -103,8 +103,8 @@ def _check_resumable(out_dir: str | Path | None, config: Config) -> Path:
     run_dir = Path(out_dir)
     if (run_dir / "summary.json").exists():
         raise SegtuneError(f"{run_dir} is already finished (summary.json); nothing to resume")
-    if not (run_dir / "last.pt").is_file() or not (run_dir / "config.yaml").is_file():
-        raise SegtuneError(f"{run_dir} has no last.pt and config.yaml to resume from; start it without --resume")
+    if not (run_dir / "config.yaml").is_file():
+        raise SegtuneError(f"{run_dir} has no config.yaml: no run was started there; start it without --resume")
     for stale in run_dir.glob(".*.tmp"):  # the temporary file of a write that a kill interrupted
         stale.unlink(missing_ok=True)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -226,9 +226,12 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         torch.set_num_threads(cfg.num_threads)
     if resume:
         run_dir = _check_resumable(out_dir, config)
+        resume = (run_dir / "last.pt").is_file()
+        if not resume and verbose:  # stopped before its first epoch ended: nothing to keep
+            print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
     else:
         run_dir = prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), run_dir / "config.yaml")
 
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)

@@ -54,11 +54,22 @@ def test_resume_refuses_a_changed_config(tmp_path):
 
 
 def test_resume_needs_an_unfinished_run(tiny_config, tmp_path):
-    with pytest.raises(SegtuneError, match="no last.pt and config.yaml to resume from"):
+    with pytest.raises(SegtuneError, match="has no config.yaml: no run was started there"):
         train(tiny_config, out_dir=tmp_path / "empty", verbose=False, resume=True)
     train(tiny_config, out_dir=tmp_path / "done", verbose=False)
     with pytest.raises(SegtuneError, match="already finished"):
         train(tiny_config, out_dir=tmp_path / "done", verbose=False, resume=True)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(tmp_path):
+    # killed in epoch 1: config.yaml is there, last.pt not yet; --resume starts it over in place
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["test"] == full.summary["test"]
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + full.summary["epochs_run"]
 
 
 def test_sigkill_then_resume_from_the_command_line(tmp_path):
