@@ -111,6 +111,29 @@ def test_nan_loss_stops_with_clear_error(tmp_path):
         train(cfg, out_dir=tmp_path / "run", data=data, verbose=False)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_an_infinite_loss_stops_with_clear_error(tmp_path, monkeypatch, bad):
+    # the loss of the third batch becomes infinite: stopped in that epoch, not one epoch later
+    from segtune.losses import LOSSES
+
+    build = LOSSES.build
+
+    class Infinite(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, logits, target):
+            self.calls += torch.is_grad_enabled()  # training batches only, not validation
+            loss = self.inner(logits, target)
+            return loss * bad if self.calls == 3 and torch.is_grad_enabled() else loss
+
+    monkeypatch.setattr(LOSSES, "build", lambda *a, **k: Infinite(build(*a, **k)))
+    cfg = build_config(tiny_tree(), ["train.epochs=3"])  # 16 training images, batches of 8: batch 3 is in epoch 2
+    with pytest.raises(TrainingDiverged, match=rf"diverged at epoch 2: the training loss is {bad}; lower optimizer.lr"):
+        train(cfg, out_dir=tmp_path / "run", data=None, verbose=False)
+
+
 def test_finished_run_is_never_overwritten(tiny_config, tmp_path):
     train(tiny_config, out_dir=tmp_path / "run", verbose=False)
     with pytest.raises(SegtuneError, match="already holds a finished run"):
