@@ -96,7 +96,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     """Per-class Dice and IoU of a run's checkpoint on a split of its data (or of other data).
 
     For volumes (the ``nifti`` source) the result also holds the 3D Dice of each case and the
-    mean over cases, per class. Metrics are computed at the resolution the model sees.
+    mean over cases, per class. Metrics are computed at the resolution the model sees, on every
+    image of the split (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to
+    train on), normalised as in training (``zscore_dataset``: the training set's statistics).
 
     Args:
         run: run directory (with ``config.yaml``) or a checkpoint file in it.
@@ -112,10 +114,12 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     Raises:
         DataError: no run there, or a problem with the data.
     """
-    config = run_config(run, overrides)
+    # every image of the split: train_fraction and min_foreground_fraction chose what to train on
+    config = run_config(run, [*overrides, "data.train_fraction=1.0", "data.min_foreground_fraction=0"])
     device = resolve_device(config.train.device)
-    model = model_from_checkpoint(load_checkpoint(_checkpoint_path(run, checkpoint))).to(device)
-    data = load_data(config)
+    ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
+    model = model_from_checkpoint(ckpt).to(device)
+    data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
     images, cases = split_with_cases(data, split)
     pred = predict_labels(model, images.images, batch_size=config.train.batch_size * 2, device=device)
     names = data.class_names

@@ -67,14 +67,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_data(config: Config) -> SegData:
-    """Build the configured data source and apply the shared preprocessing."""
+def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:
+    """Build the configured data source and apply the shared preprocessing (``normalize_stats``:
+    a trained model's ``zscore_dataset`` statistics, instead of this training split's)."""
     data_cfg = config.data
     raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
     return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
                    normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
                    label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
-                   min_foreground_fraction=data_cfg.min_foreground_fraction)
+                   min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
 
 
 def default_run_dir(config: Config, root: str | Path = "runs") -> Path:

@@ -79,3 +79,19 @@ def test_predict_a_4d_channels_last_volume(nnunet_run, tmp_path):
     (written,) = predict_files(run, [msd / "imagesTr" / "vol_0.nii.gz"], tmp_path / "pred")
     assert written.name == "vol_0.nii.gz"
     assert nib.load(written).shape == SHAPE
+
+
+def test_evaluate_uses_every_slice_and_the_training_normalisation(tmp_path):
+    # trained on half the training slices with the dataset's z-score: evaluating another dataset
+    # uses all its slices (so every case is whole) and the statistics stored in the checkpoint
+    root = write_nnunet(tmp_path / "data", n_cases=5, n_channels=1)
+    run = train_on(tmp_path, {"source": "nifti", "path": str(root), "axis": 2, "train_fraction": 0.5,
+                              "normalize": "zscore_dataset"})
+    import json
+
+    summary = json.loads((run / "summary.json").read_text())
+    metrics, _ = evaluate_run(run, split="val")
+    assert metrics["dice_per_class"] == pytest.approx(summary["val"]["dice_per_class"])
+    other = write_nnunet(tmp_path / "other", n_cases=3, n_channels=1)
+    metrics, _ = evaluate_run(run, split="all", overrides=[f"data.path={other}"])
+    assert sorted(metrics["per_case"]) == ["case_000", "case_001", "case_002"]

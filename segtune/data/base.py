@@ -192,7 +192,7 @@ def drop_empty_slices(split: Split, min_foreground: float) -> Split:
 def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | None, normalize: str, seed: int,
             color: str | None = None,
             label_map: dict[int, int] | None = None, min_class_fraction: float = 0.0,
-            min_foreground_fraction: float = 0.0) -> SegData:
+            min_foreground_fraction: float = 0.0, normalize_stats: Stats | None = None) -> SegData:
     """Apply the source-independent steps to every split, in this order.
 
     1. ``color``: ``grey`` (1 channel, BT.601 luminance) or ``rgb`` (3 channels, grey repeated);
@@ -205,7 +205,8 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     6. ``train_fraction``: keep this share of the training split, drawn with ``seed``; the same
        seed gives the same subset and a smaller fraction is a subset of a larger one.
     7. ``normalize``: see :func:`normalize_images`; ``zscore_dataset`` uses the mean and std of
-       the final training split, stored in ``info["normalize_stats"]``.
+       the final training split, stored in ``info["normalize_stats"]``, or ``normalize_stats``
+       when given (a trained model evaluated on other data keeps its training set's statistics).
 
     Raises:
         DataError: a step leaves a split empty, or cannot be applied to these images.
@@ -239,7 +240,7 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     for name in ("train", "val", "test"):
         if len(data.split(name)) == 0:
             raise DataError(f"the {name} split is empty; use more data or smaller validation/test shares")
-    stats = dataset_stats(data.train.images) if normalize == "zscore_dataset" else None
+    stats = (normalize_stats or dataset_stats(data.train.images)) if normalize == "zscore_dataset" else None
     splits = {name: Split(normalize_images(data.split(name).images, normalize, stats), data.split(name).masks)
               for name in ("train", "val", "test")}
     info = data.info if stats is None else {**data.info, "normalize_stats": stats}
