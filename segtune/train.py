@@ -225,17 +225,16 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    if resume:
-        run_dir = _check_resumable(out_dir, config)
+    run_dir = _check_resumable(out_dir, config) if resume else None
+    torch.manual_seed(config.seed)
+    data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
+    if run_dir is not None:
         resume = (run_dir / "last.pt").is_file()
         if not resume and verbose:  # stopped before its first epoch ended: nothing to keep
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
     else:
         run_dir = prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
         write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), run_dir / "config.yaml")
-
-    torch.manual_seed(config.seed)
-    data = data if data is not None else load_data(config)
     names = data.class_names
     model, loss_fn, optimizer = build_training(config, data, device)
     forward = compiled(model, device) if cfg.compile else model  # validation runs eagerly

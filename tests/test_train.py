@@ -134,6 +134,15 @@ def test_an_infinite_loss_stops_with_clear_error(tmp_path, monkeypatch, bad):
         train(cfg, out_dir=tmp_path / "run", data=None, verbose=False)
 
 
+def test_bad_data_fails_before_a_run_directory_is_made(tmp_path):
+    from segtune.errors import DataError
+
+    cfg = build_config(tiny_tree(data={"source": "folder", "path": str(tmp_path / "missing")}))
+    with pytest.raises(DataError, match="folder not found"):
+        train(cfg, out_dir=tmp_path / "run", verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_finished_run_is_never_overwritten(tiny_config, tmp_path):
     train(tiny_config, out_dir=tmp_path / "run", verbose=False)
     with pytest.raises(SegtuneError, match="already holds a finished run"):
