@@ -164,7 +164,22 @@ def _nn_mixed_sizes(root):
     save(label, root / "labelsTr" / "case_002.nii.gz")
 
 
+def _nn_truncated_label(root):
+    data = (root / "labelsTr" / "case_002.nii.gz").read_bytes()
+    (root / "labelsTr" / "case_002.nii.gz").write_bytes(data[: len(data) // 2])
+
+
+def _nn_empty(root):
+    for folder in ("imagesTr", "labelsTr"):
+        for f in (root / folder).iterdir():
+            f.unlink()
+    tree = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**tree, "numTraining": 0}))
+
+
 @pytest.mark.parametrize("break_it, message", [
+    (_nn_truncated_label, r"case_002\.nii\.gz: cannot read"),
+    (_nn_empty, r"no labelled cases found; the dataset is empty"),
     (_nn_missing_label, r"case_002_0000\.nii\.gz: image without a label in labelsTr/"),
     (_nn_missing_channel, r"case_002_0000\.nii\.gz: not found, but case_002\.nii\.gz is in labelsTr/"),
     (_nn_num_training, r"dataset\.json: numTraining is 9 but 7 labelled cases"),
