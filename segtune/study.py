@@ -24,6 +24,7 @@ study must share with its study file.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from segtune.study_spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.train import load_data, train
 
 FAIL_REASON = "fail_reason"
-AUTO_LR_CACHE = "auto_lr"  # study attribute: {optimizer, loss, model and data as JSON: lr}
+AUTO_LR_CACHE = "auto_lr:"  # study attributes auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 INTERRUPTED = "interrupted"
 SAME_AS = "same_as"  # trial attribute: the earlier trial of the same configuration whose result was reused
 
@@ -193,10 +194,13 @@ class _Objective:
             from segtune.lr_find import auto_lr_key, lr_range_test
 
             key = auto_lr_key(config)
-            if key not in trial.study.user_attrs.get(AUTO_LR_CACHE, {}):
-                found = lr_range_test(config, data=self.cache.get(config)).suggestion
-                trial.study.set_user_attr(AUTO_LR_CACHE, {**trial.study.user_attrs.get(AUTO_LR_CACHE, {}), key: found})
-            return trial.study.user_attrs[AUTO_LR_CACHE][key]
+            # one attribute per key, written once: workers finding lrs at the same time lose none
+            name = AUTO_LR_CACHE + hashlib.sha1(key.encode()).hexdigest()
+            found = trial.study.user_attrs.get(name)
+            if found is None:
+                found = {"key": key, "lr": lr_range_test(config, data=self.cache.get(config)).suggestion}
+                trial.study.set_user_attr(name, found)
+            return found["lr"]
 
         return lookup
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -100,10 +101,18 @@ def test_study_with_auto_lr_runs_the_range_test_once_per_optimizer_and_reuses_it
     study_file.write_text(yaml.safe_dump({"name": "auto", "base": base, "method": "grid",
                                           "space": {"augment.name": ["none", "flip"]}}))
     study = run_study(study_file, study_dir=tmp_path / "runs")
-    cache = study.user_attrs[AUTO_LR_CACHE]
-    assert len(cache) == 1
-    (lr,) = cache.values()
+    cache = [v for k, v in study.user_attrs.items() if k.startswith(AUTO_LR_CACHE)]
+    assert len(cache) == 1 and '"name": "sgd"' in cache[0]["key"]
+    lr = cache[0]["lr"]
     assert [t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials] == [lr, lr]
+    # two optimizers: one entry each, none overwriting the other
+    study_file.write_text(yaml.safe_dump({"name": "auto2", "base": base, "method": "grid",
+                                          "space": {"optimizer.name": ["sgd", "adam"]}}))
+    study = run_study(study_file, study_dir=tmp_path / "runs2")
+    cache = {json.loads(v["key"])["optimizer"]["name"]: v["lr"]
+             for k, v in study.user_attrs.items() if k.startswith(AUTO_LR_CACHE)}
+    assert sorted(cache) == ["adam", "sgd"]
+    assert {t.params["optimizer.name"]: t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials} == cache
 
 
 def test_cli_refine_prints_every_training_and_the_total_cost(tmp_path, capsys):
