@@ -234,7 +234,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 @command("lr-find")
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from segtune.config import load_config
-    from segtune.lr_find import find_lrs, refine_lr
+    from segtune.lr_find import LR_RULES, find_lrs, refine_lr
     from segtune.train import default_run_dir, load_data
 
     config = load_config(args.config, args.set)
@@ -260,8 +260,18 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
              len(c.lrs), f"{c.seconds:.1f}", c.stopped] for c in curves]
     print_table(rows, ["optimizer", f"suggested lr ({curves[0].rule})", *sorted(curves[0].suggestions),
                        "steps", "seconds", "stopped"])
-    print(f"\ncurves: {out / 'lr_find.png'}, table: {out / 'lr_find.csv'}")
+    rule = curves[0].rule
+    print(f"\nrule {rule}: {LR_RULES.entry(rule).summary} {RULE_REASONS.get(rule, '')}".rstrip())
+    print(f"curves: {out / 'lr_find.png'}, table: {out / 'lr_find.csv'}")
     return 0
+
+
+RULE_REASONS = {  # why each rule, from benchmarks/lr_search.py on the demo data (README: Learning rate search)
+    "steepest": "The default: measured closest to the best of a 5-point grid (Adam within 0.01 Dice); "
+                "momentum SGD trains best at 5 to 10x it (use --refine).",
+    "valley": "Measured one to two decades too low on the demo data.",
+    "min_tenth": "Measured within 0.01 Dice of the grid's best for Adam, 0.05 short for momentum SGD.",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -70,15 +71,21 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
         study_dir.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
-                grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
-    except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
-        raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+        except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
+            if attempt == 2:
+                raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
+            # Workers starting together on a fresh PostgreSQL database race to create Optuna's
+            # tables (CREATE TABLE IF NOT EXISTS is not atomic there); the loser's retry finds them.
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):

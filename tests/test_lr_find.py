@@ -86,6 +86,8 @@ def test_cli_lr_find_prints_one_table_and_writes_one_figure(tmp_path, capsys):
     code = main(["lr-find", str(config), "--optimizers", "adam,sgd", "--steps", "10", "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert code == 0 and "suggested lr (steepest)" in printed
+    # which rule, what it does and why it is the default
+    assert "rule steepest: Where the loss falls fastest per decade of lr" in printed and "The default" in printed
     assert "adam" in printed and "sgd" in printed
     assert (tmp_path / "out" / "lr_find.png").stat().st_size > 0
     assert len((tmp_path / "out" / "lr_find.csv").read_text().splitlines()) == 3  # header + 2 optimizers

@@ -90,11 +90,14 @@ def test_two_worker_processes_share_one_study(tmp_path, storage, request):
     assert len({t.user_attrs["worker"] for t in complete}) == 2
 
 
-def test_resume_after_a_worker_is_killed_mid_trial(tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
     path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
                        heartbeat_interval=1, grace_period=2)
     out = tmp_path / "out"
-    worker = subprocess.Popen([sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(out)],
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    worker = subprocess.Popen([sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(out)]
+                              + (["--storage", url] if url else []),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     name = yaml.safe_load(path.read_text())["name"]
     deadline = time.monotonic() + 240
@@ -102,7 +105,7 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path):
         while time.monotonic() < deadline:  # wait for one finished trial and one mid-way
             time.sleep(0.2)
             try:
-                trials = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}").get_trials()
+                trials = optuna.load_study(study_name=name, storage=url or f"sqlite:///{out / 'study.db'}").get_trials()
             except (KeyError, Exception):
                 continue
             states = [t.state for t in trials]
@@ -115,7 +118,7 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path):
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
     (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
-    trials = run_study(path, study_dir=out).get_trials()
+    trials = run_study(path, study_dir=out, storage=url).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     died = [t for t in trials if t.state == TrialState.FAIL]
     # the finished trial is kept and not repeated; the killed one is failed and re-run once
@@ -150,3 +153,32 @@ def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
     row = next(r for r in rows if r[0] == 0)
     assert row[header.index("state")] == "died"
     assert row[header.index("reason")] == f"its worker died (no heartbeat); run again as trial {retry.number}"
+
+
+OPEN_AT = """
+import sys, time
+from segtune.study import open_storage
+from segtune.study_spec import load_study
+spec, _ = load_study(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # every process at the same instant
+open_storage(spec, None, sys.argv[2])
+"""
+
+
+def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tmp_path, postgres_url):
+    # CREATE TABLE IF NOT EXISTS is not atomic in PostgreSQL: workers that set up Optuna's tables
+    # at the same moment collide, and the loser must retry instead of dying
+    import psycopg2
+
+    db = f"fresh_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(postgres_url.replace("postgresql+psycopg2", "postgresql"))
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {db}")
+    conn.close()
+    url = postgres_url.rsplit("/", 1)[0] + f"/{db}"
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]})
+    start = time.time() + 10  # after the imports of all 8
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(path), url, str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [(p.wait(), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), [err[-400:] for _, err in results]
