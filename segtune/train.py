@@ -165,7 +165,7 @@ class _Progress:
         return dict(vars(self))
 
 
-def _restore(run_dir: Path, model, optimizer, scheduler, generator) -> tuple[_Progress, dict | None]:
+def _restore(run_dir: Path, model, optimizer, scheduler, generator, scaler) -> tuple[_Progress, dict | None]:
     """Load last.pt (and best.pt) of ``run_dir`` into the live objects, for ``--resume``."""
     from segtune.checkpoint import load_checkpoint
 
@@ -177,6 +177,10 @@ def _restore(run_dir: Path, model, optimizer, scheduler, generator) -> tuple[_Pr
     scheduler.load_state_dict(last["scheduler"])
     torch.set_rng_state(last["rng"]["torch"])
     generator.set_state(last["rng"]["generator"])
+    if last["rng"].get("cuda") and torch.cuda.is_available():  # dropout on a GPU draws from these
+        torch.cuda.set_rng_state_all(last["rng"]["cuda"])
+    if last.get("scaler"):  # fp16: the loss scale reached so far
+        scaler.load_state_dict(last["scaler"])
     best = load_checkpoint(run_dir / "best.pt")["model"] if (run_dir / "best.pt").is_file() else None
     return _Progress(**last["progress"]), best
 
@@ -257,7 +261,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     state = _Progress()
     best_state = None
     if resume:
-        state, best_state = _restore(run_dir, model, optimizer, scheduler, generator)
+        state, best_state = _restore(run_dir, model, optimizer, scheduler, generator, scaler)
     log = MetricsLog(run_dir, columns, state.history)
     sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
     train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
@@ -322,8 +326,9 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
             log.write(row)
             save_atomic({"model": model.state_dict(), "meta": meta, "epoch": epoch,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "progress": state.to_dict(), "rng": {"torch": torch.get_rng_state(),
-                                                               "generator": generator.get_state()}},
+                         "progress": state.to_dict(), "scaler": scaler.state_dict(),
+                         "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+                                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}},
                         run_dir / "last.pt")
             if verbose:
                 _print_epoch(row, cfg.epochs)
