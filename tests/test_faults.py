@@ -137,3 +137,42 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_whole(tmp_pat
         saved = torch.load(path, weights_only=True)
         assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["version"])))
     assert list(tmp_path.glob(".last.pt.*.tmp"))  # (the kills did interrupt writes)
+
+
+SPACE_PATHS = ["optimizer.lr", "optimizer.name", "loss.name", "train.batch_size", "optimzer.lr", "model.depth",
+               "data.train_fraction", "scheduler.name"]
+SPACE_VALUES = st.one_of(VALUES, st.lists(VALUES, max_size=3),
+                         st.fixed_dictionaries({"low": VALUES, "high": VALUES},
+                                               optional={"log": st.booleans(), "step": VALUES}),
+                         st.fixed_dictionaries({"when": st.sampled_from(SPACE_PATHS),
+                                                "cases": st.dictionaries(st.text(max_size=5), VALUES, max_size=2)}))
+def _mostly(valid, invalid=VALUES):
+    """Valid values three times in four, so that the checks behind the first one get exercised."""
+    return st.one_of(valid, valid, valid, invalid)
+
+
+STUDIES = st.fixed_dictionaries(
+    {"name": st.just("fuzz"), "n_trials": _mostly(st.just(3)),
+     "space": st.dictionaries(st.sampled_from(SPACE_PATHS), SPACE_VALUES, max_size=3)},
+    optional={"method": _mostly(st.sampled_from(["grid", "tpe", "random", {"name": "tpe", "n_startup_trials": 2}])),
+              "pruner": _mostly(st.fixed_dictionaries(
+                  {"name": st.sampled_from(["hyperband", "median", "successive_halving", "none", "x"])},
+                  optional={"min_epochs": VALUES, "reduction_factor": VALUES})),
+              "repeats": _mostly(st.integers(1, 3)),
+              "objective": _mostly(st.sampled_from(["val.dice_mean", "test.loss", "val.dice_per_class.a", "val.x"])),
+              "set": _mostly(st.dictionaries(st.sampled_from(SPACE_PATHS), VALUES, max_size=2))})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(STUDIES)
+def test_random_study_files_fail_with_a_message_not_a_traceback(tmp_path, capsys, tree):
+    # `segtune study status` validates the whole study file first: a bad one exits 2 with the
+    # problem; a good one exits 2 too, saying the study has not run yet. Nothing else escapes.
+    tree.setdefault("base", tiny_tree())
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    capsys.readouterr()
+    assert main(["study", "status", str(path), "--out", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
