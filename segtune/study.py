@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -108,16 +107,9 @@ def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorag
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, seed)
     pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.epochs)
-    try:
-        study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction=spec.resolved_direction)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:  # made earlier, or by another worker just now
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
-        created = False
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=spec.resolved_direction, load_if_exists=True)
     stored = study.user_attrs.get("spec")
-    if created and spec.method.name == "grid":
-        _queue_grid(study, space)
     if stored is None:
         study.set_user_attr("spec", spec.fingerprint())
     elif stored != json.loads(json.dumps(spec.fingerprint())):
@@ -125,18 +117,6 @@ def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorag
         raise ConfigError(f"study {spec.name!r} in this storage was made from a different study file "
                           f"({', '.join(changed)} differ); rename the study or use another study directory")
     return study
-
-
-def _queue_grid(study: optuna.Study, space: Space) -> None:
-    """Queue every cell of a new grid study once, in the order of the space's lists.
-
-    Workers claim queued trials atomically, so no two of them train the same cell; Optuna's
-    GridSampler alone picks an unvisited cell at random, and two workers starting together can
-    pick the same one. Only the worker that created the study queues (creation is atomic).
-    """
-    grid = space.grid()
-    for cell in itertools.product(*grid.values()):
-        study.enqueue_trial(dict(zip(grid, cell)))
 
 
 class DataCache:
@@ -431,8 +411,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
 def worker_seed(spec: StudySpec) -> int:
     """The sampler seed of one worker process.
 
-    Random and TPE draws differ per worker (else workers would draw the same values); a grid's
-    cells are queued when the study is created, and its workers keep the study's seed.
+    Random and TPE draws differ per worker (else workers would draw the same values); a grid
+    keeps the study's seed in every worker, since Optuna numbers the cells in a seeded order.
     """
     if spec.method.name == "grid":
         return spec.seed

@@ -346,18 +346,3 @@ def test_a_space_that_switches_a_component_leaves_out_the_old_ones_options():
     # an option the new component lacks, set by the space itself, is still an error
     with pytest.raises(ConfigError, match="has no option 'betas'"):
         config_for(base, {"optimizer.name": "sgd", "optimizer.betas": [0.9, 0.99]})
-
-
-def test_a_new_grid_study_queues_every_cell_once_in_the_order_of_the_lists(tmp_path):
-    # workers claim queued trials atomically, so two of them never train the same cell; only the
-    # worker that creates the study queues, so a second one joining adds nothing
-    from segtune.study import open_storage, open_study
-
-    spec, space = load_study(write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001], "loss.name": ["dice", "ce"]}))
-    for _ in range(2):
-        study = open_study(spec, space, open_storage(spec, tmp_path / "out"), seed=spec.seed)
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    # the study file lists loss.name first (safe_dump sorts the keys): it varies slowest
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [
-        {"loss.name": "dice", "optimizer.lr": 0.01}, {"loss.name": "dice", "optimizer.lr": 0.001},
-        {"loss.name": "ce", "optimizer.lr": 0.01}, {"loss.name": "ce", "optimizer.lr": 0.001}]
