@@ -147,7 +147,12 @@ class _Objective:
         values = self.space.sample_grid(trial) if self.spec.method.name == "grid" else self.space.sample(trial)
         trial.set_user_attr("params", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        twin = _finished_twin(trial, values) if self.spec.reuse_results else None
+        if self.spec.method.name == "grid" and _wait_for_earlier_twin(trial, values, self.spec.heartbeat_interval):
+            # Optuna's GridSampler picks an unvisited cell at random, and two workers asking at
+            # once can get the same one: the later trial waits and takes the earlier one's result.
+            twin = _finished_twin(trial, values)
+        else:
+            twin = _finished_twin(trial, values) if self.spec.reuse_results else None
         replayed: set[int] = set()
         if twin is not None:
             reused = _reuse(trial, twin)
@@ -224,6 +229,18 @@ class _Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
 
         return on_epoch
+
+
+def _wait_for_earlier_twin(trial: optuna.Trial, values: dict[str, Any], interval: float) -> bool:
+    """Wait while an earlier trial of the same configuration is running (until it finishes, or its
+    worker is found dead); returns whether there was one. Only earlier ones: two twins never wait
+    for each other."""
+    waited = False
+    while any(t.number < trial.number and t.user_attrs.get("params") == values
+              for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        waited = True
+        time.sleep(min(interval, 2.0))
+    return waited
 
 
 def _finished_twin(trial: optuna.Trial, values: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
