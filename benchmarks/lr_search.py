@@ -26,7 +26,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
 
 from segtune.config import load_config
 from segtune.errors import TrainingDiverged

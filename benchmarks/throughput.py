@@ -259,7 +259,7 @@ def main() -> None:
         lines.append(f"`segtune demo` (the study, with its report): {seconds:.0f} s wall, peak resident memory "
                      f"{peak:.0f} MiB; best trial's test Dice {test['dice_mean']:.3f} ("
                      + ", ".join(f"{k} {v:.3f}" for k, v in foreground.items())
-                     + f"); the bars (at most 300 s, mean at least 0.90, each class at least 0.80) are "
+                     + "); the bars (at most 300 s, mean at least 0.90, each class at least 0.80) are "
                      + ("met" if met else "NOT met"))
     text = "\n".join(lines)
     print(text)

@@ -147,12 +147,10 @@ class _Objective:
         values = self.space.sample_grid(trial) if self.spec.method.name == "grid" else self.space.sample(trial)
         trial.set_user_attr("params", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if self.spec.method.name == "grid" and _wait_for_earlier_twin(trial, values, self.spec.heartbeat_interval):
-            # Optuna's GridSampler picks an unvisited cell at random, and two workers asking at
-            # once can get the same one: the later trial waits and takes the earlier one's result.
-            twin = _finished_twin(trial, values)
-        else:
-            twin = _finished_twin(trial, values) if self.spec.reuse_results else None
+        # Optuna's GridSampler picks an unvisited cell at random, and two workers asking at once
+        # can get the same one: the later trial waits and takes the earlier one's result.
+        waited = self.spec.method.name == "grid" and _wait_for_earlier_twin(trial, values, self.spec.heartbeat_interval)
+        twin = _finished_twin(trial, values) if waited or self.spec.reuse_results else None
         replayed: set[int] = set()
         if twin is not None:
             reused = _reuse(trial, twin)

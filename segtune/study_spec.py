@@ -28,7 +28,7 @@ import pydantic
 from pydantic import Field
 
 from segtune.config import _Component as ComponentSection
-from segtune.config import _format_errors, build_config, parse_override, read_yaml, set_path
+from segtune.config import _format_errors, parse_override, read_yaml, set_path
 from segtune.errors import ConfigError
 from segtune.registry import Registry
 from segtune.study_space import Space, check_path, config_for
