@@ -122,7 +122,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.worker:
         spec, space = st.load_study(path, args.set)
         n = st.run_worker(spec, space, study_dir=Path(args.out) if args.out else st.default_study_dir(spec),
-                          storage=args.storage, num_threads=args.threads, seed=st.worker_seed(spec),
+                          storage=args.storage, num_threads=args.threads, seed=spec.seed,
                           verbose=args.verbose, progress=args.progress)
         print(f"worker {os.getpid()}: ran {n} trial(s); the study is done", flush=True)
         return 0

@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -36,23 +37,87 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
+import sqlalchemy.exc
+import yaml
+from optuna.storages._rdb import models as _models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import USER_ERRORS, ConfigError, StorageError
 from segtune.study_space import Space, config_for
 from segtune.study_spec import PRUNERS, SAMPLERS, StudySpec, load_study
-from segtune.train import load_data, train
+from segtune.train import load_data, resumable_history, train
 
 FAIL_REASON = "fail_reason"
 AUTO_LR_CACHE = "auto_lr:"  # study attributes auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 INTERRUPTED = "interrupted"
 SAME_AS = "same_as"  # trial attribute: the earlier trial of the same configuration whose result was reused
+HOME = "home"  # trial attribute: the trial number whose run directories it trains in (a re-run's original)
+RESUMED = "resumed_after"  # trial attribute: {seed: epoch} for each repeat continued from its last.pt
+RESERVE_BYTES = 1 << 20  # kept free beside a SQLite study.db: room to record why the study stopped on a full disk
+
+
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage with the faults of dead workers and full disks handled.
+
+    - A trial RUNNING with no heartbeat row (its worker died between creating it and its first
+      heartbeat) is never stale to Optuna, and a grid would wait for its cell forever. Here it is
+      stale once it started more than the grace period ago.
+    - A heartbeat that cannot be written (the disk under the storage is full) does not end the
+      heartbeat thread with a traceback; the trial's own next write meets the same error and
+      stops the worker with it (see :func:`_storage_fault`).
+    - ``reserve``: a file of :data:`RESERVE_BYTES` beside a SQLite database, deleted when a write
+      fails, so that the reason and the trial's end can still be written on a full disk.
+    """
+
+    reserve: Path | None = None
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        started_before = (datetime.now(timezone.utc).replace(tzinfo=None)  # stored as UTC without a zone
+                          - timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval))
+        trial = _models.TrialModel
+        with _create_scoped_session(self.scoped_session) as session:
+            silent = (session.query(trial.trial_id)
+                      .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                              ~trial.heartbeats.any(), trial._datetime_start_utc < started_before).all())
+        return stale + [row[0] for row in silent if row[0] not in stale]
+
+    def keep_reserve(self) -> None:
+        if self.reserve is not None and not self.reserve.exists():
+            try:
+                self.reserve.write_bytes(bytes(RESERVE_BYTES))
+            except OSError:  # no room for it: the study runs without
+                self.reserve.unlink(missing_ok=True)
+
+    def release_reserve(self) -> None:
+        if self.reserve is not None:
+            self.reserve.unlink(missing_ok=True)
+
+
+def _storage_fault(err: BaseException) -> str | None:
+    """The database's own message when ``err`` is a failed storage read or write, else None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
+            return str(seen.orig).strip()
+        if isinstance(seen, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
+            found = _storage_fault(seen.__cause__) if seen.__cause__ is not None else None
+            return found or str(seen).strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def default_study_dir(spec: StudySpec) -> Path:
@@ -76,9 +141,13 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
-                    grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+                storage = _Storage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+                                   grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+                database = storage.engine.url.database if url.startswith("sqlite") else None
+                if database and database != ":memory:":
+                    storage.reserve = Path(database).with_name(f".{Path(database).name}.reserve")
+                    storage.keep_reserve()
+                return storage
         except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
             if attempt == 2:
                 raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
@@ -141,15 +210,42 @@ class _Objective:
     num_threads: int | None
     verbose: bool
     stopped_by: StorageError | None = None  # an error that fails every trial after it: the worker stops
+    current: optuna.Trial | None = None  # the trial being run
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, KeyboardInterrupt, StorageError):
+            raise
+        except Exception as err:
+            if not self.storage_failed(err):
+                raise
+            raise self.stopped_by from None
+
+    def storage_failed(self, err: BaseException) -> bool:
+        """Whether ``err`` is a failed read or write of the storage itself (a full disk under
+        study.db, a lost server); if so, stop the worker, recording why where still possible."""
+        fault = _storage_fault(err)
+        if fault is not None:
+            self._stop(self.current, StorageError(f"cannot write the study storage: {fault}; free disk space "
+                                                  f"(or check the database server)"))
+        return fault is not None
+
+    def _run(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         values = self.space.sample_grid(trial) if self.spec.method.name == "grid" else self.space.sample(trial)
         trial.set_user_attr("params", values)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        # Optuna's GridSampler picks an unvisited cell at random, and two workers asking at once
-        # can get the same one: the later trial waits and takes the earlier one's result.
-        waited = self.spec.method.name == "grid" and _wait_for_earlier_twin(trial, values, self.spec.heartbeat_interval)
+        # a trial run again after its worker died, or after Ctrl-C, trains in the run
+        # directories of the trial it repeats, and continues each repeat from its last.pt
+        home = int(trial.user_attrs.get(HOME, trial.number))
+        trial.set_user_attr(HOME, home)
+        # Two workers can draw the same configuration at once (Optuna's GridSampler picks an
+        # unvisited cell at random; random and TPE draw again): the later trial waits for the
+        # earlier one and takes its result.
+        waited = ((self.spec.method.name == "grid" or self.spec.reuse_results)
+                  and _wait_for_earlier_twin(trial, values, self.spec.heartbeat_interval))
         twin = _finished_twin(trial, values) if waited or self.spec.reuse_results else None
         replayed: set[int] = set()
         if twin is not None:
@@ -158,22 +254,33 @@ class _Objective:
                 return reused
             replayed = set(twin.intermediate_values)  # a pruned twin's curve, not pruned here: train
         runs: list[dict[str, Any]] = []
+        resumed: dict[str, int] = {}
         trial.set_user_attr("runs", runs)
         try:
             for repeat in range(self.spec.repeats):
                 seed = int(self.spec.base.get("seed", 0)) + repeat
                 extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
                 config = config_for(self.spec.base, {**values, **extra}, seed=seed,
-                                    name=f"{self.spec.name}-{trial.number:04d}", auto_lr=self._auto_lr(trial))
+                                    name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
                 if repeat == 0:
                     trial.set_user_attr("config", config.to_dict())
-                callbacks = [self._reporter(trial, replayed)] if repeat == 0 else []
-                result = train(config, out_dir=self.study_dir / "trials" / f"{trial.number:04d}-seed{seed}",
-                               data=self.cache.get(config), callbacks=callbacks, verbose=self.verbose)
-                s = result.summary
-                runs.append({"seed": seed, "value": self.spec.objective_value(s), "epochs_run": s["epochs_run"],
-                             "best_epoch": s["best_epoch"], "run_dir": str(result.run_dir),
-                             "class_names": s["class_names"], "test": _metrics(s["test"])})
+                reporter = self._reporter(trial, replayed) if repeat == 0 else None
+                run_dir = self.study_dir / "trials" / f"{home:04d}-seed{seed}"
+                started = (run_dir / "config.yaml").is_file()
+                done = resumable_history(run_dir) if started else []
+                for row in done if reporter else ():  # its curve up to the checkpoint, reported again
+                    reporter(row["epoch"], row)
+                summary = _finished_summary(run_dir, config) if started else None
+                if summary is None:
+                    if started:
+                        resumed[str(seed)] = len(done)
+                        trial.set_user_attr(RESUMED, resumed)
+                    summary = train(config, out_dir=run_dir, data=self.cache.get(config), resume=started,
+                                    callbacks=[reporter] if reporter else [], verbose=self.verbose).summary
+                runs.append({"seed": seed, "value": self.spec.objective_value(summary),
+                             "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+                             "run_dir": str(run_dir), "class_names": summary["class_names"],
+                             "test": _metrics(summary["test"])})
                 trial.set_user_attr("runs", runs)
         except optuna.TrialPruned:
             trial.set_user_attr("seconds", time.perf_counter() - t0)
@@ -182,13 +289,11 @@ class _Objective:
             trial.set_user_attr(INTERRUPTED, True)
             raise
         except StorageError as err:  # a full disk fails every later trial too: stop, and run it again on resume
-            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
-            trial.set_user_attr(INTERRUPTED, True)
-            trial.set_user_attr("seconds", time.perf_counter() - t0)
-            self.stopped_by = StorageError(f"{err}\nthe study stopped at trial {trial.number}; once there is room, "
-                                           "run the same command again: the trial is run again, finished ones are kept")
-            raise
+            self._stop(trial, StorageError(str(err)), t0)
+            raise self.stopped_by from None
         except Exception as err:  # diverged, a bad combination, out of memory: recorded, the study goes on
+            if _storage_fault(err) is not None:
+                raise
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             raise
@@ -196,6 +301,32 @@ class _Objective:
         scores = [r["value"] for r in runs]
         trial.set_user_attr("spread", statistics.stdev(scores) if len(scores) > 1 else 0.0)
         return statistics.fmean(scores)
+
+    def _stop(self, trial: optuna.Trial | None, err: StorageError, t0: float | None = None) -> None:
+        """Stop the worker with ``err``; the trial is failed with it and run again on resume."""
+        where = f" at trial {trial.number}" if trial is not None else ""
+        self.stopped_by = StorageError(f"{err}\nthe study stopped{where}; once there is room, run the same "
+                                       "command again: the trial is run again, finished ones are kept")
+        if trial is None:
+            return
+        storage = trial.study._storage
+        backend = getattr(storage, "_backend", storage)
+        if isinstance(backend, _Storage):
+            backend.release_reserve()  # room for the lines below on a full disk
+        try:
+            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
+            trial.set_user_attr(INTERRUPTED, True)
+            if t0 is not None:
+                trial.set_user_attr("seconds", time.perf_counter() - t0)
+        except Exception as again:
+            if _storage_fault(again) is None:
+                raise
+
+    def end_current(self) -> None:
+        """Fail the trial being run if Optuna could not end it (its end was not written)."""
+        trial = self.current
+        if trial is not None and trial.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
     def _auto_lr(self, trial: optuna.Trial):
         """``optimizer.lr: auto``: the LR range test's lr, found once per optimizer, loss, model and data."""
@@ -273,6 +404,21 @@ def _reuse(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | None:
     return float(twin.value)
 
 
+def _finished_summary(run_dir: Path, config: Config) -> dict[str, Any] | None:
+    """The summary of a finished run of ``config`` in ``run_dir``, or None while it is unfinished.
+
+    Raises:
+        ConfigError: ``run_dir`` holds a run of another configuration (a study database lost or
+            replaced while its run directories stayed).
+    """
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if saved != config.to_dict():
+        raise ConfigError(f"{run_dir} holds a run of another configuration than this trial's; "
+                          f"{_ORPHAN_FIX.format(trials=run_dir.parent)}")
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else None
+
+
 def _metrics(split: dict[str, Any]) -> dict[str, Any]:
     keep = ("dice_mean", "iou_mean", "dice_per_class", "iou_per_class", "loss")
     return {k: split[k] for k in keep if k in split}
@@ -287,7 +433,7 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     handled = {t.user_attrs.get("requeued_from") for t in trials}
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.params and t.number not in handled:
-            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number, HOME: t.user_attrs.get(HOME, t.number)})
 
 
 def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
@@ -317,18 +463,61 @@ def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
 
 
 def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool, bool]:
-    """(a trial should start now, some trial is still running elsewhere)."""
+    """(a trial should start now, some trial is still running elsewhere).
+
+    Random and TPE studies run until ``n_trials`` distinct configurations have been trained (or
+    are training, or failed with a reason): a configuration drawn again takes its earlier result
+    (``same_as``) and is not counted, unless ``reuse_results`` is off. A space with fewer
+    configurations than ``n_trials`` ends when each has been trained.
+    """
     trials = study.get_trials(deepcopy=False)
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if any(t.state == TrialState.WAITING for t in trials):
         return True, bool(running)
+    unsampled = sum(1 for t in running if not t.params)
     if spec.method.name == "grid":
-        covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.state.is_finished() or t.params}
-        covered_by_unsampled = sum(1 for t in running if not t.params)
-        return len(covered) + covered_by_unsampled < space.n_grid_cells(), bool(running)
-    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs)]
-    return len(counted) < spec.n_trials, bool(running)
+        # a trial whose worker died before it drew its cell covers none (its retry runs it)
+        covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.params}
+        return len(covered) + unsampled < space.n_grid_cells(), bool(running)
+    counted = [t for t in trials if SAME_AS not in t.user_attrs and t.params and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs and INTERRUPTED not in t.user_attrs))]
+    if not spec.reuse_results:
+        return len(counted) + unsampled < spec.n_trials, bool(running)
+    distinct = len({json.dumps(t.params, sort_keys=True) for t in counted})
+    return distinct + unsampled < min(spec.n_trials, _n_configurations(space)), bool(running)
+
+
+def _n_configurations(space: Space) -> float:
+    """How many configurations the space holds: infinite with a range that has no step."""
+    try:
+        return space.n_grid_cells()
+    except ConfigError:
+        return math.inf
+
+
+_ORPHAN_FIX = ("to start the study afresh, move the old runs aside (mv {trials} {trials}.old), or restore "
+               "the study database that made them")
+
+
+def _check_run_dirs(study: optuna.Study, study_dir: Path) -> None:
+    """Refuse to mix runs of another study database with this one's.
+
+    Raises:
+        ConfigError: ``<study dir>/trials/`` holds run directories of trials that the storage
+            does not have: its database was lost, emptied or replaced.
+    """
+    folder = study_dir / "trials"
+    if not folder.is_dir():
+        return
+    known = {t.number for t in study.get_trials(deepcopy=False)}
+    orphans = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name.split("-")[0].isdigit()
+                     and int(d.name.split("-")[0]) not in known)
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
+        raise ConfigError(f"{folder} holds {len(orphans)} run director{'y' if len(orphans) == 1 else 'ies'} of "
+                          f"trials this study's storage does not have ({shown}): its database was lost, emptied "
+                          f"or replaced; {_ORPHAN_FIX.format(trials=folder)}")
 
 
 def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -350,7 +539,22 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     (a dead worker's trial turns stale after the grace period and is re-queued here).
     """
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=seed)
+    _check_run_dirs(study, study_dir)
     objective = _Objective(spec, space, study_dir, DataCache(), num_threads, verbose)
+    try:
+        return _run_trials(spec, space, study, objective, progress)
+    except Exception as err:
+        if objective.stopped_by is None and not objective.storage_failed(err):
+            raise
+        try:
+            objective.end_current()
+        except Exception as again:
+            if _storage_fault(again) is None:
+                raise
+        raise objective.stopped_by from None
+
+
+def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: _Objective, progress: bool) -> int:
     n_run = 0
     while True:
         with warnings.catch_warnings():
@@ -404,12 +608,14 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     if num_threads is None and n_workers > 1:
         num_threads = max(1, (os.cpu_count() or 1) // n_workers)
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
+    _check_run_dirs(study, study_dir)
+    n_configurations = _n_configurations(space)
+    if spec.method.name != "grid" and spec.reuse_results and n_configurations < spec.n_trials:
+        print(f"note: the space holds {n_configurations} configurations, fewer than n_trials={spec.n_trials}: "
+              f"each is trained once", file=sys.stderr, flush=True)
     if n_workers == 1:
-        # On a shared storage other machines may run this same command: each worker draws its own
-        # random/TPE sequence. A study in its own SQLite file keeps the study's seed, so it repeats.
-        seed = spec.seed if storage is None else worker_seed(spec)
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
-                   seed=seed, verbose=verbose, progress=progress)
+                   seed=spec.seed, verbose=verbose, progress=progress)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
     command += ["--storage", storage] if storage else []
@@ -421,17 +627,6 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     if any(codes):
         raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")
     return study
-
-
-def worker_seed(spec: StudySpec) -> int:
-    """The sampler seed of one worker process.
-
-    Random and TPE draws differ per worker (else workers would draw the same values); a grid
-    keeps the study's seed in every worker, since Optuna numbers the cells in a seeded order.
-    """
-    if spec.method.name == "grid":
-        return spec.seed
-    return hash((spec.seed, socket.gethostname(), os.getpid())) % 2**31
 
 
 def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
@@ -514,4 +709,4 @@ def load_existing_study(path: str | Path, *, study_dir: str | Path | None = None
 
 
 __all__ = ["DataCache", "best_trial", "leaderboard", "load_existing_study", "open_storage", "open_study",
-           "run_study", "run_worker", "trial_reason", "worker_seed"]
+           "run_study", "run_worker", "trial_reason"]

@@ -18,10 +18,11 @@ configs shipped with segtune (``demo.yaml``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Literal, Sequence
 
 import optuna
 import pydantic
@@ -54,22 +55,59 @@ def grid_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampl
     return _GridSampler(space.grid(), seed=seed)
 
 
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+    """A sampler whose draws for trial n depend on the study's seed and n, not on the process.
+
+    Optuna seeds a sampler once per process, so a resumed study (or a second command on the same
+    storage) starts the seeded sequence again and draws the configurations it already has. Here
+    each trial gets a fresh inner sampler seeded from ``(seed, trial number)``: a resumed study
+    continues the sequence, two workers draw different values, and a study run again from scratch
+    draws the same ones. Random and TPE samplers keep no state between trials but their generator,
+    so this changes nothing else.
+    """
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        seed = None if self._seed is None else int.from_bytes(
+            hashlib.sha256(f"{self._seed}:{trial.number}".encode()).digest()[:4], "little")
+        self._inner = self._make(seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
 @SAMPLERS.register("random")
 def random_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
-    """Independent uniform draws (Optuna RandomSampler)."""
-    return optuna.samplers.RandomSampler(seed=seed)
+    """Independent uniform draws (Optuna RandomSampler), seeded per trial number."""
+    return _SeededPerTrial(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
 
 
 @SAMPLERS.register("tpe")
 def tpe_sampler(space: Space, seed: int | None, /, *,
                 n_startup_trials: Annotated[int, Field(ge=1)] = 10) -> optuna.samplers.BaseSampler:
-    """Tree-structured Parzen estimator, multivariate and grouped for conditional spaces."""
+    """Tree-structured Parzen estimator, multivariate and grouped for conditional spaces; seeded per trial."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed,
-                                          multivariate=True, group=True)
+    def make(trial_seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=trial_seed,
+                                              multivariate=True, group=True)
+
+    return _SeededPerTrial(make, seed)
 
 
 @PRUNERS.register("none")

@@ -185,6 +185,15 @@ def _restore(run_dir: Path, model, optimizer, scheduler, generator, scaler) -> t
     return _Progress(**last["progress"]), best
 
 
+def resumable_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics rows of the epochs that a ``--resume`` of ``run_dir`` keeps: those in its last.pt."""
+    from segtune.checkpoint import load_checkpoint
+
+    if not (run_dir / "last.pt").is_file():
+        return []
+    return list(load_checkpoint(run_dir / "last.pt").get("progress", {}).get("history", []))
+
+
 def _epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generator):
     """Shuffled (index, augment?) pairs: the data once, plus ``n_aug`` augmented copies.
 

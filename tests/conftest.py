@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import optuna
 import pytest
 import torch
 
@@ -29,3 +32,17 @@ def tiny_tree(**sections) -> dict:
 def tiny_config():
     """A validated config for a tiny synthetic task (2 epochs, about a second)."""
     return build_config(tiny_tree())
+
+
+def wait_for_trials(name: str, storage: str, until, *, timeout: float = 240, what: str = "the worker") -> list:
+    """Poll a study's trials until ``until(trials)`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        except Exception:  # not made yet, or being written
+            continue
+        if until(trials):
+            return trials
+    pytest.fail(f"{what} did not get there within {timeout} s")
