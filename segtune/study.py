@@ -122,7 +122,8 @@ def _study_file_problem(path: Path) -> str | None:
                                              engine_kwargs={"connect_args": {"timeout": 60}})
         for name in optuna.get_all_study_names(storage):
             study_id = storage.get_study_id_from_name(name)
-            storage.get_study_user_attrs(study_id), storage.get_study_system_attrs(study_id)
+            storage.get_study_user_attrs(study_id)
+            storage.get_study_system_attrs(study_id)
             storage.get_all_trials(study_id, deepcopy=False)
         storage.engine.dispose()
     except Exception as err:  # noqa: BLE001 - undecodable text, JSON or state in a row
