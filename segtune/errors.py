@@ -18,7 +18,7 @@ class DataError(SegtuneError):
 
 
 class StorageError(SegtuneError):
-    """A result file could not be written (disk full, quota, permissions)."""
+    """A result file could not be written (disk full, quota, permissions) or read back (a damaged study.db)."""
 
 
 class TrainingDiverged(SegtuneError):

@@ -166,10 +166,9 @@ def _resnet34_encoder(in_channels: int) -> nn.Module:
 def _read_weights(path: Path, fix: str):
     if not path.is_file():
         raise DataError(f"model.encoder_weights={str(path)!r}: no such file; {fix}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem means an unusable file
-        raise DataError(f"{path}: not a readable state dict ({type(err).__name__}: {err})") from None
+    from segtune.checkpoint import read_tensors  # checkpoint.py builds models: imported here, not at the top
+
+    return read_tensors(path, fix)
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:

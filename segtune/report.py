@@ -20,13 +20,14 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import optuna
 
-from segtune.errors import ConfigError
+from segtune.errors import ConfigError, DataError
 from segtune.report_data import TrialRecord, load_report_study, read_metrics, read_run, trial_records
 from segtune.report_doc import Block, Figure, Heading, Table, Text, figure_block, write_document
 from segtune.report_figures import (CurveRun, curve_grid, importance_chart, level_label, marginal_chart,
@@ -361,20 +362,26 @@ def prediction_blocks(run_dirs: dict[str, Path], *, n_images: int = 4, name: str
     from segtune.inference import predict_labels
     from segtune.train import load_data
 
-    groups: dict[str, dict[str, Path]] = {}
+    groups: dict[str, dict[str, dict]] = {}
     configs = {}
+    blocks: list[Block] = []
     for title, run_dir in run_dirs.items():
         if (run_dir / "best.pt").is_file() and (run_dir / "config.yaml").is_file():
+            try:  # a damaged best.pt leaves its run out, with a line saying so, and spoils nothing else
+                checkpoint = load_checkpoint(run_dir / "best.pt")
+            except DataError as err:
+                print(f"warning: {err}", file=sys.stderr)
+                blocks.append(Text(f"No predictions of {title}: {err}."))
+                continue
             configs[title] = read_run(run_dir)["config"]
-            groups.setdefault(_data_key(configs[title]), {})[title] = run_dir
-    blocks: list[Block] = []
+            groups.setdefault(_data_key(configs[title]), {})[title] = checkpoint
     for g, group in enumerate(groups.values()):
         data = load_data(build_config(configs[next(iter(group))]))
         masks = data.val.masks.numpy()
         index = _fixed_indices(masks, n_images)
         images = data.val.images[index]
-        predictions = {title: predict_labels(model_from_checkpoint(load_checkpoint(d / "best.pt")), images).numpy()
-                       for title, d in group.items()}
+        predictions = {title: predict_labels(model_from_checkpoint(ckpt), images).numpy()
+                       for title, ckpt in group.items()}
         fig = prediction_panel(images.numpy(), masks[index], predictions, class_names=data.class_names)
         blocks.append(figure_block(fig, f"{name}{g or ''}", f"Validation images {index}: image, ground truth and "
                                                             f"the prediction of {', '.join(group)} (best.pt)."))

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from segtune.errors import ConfigError
 from segtune.report_stats import MeanCI, mean_ci
-from segtune.study import FAIL_REASON, SAME_AS, trial_reason
+from segtune.study import FAIL_REASON, SAME_AS, check_study_file, trial_reason
 
 
 @dataclass
@@ -86,6 +86,7 @@ def load_report_study(study_dir: str | Path | None = None, *, storage: str | Non
         if study_dir is None or not (Path(study_dir) / "study.db").is_file():
             raise ConfigError(f"{study_dir}: no study.db here; give a study directory, a run directory, "
                               f"or --storage URL --study NAME")
+        check_study_file(Path(study_dir) / "study.db")
         storage = f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -23,6 +23,7 @@ study must share with its study file.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -31,6 +32,7 @@ import math
 import os
 import random
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -134,6 +136,7 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
     """
     if url is None:
         study_dir.mkdir(parents=True, exist_ok=True)
+        check_study_file(study_dir / "study.db")
         url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(3):
@@ -155,6 +158,50 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
             # tables (CREATE TABLE IF NOT EXISTS is not atomic there); the loser's retry finds them.
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+def check_study_file(path: Path) -> None:
+    """Check that an existing SQLite study file reads whole: SQLite's ``quick_check`` of every
+    page, then every study and trial read once through Optuna (damaged text or JSON in a row).
+
+    Raises:
+        StorageError: the file is not a readable SQLite study database; the message names it and the fix.
+    """
+    problem = _study_file_problem(path) if path.is_file() else None
+    if problem:
+        detail = problem.replace("*** in database main ***", "").strip().splitlines()[0].split(" with text ")[0]
+        raise StorageError(f"{path} is not a readable SQLite database (damaged? {detail[:160]}): restore it "
+                           f"from a copy, or move it aside to start the study again")
+
+
+def _study_file_problem(path: Path) -> str | None:
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            problem = next((row[0] for row in db.execute("PRAGMA quick_check") if row[0] != "ok"), None)
+    except sqlite3.OperationalError:  # locked past the timeout, or unopenable: the storage says why
+        return None
+    except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
+        return str(err)
+    if problem:
+        return problem
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its warning when it falls back to slower reads
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}",
+                                             engine_kwargs={"connect_args": {"timeout": 60}})
+        for name in optuna.get_all_study_names(storage):
+            study_id = storage.get_study_id_from_name(name)
+            storage.get_study_user_attrs(study_id)
+            storage.get_study_system_attrs(study_id)
+            storage.get_all_trials(study_id, deepcopy=False)
+        storage.engine.dispose()
+    except Exception as err:  # noqa: BLE001 - undecodable text, JSON or state in a row
+        while err.__cause__ is not None:
+            err = err.__cause__
+        return f"{type(err).__name__}: {err}"
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return None
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):

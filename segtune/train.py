@@ -166,7 +166,8 @@ class _Progress:
 
 
 def _restore(run_dir: Path, model, optimizer, scheduler, generator, scaler) -> tuple[_Progress, dict | None]:
-    """Load last.pt (and best.pt) of ``run_dir`` into the live objects, for ``--resume``."""
+    """Load last.pt of ``run_dir`` into the live objects, for ``--resume``; returns the progress
+    and the best weights so far (last.pt holds a copy, so a damaged best.pt loses nothing)."""
     from segtune.checkpoint import load_checkpoint
 
     last = load_checkpoint(run_dir / "last.pt")
@@ -181,6 +182,9 @@ def _restore(run_dir: Path, model, optimizer, scheduler, generator, scaler) -> t
         torch.cuda.set_rng_state_all(last["rng"]["cuda"])
     if last.get("scaler"):  # fp16: the loss scale reached so far
         scaler.load_state_dict(last["scaler"])
+    if "best_model" in last:
+        return _Progress(**last["progress"]), last["best_model"]
+    # a last.pt without the copy (an older segtune): the best weights are in best.pt alone
     best = load_checkpoint(run_dir / "best.pt")["model"] if (run_dir / "best.pt").is_file() else None
     return _Progress(**last["progress"]), best
 
@@ -271,6 +275,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     best_state = None
     if resume:
         state, best_state = _restore(run_dir, model, optimizer, scheduler, generator, scaler)
+        if best_state is not None:  # best.pt again from last.pt's copy, whole whatever happened to it
+            save_atomic({"model": best_state, "meta": meta, "epoch": state.best_epoch}, run_dir / "best.pt")
     log = MetricsLog(run_dir, columns, state.history)
     sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
     train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
@@ -335,7 +341,7 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
             log.write(row)
             save_atomic({"model": model.state_dict(), "meta": meta, "epoch": epoch,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "progress": state.to_dict(), "scaler": scaler.state_dict(),
+                         "progress": state.to_dict(), "scaler": scaler.state_dict(), "best_model": best_state,
                          "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
                                  "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}},
                         run_dir / "last.pt")

@@ -84,3 +84,18 @@ def test_demo_runs_a_study_and_writes_its_report(tmp_path, capsys):
     html = out / "report" / "report.html"
     assert f"report: {html}" in printed and html.stat().st_size > 10_000
     assert (out / "report" / "trials.csv").read_text().count("\n") == 5  # header + the 4 trials of the grid
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_evaluate_and_predict_on_a_damaged_checkpoint_say_so_safely(config_file, tmp_path, capsys, keep):
+    run = tmp_path / "run"
+    assert main(["train", str(config_file), "--set", "train.epochs=1", "--out", str(run), "--quiet"]) == 0
+    data = (run / "best.pt").read_bytes()
+    (run / "best.pt").write_bytes(data[:int(len(data) * keep)])  # empty, half, all but the end
+    capsys.readouterr()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "im.png")
+    for argv in (["evaluate", str(run)], ["predict", str(run), str(tmp_path / "im.png"), "--out", str(tmp_path / "m")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {run / 'best.pt'}: not a readable checkpoint: the file is damaged (truncated?)")
+        assert err.count("\n") == 1 and "weights_only" not in err and "re-run the training that wrote it" in err

@@ -220,3 +220,19 @@ def test_curves_are_laid_out_by_the_pair_whose_grid_the_trials_fill():
     # a layout given by name is kept as it is
     rows, cols = grid_axes(varied, ["optimizer.lr", "optimizer.name"], records)
     assert (rows.path, cols.path) == ("optimizer.lr", "optimizer.name")
+
+
+@pytest.mark.slow
+def test_cli_report_of_a_study_with_a_damaged_best_pt_reports_the_rest(tmp_path, run_dir, capsys):
+    # trial 0's best.pt cut in half: every trial is still reported, its predictions left out with a line saying why
+    make_study(tmp_path, run_dir, trials=TRIALS[:2])
+    damaged = tmp_path / "trials" / "0000-seed0" / "best.pt"
+    damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
+    assert main(["report", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"warning: {damaged}: not a readable checkpoint: the file is damaged (truncated?)" in err
+    assert f"No predictions of trial 0: {damaged}: not a readable checkpoint" in md
+    assert "**Best: trial 0**" in md and "| 1 | adam | cosine |" in md  # both trials in the leaderboard
+    assert "the prediction of trial 1 (best.pt)" in md  # the other trial's panel
+    assert "weights_only" not in out + err + md

@@ -8,10 +8,12 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from segtune.config import build_config
-from segtune.errors import SegtuneError
+from segtune.checkpoint import load_checkpoint
+from segtune.errors import DataError, SegtuneError
 from segtune.train import train
 
 from conftest import tiny_tree
@@ -97,3 +99,35 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path):
 
 def _rows(path):
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _truncate(path, keep=0.5):
+    # written whole, then cut: what a full disk or a copy that stopped half-way leaves
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def test_a_damaged_best_pt_is_rebuilt_from_last_pt_on_resume(tmp_path):
+    # last.pt holds a copy of the best weights: the resumed run ends with the uninterrupted numbers
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    _truncate(tmp_path / "cut" / "best.pt")
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["test"] == full.summary["test"]
+    assert resumed.summary["best_epoch"] == full.summary["best_epoch"]
+    best, expected = load_checkpoint(tmp_path / "cut" / "best.pt"), load_checkpoint(tmp_path / "full" / "best.pt")
+    assert best["epoch"] == expected["epoch"]
+    assert all(torch.equal(best["model"][k], expected["model"][k]) for k in expected["model"])
+
+
+def test_a_damaged_last_pt_is_a_clear_error_naming_it(tmp_path):
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    _truncate(tmp_path / "cut" / "last.pt")
+    with pytest.raises(DataError, match=r"last\.pt: not a readable checkpoint: the file is damaged \(truncated\?\)"
+                                        r".*; re-run the training that wrote it, or delete it") as err:
+        train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert "weights_only" not in str(err.value)

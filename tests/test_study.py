@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import tiny_tree
 
+from segtune.cli import main
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, load_existing_study, run_study
 from segtune.study_spec import load_study, parse_study
@@ -380,3 +381,55 @@ def test_a_space_that_switches_a_component_leaves_out_the_old_ones_options():
     # an option the new component lacks, set by the space itself, is still an error
     with pytest.raises(ConfigError, match="has no option 'betas'"):
         config_for(base, {"optimizer.name": "sgd", "optimizer.betas": [0.9, 0.99]})
+
+
+@pytest.fixture(scope="module")
+def real_study_db(tmp_path_factory):
+    """The study.db of a finished one-cell study, and its study file."""
+    folder = tmp_path_factory.mktemp("real")
+    path = write_study(folder, space={"optimizer.lr": [0.01]})
+    run_study(path, study_dir=folder / "s")
+    return path, (folder / "s" / "study.db").read_bytes()
+
+
+def _garbage(n: int) -> bytes:
+    return bytes((i * 37 + 11) % 256 for i in range(n))  # the same bytes every run, not valid UTF-8
+
+
+def _overwrite(data: bytes, at: int, text: bytes) -> bytes:
+    return data[:at] + text + data[at + len(text):]
+
+
+def _json_at(data: bytes) -> int:
+    return data.index(b'"optimizer.lr"')  # inside a stored JSON value: SQLite's own check passes there
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: _overwrite(d, 0, _garbage(100)),                                # the SQLite header
+    lambda d: _overwrite(d, 4096, _garbage(4096)),                            # the whole second page
+    lambda d: _overwrite(d, _json_at(d) // 4096 * 4096, _garbage(2000)),      # a page holding trial data
+    lambda d: _overwrite(d, _json_at(d), _garbage(14)),                       # text that is not UTF-8
+    lambda d: _overwrite(d, _json_at(d), b"{{{{"),                            # JSON that does not parse
+], ids=["header", "page 2", "data page", "utf8", "json"])
+def test_a_damaged_study_db_is_one_clear_error_in_every_command(real_study_db, tmp_path, capsys, damage):
+    path, data = real_study_db
+    (tmp_path / "s").mkdir()
+    db = tmp_path / "s" / "study.db"
+    db.write_bytes(damage(data))
+    for argv in (["study", "status", str(path)], ["report", str(tmp_path / "s")], ["study", str(path), "--quiet"]):
+        assert main([*argv, *(["--out", str(tmp_path / "s")] if argv[0] == "study" else [])]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {db} is not a readable SQLite database (damaged?"), err
+        assert err.endswith("restore it from a copy, or move it aside to start the study again\n")
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s" / "trials").exists()  # nothing trained on a study that cannot be read
+
+
+def test_an_emptied_study_db_is_no_traceback(real_study_db, tmp_path, capsys):
+    path, _ = real_study_db
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.db").write_bytes(b"")
+    assert main(["study", "status", str(path), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == f"error: no study 'tiny' in the storage; run `segtune study {path}` first\n"
+    assert main(["report", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.startswith("error: the storage holds 0 studies")

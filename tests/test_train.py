@@ -88,8 +88,9 @@ def test_checkpoint_load_refuses_code(tmp_path):
 
     bad = tmp_path / "evil.pt"
     bad.write_bytes(pickle.dumps({"model": Evil(), "meta": {}}))
-    with pytest.raises(SegtuneError, match="not a readable checkpoint"):
+    with pytest.raises(SegtuneError, match="not a readable checkpoint: .* never loaded since they could run") as err:
         load_checkpoint(bad)
+    assert "weights_only" not in str(err.value)  # never the advice to load it unsafely
 
 
 def test_exploding_loss_stops_with_clear_error(tmp_path):
