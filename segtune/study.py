@@ -9,13 +9,15 @@ config, parameters, per-repeat values and test metrics are stored as user attrib
 ``optuna-dashboard <storage>`` shows them as they are.
 
 Resume is the same command: finished trials stay; a trial left RUNNING by a dead worker is
-found by its heartbeat, marked failed and re-queued with the same parameters; a trial stopped
-by Ctrl-C is re-queued too.
+found by its heartbeat (or, if it never had one, by its start time), marked failed and re-queued
+with the same parameters; a trial stopped by Ctrl-C is re-queued too. The trial run again trains
+in the run directories of the one it repeats and continues each repeat from its last.pt.
 
 User attributes of a trial: ``params`` ({config path: value}), ``config`` (the resolved config
 of its first repeat), ``runs`` (per repeat: seed, value, epochs_run, best_epoch, run_dir,
 class_names, test metrics), ``spread`` (standard deviation over repeats), ``epochs`` (epochs run
-by the first repeat), ``seconds``, ``worker`` (host:pid), and ``fail_reason``, ``interrupted``,
+by the first repeat), ``seconds``, ``worker`` (host:pid), ``home`` (the trial number of its run
+directories), and ``resumed_after`` ({seed: epoch}), ``fail_reason``, ``interrupted``,
 ``requeued_from`` or ``same_as`` (a configuration sampled again takes its earlier trial's result
 without training: ``reuse_results``) where they apply. The study's ``spec`` attribute holds what a resumed
 study must share with its study file.
