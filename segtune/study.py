@@ -342,7 +342,7 @@ def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 
 def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
                num_threads: int | None = None, seed: int | None = None, verbose: bool = False,
-               progress: bool = False) -> int:
+               progress: bool = False, cache: DataCache | None = None) -> int:
     """Run trials until the study is done; returns how many trials this worker ran.
 
     The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
@@ -350,7 +350,7 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     (a dead worker's trial turns stale after the grace period and is re-queued here).
     """
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=seed)
-    objective = _Objective(spec, space, study_dir, DataCache(), num_threads, verbose)
+    objective = _Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose)
     n_run = 0
     while True:
         with warnings.catch_warnings():
@@ -394,8 +394,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         The Optuna study, finished.
 
     Raises:
-        ConfigError: an invalid study file or space, an unusable storage, or a stored study
-            made from a different file.
+        ConfigError: an invalid study file or space, an objective naming a class the base
+            config's data lacks, an unusable storage, or a stored study made from a different file.
     """
     spec, space = load_study(path, overrides)
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
@@ -403,13 +403,16 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
     if num_threads is None and n_workers > 1:
         num_threads = max(1, (os.cpu_count() or 1) // n_workers)
+    cache = DataCache()
+    if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
+        spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     if n_workers == 1:
         # On a shared storage other machines may run this same command: each worker draws its own
         # random/TPE sequence. A study in its own SQLite file keeps the study's seed, so it repeats.
         seed = spec.seed if storage is None else worker_seed(spec)
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
-                   seed=seed, verbose=verbose, progress=progress)
+                   seed=seed, verbose=verbose, progress=progress, cache=cache)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
     command += ["--storage", storage] if storage else []

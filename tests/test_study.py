@@ -214,6 +214,30 @@ def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_pa
     assert by_lr[0.01].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+def test_an_objective_naming_a_class_the_data_lacks_fails_before_the_first_trial(tmp_path, monkeypatch, capsys):
+    import segtune.study
+    from segtune.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trial trained")
+
+    monkeypatch.setattr(segtune.study, "train", no_training)
+    path = write_study(tmp_path, objective="val.dice_per_class.tumour")
+    with pytest.raises(ConfigError, match=r"study.yaml: objective val.dice_per_class.tumour: the data has no class "
+                                          r"'tumour'; its classes are background, class_1, class_2: "
+                                          r"e.g. objective: val.dice_per_class.class_2"):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no storage, no trial
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: objective val.dice_per_class.tumour: the data has no")
+    # a class the data has: the study runs, its objective read per trial
+    monkeypatch.undo()
+    study = run_study(write_study(tmp_path, objective="val.dice_per_class.class_2"), study_dir=tmp_path / "ok")
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    run = study.trials[0].user_attrs["runs"][0]
+    assert study.trials[0].value == run["value"] and 0 <= run["value"] <= 1
+
+
 def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
