@@ -285,6 +285,35 @@ def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch)
     assert [t.user_attrs.get("requeued_from") for t in complete].count(stopped.number) == 1
 
 
+def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_path, monkeypatch, capsys):
+    # the numbers depend on the thread count: a study keeps the count it was created with
+    import segtune.study
+    from segtune.cli import main
+
+    real_train = segtune.study.train
+    calls = []
+
+    def stopped_after_one_trial(config, **kwargs):
+        calls.append(config)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_train(config, **kwargs)
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]}), tmp_path / "out"
+    monkeypatch.setattr(segtune.study, "train", stopped_after_one_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, study_dir=out, num_threads=1)
+    monkeypatch.setattr(segtune.study, "train", real_train)
+    monkeypatch.setattr(segtune.study.os, "cpu_count", lambda: 8)  # another machine, or more cores free
+    assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
+    trials = load_existing_study(path, study_dir=out).get_trials()
+    assert [t.user_attrs["config"]["train"]["num_threads"] for t in trials] == [1, 1, 1]  # done, stopped, re-run
+    assert load_existing_study(path, study_dir=out).user_attrs["threads"] == 1
+    assert main(["study", str(path), "--out", str(out), "--threads", "2"]) == 2
+    assert ("trains every trial with 1 CPU thread(s), fixed when it was created: the numbers depend on the thread "
+            "count") in capsys.readouterr().err
+
+
 def test_the_demo_study_file_is_valid():
     from segtune.cli import demo_config_path
 
