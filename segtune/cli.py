@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: SQLite file study.db in the study directory)")
     p.add_argument("--worker", action="store_true", help="run as one worker of the study, no leaderboard")
     p.add_argument("--out", help="study directory (default: runs/<study name>)")
-    p.add_argument("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=int, help="CPU threads per trial, fixed when the study is created "
+                                               "(default: cores / workers)")
     p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # set for spawned workers

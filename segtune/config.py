@@ -187,12 +187,17 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into its path and its YAML-parsed value.
 
     Raises:
-        ConfigError: no ``=`` or an empty path.
+        ConfigError: no ``=``, an empty path, or a value that is not valid YAML.
     """
     path, sep, raw = item.partition("=")
     if not sep or not path.strip():
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=1e-3")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {item!r}: the value {raw!r} is not valid YAML ({problem}); write a list as "
+                          f"[1, 2], a mapping as {{a: 1}}, or quote a string: {path.strip()}='{raw}'") from None
     return path.strip().split("."), value
 
 
@@ -267,7 +272,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} on line {line}); save the file "
+                          f"as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed.yaml`") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):

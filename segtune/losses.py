@@ -15,7 +15,7 @@ the switching loss and the weighted sums are built from MONAI's ``DiceLoss``.
 
 from __future__ import annotations
 
-from typing import Annotated, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,18 @@ def _require_binary(name: str, n_classes: int, alternative: str) -> None:
         raise ConfigError(f"loss {name!r} uses one sigmoid output and needs a binary task (2 classes: background "
                           f"and foreground), but the data has {n_classes} classes; use loss.name={alternative} "
                           f"for multi-class data")
+
+
+def _not_all_zero(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A rule between options, checked when the config is read: with all of ``names`` at 0 the
+    loss is 0 for every prediction and nothing trains."""
+
+    def check(options: dict[str, Any]) -> None:
+        if all(options[name] == 0 for name in names):
+            raise ValueError(f"{' and '.join(f'{name}=0' for name in names)} make the loss 0 for every prediction, "
+                             f"so nothing would train; make at least one of them positive")
+
+    return check
 
 
 def probabilities(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +211,7 @@ def dice(n_classes: int, /, *, include_background: bool = True, smooth: Smooth =
                     weight=_class_weights(class_weights, n_classes))
 
 
-@LOSSES.register("dice_ce")
+@LOSSES.register("dice_ce", check=_not_all_zero("lambda_dice", "lambda_ce"))
 def dice_ce(n_classes: int, /, *, include_background: bool = True, smooth: Smooth = 1e-5,
             class_weights: ClassWeights = None, label_smoothing: LabelSmoothing = 0.0,
             lambda_dice: Weight = 1.0, lambda_ce: Weight = 1.0) -> nn.Module:
@@ -212,7 +224,7 @@ def dice_ce(n_classes: int, /, *, include_background: bool = True, smooth: Smoot
                                  label_smoothing=label_smoothing))
 
 
-@LOSSES.register("dice_bce")
+@LOSSES.register("dice_bce", check=_not_all_zero("lambda_dice", "lambda_bce"))
 def dice_bce(n_classes: int, /, *, smooth: Smooth = 1e-5, class_weights: ClassWeights = None,
              lambda_dice: Weight = 1.0, lambda_bce: Weight = 1.0) -> nn.Module:
     """Soft Dice plus binary cross-entropy on one sigmoid output; binary tasks only (as MONAI DiceCELoss, sigmoid)."""
@@ -230,7 +242,7 @@ def inverse_dice(n_classes: int, /, *, include_background: bool = False, smooth:
                     weight=_class_weights(class_weights, n_classes), inverse=True)
 
 
-@LOSSES.register("dice_bce_inverse_dice")
+@LOSSES.register("dice_bce_inverse_dice", check=_not_all_zero("lambda_dice", "lambda_bce", "lambda_inverse"))
 def dice_bce_inverse_dice(n_classes: int, /, *, smooth: Smooth = 1e-5, class_weights: ClassWeights = None,
                           lambda_dice: Weight = 1.0, lambda_bce: Weight = 1.0,
                           lambda_inverse: Weight = 1.0) -> nn.Module:
@@ -261,7 +273,7 @@ def focal(n_classes: int, /, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] |
                                 weight=_class_weights(class_weights, n_classes)))
 
 
-@LOSSES.register("tversky")
+@LOSSES.register("tversky", check=_not_all_zero("alpha", "beta"))
 def tversky(n_classes: int, /, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3,
             beta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7, include_background: bool = True,
             smooth: Smooth = 1e-5) -> nn.Module:

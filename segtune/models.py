@@ -4,7 +4,9 @@ Every builder takes ``(in_channels, out_channels)`` positionally and its options
 :func:`build_model` wraps the network so that any input size works: the input is zero-padded
 on the bottom and right to the next multiple the network needs (``2 ** depth``; 32 for the
 ResNet-34 encoder) and the output is cropped back, so the output always has the input's height
-and width. No input size is refused; padding costs compute only on the padded border.
+and width. An input that would leave the deepest feature map 1x1 is padded to twice the multiple
+(normalisation needs more than one value). No input size is refused; padding costs compute only
+on the padded border.
 """
 
 from __future__ import annotations
@@ -83,7 +85,12 @@ class UNet(nn.Module):
 
 
 class PadToMultiple(nn.Module):
-    """Zero-pads the input to a multiple of ``multiple`` and crops the output back."""
+    """Zero-pads the input to a multiple of ``multiple`` and crops the output back.
+
+    An input no larger than ``multiple`` on both sides would leave the deepest feature map 1x1,
+    where normalisation has a single value per channel (instance norm always fails, batch norm
+    with a batch of one): it is padded to ``2 * multiple`` on both sides, a 2x2 deepest map.
+    """
 
     def __init__(self, net: nn.Module, multiple: int) -> None:
         super().__init__()
@@ -93,6 +100,8 @@ class PadToMultiple(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph, pw = -h % self.multiple, -w % self.multiple
+        if self.multiple > 1 and h + ph == w + pw == self.multiple:
+            ph, pw = ph + self.multiple, pw + self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
         out = self.net(x)

@@ -36,6 +36,7 @@ class Entry:
     builder: Callable[..., Any]
     options: type[pydantic.BaseModel]
     summary: str
+    check: Callable[[dict[str, Any]], None] | None = None  # a rule between options; raises ValueError
 
 
 def _options_model(name: str, builder: Callable[..., Any]) -> type[pydantic.BaseModel]:
@@ -68,14 +69,19 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator that registers ``builder`` under ``name``; names are unique."""
+    def register(self, name: str, *, check: Callable[[dict[str, Any]], None] | None = None
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator that registers ``builder`` under ``name``; names are unique.
+
+        ``check`` gets the validated options and raises ValueError for a rule between them that
+        the options' own types cannot say (``tversky``: alpha and beta not both 0).
+        """
 
         def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise TypeError(f"{self.kind} {name!r} is registered twice")
             summary = (inspect.getdoc(builder) or "").split("\n\n")[0].replace("\n", " ")
-            self._entries[name] = Entry(name, builder, _options_model(name, builder), summary)
+            self._entries[name] = Entry(name, builder, _options_model(name, builder), summary, check)
             return builder
 
         return decorator
@@ -108,8 +114,9 @@ class Registry:
             All options of the component, defaults filled in, values coerced to their types.
 
         Raises:
-            RegistryError: unknown name, unknown option (listing the valid ones), or a value
-                of the wrong type or out of range (naming the option and the rule).
+            RegistryError: unknown name, unknown option (listing the valid ones), a value
+                of the wrong type or out of range (naming the option and the rule), or options
+                that break the component's ``check``.
         """
         entry = self.entry(name)
         allowed = list(entry.options.model_fields)
@@ -120,12 +127,18 @@ class Registry:
                     f"{self.kind} {name!r} has no option {key!r}{suggest(key, allowed)}{hint}"
                 )
         try:
-            return dict(entry.options(**options))
+            valid = dict(entry.options(**options))
         except pydantic.ValidationError as err:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}={e.get('input')!r}: {e['msg']}" for e in err.errors()
             )
             raise RegistryError(f"{self.kind} {name!r}: {problems}") from None
+        if entry.check is not None:
+            try:
+                entry.check(valid)
+            except ValueError as err:
+                raise RegistryError(f"{self.kind} {name!r}: {err}") from None
+        return valid
 
     def build(self, name: str, options: dict[str, Any], /, *context: Any) -> Any:
         """Validate ``options`` and call the builder with ``context`` positionally."""

@@ -20,7 +20,7 @@ by the first repeat), ``seconds``, ``worker`` (host:pid), ``home`` (the trial nu
 directories), and ``resumed_after`` ({seed: epoch}), ``fail_reason``, ``interrupted``,
 ``requeued_from`` or ``same_as`` (a configuration sampled again takes its earlier trial's result
 without training: ``reuse_results``) where they apply. The study's ``spec`` attribute holds what a resumed
-study must share with its study file.
+study must share with its study file, and ``threads`` the CPU threads of every trial.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from segtune.train import load_data, resumable_history, train
 FAIL_REASON = "fail_reason"
 AUTO_LR_CACHE = "auto_lr:"  # study attributes auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 INTERRUPTED = "interrupted"
+THREADS = "threads"  # study attribute: the CPU threads of every trial, fixed when the study is created
 SAME_AS = "same_as"  # trial attribute: the earlier trial of the same configuration whose result was reused
 HOME = "home"  # trial attribute: the trial number whose run directories it trains in (a re-run's original)
 RESUMED = "resumed_after"  # trial attribute: {seed: epoch} for each repeat continued from its last.pt
@@ -204,6 +205,27 @@ def _study_file_problem(path: Path) -> str | None:
     finally:
         optuna.logging.set_verbosity(verbosity)
     return None
+
+
+def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1) -> int:
+    """The CPU threads every trial of ``study`` trains with, in every worker and every later command.
+
+    The numbers a trial gives depend on its thread count (see the README's Reproducibility), so
+    the count is stored when the study is created: ``requested``, else the cores divided among
+    ``n_workers``.
+
+    Raises:
+        ConfigError: ``requested`` differs from the count stored with the study.
+    """
+    stored = study.user_attrs.get(THREADS)
+    if stored is None:
+        stored = requested or max(1, (os.cpu_count() or 1) // n_workers)
+        study.set_user_attr(THREADS, stored)
+    elif requested is not None and requested != stored:
+        raise ConfigError(f"study {study.study_name!r} trains every trial with {stored} CPU thread(s), fixed when it "
+                          f"was created: the numbers depend on the thread count, so its trials are comparable only at "
+                          f"the same count; leave out --threads (or give --threads {stored}), or start a new study")
+    return stored
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -580,7 +602,7 @@ def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 
 def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
                num_threads: int | None = None, seed: int | None = None, verbose: bool = False,
-               progress: bool = False) -> int:
+               progress: bool = False, cache: DataCache | None = None) -> int:
     """Run trials until the study is done; returns how many trials this worker ran.
 
     The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
@@ -589,7 +611,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     """
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=seed)
     _check_run_dirs(study, study_dir)
-    objective = _Objective(spec, space, study_dir, DataCache(), num_threads, verbose)
+    num_threads = study_threads(study, num_threads)
+    objective = _Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose)
     try:
         return _run_trials(spec, space, study, objective, progress)
     except Exception as err:
@@ -638,7 +661,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         study_dir: run directories and the default SQLite storage; default ``runs/<name>``.
         storage: an SQLAlchemy URL of a shared storage (``postgresql://user@host:5432/db``).
         n_workers: worker processes on this machine; 1 runs in this process.
-        num_threads: CPU threads per worker; default the cores divided among the workers.
+        num_threads: CPU threads per trial when the study is created; default the cores divided
+            among the workers. A study keeps its count (see :func:`study_threads`).
         overrides: ``--set`` style changes of the base config (``["data.spacing=2"]``).
         verbose: print every epoch of every trial.
         progress: print one line per finished trial.
@@ -647,24 +671,29 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         The Optuna study, finished.
 
     Raises:
-        ConfigError: an invalid study file or space, an unusable storage, or a stored study
-            made from a different file.
+        ConfigError: an invalid study file or space, an objective naming a class the base
+            config's data lacks, an unusable storage, a stored study made from a different file,
+            or ``num_threads`` other than the study's.
     """
     spec, space = load_study(path, overrides)
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
-    if num_threads is None and n_workers > 1:
-        num_threads = max(1, (os.cpu_count() or 1) // n_workers)
+    cache = DataCache()
+    if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
+        spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     _check_run_dirs(study, study_dir)
     n_configurations = _n_configurations(space)
     if spec.method.name != "grid" and spec.reuse_results and n_configurations < spec.n_trials:
         print(f"note: the space holds {n_configurations} configurations, fewer than n_trials={spec.n_trials}: "
               f"each is trained once", file=sys.stderr, flush=True)
+    num_threads = study_threads(study, num_threads, n_workers)
+    if progress:
+        print(f"{num_threads} CPU thread(s) per trial (the study's own, fixed when it was created)", flush=True)
     if n_workers == 1:
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
-                   seed=spec.seed, verbose=verbose, progress=progress)
+                   seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
     command += ["--storage", storage] if storage else []
@@ -758,4 +787,4 @@ def load_existing_study(path: str | Path, *, study_dir: str | Path | None = None
 
 
 __all__ = ["DataCache", "best_trial", "leaderboard", "load_existing_study", "open_storage", "open_study",
-           "run_study", "run_worker", "trial_reason"]
+           "run_study", "run_worker", "study_threads", "trial_reason"]

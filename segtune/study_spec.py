@@ -31,7 +31,7 @@ from pydantic import Field
 from segtune.config import _Component as ComponentSection
 from segtune.config import _format_errors, parse_override, read_yaml, set_path
 from segtune.errors import ConfigError
-from segtune.registry import Registry
+from segtune.registry import Registry, suggest
 from segtune.study_space import Space, check_path, config_for
 
 SAMPLERS = Registry("study method")
@@ -212,6 +212,21 @@ class StudySpec(pydantic.BaseModel):
         if split != "val" or metric.startswith("iou"):
             return None
         return "val_" + metric.replace("dice_per_class.", "dice_")
+
+    @property
+    def objective_class(self) -> str | None:
+        """The class the objective names (``val.dice_per_class.csf`` -> ``csf``), or None."""
+        metric = self.objective.partition(".")[2]
+        return metric.partition(".")[2] if "_per_class." in metric else None
+
+    def check_objective_class(self, class_names: Sequence[str], origin: str = "study") -> None:
+        """Raise ConfigError when the objective names a class that ``class_names`` lacks."""
+        wanted = self.objective_class
+        if wanted is not None and wanted not in class_names:
+            metric = self.objective.rsplit(".", 1)[0]
+            raise ConfigError(f"{origin}: objective {self.objective}: the data has no class {wanted!r}"
+                              f"{suggest(wanted, list(class_names))}; its classes are {', '.join(class_names)}: "
+                              f"e.g. objective: {metric}.{class_names[-1]}")
 
     def objective_value(self, summary: dict[str, Any]) -> float:
         """Read the objective from a run's summary."""

@@ -50,6 +50,37 @@ def test_user_errors_exit_2_without_traceback(config_file, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_file_that_is_not_utf8_is_an_error_naming_its_line(tmp_path, capsys, command):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: tiny\n# réglages\n".encode("latin-1"))
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: not UTF-8 text (byte 0xe9 on line 2); save the file as UTF-8")
+    assert "Traceback" not in err
+
+
+def test_a_set_value_that_is_not_yaml_is_an_error_with_the_fix(config_file, capsys):
+    assert main(["train", str(config_file), "--set", "optimizer.lr=[1,"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set 'optimizer.lr=[1,': the value '[1,' is not valid YAML")
+    assert "write a list as [1, 2]" in err and "optimizer.lr='[1,'" in err
+
+
+def test_images_smaller_than_the_networks_multiple_train_and_predict(tmp_path):
+    # 8x8 images through 3 down-samplings would reach a 1x1 map, where instance norm fails
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(
+        data={"source": "synthetic", "n_train": 8, "n_val": 4, "n_test": 4, "size": 8, "n_classes": 3},
+        model={"name": "monai_unet", "channels": [4, 8, 8, 8], "num_res_units": 1, "norm": "instance"},
+        train={"epochs": 1, "batch_size": 4, "patience": 0})))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--quiet", "--out", str(run)]) == 0
+    Image.fromarray(np.full((5, 7), 128, dtype=np.uint8)).save(tmp_path / "tiny.png")
+    assert main(["predict", str(run), str(tmp_path / "tiny.png"), "--out", str(tmp_path / "masks")]) == 0
+    assert np.asarray(Image.open(tmp_path / "masks" / "tiny.png")).shape == (5, 7)
+
+
 def test_module_entry_point_and_version():
     import subprocess
     import sys

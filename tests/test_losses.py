@@ -77,6 +77,33 @@ def test_an_option_a_loss_lacks_is_an_error():
         LOSSES.build("tversky", {"class_weights": [1, 1]}, 2)
 
 
+ZERO_WEIGHTS = {  # options that, all at 0, leave a loss that is 0 for every prediction
+    "tversky": ("alpha", "beta"),
+    "dice_ce": ("lambda_dice", "lambda_ce"),
+    "dice_bce": ("lambda_dice", "lambda_bce"),
+    "dice_bce_inverse_dice": ("lambda_dice", "lambda_bce", "lambda_inverse"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_WEIGHTS))
+def test_a_loss_that_is_identically_zero_is_refused_when_the_config_is_read(name):
+    from segtune.config import build_config
+
+    from conftest import tiny_tree
+
+    options = ZERO_WEIGHTS[name]
+    zero = {"name": name, **{option: 0 for option in options}}
+    with pytest.raises(ConfigError, match=rf"loss: loss '{name}': {options[0]}=0 and .*=0 make the loss 0 for "
+                                          rf"every prediction.*make at least one of them positive"):
+        build_config(tiny_tree(loss=zero))
+    # one positive weight is a real loss, and it is not constant: its gradient reaches the logits
+    build_config(tiny_tree(loss={**zero, options[-1]: 0.5}))
+    logits = torch.randn(2, 1 if name in SINGLE_CHANNEL else 2, 12, 12, requires_grad=True)
+    weights = {option: 0 for option in options[:-1]} | {options[-1]: 0.5}
+    LOSSES.build(name, weights, 2)(logits, _target(2)).backward()
+    assert logits.grad.abs().sum() > 0
+
+
 def test_dice_matches_monai_dice_loss():
     target, logits = _target(3), _logits(3)
     for include_background in (True, False):

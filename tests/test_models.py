@@ -37,6 +37,22 @@ def test_model_forward_backward_any_size(name, in_channels, n_classes, size):
     assert n_params > 1000
 
 
+SMALLEST = [(name, TINY[name]) for name in sorted(TINY)] + [("monai_unet", {**TINY["monai_unet"], "norm": "instance"})]
+
+
+@pytest.mark.parametrize("name,options", SMALLEST)
+@pytest.mark.parametrize("size", [(8, 8), (3, 5), (1, 1)])
+def test_inputs_smaller_than_the_networks_multiple_train_and_predict(name, options, size):
+    # Padded to the multiple alone, these would leave the deepest feature map 1x1: instance norm
+    # refuses it, and so does batch norm with a batch of one. They are padded to a 2x2 deepest map.
+    model = build_model(name, options, 1, 3)
+    x = torch.randn(1, 1, *size)
+    model.train()
+    model(x).sum().backward()
+    model.eval()
+    assert model(x).shape == (1, 3, *size)
+
+
 def test_classic_unet_has_the_paper_size():
     # Ronneberger et al.: depth 4, 64 channels at the top, no batch norm: about 31 M parameters.
     model = build_model("unet", {"depth": 4, "base": 64, "batch_norm": False}, 1, 2)

@@ -227,6 +227,30 @@ def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_pa
     assert by_lr[0.01].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+def test_an_objective_naming_a_class_the_data_lacks_fails_before_the_first_trial(tmp_path, monkeypatch, capsys):
+    import segtune.study
+    from segtune.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trial trained")
+
+    monkeypatch.setattr(segtune.study, "train", no_training)
+    path = write_study(tmp_path, objective="val.dice_per_class.tumour")
+    with pytest.raises(ConfigError, match=r"study.yaml: objective val.dice_per_class.tumour: the data has no class "
+                                          r"'tumour'; its classes are background, class_1, class_2: "
+                                          r"e.g. objective: val.dice_per_class.class_2"):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no storage, no trial
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: objective val.dice_per_class.tumour: the data has no")
+    # a class the data has: the study runs, its objective read per trial
+    monkeypatch.undo()
+    study = run_study(write_study(tmp_path, objective="val.dice_per_class.class_2"), study_dir=tmp_path / "ok")
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    run = study.trials[0].user_attrs["runs"][0]
+    assert study.trials[0].value == run["value"] and 0 <= run["value"] <= 1
+
+
 def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
@@ -272,6 +296,35 @@ def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["optimizer.lr"] for t in complete) == [0.001, 0.01]
     assert [t.user_attrs.get("requeued_from") for t in complete].count(stopped.number) == 1
+
+
+def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_path, monkeypatch, capsys):
+    # the numbers depend on the thread count: a study keeps the count it was created with
+    import segtune.study
+    from segtune.cli import main
+
+    real_train = segtune.study.train
+    calls = []
+
+    def stopped_after_one_trial(config, **kwargs):
+        calls.append(config)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_train(config, **kwargs)
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]}), tmp_path / "out"
+    monkeypatch.setattr(segtune.study, "train", stopped_after_one_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, study_dir=out, num_threads=1)
+    monkeypatch.setattr(segtune.study, "train", real_train)
+    monkeypatch.setattr(segtune.study.os, "cpu_count", lambda: 8)  # another machine, or more cores free
+    assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
+    trials = load_existing_study(path, study_dir=out).get_trials()
+    assert [t.user_attrs["config"]["train"]["num_threads"] for t in trials] == [1, 1, 1]  # done, stopped, re-run
+    assert load_existing_study(path, study_dir=out).user_attrs["threads"] == 1
+    assert main(["study", str(path), "--out", str(out), "--threads", "2"]) == 2
+    assert ("trains every trial with 1 CPU thread(s), fixed when it was created: the numbers depend on the thread "
+            "count") in capsys.readouterr().err
 
 
 def test_the_demo_study_file_is_valid():

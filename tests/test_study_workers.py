@@ -92,6 +92,24 @@ def test_two_worker_processes_share_one_study(tmp_path, storage, request):
     assert len({t.user_attrs["worker"] for t in complete}) == 2
 
 
+@pytest.mark.slow
+def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
+    # a study fixes its trials' thread count when created (here the cores divided between 2
+    # workers); the same count in one in-process worker gives every cell the same value
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
+    two = run_study(path, study_dir=tmp_path / "two", n_workers=2)
+    threads = two.user_attrs["threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    one = run_study(path, study_dir=tmp_path / "one", n_workers=1, num_threads=threads)
+
+    def values(study):
+        trials = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+        assert all(t.user_attrs["config"]["train"]["num_threads"] == threads for t in trials)
+        return {tuple(sorted(t.params.items())): t.value for t in trials}
+
+    assert values(one) == values(two) and len(values(one)) == 4
+
+
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
     path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
