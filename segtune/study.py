@@ -181,12 +181,16 @@ def _study_file_problem(path: Path) -> str | None:
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
             problem = next((row[0] for row in db.execute("PRAGMA quick_check") if row[0] != "ok"), None)
+            has_version = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone()
+            versioned = bool(has_version and db.execute("SELECT 1 FROM alembic_version").fetchone())
     except sqlite3.OperationalError:  # locked past the timeout, or unopenable: the storage says why
         return None
     except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
         return str(err)
     if problem:
         return problem
+    if not versioned:  # new, or its tables are being made by another command started at the same time
+        return None
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its warning when it falls back to slower reads
     try:
