@@ -29,3 +29,31 @@ def tiny_tree(**sections) -> dict:
 def tiny_config():
     """A validated config for a tiny synthetic task (2 epochs, about a second)."""
     return build_config(tiny_tree())
+
+
+KILLED_IN_EPOCH = """
+import importlib, os, signal, sys
+from segtune.cli import main
+training = importlib.import_module("segtune.train")  # the module, not the function segtune.train
+epoch, run_dir_prefix = int(sys.argv[1]), sys.argv[2]
+save = training.save_atomic
+def save_or_die(obj, path):
+    if path.name == "last.pt" and obj["epoch"] == epoch and path.parent.name.startswith(run_dir_prefix):
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(obj, path)
+training.save_atomic = save_or_die
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_killed_in_epoch(epoch: int, args: list[str], run_dir_prefix: str = "") -> None:
+    """Run ``segtune ARGS`` in a process that kills itself (SIGKILL) in epoch ``epoch`` of the
+    first run directory whose name starts with ``run_dir_prefix``: after that epoch's row of
+    metrics.csv, before its last.pt, so the last checkpoint is the previous epoch's."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_EPOCH, str(epoch), run_dir_prefix, *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

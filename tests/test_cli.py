@@ -50,6 +50,7 @@ def test_user_errors_exit_2_without_traceback(config_file, capsys):
     assert "no config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_version():
     import subprocess
     import sys
@@ -74,6 +75,7 @@ def test_predict_uses_the_training_sets_normalisation(tmp_path):
     assert (tmp_path / "masks" / "grey.png").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_a_study_and_writes_its_report(tmp_path, capsys):
     out = tmp_path / "demo"
     # the real demo study, shrunk: 2 mm slices, 1 epoch per trial, a narrower network

@@ -24,6 +24,7 @@ def _small_disk(limit_bytes):
     return apply
 
 
+@pytest.mark.slow
 def test_full_disk_gives_a_clear_error(tmp_path):
     # files may grow to 16 KiB only: config.yaml fits, the checkpoint does not
     config = tmp_path / "c.yaml"
@@ -69,6 +70,7 @@ def test_bad_overrides_exit_2_without_traceback(tmp_path_factory, overrides):
     assert code in (0, 2)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_path):
     # files may grow to 1 MiB: the study database fits, a checkpoint of this U-Net (2 MB) does not
     study = tmp_path / "s.yaml"
@@ -93,6 +95,7 @@ def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_pa
     assert states == [("COMPLETE", "dice"), ("COMPLETE", "dice_ce"), ("FAIL", trial.params["loss.name"])]
 
 
+@pytest.mark.slow
 def test_an_unwritable_run_directory_stops_a_study_and_the_rerun_loses_nothing(tmp_path):
     # trials/ is a file, so no run directory can be made: the study stops at the first trial
     # (every later one would fail the same way) and runs it again once the directory is usable
@@ -190,6 +193,7 @@ STUDIES = st.fixed_dictionaries(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(STUDIES)
 def test_random_study_files_fail_with_a_message_not_a_traceback(tmp_path, capsys, tree):
     # `segtune study status` validates the whole study file first: a bad one exits 2 with the

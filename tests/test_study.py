@@ -80,6 +80,7 @@ def test_base_file_is_found_next_to_the_study_file(tmp_path):
     assert spec.name == "s" and spec.base["data"]["source"] == "synthetic"
 
 
+@pytest.mark.slow
 def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
     path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001], "train.batch_size": [4, 8]})
     study = run_study(path, study_dir=tmp_path / "out")
@@ -99,6 +100,7 @@ def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
     assert values == sorted(values, reverse=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse", [True, False])
 def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
     # 6 random draws from 2 learning rates: with reuse only the first draw of each trains
@@ -120,6 +122,7 @@ def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
         assert len(trial_records(stored)) == 2  # a report counts each run once
 
 
+@pytest.mark.slow
 def test_a_pruned_configuration_drawn_again_is_pruned_on_the_same_curve(tmp_path):
     base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
     path = write_study(tmp_path, base=base, method="random", n_trials=7, seed=1,
@@ -176,6 +179,7 @@ def test_repeats_give_the_mean_and_spread_of_the_objective(tmp_path):
     assert trial.user_attrs["spread"] == pytest.approx(statistics.stdev(scores))
 
 
+@pytest.mark.slow
 def test_median_pruner_prunes_a_hopeless_trial(tmp_path):
     # grid order with seed 3 is lr 0.02, 0.05, then 1e-8, which learns nothing: below the median
     base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
@@ -214,6 +218,7 @@ def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_pa
     assert by_lr[0.01].user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+@pytest.mark.slow
 def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
@@ -228,6 +233,7 @@ def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
         load_study(write_study(tmp_path, set={"train.bach_size": 4}))
 
 
+@pytest.mark.slow
 def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     from segtune.cli import main
 
@@ -241,6 +247,7 @@ def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch):
     import segtune.study
 
@@ -269,6 +276,7 @@ def test_the_demo_study_file_is_valid():
     assert spec.method.name == "grid" and space.n_grid_cells() == 4
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path):
     # optuna-dashboard's own app reads the SQLite file: the study, its trials and their attributes
     import io
@@ -317,6 +325,7 @@ def test_every_example_study_file_is_valid(path):
 
 @pytest.mark.parametrize("pruner", [{"name": "hyperband", "min_epochs": 1, "reduction_factor": 2},
                                     {"name": "successive_halving", "min_epochs": 1, "reduction_factor": 2}])
+@pytest.mark.slow
 def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
     # TPE over a log range and a list, 4 trials of 3 epochs: every trial ends complete or pruned
     path = write_study(tmp_path, method={"name": "tpe", "n_startup_trials": 2}, n_trials=4, pruner=pruner,
