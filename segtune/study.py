@@ -141,7 +141,8 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
         study_dir.mkdir(parents=True, exist_ok=True)
         check_study_file(study_dir / "study.db")
         url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else  # a server: 1 idle connection,
+                     {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1})  # 2 in use (a trial, its heartbeat)
     for attempt in range(3):
         try:
             with warnings.catch_warnings():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import optuna
 import pytest
 import torch
 
@@ -34,15 +31,29 @@ def tiny_config():
     return build_config(tiny_tree())
 
 
-def wait_for_trials(name: str, storage: str, until, *, timeout: float = 240, what: str = "the worker") -> list:
-    """Poll a study's trials until ``until(trials)`` holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        try:
-            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-        except Exception:  # not made yet, or being written
-            continue
-        if until(trials):
-            return trials
-    pytest.fail(f"{what} did not get there within {timeout} s")
+KILLED_IN_EPOCH = """
+import importlib, os, signal, sys
+from segtune.cli import main
+training = importlib.import_module("segtune.train")  # the module, not the function segtune.train
+epoch, run_dir_prefix = int(sys.argv[1]), sys.argv[2]
+save = training.save_atomic
+def save_or_die(obj, path):
+    if path.name == "last.pt" and obj["epoch"] == epoch and path.parent.name.startswith(run_dir_prefix):
+        os.kill(os.getpid(), signal.SIGKILL)
+    save(obj, path)
+training.save_atomic = save_or_die
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_killed_in_epoch(epoch: int, args: list[str], run_dir_prefix: str = "") -> None:
+    """Run ``segtune ARGS`` in a process that kills itself (SIGKILL) in epoch ``epoch`` of the
+    first run directory whose name starts with ``run_dir_prefix``: after that epoch's row of
+    metrics.csv, before its last.pt, so the last checkpoint is the previous epoch's."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_EPOCH, str(epoch), run_dir_prefix, *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -10,6 +10,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from test_study_workers import write_study
 
 from segtune.study import run_study, trial_reason
@@ -25,6 +26,7 @@ def _snapshot(path, name):
     return {t.number: (t.state, t.value, dict(t.params)) for t in trials}
 
 
+@pytest.mark.slow
 def test_five_kills_at_random_times_then_the_study_completes(tmp_path):
     lrs = [0.02, 0.01, 0.005, 0.003]
     # max_retry 10: the kills are the environment's fault, so a cell killed 4 times is still retried

@@ -81,6 +81,7 @@ def test_images_smaller_than_the_networks_multiple_train_and_predict(tmp_path):
     assert np.asarray(Image.open(tmp_path / "masks" / "tiny.png")).shape == (5, 7)
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_version():
     import subprocess
     import sys
@@ -105,6 +106,7 @@ def test_predict_uses_the_training_sets_normalisation(tmp_path):
     assert (tmp_path / "masks" / "grey.png").exists()
 
 
+@pytest.mark.slow
 def test_demo_runs_a_study_and_writes_its_report(tmp_path, capsys):
     out = tmp_path / "demo"
     # the real demo study, shrunk: 2 mm slices, 1 epoch per trial, a narrower network

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from segtune.cli import main
 from segtune.config import Config, build_config
-from segtune.errors import ConfigError
+from segtune.errors import ConfigError, DataError
 
 from conftest import tiny_tree
 
@@ -24,6 +24,7 @@ def _small_disk(limit_bytes):
     return apply
 
 
+@pytest.mark.slow
 def test_full_disk_gives_a_clear_error(tmp_path):
     # files may grow to 16 KiB only: config.yaml fits, the checkpoint does not
     config = tmp_path / "c.yaml"
@@ -69,6 +70,7 @@ def test_bad_overrides_exit_2_without_traceback(tmp_path_factory, overrides):
     assert code in (0, 2)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_path):
     # files may grow to 1 MiB: the study database fits, a checkpoint of this U-Net (2 MB) does not
     study = tmp_path / "s.yaml"
@@ -93,6 +95,7 @@ def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_pa
     assert states == [("COMPLETE", "dice"), ("COMPLETE", "dice_ce"), ("FAIL", trial.params["loss.name"])]
 
 
+@pytest.mark.slow
 def test_an_unwritable_run_directory_stops_a_study_and_the_rerun_loses_nothing(tmp_path):
     # trials/ is a file, so no run directory can be made: the study stops at the first trial
     # (every later one would fail the same way) and runs it again once the directory is usable
@@ -112,31 +115,56 @@ def test_an_unwritable_run_directory_stops_a_study_and_the_rerun_loses_nothing(t
     assert states == [("COMPLETE", 0.001), ("COMPLETE", 0.01), ("FAIL", trials[0].params["optimizer.lr"])]
 
 
-WRITER = """
-import sys, torch
+KILLED_WRITER = """
+import io, os, signal, sys, torch
 from segtune.checkpoint import save_atomic
-for i in range(10**6):
-    save_atomic({"version": i, "weights": torch.full((4_000_000,), float(i))}, sys.argv[1])
-    print(i, flush=True)
+path, where = sys.argv[1], sys.argv[2]
+save_atomic({"model": {"w": torch.zeros(100_000)}, "meta": {"version": 0}}, path)  # the previous file
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_save, real_replace = torch.save, os.replace
+def half_then_die(obj, f):  # the kill lands inside the write: half of the bytes are in the temporary file
+    buf = io.BytesIO()
+    real_save(obj, buf)
+    f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+    f.flush()
+    print(len(buf.getvalue()) // 2, flush=True)
+    die()
+def replace_then_die(src, dst):
+    if where == "after rename":
+        real_replace(src, dst)
+    die()
+torch.save = half_then_die if where == "mid-write" else real_save
+os.replace = replace_then_die  # "after fsync": killed between os.fsync and the rename
+save_atomic({"model": {"w": torch.ones(100_000)}, "meta": {"version": 1}}, path)
 """
 
 
-def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_whole(tmp_path):
-    import random
-    import time
-
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["mid-write", "after fsync", "after rename"])
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_file_whole(tmp_path, where):
+    # the writer kills itself at a known point inside segtune's atomic write of version 1 over version 0
     import torch
 
-    path, rng = tmp_path / "last.pt", random.Random(0)
-    for _ in range(5):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        writer.stdout.readline()  # at least one complete write
-        time.sleep(rng.uniform(0.0, 0.2))  # 16 MB per write: the kill lands mid-write most times
-        writer.kill()
-        writer.wait()
-        saved = torch.load(path, weights_only=True)
-        assert torch.equal(saved["weights"], torch.full((4_000_000,), float(saved["version"])))
-    assert list(tmp_path.glob(".last.pt.*.tmp"))  # (the kills did interrupt writes)
+    from segtune.checkpoint import load_checkpoint
+
+    path = tmp_path / "last.pt"
+    writer = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), where], capture_output=True, text=True)
+    assert writer.returncode == -signal.SIGKILL, writer.stderr
+    temps = list(tmp_path.glob(".last.pt.*.tmp"))
+    version = 1 if where == "after rename" else 0  # the previous file until the rename, the new one after
+    saved = load_checkpoint(path)
+    assert saved["meta"]["version"] == version and torch.equal(saved["model"]["w"], torch.full((100_000,), version))
+    if where == "after rename":
+        assert temps == []  # the temporary file became last.pt
+        return
+    (temp,) = temps  # the interrupted write did happen, into the temporary file
+    if where == "mid-write":
+        assert temp.stat().st_size == int(writer.stdout) > 0
+        with pytest.raises(DataError, match="not a readable checkpoint"):
+            load_checkpoint(temp)
+    else:  # whole and fsynced, only not renamed yet
+        assert load_checkpoint(temp)["meta"]["version"] == 1
 
 
 SPACE_PATHS = ["optimizer.lr", "optimizer.name", "loss.name", "train.batch_size", "optimzer.lr", "model.depth",
@@ -165,6 +193,7 @@ STUDIES = st.fixed_dictionaries(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(STUDIES)
 def test_random_study_files_fail_with_a_message_not_a_traceback(tmp_path, capsys, tree):
     # `segtune study status` validates the whole study file first: a bad one exits 2 with the

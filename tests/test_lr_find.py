@@ -93,6 +93,7 @@ def test_cli_lr_find_prints_one_table_and_writes_one_figure(tmp_path, capsys):
     assert len((tmp_path / "out" / "lr_find.csv").read_text().splitlines()) == 3  # header + 2 optimizers
 
 
+@pytest.mark.slow
 def test_study_with_auto_lr_runs_the_range_test_once_per_optimizer_and_reuses_it(tmp_path):
     from segtune.study import AUTO_LR_CACHE, run_study
 

@@ -173,6 +173,7 @@ def test_cli_report_errors_name_the_fix(study_report, tmp_path, capsys, args, me
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_cli_report_from_a_storage_url_and_a_study_name(study_report, tmp_path):
     # the form for a study on a server: --storage URL --study NAME (here the same SQLite file)
     url = f"sqlite:///{study_report.parent / 'study.db'}"
@@ -185,6 +186,7 @@ def test_cli_report_of_a_folder_that_is_neither_study_nor_run(tmp_path, capsys):
     assert "no study.db here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_segtune_study_writes_its_report_at_the_end(tmp_path, capsys):
     study = {"name": "one", "base": tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0}),
              "method": "grid", "space": {"optimizer.lr": [0.01]}}

@@ -1,11 +1,8 @@
 """Resuming an interrupted run ends with the same numbers as an uninterrupted one."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from segtune.checkpoint import load_checkpoint
 from segtune.errors import DataError, SegtuneError
 from segtune.train import train
 
-from conftest import tiny_tree
+from conftest import run_killed_in_epoch, tiny_tree
 
 OVERRIDES = ["train.epochs=5", "augment.name=combine", "model.dropout=0.2", "scheduler.name=step",
              "scheduler.step_size=2", "train.patience=3"]
@@ -74,24 +71,21 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(tmp_path
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + full.summary["epochs_run"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_from_the_command_line(tmp_path):
     # a real kill -9 of `segtune train` mid-run; `--resume` finishes it with the uninterrupted numbers
     tree = tiny_tree()
     tree["data"].update(n_train=48)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tree))
-    args = [sys.executable, "-m", "segtune", "train", str(config), "--quiet", "--set", *OVERRIDES[:-1],
-            "train.epochs=12", "train.patience=0"]
-    subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0"]
+    segtune = [sys.executable, "-m", "segtune"]
+    subprocess.run(segtune + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
     run = tmp_path / "cut"
-    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and _rows(run / "metrics.csv") < 3:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "summary.json").exists()
-    subprocess.run(args + ["--out", str(run), "--resume"], check=True, capture_output=True)
+    run_killed_in_epoch(3, args + ["--out", str(run)])  # its metrics row written, its last.pt not
+    assert _rows(run / "metrics.csv") == 1 + 3 and not (run / "summary.json").exists()
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    subprocess.run(segtune + args + ["--out", str(run), "--resume"], check=True, capture_output=True)
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     cut = json.loads((run / "summary.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs_run"] == full["epochs_run"] == 12

@@ -83,6 +83,7 @@ def test_base_file_is_found_next_to_the_study_file(tmp_path):
     assert spec.name == "s" and spec.base["data"]["source"] == "synthetic"
 
 
+@pytest.mark.slow
 def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
     path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001], "train.batch_size": [4, 8]})
     study = run_study(path, study_dir=tmp_path / "out")
@@ -102,6 +103,7 @@ def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
     assert values == sorted(values, reverse=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse", [True, False])
 def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
     # random draws from 2 learning rates, n_trials 6: with reuse only the first draw of each
@@ -126,6 +128,7 @@ def test_a_configuration_sampled_again_reuses_its_result(tmp_path, reuse):
         assert len(trial_records(stored)) == 2  # a report counts each run once
 
 
+@pytest.mark.slow
 def test_a_pruned_configuration_drawn_again_is_pruned_on_the_same_curve(tmp_path):
     base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
     path = write_study(tmp_path, base=base, method="random", n_trials=7, seed=1,
@@ -189,6 +192,7 @@ def test_repeats_give_the_mean_and_spread_of_the_objective(tmp_path):
     assert trial.user_attrs["spread"] == pytest.approx(statistics.stdev(scores))
 
 
+@pytest.mark.slow
 def test_median_pruner_prunes_a_hopeless_trial(tmp_path):
     # grid order with seed 3 is lr 0.02, 0.05, then 1e-8, which learns nothing: below the median
     base = tiny_tree(train={"epochs": 2, "batch_size": 8, "patience": 0})
@@ -251,6 +255,7 @@ def test_an_objective_naming_a_class_the_data_lacks_fails_before_the_first_trial
     assert study.trials[0].value == run["value"] and 0 <= run["value"] <= 1
 
 
+@pytest.mark.slow
 def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
     run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
@@ -265,6 +270,7 @@ def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
         load_study(write_study(tmp_path, set={"train.bach_size": 4}))
 
 
+@pytest.mark.slow
 def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     from segtune.cli import main
 
@@ -278,6 +284,7 @@ def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch):
     import segtune.study
 
@@ -335,6 +342,7 @@ def test_the_demo_study_file_is_valid():
     assert spec.method.name == "grid" and space.n_grid_cells() == 4
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path):
     # optuna-dashboard's own app reads the SQLite file: the study, its trials and their attributes
     import io
@@ -405,6 +413,7 @@ def test_every_example_study_file_is_valid(path):
 
 @pytest.mark.parametrize("pruner", [{"name": "hyperband", "min_epochs": 1, "reduction_factor": 2},
                                     {"name": "successive_halving", "min_epochs": 1, "reduction_factor": 2}])
+@pytest.mark.slow
 def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
     # TPE over a log range and a list, 4 trials of 3 epochs: every trial ends complete or pruned
     path = write_study(tmp_path, method={"name": "tpe", "n_startup_trials": 2}, n_trials=4, pruner=pruner,

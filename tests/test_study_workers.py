@@ -21,11 +21,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import tiny_tree
+from conftest import run_killed_in_epoch, tiny_tree
 
 from segtune.study import leaderboard, run_study
 
 TrialState = optuna.trial.TrialState
+pytestmark = pytest.mark.slow  # every test here starts processes or waits out a grace period
 
 
 def _server_binaries() -> Path | None:
@@ -60,12 +61,32 @@ def postgres_url():
     data = root / "data"
     subprocess.run([bindir / "initdb", "-D", data, "-A", "trust", "-U", "segtune", "--no-sync"],
                    check=True, capture_output=True, **as_user)
+    # 50 is plenty: a segtune worker holds at most 2 connections, and each test's own database
+    # limits what its workers may open (fresh_database)
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
     subprocess.run([bindir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o", options, "start"],
                    check=True, capture_output=True, **as_user)
     yield f"postgresql+psycopg2://segtune@127.0.0.1:{port}/postgres"
     subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_user)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(postgres_url: str, *, workers: int) -> str:
+    """A new database on the test server that refuses connections beyond segtune's rule: each
+    worker process holds at most 2 (its trial, its heartbeat thread), the process that starts
+    them 1 more. Its owner is no superuser, so PostgreSQL enforces the limit."""
+    import psycopg2
+
+    name = f"db_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(postgres_url.replace("postgresql+psycopg2", "postgresql"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'worker'")
+        if cur.fetchone() is None:
+            cur.execute("CREATE ROLE worker LOGIN")
+        cur.execute(f"CREATE DATABASE {name} OWNER worker CONNECTION LIMIT {2 * workers + 1}")
+    conn.close()
+    return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
 
 
 def write_study(tmp_path, *, epochs: int, space: dict, **fields) -> Path:
@@ -78,7 +99,7 @@ def write_study(tmp_path, *, epochs: int, space: dict, **fields) -> Path:
 
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_two_worker_processes_share_one_study(tmp_path, storage, request):
-    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if storage == "postgresql" else None
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
     trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
     # every cell completes once, and both workers took part; on a machine so loaded that a
@@ -116,27 +137,13 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
                        heartbeat_interval=1, grace_period=2)
     out = tmp_path / "out"
     url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
-    worker = subprocess.Popen([sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(out)]
-                              + (["--storage", url] if url else []),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     name = yaml.safe_load(path.read_text())["name"]
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:  # wait for one finished trial and one mid-way
-            time.sleep(0.2)
-            try:
-                trials = optuna.load_study(study_name=name, storage=url or f"sqlite:///{out / 'study.db'}").get_trials()
-            except (KeyError, Exception):
-                continue
-            states = [t.state for t in trials]
-            if TrialState.COMPLETE in states and any(
-                    t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
-                break
-        else:
-            pytest.fail("the worker did not reach the middle of its second trial in time")
-    finally:
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
+    # the worker kills itself in epoch 3 of trial 1, after trial 0 finished
+    run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out)] + (["--storage", url] if url else []),
+                        run_dir_prefix="0001-")
+    trials = optuna.load_study(study_name=name, storage=url or f"sqlite:///{out / 'study.db'}").get_trials()
+    assert [(t.state, sorted(t.intermediate_values)) for t in trials] == [
+        (TrialState.COMPLETE, list(range(1, 9))), (TrialState.RUNNING, [1, 2])]
     (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
     trials = run_study(path, study_dir=out, storage=url).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -176,11 +183,12 @@ def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
 
 
 OPEN_AT = """
-import sys, time
+import sys
 from segtune.study import open_storage
 from segtune.study_spec import load_study
 spec, _ = load_study(sys.argv[1])
-time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # every process at the same instant
+print("ready", flush=True)
+sys.stdin.readline()  # every process at the same instant: when all are ready
 open_storage(spec, None, sys.argv[2])
 """
 
@@ -188,17 +196,14 @@ open_storage(spec, None, sys.argv[2])
 def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tmp_path, postgres_url):
     # CREATE TABLE IF NOT EXISTS is not atomic in PostgreSQL: workers that set up Optuna's tables
     # at the same moment collide, and the loser must retry instead of dying
-    import psycopg2
-
-    db = f"fresh_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(postgres_url.replace("postgresql+psycopg2", "postgresql"))
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {db}")
-    conn.close()
-    url = postgres_url.rsplit("/", 1)[0] + f"/{db}"
+    url = fresh_database(postgres_url, workers=8)
     path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]})
-    start = time.time() + 10  # after the imports of all 8
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(path), url, str(start)],
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(path), url], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
-    results = [(p.wait(), p.stderr.read()) for p in procs]
-    assert all(code == 0 for code, _ in results), [err[-400:] for _, err in results]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 8, [p.stderr.read()[-400:] for p in procs]
+    for p in procs:
+        p.stdin.write("go\n")
+    for p in procs:
+        p.stdin.flush()
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-400:] for err in errors]

@@ -171,6 +171,7 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_training(tmp_path):
     eager = train(build_config(tiny_tree()), out_dir=tmp_path / "eager", verbose=False)
     fast = train(build_config(tiny_tree(), ["train.compile=true"]), out_dir=tmp_path / "compiled", verbose=False)
