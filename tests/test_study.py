@@ -346,3 +346,24 @@ def test_a_space_that_switches_a_component_leaves_out_the_old_ones_options():
     # an option the new component lacks, set by the space itself, is still an error
     with pytest.raises(ConfigError, match="has no option 'betas'"):
         config_for(base, {"optimizer.name": "sgd", "optimizer.betas": [0.9, 0.99]})
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "/tmp/x", ".x"])
+def test_a_study_name_that_is_not_a_safe_file_name_is_refused(tmp_path, monkeypatch, capsys, name):
+    # the name becomes the study folder runs/<name> (its study.db, trials and report)
+    from segtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, name=name)
+    assert main(["study", str(path)]) == 2
+    assert (f"study.yaml: invalid study file\n  name: must be a safe file name: letters, digits, '-', '_' and '.', "
+            f"not starting with '.'") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_a_study_named_after_its_file_gets_a_safe_name(tmp_path):
+    tree = study_tree()
+    del tree["name"]
+    path = tmp_path / ".my study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert load_study(path)[0].name == "my-study"
