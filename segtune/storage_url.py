@@ -15,22 +15,9 @@ from segtune.errors import ConfigError
 
 STORAGE_ENV = "SEGTUNE_STORAGE"  # how `segtune study --workers N` hands the storage URL to its workers
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)")
-
-
-def _userinfo(url: str) -> tuple[str, str, str]:
-    """``(before the password, the password as written, the rest)``; the password is '' if none.
-
-    The last ``@`` of the host part ends the user info, as in browsers, so a password holding
-    an unescaped ``@`` is still found whole.
-    """
-    scheme, sep, rest = url.partition("://")
-    netloc_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    netloc, tail = rest[:netloc_end], rest[netloc_end:]
-    userinfo, at, host = netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (sep and at and colon):
-        return url, "", ""
-    return f"{scheme}://{user}:", password, f"@{host}{tail}"
+# scheme://user:PASSWORD@host...: up to the last '@' still followed by a host, so a password holding
+# an unescaped '@' or '/' is hidden whole (an '@' in the path or query hides more, never less)
+_USERINFO_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?]*:)(.*)(@[^@/?]*(?:[/?].*)?)$", re.DOTALL)
 
 
 def redact(url: str) -> str:
@@ -40,13 +27,19 @@ def redact(url: str) -> str:
         >>> redact("postgresql://ana:s3cret@db:5432/segtune")
         'postgresql://ana:***@db:5432/segtune'
     """
-    head, password, rest = _userinfo(url)
-    shown = f"{head}***{rest}" if password else url
-    return _QUERY_PASSWORD.sub(r"\1***", shown)
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***\3", url))
 
 
 def _secrets(url: str) -> list[str]:
-    written = [_userinfo(url)[1]] + [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+    """The passwords of ``url`` as written and decoded, longest first."""
+    from sqlalchemy.engine import make_url
+
+    match = _USERINFO_PASSWORD.match(url)
+    written = ([match.group(2)] if match else []) + [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+    try:
+        written.append(make_url(url).password or "")  # what the driver is given
+    except Exception:  # not a URL: what is written is all there is
+        pass
     return sorted({s for w in written if w for s in (w, unquote(w))}, key=len, reverse=True)
 
 
@@ -69,14 +62,14 @@ def resolve(url: str) -> str:
     """
     from sqlalchemy.engine import make_url
 
-    if "@" in _userinfo(url)[1]:
-        raise ConfigError(f"--storage {redact(url)}: the password holds '@'; write it as %40, or leave the "
-                          "password out of the URL and set PGPASSWORD (or ~/.pgpass)")
     try:
-        make_url(url)
+        host = make_url(url).host or ""
     except Exception as err:  # ArgumentError, or ValueError for a port that is not a number
         raise ConfigError(f"--storage {redact(url)}: not a storage URL ({scrub(str(err), url)}); "
                           "write it as postgresql://user@host:5432/db") from None
+    if "@" in host:  # SQLAlchemy ends the password at its first '@'
+        raise ConfigError(f"--storage {redact(url)}: the password holds '@'; write it as %40, or leave the "
+                          "password out of the URL and set PGPASSWORD (or ~/.pgpass)")
     return "postgresql+psycopg2://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
 
 

@@ -121,8 +121,8 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
         while time.monotonic() < deadline:  # wait for one finished trial and one mid-way
             time.sleep(0.2)
             try:
-                storage = resolve(url) if url else f"sqlite:///{out / 'study.db'}"
-                trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+                db = resolve(url) if url else f"sqlite:///{out / 'study.db'}"
+                trials = optuna.load_study(study_name=name, storage=db).get_trials()
             except (KeyError, Exception):
                 continue
             states = [t.state for t in trials]
