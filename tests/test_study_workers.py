@@ -24,7 +24,6 @@ import yaml
 from conftest import tiny_tree
 
 from segtune.errors import ConfigError
-from segtune.storage_url import resolve
 from segtune.study import leaderboard, run_study
 
 TrialState = optuna.trial.TrialState
@@ -116,12 +115,17 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
                               + (["--storage", url] if url else []),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     name = yaml.safe_load(path.read_text())["name"]
+    # one storage for every poll: each new one keeps a server connection until a full garbage
+    # collection, and 50 of them exhaust the server's max_connections (the worker dies of it)
+    from segtune.study import open_storage
+    from segtune.study_spec import load_study
+
+    db = open_storage(load_study(path)[0], out, url) if url else f"sqlite:///{out / 'study.db'}"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:  # wait for one finished trial and one mid-way
             time.sleep(0.2)
             try:
-                db = resolve(url) if url else f"sqlite:///{out / 'study.db'}"
                 trials = optuna.load_study(study_name=name, storage=db).get_trials()
             except (KeyError, Exception):
                 continue
