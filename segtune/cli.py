@@ -120,10 +120,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         print_study_results(st.load_existing_study(path, study_dir=args.out, storage=args.storage))
         return 0
     if args.worker:
+        from segtune.storage_url import STORAGE_ENV
+
         spec, space = st.load_study(path, args.set)
         n = st.run_worker(spec, space, study_dir=Path(args.out) if args.out else st.default_study_dir(spec),
-                          storage=args.storage, num_threads=args.threads, seed=spec.seed,
-                          verbose=args.verbose, progress=args.progress)
+                          storage=args.storage or os.environ.get(STORAGE_ENV), num_threads=args.threads,
+                          seed=spec.seed, verbose=args.verbose, progress=args.progress)
         print(f"worker {os.getpid()}: ran {n} trial(s); the study is done", flush=True)
         return 0
     study = st.run_study(path, study_dir=args.out, storage=args.storage, n_workers=args.workers,
@@ -303,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="+", metavar="[status] STUDY",
                    help="the study YAML file; `status STUDY` prints its leaderboard")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
-    p.add_argument("--storage", help="shared Optuna storage URL, e.g. postgresql://user@host:5432/db "
-                                     "(default: SQLite file study.db in the study directory)")
-    p.add_argument("--worker", action="store_true", help="run as one worker of the study, no leaderboard")
+    p.add_argument("--storage", help="shared Optuna storage URL, e.g. postgresql://user@host:5432/db, the password "
+                                     "from PGPASSWORD or ~/.pgpass (default: SQLite file study.db in the study directory)")
+    p.add_argument("--worker", action="store_true", help="run as one worker of the study, no leaderboard "
+                                                         "(--storage default: $SEGTUNE_STORAGE)")
     p.add_argument("--out", help="study directory (default: runs/<study name>)")
     p.add_argument("--threads", type=int, help="CPU threads per trial, fixed when the study is created "
                                                "(default: cores / workers)")

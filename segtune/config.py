@@ -11,6 +11,7 @@ signatures, nowhere else.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -28,6 +29,18 @@ from segtune.optim import OPTIMIZERS, SCHEDULERS
 from segtune.registry import Registry, RegistryError
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+def _safe_name(value: str) -> str:
+    # a run or study name becomes a folder name under the folder the user chose (runs/ by default):
+    # no separators, no '..', nothing hidden
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", value):
+        raise ValueError("must be a safe file name: letters, digits, '-', '_' and '.', not starting with '.' "
+                         "(it names a folder under runs/ or --out)")
+    return value
+
+
+SafeName = Annotated[str, pydantic.AfterValidator(_safe_name)]  # the name of a run or a study
 
 
 class _Strict(pydantic.BaseModel):
@@ -161,7 +174,7 @@ class TrainConfig(_Strict):
 class Config(_Strict):
     """A full run: what to train, on what, and how."""
 
-    name: str = "run"
+    name: SafeName = "run"
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

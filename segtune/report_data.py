@@ -18,6 +18,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from segtune import storage_url
 from segtune.errors import ConfigError
 from segtune.report_stats import MeanCI, mean_ci
 from segtune.study import FAIL_REASON, SAME_AS, check_study_file, trial_reason
@@ -89,10 +90,11 @@ def load_report_study(study_dir: str | Path | None = None, *, storage: str | Non
         check_study_file(Path(study_dir) / "study.db")
         storage = f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    given, storage = storage, storage_url.resolve(storage)
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
-        raise ConfigError(f"cannot open the study storage {storage!r}: {err}; check --storage") from None
+        raise storage_url.open_error(given, err) from None
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); "

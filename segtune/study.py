@@ -52,6 +52,7 @@ from optuna.storages._rdb import models as _models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
+from segtune import storage_url
 from segtune.config import Config
 from segtune.errors import USER_ERRORS, ConfigError, StorageError
 from segtune.study_space import Space, config_for
@@ -135,12 +136,17 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
     Args:
         spec: the study (heartbeat interval, grace period, retries).
         study_dir: where the default SQLite file ``study.db`` lives.
-        url: an SQLAlchemy URL (``postgresql://user@host/db``); default the SQLite file.
+        url: an SQLAlchemy URL (``postgresql://user@host/db``; the password from ``PGPASSWORD`` or
+            ``~/.pgpass``); default the SQLite file.
+
+    Raises:
+        ConfigError: an unusable URL or server; the message never shows a password.
     """
     if url is None:
         study_dir.mkdir(parents=True, exist_ok=True)
         check_study_file(study_dir / "study.db")
         url = f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    given, url = url, storage_url.resolve(url)
     engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else  # a server: 1 idle connection,
                      {"pool_pre_ping": True, "pool_size": 1, "max_overflow": 1})  # 2 in use (a trial, its heartbeat)
     for attempt in range(3):
@@ -157,7 +163,7 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> op
                 return storage
         except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
             if attempt == 2:
-                raise ConfigError(f"cannot open the study storage {url!r}: {err}; check --storage") from None
+                raise storage_url.open_error(given, err) from None
             # Workers starting together on a fresh PostgreSQL database race to create Optuna's
             # tables (CREATE TABLE IF NOT EXISTS is not atomic there); the loser's retry finds them.
             time.sleep(0.5 + random.random())
@@ -701,11 +707,14 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
                    seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
         return study
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
-    command += ["--storage", storage] if storage else []
     command += ["--set", *overrides] if overrides else []
     command += ["--progress"] if progress else []
     command += ["--threads", str(num_threads)]
-    procs = [subprocess.Popen(command) for _ in range(n_workers)]
+    # the URL may hold a password: in the workers' environment (only their user reads it), not in
+    # their command line (every user's `ps` shows it)
+    env = {k: v for k, v in os.environ.items() if k != storage_url.STORAGE_ENV}
+    env.update({storage_url.STORAGE_ENV: storage} if storage else {})
+    procs = [subprocess.Popen(command, env=env) for _ in range(n_workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")

@@ -29,7 +29,7 @@ import pydantic
 from pydantic import Field
 
 from segtune.config import _Component as ComponentSection
-from segtune.config import _format_errors, parse_override, read_yaml, set_path
+from segtune.config import SafeName, _format_errors, parse_override, read_yaml, set_path
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 from segtune.study_space import Space, check_path, config_for
@@ -157,7 +157,7 @@ class StudySpec(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: SafeName
     base: dict[str, Any]  # the resolved base config tree
     objective: str = "val.dice_mean"
     direction: Literal["maximize", "minimize"] | None = None  # None: minimize losses, maximize the rest
@@ -302,5 +302,5 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySp
         keys, value = parse_override(item)
         check_path(".".join(keys))
         set_path(tree["base"], keys, value)
-    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem))
+    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return parse_study(tree, origin=str(path))

@@ -113,3 +113,30 @@ def test_an_override_that_switches_a_component_leaves_out_the_old_ones_options()
     assert build_config(tree, ["scheduler.name=step"]).scheduler.options["step_size"] == 3
     with pytest.raises(ConfigError, match="scheduler 'cosine' has no option 'gamma'"):
         build_config(tree, ["scheduler.name=cosine", "scheduler.gamma=0.1"])
+
+
+UNSAFE_NAME = "must be a safe file name: letters, digits, '-', '_' and '.', not starting with '.'"
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "..", ".", ".hidden", "a/b", "a\\b", "", "a b", "x\0y"])
+def test_a_run_name_that_is_not_a_safe_file_name_is_refused(name):
+    # the name becomes the run folder runs/<name>-<time>: it must not lead out of runs/
+    with pytest.raises(ConfigError, match=f"my.yaml: invalid config\n  name: {UNSAFE_NAME}"):
+        build_config(tiny_tree(name=name), origin="my.yaml")
+
+
+def test_safe_run_names_are_kept():
+    assert [build_config(tiny_tree(name=n)).name for n in ["tiny", "a.b-c_1", "-x", "2026"]] == \
+        ["tiny", "a.b-c_1", "-x", "2026"]
+
+
+def test_train_with_an_absolute_run_name_writes_nothing_outside_runs(tmp_path, capsys, monkeypatch):
+    from segtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    target = tmp_path / "elsewhere" / "x"
+    for name in (str(target), "../elsewhere/x"):
+        assert main(["train", "c.yaml", "--set", f"name={name}"]) == 2
+        assert f"name: {UNSAFE_NAME}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no runs/, no elsewhere/

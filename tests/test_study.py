@@ -495,3 +495,24 @@ def test_an_emptied_study_db_is_no_traceback(real_study_db, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: no study 'tiny' in the storage; run `segtune study {path}` first\n"
     assert main(["report", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.startswith("error: the storage holds 0 studies")
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "/tmp/x", ".x"])
+def test_a_study_name_that_is_not_a_safe_file_name_is_refused(tmp_path, monkeypatch, capsys, name):
+    # the name becomes the study folder runs/<name> (its study.db, trials and report)
+    from segtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, name=name)
+    assert main(["study", str(path)]) == 2
+    assert (f"study.yaml: invalid study file\n  name: must be a safe file name: letters, digits, '-', '_' and '.', "
+            f"not starting with '.'") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_a_study_named_after_its_file_gets_a_safe_name(tmp_path):
+    tree = study_tree()
+    del tree["name"]
+    path = tmp_path / ".my study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert load_study(path)[0].name == "my-study"

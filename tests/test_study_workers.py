@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import run_killed_in_epoch, tiny_tree
 
+from segtune.errors import ConfigError
 from segtune.study import leaderboard, run_study
 
 TrialState = optuna.trial.TrialState
@@ -36,9 +37,16 @@ def _server_binaries() -> Path | None:
     return next((d for d in candidates if (d / "initdb").exists() and (d / "pg_ctl").exists()), None)
 
 
+PG_PASSWORD = "pg-s3cret"
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throw-away PostgreSQL server on 127.0.0.1 for this test session."""
+    """A throw-away PostgreSQL server on 127.0.0.1 for this test session, as the README writes it.
+
+    The server asks for a password (scram-sha-256); the URL holds none: psycopg2 (libpq) reads it
+    from PGPASSWORD, set for this session, as a user would.
+    """
     bindir = _server_binaries()
     if bindir is None:
         pytest.skip("no PostgreSQL server (initdb, pg_ctl) on this machine; install the `postgresql` "
@@ -59,14 +67,19 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = root / "data"
-    subprocess.run([bindir / "initdb", "-D", data, "-A", "trust", "-U", "segtune", "--no-sync"],
-                   check=True, capture_output=True, **as_user)
+    (root / "pwfile").write_text(PG_PASSWORD)
+    if as_user:
+        os.chown(root / "pwfile", as_user["user"], as_user["group"])
+    subprocess.run([bindir / "initdb", "-D", data, "-A", "scram-sha-256", "--pwfile", root / "pwfile", "-U", "segtune",
+                    "--no-sync"], check=True, capture_output=True, **as_user)
     # 50 is plenty: a segtune worker holds at most 2 connections, and each test's own database
     # limits what its workers may open (fresh_database)
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
     subprocess.run([bindir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o", options, "start"],
                    check=True, capture_output=True, **as_user)
-    yield f"postgresql+psycopg2://segtune@127.0.0.1:{port}/postgres"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PGPASSWORD", PG_PASSWORD)
+        yield f"postgresql://segtune@127.0.0.1:{port}/postgres"
     subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_user)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -78,12 +91,12 @@ def fresh_database(postgres_url: str, *, workers: int) -> str:
     import psycopg2
 
     name = f"db_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(postgres_url.replace("postgresql+psycopg2", "postgresql"))
+    conn = psycopg2.connect(postgres_url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'worker'")
         if cur.fetchone() is None:
-            cur.execute("CREATE ROLE worker LOGIN")
+            cur.execute(f"CREATE ROLE worker LOGIN PASSWORD '{PG_PASSWORD}'")  # PGPASSWORD
         cur.execute(f"CREATE DATABASE {name} OWNER worker CONNECTION LIMIT {2 * workers + 1}")
     conn.close()
     return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
@@ -207,3 +220,60 @@ def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tm
         p.stdin.flush()
     errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err[-400:] for err in errors]
+
+
+def test_the_password_comes_from_pgpassword_or_pgpass_and_is_never_shown(tmp_path, postgres_url, monkeypatch,
+                                                                         capsys):
+    # the server asks for a password; the README's URL holds none
+    from segtune.cli import main
+    from segtune.study import open_storage
+    from segtune.study_spec import load_study
+
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]})
+    spec, _ = load_study(path)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # open_storage's retries, not needed here
+    open_storage(spec, tmp_path, postgres_url)  # PGPASSWORD, set by the fixture
+    monkeypatch.delenv("PGPASSWORD")
+    with pytest.raises(ConfigError, match="(?s)no password supplied.*; check --storage .a password is read from "
+                                          "PGPASSWORD or ~/.pgpass"):
+        open_storage(spec, tmp_path, postgres_url)
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:*:*:segtune:{PG_PASSWORD}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file that others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    open_storage(spec, tmp_path, postgres_url)
+    # a wrong password in the URL: each command says the server refused it, and never shows it
+    wrong = postgres_url.replace("segtune@", "segtune:Wr0ng-pw@")
+    for command in (["study", str(path)], ["study", "status", str(path)], ["report", "--study", spec.name]):
+        assert main(command + ["--storage", wrong]) == 2
+        out, err = capsys.readouterr()
+        assert "password authentication failed" in err and "segtune:***@127.0.0.1" in err
+        assert "Wr0ng-pw" not in out + err
+
+
+def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_line(tmp_path, postgres_url,
+                                                                                  monkeypatch):
+    # `ps` shows every user each process's command line; its environment only to its own user.
+    # (test_two_worker_processes_share_one_study runs such workers for real.)
+    import segtune.study
+
+    monkeypatch.delenv("PGPASSWORD")
+    monkeypatch.setenv("SEGTUNE_STORAGE", "sqlite:///elsewhere.db")  # a stale value is never passed on
+    url = postgres_url.replace("segtune@", f"segtune:{PG_PASSWORD}@")  # the password in the URL itself
+    started = []
+
+    class Worker:
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs["env"]))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(segtune.study.subprocess, "Popen", Worker)
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]})
+    run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2)  # the parent opens it: the URL works
+    run_study(path, study_dir=tmp_path / "sqlite", n_workers=2)
+    assert len(started) == 4
+    for argv, env in started:
+        assert "--storage" not in argv and not any(PG_PASSWORD in str(a) for a in argv)
+    assert [env.get("SEGTUNE_STORAGE") for _, env in started] == [url, url, None, None]
