@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import run_killed_in_epoch, tiny_tree
 
+from segtune import storage_url
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, run_study
 
@@ -154,7 +155,8 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
     # the worker kills itself in epoch 3 of trial 1, after trial 0 finished
     run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out)] + (["--storage", url] if url else []),
                         run_dir_prefix="0001-")
-    trials = optuna.load_study(study_name=name, storage=url or f"sqlite:///{out / 'study.db'}").get_trials()
+    storage = storage_url.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     assert [(t.state, sorted(t.intermediate_values)) for t in trials] == [
         (TrialState.COMPLETE, list(range(1, 9))), (TrialState.RUNNING, [1, 2])]
     (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
