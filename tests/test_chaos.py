@@ -56,8 +56,9 @@ def test_five_kills_at_random_times_then_the_study_completes(tmp_path):
     assert sorted(t.params["optimizer.lr"] for t in complete) == sorted(lrs)
     for number, (_, value, params) in finished.items():
         assert trials[number].value == value and trials[number].params == params
-    # every failed trial is a killed worker's trial, re-run with the same parameters, and says so
+    # every failed trial is a killed worker's trial, re-run with the same parameters (none, if it
+    # was killed before it drew its cell), and says so
     for t in trials:
         if t.state == TrialState.FAIL:
-            assert any(c.params == t.params for c in complete)
+            assert not t.params or any(c.params == t.params for c in complete)
             assert trial_reason(t, trials).startswith("its worker died (no heartbeat); run again as trial")
