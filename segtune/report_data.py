@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from segtune import storage_url
 from segtune.errors import ConfigError
 from segtune.report_stats import MeanCI, mean_ci
-from segtune.study import FAIL_REASON, SAME_AS, check_study_file, trial_reason
+from segtune.study import FAIL_REASON, HOME, INTERRUPTED, SAME_AS, check_study_file, trial_reason
 
 
 @dataclass
@@ -112,8 +112,11 @@ def _state(t: optuna.trial.FrozenTrial) -> str:
 
 
 def _run_dirs(t: optuna.trial.FrozenTrial, study_dir: Path | None) -> list[Path]:
+    if t.state == optuna.trial.TrialState.FAIL and (INTERRUPTED in t.user_attrs or FAIL_REASON not in t.user_attrs):
+        return []  # died or stopped: its run directories are continued by the trial that ran it again
     if study_dir is not None:
-        found = sorted((study_dir / "trials").glob(f"{t.number:04d}-seed*"),
+        home = int(t.user_attrs.get(HOME, t.number))  # a trial run again trains in its original's directories
+        found = sorted((study_dir / "trials").glob(f"{home:04d}-seed*"),
                        key=lambda p: int(p.name.rsplit("seed", 1)[1]) if p.name.rsplit("seed", 1)[1].isdigit() else 0)
         if found:
             return found

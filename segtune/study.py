@@ -66,6 +66,7 @@ THREADS = "threads"  # study attribute: the CPU threads of every trial, fixed wh
 SAME_AS = "same_as"  # trial attribute: the earlier trial of the same configuration whose result was reused
 HOME = "home"  # trial attribute: the trial number whose run directories it trains in (a re-run's original)
 RESUMED = "resumed_after"  # trial attribute: {seed: epoch} for each repeat continued from its last.pt
+MAX_DRAWS = 10  # a random or TPE study ends after MAX_DRAWS x n_trials trials, however few were new
 RESERVE_BYTES = 1 << 20  # kept free beside a SQLite study.db: room to record why the study stopped on a full disk
 
 
@@ -116,12 +117,11 @@ class _Storage(optuna.storages.RDBStorage):
 def _storage_fault(err: BaseException) -> str | None:
     """The database's own message when ``err`` is a failed storage read or write, else None."""
     seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.orig is not None:
-            return str(seen.orig).strip()
-        if isinstance(seen, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
-            found = _storage_fault(seen.__cause__) if seen.__cause__ is not None else None
-            return found or str(seen).strip()
+    while seen is not None:  # an operational error: a full disk, an I/O error, a lost connection
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InternalError)):
+            return str(seen.orig if seen.orig is not None else seen).strip()
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):  # a constraint, a bad value: the trial's own error
+            return None
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -451,6 +451,9 @@ def _wait_for_earlier_twin(trial: optuna.Trial, values: dict[str, Any], interval
               for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         waited = True
         time.sleep(min(interval, 2.0))
+        with warnings.catch_warnings():  # a twin whose worker died turns stale here, as in the worker loop
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(trial.study)
     return waited
 
 
@@ -550,7 +553,8 @@ def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool
     Random and TPE studies run until ``n_trials`` distinct configurations have been trained (or
     are training, or failed with a reason): a configuration drawn again takes its earlier result
     (``same_as``) and is not counted, unless ``reuse_results`` is off. A space with fewer
-    configurations than ``n_trials`` ends when each has been trained.
+    configurations than ``n_trials`` ends when each has been trained, and a study whose sampler
+    keeps drawing trained ones ends after ``MAX_DRAWS * n_trials`` trials.
     """
     trials = study.get_trials(deepcopy=False)
     running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -567,6 +571,8 @@ def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool
     if not spec.reuse_results:
         return len(counted) + unsampled < spec.n_trials, bool(running)
     distinct = len({json.dumps(t.params, sort_keys=True) for t in counted})
+    if len(trials) >= MAX_DRAWS * spec.n_trials:  # the sampler keeps drawing trained configurations
+        return False, bool(running)
     return distinct + unsampled < min(spec.n_trials, _n_configurations(space)), bool(running)
 
 
@@ -655,6 +661,7 @@ def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: _
                 pass  # its heartbeat came too late: taken for dead and re-queued meanwhile
             if objective.stopped_by is not None:
                 raise objective.stopped_by
+            objective.current = None  # ended and written: a storage error from here on is no trial's
             n_run += 1
         elif running:
             time.sleep(min(spec.heartbeat_interval, 2))

@@ -73,11 +73,23 @@ class Param:
         if self.choices is not None:
             return list(self.choices)
         r = self.range
+        if r.is_int:  # integers: every one between low and high, or every step-th
+            return list(range(r.low, r.high + 1, r.step or 1))
         if r.step is None:
             raise ConfigError(f"space: {self.path}: a grid needs a list of values or a step; "
                               f"write e.g. {self.path}: [{r.low}, {r.high}] or add step")
         n = int(math.floor((r.high - r.low) / r.step + 1e-9)) + 1
-        return [r.low + i * r.step if r.is_int else round(r.low + i * r.step, 12) for i in range(n)]
+        return [round(r.low + i * r.step, 12) for i in range(n)]
+
+    def centre(self) -> Any:
+        """The value the other entries' probes use: the first choice, or the middle of the range."""
+        if self.choices is not None:
+            return self.choices[0]
+        r = self.range
+        if r.is_int or r.step is not None:
+            values = self.grid_values()
+            return values[len(values) // 2]
+        return math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2
 
     def probe_values(self) -> list[Any]:
         """The values that validate this entry: every choice, or both ends of the range."""
@@ -235,10 +247,12 @@ class Space:
         return math.prod(len(v) for v in self.grid().values())
 
     def _probes(self) -> Iterator[dict[str, Any]]:
+        # each choice and each end of a range, the other entries at their centre: the ends of two
+        # ranges together (tversky's alpha = beta = 0) are a corner no draw reaches
         first = {}
         for root in self.roots:
-            first[root.path] = root.probe_values()[0]
-            first.update({d.path: d.probe_values()[0] for d in self.dependents(root, first[root.path])})
+            first[root.path] = root.centre()
+            first.update({d.path: d.centre() for d in self.dependents(root, first[root.path])})
         yield dict(first)
         for param in self.params:
             for value in param.probe_values():
@@ -247,13 +261,13 @@ class Space:
                     for dep in self.dependents(param, first[param.path]):
                         probe.pop(dep.path, None)
                     probe[param.path] = value
-                    probe.update({d.path: d.probe_values()[0] for d in self.dependents(param, value)})
+                    probe.update({d.path: d.centre() for d in self.dependents(param, value)})
                 else:
                     root = next(p for p in self.roots if p.path == param.when)
                     for dep in self.dependents(root, first[root.path]):
                         probe.pop(dep.path, None)
                     probe[root.path] = param.case
-                    probe.update({d.path: d.probe_values()[0] for d in self.dependents(root, param.case)})
+                    probe.update({d.path: d.centre() for d in self.dependents(root, param.case)})
                     probe[param.path] = value
                 yield probe
 

@@ -385,6 +385,25 @@ def test_a_resumed_study_draws_new_configurations_and_the_same_as_a_fresh_one(tm
     assert [t.value for t in resumed] == [t.value for t in fresh]
 
 
+def test_a_stepless_integer_range_is_finite_and_a_study_of_it_ends(tmp_path):
+    # batch size 4 or 5 (a range of integers without a step): random draws repeat them, and the
+    # study ends once both are trained instead of drawing forever for n_trials 10
+    path = write_study(tmp_path, method="random", n_trials=10, seed=2,
+                       space={"train.batch_size": {"low": 4, "high": 5}})
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    trained = [t for t in trials if "same_as" not in t.user_attrs]
+    assert sorted(t.params["train.batch_size"] for t in trained) == [4, 5] and len(trials) < 10 * 10
+
+
+def test_two_ranges_whose_low_ends_together_are_invalid_validate(tmp_path):
+    # tversky with alpha = beta = 0 is refused, but ranges from 0 hold valid draws: each end of
+    # a range is probed with the other entries at their centre
+    space = {"loss.alpha": {"low": 0.0, "high": 1.0}, "loss.beta": {"low": 0.0, "high": 1.0}}
+    spec, parsed = load_study(write_study(tmp_path, method="random", n_trials=2, space=space,
+                                          set={"loss.name": "tversky"}))
+    assert parsed.validate_against(spec.base) == 5
+
+
 @pytest.mark.slow
 def test_two_commands_on_one_study_split_its_trials(tmp_path):
     # two `segtune study` commands started together on one SQLite file draw different

@@ -90,6 +90,33 @@ def test_a_trial_whose_worker_died_resumes_from_its_last_checkpoint(tmp_path):
     assert again.intermediate_values == whole.intermediate_values
     assert again.value == whole.value
     assert again.user_attrs["runs"][0]["test"] == whole.user_attrs["runs"][0]["test"]
+    # the report shows the run once, as the completed trial's (the died one's curve lives on in it)
+    from segtune.report_data import trial_records
+
+    records = {r.number: r for r in trial_records(load_existing_study(path, study_dir=out), study_dir=out)}
+    assert records[again.number].run_dirs == [run_dir] and records[died.number].run_dirs == []
+
+
+def test_a_configuration_drawn_while_its_dead_twin_runs_waits_only_until_the_twin_is_found_dead(tmp_path):
+    # a trial of lr 0.01 whose worker died after its last heartbeat; a new trial of the same
+    # configuration waits for it, and must see it turn stale instead of waiting forever
+    from segtune.study import open_storage, open_study
+    from segtune.study_spec import load_study
+
+    path, out = write_study(tmp_path, method="random", n_trials=1, space={"optimizer.lr": [0.01]}), tmp_path / "out"
+    spec, space = load_study(path)
+    storage = open_storage(spec, out)
+    study = open_study(spec, space, storage, seed=spec.seed)
+    twin = study.ask()
+    twin.set_user_attr("params", space.sample(twin))
+    storage.record_heartbeat(twin._trial_id)  # alive a moment ago: stale in grace_period (2 s)
+    study.enqueue_trial({"optimizer.lr": 0.01})  # the next trial draws the same configuration
+    proc = subprocess.run([sys.executable, "-m", "segtune", "study", str(path), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    trials = load_existing_study(path, study_dir=out).get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.COMPLETE
+    assert "same_as" not in trials[1].user_attrs  # it trained, once its twin was found dead
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
