@@ -709,6 +709,9 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     num_threads = study_threads(study, num_threads, n_workers)
     if progress:
         print(f"{num_threads} CPU thread(s) per trial (the study's own, fixed when it was created)", flush=True)
+    if num_threads * n_workers > (os.cpu_count() or 1):
+        print(f"note: {n_workers} worker(s) x {num_threads} thread(s), the study's count, exceed this machine's "
+              f"{os.cpu_count()} cores: trials run slower than with fewer workers", file=sys.stderr, flush=True)
     if n_workers == 1:
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
                    seed=spec.seed, verbose=verbose, progress=progress, cache=cache)

@@ -97,6 +97,21 @@ def test_a_trial_whose_worker_died_resumes_from_its_last_checkpoint(tmp_path):
     assert records[again.number].run_dirs == [run_dir] and records[died.number].run_dirs == []
 
 
+def test_a_trial_of_two_repeats_killed_in_its_second_keeps_the_first_and_resumes_the_second(tmp_path):
+    path, out = write_study(tmp_path, epochs=5, space={"optimizer.lr": [0.01]}, repeats=2), tmp_path / "out"
+    # killed in epoch 3 of the second repeat (seed 1), after the first finished
+    run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out), "--threads", "1"], "0000-seed1")
+    first = out / "trials" / "0000-seed0" / "summary.json"
+    finished_at = first.stat().st_mtime_ns
+    died, again = run_study(path, study_dir=out, num_threads=1).get_trials()
+    assert died.state == TrialState.FAIL and again.state == TrialState.COMPLETE
+    assert first.stat().st_mtime_ns == finished_at  # the finished repeat is not trained again
+    assert again.user_attrs["resumed_after"] == {"1": 2}
+    whole = _trained_uninterrupted(tmp_path, path)
+    assert [r["value"] for r in again.user_attrs["runs"]] == [r["value"] for r in whole.user_attrs["runs"]]
+    assert again.intermediate_values == whole.intermediate_values and again.value == whole.value
+
+
 def test_a_configuration_drawn_while_its_dead_twin_runs_waits_only_until_the_twin_is_found_dead(tmp_path):
     # a trial of lr 0.01 whose worker died after its last heartbeat; a new trial of the same
     # configuration waits for it, and must see it turn stale instead of waiting forever
