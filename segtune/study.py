@@ -451,10 +451,15 @@ def _wait_for_earlier_twin(trial: optuna.Trial, values: dict[str, Any], interval
               for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         waited = True
         time.sleep(min(interval, 2.0))
-        with warnings.catch_warnings():  # a twin whose worker died turns stale here, as in the worker loop
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(trial.study)
+        _fail_stale_trials(trial.study)  # a twin whose worker died turns stale here, as in the worker loop
     return waited
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's check for trials of dead workers (experimental in Optuna, so quietly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _finished_twin(trial: optuna.Trial, values: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
@@ -534,7 +539,9 @@ def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
     """
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
     now, fresh = datetime.now(), False
     for t in trials:
         died = t.state == TrialState.FAIL and FAIL_REASON not in t.user_attrs and INTERRUPTED not in t.user_attrs
@@ -646,10 +653,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
 def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: _Objective, progress: bool) -> int:
     n_run = 0
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-            orphans_pending = _requeue_orphans(study, spec)
+        _fail_stale_trials(study)
+        orphans_pending = _requeue_orphans(study, spec)
         _requeue_interrupted(study)
         start, running = _work_left(spec, space, study)
         running = running or orphans_pending
