@@ -3,7 +3,7 @@
 The reference is how such studies are usually written by hand: a per-sample ``Dataset`` that
 augments with numpy/scipy (flip, small rotation and shift), a ``DataLoader``, fp32 and the
 default memory format. segtune trains the same model on the same data with the same batch size,
-augmentation, loss and optimizer through ``segtune.train`` (data resident as tensors, batched
+augmentation, loss and optimizer through ``segtune.training.loop`` (data resident as tensors, batched
 augmentation), in each memory format, in fp32 and bf16 autocast, and with ``torch.compile``
 (its one-off compile time is left out with the warm-up epoch; it is printed). Both run in this
 process, one after the other, so they see the same machine.
@@ -41,12 +41,12 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from segtune.augment import AUGMENTATIONS
+from segtune.components.augment import AUGMENTATIONS
 from segtune.config import build_config
-from segtune.inference import evaluate_split, predict_labels
-from segtune.losses import LOSSES
-from segtune.models import build_model
-from segtune.train import load_data, train
+from segtune.training.evaluate import evaluate_split, predict_labels
+from segtune.components.losses import LOSSES
+from segtune.components.models import build_model
+from segtune.training.loop import load_data, train
 
 MODELS = {
     "unet": {"name": "unet", "depth": 4, "base": 16},
@@ -100,7 +100,7 @@ def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Modul
 
 
 def segtune_loop(cfg, data, epochs: int) -> tuple[float, float, float]:
-    """segtune.train with validation only at the end: (train images/s, val Dice, first epoch's seconds)."""
+    """segtune.training.loop with validation only at the end: (train images/s, val Dice, first epoch's seconds)."""
     cfg = build_config(cfg.to_dict(), [f"train.epochs={epochs}", f"train.val_every={epochs}", "train.patience=0",
                                        "train.restore_best=false"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,9 +4,9 @@ from segtune.config import Config, build_config, load_config
 from segtune.data import SegData, Split
 from segtune.errors import ConfigError, DataError, SegtuneError, StorageError, TrainingDiverged
 from segtune.registry import Registry, RegistryError
-from segtune.lr_find import lr_range_test
+from segtune.training.lr_find import lr_range_test
 from segtune.study import run_study
-from segtune.train import RunResult, load_data, train
+from segtune.training.loop import RunResult, load_data, train
 
 __version__ = "0.1.0"
 

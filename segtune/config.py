@@ -20,12 +20,12 @@ import torch
 import yaml
 from pydantic import Field
 
-from segtune.augment import AUGMENTATIONS
+from segtune.components.augment import AUGMENTATIONS
 from segtune.data import SOURCES
 from segtune.errors import ConfigError
-from segtune.losses import LOSSES
-from segtune.models import MODELS
-from segtune.optim import OPTIMIZERS, SCHEDULERS
+from segtune.components.losses import LOSSES
+from segtune.components.models import MODELS
+from segtune.components.optim import OPTIMIZERS, SCHEDULERS
 from segtune.registry import Registry, RegistryError
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]

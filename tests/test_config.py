@@ -6,7 +6,7 @@ import yaml
 from segtune.config import Config, build_config, load_config
 from segtune.errors import ConfigError
 
-from conftest import tiny_tree
+from tests.conftest import tiny_tree
 
 
 def test_defaults_are_filled_in_the_resolved_config():

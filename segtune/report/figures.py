@@ -1,0 +1,215 @@
+"""The figures of a report (matplotlib, Agg backend); each function returns a Figure.
+
+Curves are small multiples: one panel per (row level, column level) of two hyperparameters,
+every trial in a panel drawn in its own colour, its repeats in the same colour, fainter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from segtune.report.stats import MeanCI  # noqa: E402
+
+_LINE_STYLES = ("-", "--", ":", "-.")
+# background black, then well-separated colours for the classes
+_CLASS_COLOURS = ["#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
+                  "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000"]
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """One run's per-epoch history placed in the grid: its panel, trial and repeat."""
+
+    row: str
+    col: str
+    trial: int
+    repeat: int
+    history: list[dict[str, float]]
+    note: str = ""  # shown after the trial number in the legend, e.g. "pruned"
+
+
+def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    pairs = [(r["epoch"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[str], cols: Sequence[str],
+               row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False,
+               legend: bool = True) -> plt.Figure:
+    """Per-epoch curves as small multiples, ``rows`` x ``cols`` panels sharing their axes.
+
+    Args:
+        runs: the runs to draw; each in the panel of its ``row`` and ``col``.
+        keys: metrics columns to draw, one line style each (e.g. train_loss solid, val_loss dashed).
+        rows: the row levels, top to bottom; cols: the column levels, left to right.
+        row_title: the hyperparameter of the rows; col_title: that of the columns.
+        ylabel: the y axis label; log: a log y axis (the learning rate).
+        legend: name the trials in each panel (up to 8).
+    """
+    n_rows, n_cols = max(len(rows), 1), max(len(cols), 1)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for i, row in enumerate(rows or [""]):
+        for j, col in enumerate(cols or [""]):
+            ax = axes[i][j]
+            here = [r for r in runs if r.row == row and r.col == col]
+            trials = sorted({r.trial for r in here})
+            for run in here:
+                colour = colours[trials.index(run.trial) % len(colours)]
+                for k, key in enumerate(keys):
+                    x, y = _series(run.history, key)
+                    if not x:
+                        continue
+                    label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
+                    ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
+                            alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
+                            marker="." if len(x) < 4 else None)
+            if not here:
+                ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
+            elif legend and len(trials) <= 8:
+                ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
+            if log:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+            if i == 0 and col_title:
+                ax.set_title(f"{col_title} = {col}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{row_title} = {row}\n{ylabel}" if row_title else ylabel, fontsize=8)
+            if i == n_rows - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    if len(keys) > 1:
+        handles = [plt.Line2D([], [], color="#333", ls=_LINE_STYLES[k % len(_LINE_STYLES)]) for k in range(len(keys))]
+        fig.legend(handles, keys, loc="upper center", ncol=len(keys), fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout(rect=(0, 0, 1, 0.97 if n_rows > 1 else 0.9))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> plt.Figure:
+    """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars."""
+    n = max(len(marginals), 1)
+    fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 16), 3.0), squeeze=False, sharey=True)
+    for ax, (param, levels) in zip(axes[0], marginals.items()):
+        labels = [lab for lab, _ in levels]
+        means = [ci.mean for _, ci in levels]
+        errors = [ci.half_width or 0.0 for _, ci in levels]
+        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0", alpha=0.85)
+        ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0,
+                      ha="right" if max(map(len, labels)) > 6 else "center", fontsize=8)
+        ax.set_title(param, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(objective, fontsize=8)
+    _zoom_to_bars(axes[0][0], [ci for levels in marginals.values() for _, ci in levels], objective)
+    fig.tight_layout()
+    return fig
+
+
+def _zoom_to_bars(ax: plt.Axes, cis: Sequence[MeanCI], objective: str) -> None:
+    """Limit the y axis to the bars and their intervals, so small differences show, within the
+    objective's possible values (Dice and IoU in 0..1, a loss above 0)."""
+    lows = [ci.low if ci.low is not None else ci.mean for ci in cis]
+    highs = [ci.high if ci.high is not None else ci.mean for ci in cis]
+    if not lows:
+        return
+    floor, ceiling = (0.0, 1.0) if ("dice" in objective or "iou" in objective) else (0.0, np.inf)
+    lo, hi = max(min(lows), floor), min(max(highs), ceiling)
+    pad = (hi - lo) * 0.1 or abs(hi) * 0.05 or 0.05
+    ax.set_ylim(max(lo - pad, floor), min(hi + pad, ceiling + 0.02))
+
+
+def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> plt.Figure:
+    """The objective of each completed trial, best first: mean and 95% interval over repeats."""
+    fig, ax = plt.subplots(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
+    ax.bar(range(len(labels)), [c.mean for c in cis], yerr=[c.half_width or 0.0 for c in cis], capsize=3,
+           color="#55a868")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(objective, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _zoom_to_bars(ax, cis, objective)
+    fig.tight_layout()
+    return fig
+
+
+def importance_chart(importance: dict[str, dict[str, float]]) -> plt.Figure:
+    """Horizontal bars: each hyperparameter's importance, one bar per evaluator."""
+    params = sorted({p for imp in importance.values() for p in imp},
+                    key=lambda p: -max(imp.get(p, 0.0) for imp in importance.values()))
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
+    height = 0.8 / max(len(importance), 1)
+    for k, (name, imp) in enumerate(importance.items()):
+        ax.barh(np.arange(len(params)) + k * height, [imp.get(p, 0.0) for p in params], height=height, label=name)
+    ax.set_yticks(np.arange(len(params)) + height * (len(importance) - 1) / 2, params, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("importance (sums to 1 per evaluator)", fontsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """A ``(C, H, W)`` image scaled to 0..1 for display: RGB as is, otherwise the first channel in grey."""
+    img = image[:3].transpose(1, 2, 0) if image.shape[0] >= 3 else image[0]
+    lo, hi = np.percentile(img, [1, 99])
+    img = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return img, (None if img.ndim == 3 else "gray")
+
+
+def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], *,
+                     class_names: Sequence[str]) -> plt.Figure:
+    """Rows of image / ground truth / each prediction, with per-class colours and a legend.
+
+    Args:
+        images: ``(N, C, H, W)`` network inputs; truths: ``(N, H, W)`` labels.
+        predictions: column title -> ``(N, H, W)`` predicted labels.
+        class_names: the label of each class index (index 0 the background).
+    """
+    n_classes = len(class_names)
+    colours = [_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(n_classes)]
+    cmap = ListedColormap(colours)
+    columns = [("image", None), ("ground truth", truths)] + list(predictions.items())
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.9 * len(columns), 1.9 * n + 0.7), squeeze=False)
+    for i in range(n):
+        for j, (title, labels) in enumerate(columns):
+            ax = axes[i][j]
+            if labels is None:
+                img, cm = _display_image(images[i])
+                ax.imshow(img, cmap=cm, interpolation="nearest")
+            else:
+                ax.imshow(labels[i], cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+    handles = [Patch(facecolor=c, edgecolor="#888", label=name) for c, name in zip(colours, class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(n_classes, 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / (1.9 * n + 0.7) + 0.03, 1, 1))
+    return fig
+
+
+def level_label(value: Any) -> str:
+    """A hyperparameter value as a short axis label."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+__all__ = ["CurveRun", "curve_grid", "importance_chart", "level_label", "marginal_chart", "objective_bars",
+           "prediction_panel"]

@@ -1,0 +1,306 @@
+"""The study file: what to vary, how to search, what to optimise; validated before any trial.
+
+::
+
+    name: optim-x-lr
+    base: demo.yaml                 # a config file, or an inline config mapping
+    set: {data.spacing: 2}          # fixed changes to the base, by dotted path (optional)
+    objective: val.dice_mean        # a summary metric; direction: maximize (loss: minimize)
+    method: tpe                     # grid | random | tpe, or {name: tpe, n_startup_trials: 5}
+    n_trials: 20                    # ignored by grid (the grid's size)
+    repeats: 1                      # seeds per configuration: mean and spread of the objective
+    space: {...}                    # see segtune.study.space
+    pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
+
+``base`` is looked up next to the study file, then in the current directory, then among the
+configs shipped with segtune (``demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Callable, ClassVar, Literal, Sequence
+
+import optuna
+import pydantic
+from pydantic import Field
+
+from segtune.config import _Component as ComponentSection
+from segtune.config import SafeName, _format_errors, parse_override, read_yaml, set_path
+from segtune.errors import ConfigError
+from segtune.registry import Registry, suggest
+from segtune.study.space import Space, check_path, config_for
+
+SAMPLERS = Registry("study method")
+PRUNERS = Registry("pruner")
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler without its end-of-grid check after each trial.
+
+    The worker loop (:func:`segtune.study.run_worker`) decides when the grid is done; Optuna's
+    check raises KeyError after a re-queued trial, which carries fixed parameters, not a grid id.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+@SAMPLERS.register("grid")
+def grid_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
+    """Every cell of the grid once (Optuna GridSampler); lists or stepped ranges only."""
+    return _GridSampler(space.grid(), seed=seed)
+
+
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+    """A sampler whose draws for trial n depend on the study's seed and n, not on the process.
+
+    Optuna seeds a sampler once per process, so a resumed study (or a second command on the same
+    storage) starts the seeded sequence again and draws the configurations it already has. Here
+    each trial gets a fresh inner sampler seeded from ``(seed, trial number)``: a resumed study
+    continues the sequence, two workers draw different values, and a study run again from scratch
+    draws the same ones. Random and TPE samplers keep no state between trials but their generator,
+    so this changes nothing else.
+    """
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        seed = None if self._seed is None else int.from_bytes(
+            hashlib.sha256(f"{self._seed}:{trial.number}".encode()).digest()[:4], "little")
+        self._inner = self._make(seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+@SAMPLERS.register("random")
+def random_sampler(space: Space, seed: int | None, /) -> optuna.samplers.BaseSampler:
+    """Independent uniform draws (Optuna RandomSampler), seeded per trial number."""
+    return _SeededPerTrial(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+
+
+@SAMPLERS.register("tpe")
+def tpe_sampler(space: Space, seed: int | None, /, *,
+                n_startup_trials: Annotated[int, Field(ge=1)] = 10) -> optuna.samplers.BaseSampler:
+    """Tree-structured Parzen estimator, multivariate and grouped for conditional spaces; seeded per trial."""
+    import warnings
+
+    def make(trial_seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=trial_seed,
+                                              multivariate=True, group=True)
+
+    return _SeededPerTrial(make, seed)
+
+
+@PRUNERS.register("none")
+def no_pruner(max_epochs: int, /) -> optuna.pruners.BasePruner:
+    """Every trial runs to its end (or its early stop)."""
+    return optuna.pruners.NopPruner()
+
+
+@PRUNERS.register("median")
+def median_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                  n_startup_trials: Annotated[int, Field(ge=0)] = 2) -> optuna.pruners.BasePruner:
+    """Stop a trial worse than the median of earlier trials at the same epoch, from ``min_epochs`` on."""
+    return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=min_epochs)
+
+
+@PRUNERS.register("successive_halving")
+def successive_halving_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                              reduction_factor: Annotated[int, Field(ge=2)] = 3) -> optuna.pruners.BasePruner:
+    """Asynchronous successive halving: keep the best 1/reduction_factor at each rung."""
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
+
+
+@PRUNERS.register("hyperband")
+def hyperband_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=1)] = 2,
+                     reduction_factor: Annotated[int, Field(ge=2)] = 3) -> optuna.pruners.BasePruner:
+    """Hyperband: several successive-halving brackets up to the base config's epochs."""
+    return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max_epochs,
+                                          reduction_factor=reduction_factor)
+
+
+class MethodSection(ComponentSection):
+    registry: ClassVar[Registry] = SAMPLERS
+    name: str = "tpe"
+
+
+class PrunerSection(ComponentSection):
+    registry: ClassVar[Registry] = PRUNERS
+    name: str = "none"
+
+
+_SPLITS = ("val", "test")
+_METRICS = ("dice_mean", "iou_mean", "loss")
+
+
+class StudySpec(pydantic.BaseModel):
+    """A validated study file. Build it with :func:`load_study`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: SafeName
+    base: dict[str, Any]  # the resolved base config tree
+    objective: str = "val.dice_mean"
+    direction: Literal["maximize", "minimize"] | None = None  # None: minimize losses, maximize the rest
+    method: MethodSection = MethodSection()
+    n_trials: Annotated[int, Field(ge=1)] | None = None  # required by random and tpe
+    repeats: Annotated[int, Field(ge=1, le=100)] = 1  # seeds base.seed, base.seed+1, ...
+    seed: int = 0  # the sampler's seed
+    space: dict[str, Any]
+    pruner: PrunerSection = PrunerSection()
+    # Dead workers: a RUNNING trial whose heartbeat is older than grace_period seconds is marked
+    # failed and re-queued with the same parameters (up to max_retry times).
+    heartbeat_interval: Annotated[int, Field(ge=1)] = 10
+    grace_period: Annotated[int, Field(ge=2)] = 30
+    max_retry: Annotated[int, Field(ge=0)] = 3
+    # A configuration sampled again (random and TPE do, on lists) takes the result of its finished
+    # trial instead of training again: the same config and seeds give the same numbers.
+    reuse_results: bool = True
+
+    @pydantic.field_validator("method", "pruner", mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @pydantic.field_validator("objective")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        split, _, metric = value.partition(".")
+        per_class = metric.split(".")[0] in ("dice_per_class", "iou_per_class") and metric.count(".") == 1
+        if split not in _SPLITS or not (metric in _METRICS or per_class):
+            raise ValueError(f"objective must be SPLIT.METRIC with SPLIT in {_SPLITS} and METRIC in {_METRICS} "
+                             f"or dice_per_class.CLASS, e.g. val.dice_mean; got {value!r}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if self.method.name != "grid" and self.n_trials is None:
+            raise ValueError(f"method {self.method.name} needs n_trials (how many configurations to try)")
+        if self.pruner.name != "none" and self.epoch_key is None:
+            raise ValueError(f"pruner {self.pruner.name} needs a validation objective reported every epoch "
+                             f"(val.dice_mean, val.loss, val.dice_per_class.CLASS), not {self.objective}")
+        return self
+
+    @property
+    def resolved_direction(self) -> str:
+        """The direction in force: the one given, else minimize for a loss and maximize otherwise."""
+        return self.direction or ("minimize" if self.objective.endswith("loss") else "maximize")
+
+    @property
+    def epoch_key(self) -> str | None:
+        """The key of the objective in the per-epoch metrics row, or None if it is not there."""
+        split, _, metric = self.objective.partition(".")
+        if split != "val" or metric.startswith("iou"):
+            return None
+        return "val_" + metric.replace("dice_per_class.", "dice_")
+
+    @property
+    def objective_class(self) -> str | None:
+        """The class the objective names (``val.dice_per_class.csf`` -> ``csf``), or None."""
+        metric = self.objective.partition(".")[2]
+        return metric.partition(".")[2] if "_per_class." in metric else None
+
+    def check_objective_class(self, class_names: Sequence[str], origin: str = "study") -> None:
+        """Raise ConfigError when the objective names a class that ``class_names`` lacks."""
+        wanted = self.objective_class
+        if wanted is not None and wanted not in class_names:
+            metric = self.objective.rsplit(".", 1)[0]
+            raise ConfigError(f"{origin}: objective {self.objective}: the data has no class {wanted!r}"
+                              f"{suggest(wanted, list(class_names))}; its classes are {', '.join(class_names)}: "
+                              f"e.g. objective: {metric}.{class_names[-1]}")
+
+    def objective_value(self, summary: dict[str, Any]) -> float:
+        """Read the objective from a run's summary."""
+        node: Any = summary
+        for key in self.objective.split("."):
+            if not isinstance(node, dict) or key not in node:
+                raise ConfigError(f"objective {self.objective}: the run summary has no {key!r}")
+            node = node[key]
+        return float(node)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed study must share with the stored one."""
+        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+
+
+def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise ConfigError(f"{study_path}: base must be a config file name or an inline config mapping, got {base!r}")
+    packaged = Path(str(resources.files("segtune") / "configs" / base))
+    for candidate in (study_path.parent / base, Path(base), packaged):
+        if candidate.is_file():
+            return read_yaml(candidate)
+    raise ConfigError(f"{study_path}: base config {base!r} not found next to the study file, in the current "
+                      f"directory, or among segtune's configs (demo.yaml)")
+
+
+def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec, Space]:
+    """Validate a study tree whose ``base`` is already a config mapping.
+
+    Returns:
+        The spec and its parsed :class:`~segtune.study.space.Space`, whose every choice and range
+        end builds a valid config.
+
+    Raises:
+        ConfigError: every problem, naming the field, the value and the rule.
+    """
+    try:
+        spec = StudySpec.model_validate(tree)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_errors(err, origin).replace("invalid config", "invalid study file")) from None
+    config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
+    space = Space(spec.space)
+    if spec.method.name == "grid":
+        space.grid()
+    space.validate_against(spec.base)
+    return spec, space
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySpec, Space]:
+    """Read and validate a study file (see the module doc for its keys).
+
+    Args:
+        path: the study file.
+        overrides: ``--set`` style changes of the base config, after the file's own ``set``.
+
+    Example:
+        >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
+    """
+    path = Path(path)
+    tree = read_yaml(path)
+    if "base" not in tree:
+        raise ConfigError(f"{path}: missing base: a config file (e.g. demo.yaml) or an inline config")
+    tree["base"] = _resolve_base(tree["base"], path)
+    fixed = tree.pop("set", None) or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
+    for key, value in fixed.items():
+        check_path(str(key))
+        set_path(tree["base"], str(key).split("."), value)
+    for item in overrides:
+        keys, value = parse_override(item)
+        check_path(".".join(keys))
+        set_path(tree["base"], keys, value)
+    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
+    return parse_study(tree, origin=str(path))

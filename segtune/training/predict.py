@@ -1,0 +1,271 @@
+"""Using a trained run: evaluate it on a split, or write label masks for new images and volumes.
+
+Predictions come back in the input's own form: a PNG label mask per 2D image, and a NIfTI
+label volume per 3D case, put back together from its slices and carrying the source file's
+affine and header, so it overlays the scan in any viewer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
+from segtune.config import Config, build_config, read_yaml
+from segtune.data import SegData, Split, normalize_images
+from segtune.data.folder import IMAGE_SUFFIXES, read_image
+from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_image_volume, resize_slices,
+                                strip_ending, to_slices)
+from segtune.errors import DataError
+from segtune.training.evaluate import predict_labels
+from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
+from segtune.training.loop import load_data, resolve_device
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _checkpoint_path(run: str | Path, checkpoint: str) -> Path:
+    run = Path(run)
+    return run if run.is_file() else run / f"{checkpoint}.pt"
+
+
+def run_config(run: str | Path, overrides: list[str] = ()) -> Config:
+    """The resolved config a run was trained with (its ``config.yaml``), with ``--set`` overrides.
+
+    Args:
+        run: the run directory, or a checkpoint file inside it.
+        overrides: ``["data.path=...", ...]``, e.g. to evaluate on another dataset.
+
+    Raises:
+        DataError: no ``config.yaml`` beside the checkpoint.
+    """
+    run = Path(run)
+    folder = run.parent if run.is_file() else run
+    if not (folder / "config.yaml").is_file():
+        raise DataError(f"{folder}: no config.yaml; give the run directory that training wrote")
+    return build_config(read_yaml(folder / "config.yaml"), overrides, origin=str(folder / "config.yaml"))
+
+
+def split_with_cases(data: SegData, split: str) -> tuple[Split, list[list[Any]] | None]:
+    """The slices of ``split`` (``all``: every split once) and its ``[case_id, n_slices]`` list, if volumes."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    cases = data.info.get("cases")
+    listed = cases or data.info.get("stems")
+    test_is_val = listed is not None and listed["test"] == listed["val"]
+    names = ["train", "val"] + ([] if test_is_val else ["test"]) if split == "all" else [split]
+    parts = [data.split(n) for n in names]
+    joined = parts[0] if len(parts) == 1 else Split(torch.cat([p.images for p in parts]),
+                                                   torch.cat([p.masks for p in parts]))
+    if cases is None:
+        return joined, None
+    case_list = [c for n in names for c in cases[n]]
+    if sum(n for _, n in case_list) != len(joined):  # e.g. train slices after data.train_fraction < 1
+        return joined, None
+    return joined, case_list
+
+
+def per_case_dice(pred: torch.Tensor, target: torch.Tensor, cases: list[list[Any]],
+                  class_names: list[str]) -> dict[str, dict[str, float]]:
+    """3D Dice per class of each case, from the slices of consecutive cases.
+
+    Args:
+        pred: predicted labels ``(N, H, W)``, the slices of the cases in order.
+        target: true labels ``(N, H, W)``.
+        cases: ``[case_id, n_slices]`` per case, summing to ``N``.
+        class_names: the names of labels ``0..K-1``.
+
+    Returns:
+        ``{case_id: {class_name: dice}}``; a class absent from a case and from its prediction scores 1.0.
+    """
+    result, start = {}, 0
+    for case_id, n in cases:
+        dice = dice_from_counts(confusion_counts(pred[start:start + n], target[start:start + n], len(class_names)))
+        result[str(case_id)] = {name: float(d) for name, d in zip(class_names, dice)}
+        start += n
+    return result
+
+
+def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "best",
+                 overrides: list[str] = ()) -> tuple[dict, list[str]]:
+    """Per-class Dice and IoU of a run's checkpoint on a split of its data (or of other data).
+
+    For volumes (the ``nifti`` source) the result also holds the 3D Dice of each case and the
+    mean over cases, per class. Metrics are computed at the resolution the model sees, on every
+    image of the split (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to
+    train on), normalised as in training (``zscore_dataset``: the training set's statistics).
+
+    Args:
+        run: run directory (with ``config.yaml``) or a checkpoint file in it.
+        split: ``train``, ``val``, ``test`` or ``all`` (every image once: a separate test set).
+        checkpoint: ``best`` or ``last``.
+        overrides: ``--set`` style changes to the run's config, e.g. ``["data.path=other/"]``.
+
+    Returns:
+        ``(metrics, class_names)``: metrics as in ``summary.json``, plus for volumes
+        ``per_case`` (``{case: {class: dice}}``), ``case_mean_dice_per_class`` and ``case_mean_dice``
+        (foreground classes).
+
+    Raises:
+        DataError: no run there, or a problem with the data.
+    """
+    # every image of the split: train_fraction and min_foreground_fraction chose what to train on
+    config = run_config(run, [*overrides, "data.train_fraction=1.0", "data.min_foreground_fraction=0"])
+    device = resolve_device(config.train.device)
+    ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
+    model = model_from_checkpoint(ckpt).to(device)
+    data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
+    images, cases = split_with_cases(data, split)
+    pred = predict_labels(model, images.images, batch_size=config.train.batch_size * 2, device=device)
+    names = data.class_names
+    metrics = summarize(confusion_counts(pred, images.masks, len(names)), names)
+    if cases:
+        per_case = per_case_dice(pred, images.masks, cases, names)
+        mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
+        metrics.update(per_case=per_case, case_mean_dice_per_class=mean,
+                       case_mean_dice=float(np.mean([mean[n] for n in names[1:]])))
+    return metrics, names
+
+
+def is_volume(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_ENDINGS)
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Image and NIfTI files among ``inputs``, folders expanded (sorted).
+
+    Raises:
+        DataError: a missing path, or nothing usable found.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not files:
+        raise DataError(f"no images (.png, .jpg, .tif) or volumes (.nii.gz) found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def group_channels(volumes: list[Path], n_channels: int) -> dict[str, tuple[Path, ...]]:
+    """NIfTI files grouped into cases: ``case_0000``, ``case_0001``, ... are the channels of ``case``.
+
+    A single-channel model takes each file as a case (a trailing ``_0000`` is dropped from the
+    case name); a 4D file with the channels last is a case on its own.
+
+    Raises:
+        DataError: a case whose channel files are not ``_0000`` to ``_{n_channels-1}``.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in volumes:
+        match = re.fullmatch(r"(.+)_(\d{4})", strip_ending(path.name))
+        groups.setdefault(match.group(1) if match else strip_ending(path.name), []).append(path)
+    cases = {}
+    for case, files in groups.items():
+        files = sorted(files, key=lambda p: p.name)
+        expected = [f"{case}_{c:04d}" for c in range(n_channels)]
+        if len(files) == 1 and strip_ending(files[0].name) in (case, f"{case}_0000"):
+            cases[case] = tuple(files)
+        elif [strip_ending(f.name) for f in files] == expected:
+            cases[case] = tuple(files)
+        else:
+            raise DataError(f"{files[0]}: case {case!r} has channel files {[f.name for f in files]}, but the model "
+                            f"takes {n_channels} channel(s): give {', '.join(e + '.nii.gz' for e in expected)}")
+    return cases
+
+
+def _volume_options(run: str | Path) -> tuple[int, tuple[int, int] | None]:
+    """The slicing axis and slice size the run was trained with (axis 2 and no resize if not volumes)."""
+    try:
+        data = run_config(run).data
+    except DataError:
+        return 2, None
+    options = data.options if data.source == "nifti" else {}
+    return options.get("axis", 2), options.get("size")
+
+
+class _Predictor:
+    """A loaded checkpoint that labels ``(N, C, H, W)`` slices as in training and returns ``(N, H, W)``."""
+
+    def __init__(self, run: str | Path, checkpoint: str, batch_size: int) -> None:
+        ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
+        self.meta = ckpt["meta"]
+        self.device = resolve_device("auto")
+        self.model = model_from_checkpoint(ckpt).to(self.device)
+        self.batch_size = batch_size
+
+    def __call__(self, images: torch.Tensor, read_size: tuple[int, int] | None = None) -> torch.Tensor:
+        size = tuple(images.shape[2:])
+        if read_size:
+            images, _ = resize_slices(images, None, tuple(read_size))
+        if self.meta.get("resize"):
+            images, _ = resize_slices(images, None, tuple(self.meta["resize"]))
+        images = normalize_images(images.float(), self.meta["normalize"], self.meta.get("normalize_stats"))
+        labels = predict_labels(self.model, images, batch_size=self.batch_size, device=self.device)
+        if tuple(labels.shape[1:]) != size:
+            labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        return labels
+
+
+def write_label_volume(labels: np.ndarray, reference: Path, target: Path) -> None:
+    """Save ``labels`` ``(X, Y, Z)`` as NIfTI with ``reference``'s affine and header (uint8 data)."""
+    import nibabel as nib
+
+    source = load_nifti(reference)
+    header = source.header.copy()
+    header.set_data_dtype(np.uint8)
+    if len(header.get_data_shape()) > 3:  # a 4D (channels-last) source: the labels are 3D
+        header.set_data_shape(labels.shape)
+    image = nib.Nifti1Image(labels.astype(np.uint8), source.affine, header)
+    image.header.set_slope_inter(1.0, 0.0)
+    nib.save(image, str(target))
+
+
+def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
+                  checkpoint: str = "best", batch_size: int = 16) -> list[Path]:
+    """Write label masks for images and volumes into ``out``, each in its input's own form.
+
+    A 2D image gives ``out/<stem>.png``. NIfTI volumes (``.nii``, ``.nii.gz``) are cut into
+    slices along the axis the run was trained on, labelled, stacked back and written as
+    ``out/<case>.nii.gz`` with the source affine and header; nnU-Net channel files
+    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` make one multi-channel case.
+    Inputs are prepared as in training (channels, resize, normalisation); labels are resized
+    back to the input's size with nearest neighbour.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        DataError: unreadable inputs, or channel files that do not match the model.
+    """
+    from PIL import Image
+
+    predictor = _Predictor(run, checkpoint, batch_size)
+    n_channels = predictor.meta["in_channels"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = collect_inputs(inputs)
+    written = []
+    for path in (p for p in files if not is_volume(p)):
+        labels = predictor(torch.from_numpy(read_image(path, n_channels))[None])
+        target = out / f"{path.stem}.png"
+        Image.fromarray(labels[0].numpy().astype(np.uint8)).save(target)
+        written.append(target)
+    volumes = [p for p in files if is_volume(p)]
+    if volumes:
+        axis, read_size = _volume_options(run)
+        for case, channel_files in group_channels(volumes, n_channels).items():
+            slices = torch.from_numpy(to_slices(read_image_volume(channel_files, n_channels), axis))
+            labels = from_slices(predictor(slices, read_size).numpy(), axis)
+            target = out / f"{case}.nii.gz"
+            write_label_volume(labels, channel_files[0], target)
+            written.append(target)
+    return written

@@ -1,0 +1,281 @@
+"""Studies across processes: two workers on one study, resume after SIGKILL, a PostgreSQL storage.
+
+The PostgreSQL tests start their own server (initdb and pg_ctl on a temporary directory, a
+loopback port) and are skipped only where no server binaries are installed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from tests.conftest import run_killed_in_epoch, tiny_tree
+
+from segtune.study import storage as storage_url
+from segtune.errors import ConfigError
+from segtune.study import leaderboard, run_study
+
+TrialState = optuna.trial.TrialState
+pytestmark = pytest.mark.slow  # every test here starts processes or waits out a grace period
+
+
+def _server_binaries() -> Path | None:
+    found = shutil.which("pg_ctl")
+    candidates = ([Path(found).resolve().parent] if found else []) + [
+        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    return next((d for d in candidates if (d / "initdb").exists() and (d / "pg_ctl").exists()), None)
+
+
+PG_PASSWORD = "pg-s3cret"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 for this test session, as the README writes it.
+
+    The server asks for a password (scram-sha-256); the URL holds none: psycopg2 (libpq) reads it
+    from PGPASSWORD, set for this session, as a user would.
+    """
+    bindir = _server_binaries()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server (initdb, pg_ctl) on this machine; install the `postgresql` "
+                    "system package (as .ci/run does) to run the PostgreSQL storage tests")
+    pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install psycopg2-binary")
+    as_user = {}
+    root = Path(tempfile.mkdtemp(prefix="segtune-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
+        import pwd
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and no `postgres` user to run the PostgreSQL server as")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_user = {"user": owner.pw_uid, "group": owner.pw_gid}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    (root / "pwfile").write_text(PG_PASSWORD)
+    if as_user:
+        os.chown(root / "pwfile", as_user["user"], as_user["group"])
+    subprocess.run([bindir / "initdb", "-D", data, "-A", "scram-sha-256", "--pwfile", root / "pwfile", "-U", "segtune",
+                    "--no-sync"], check=True, capture_output=True, **as_user)
+    # 50 is plenty: a segtune worker holds at most 2 connections, and each test's own database
+    # limits what its workers may open (fresh_database)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+    subprocess.run([bindir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o", options, "start"],
+                   check=True, capture_output=True, **as_user)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PGPASSWORD", PG_PASSWORD)
+        yield f"postgresql://segtune@127.0.0.1:{port}/postgres"
+    subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_user)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(postgres_url: str, *, workers: int) -> str:
+    """A new database on the test server that refuses connections beyond segtune's rule: each
+    worker process holds at most 2 (its trial, its heartbeat thread), the process that starts
+    them 1 more. Its owner is no superuser, so PostgreSQL enforces the limit."""
+    import psycopg2
+
+    name = f"db_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(postgres_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'worker'")
+        if cur.fetchone() is None:
+            cur.execute(f"CREATE ROLE worker LOGIN PASSWORD '{PG_PASSWORD}'")  # PGPASSWORD
+        cur.execute(f"CREATE DATABASE {name} OWNER worker CONNECTION LIMIT {2 * workers + 1}")
+    conn.close()
+    return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
+
+
+def write_study(tmp_path, *, epochs: int, space: dict, **fields) -> Path:
+    tree = {"name": f"study-{uuid.uuid4().hex[:8]}", "method": "grid", "space": space,
+            "base": tiny_tree(train={"epochs": epochs, "batch_size": 8, "patience": 0}), **fields}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_two_worker_processes_share_one_study(tmp_path, storage, request):
+    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if storage == "postgresql" else None
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
+    trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
+    # every cell completes once, and both workers took part; on a machine so loaded that a
+    # heartbeat comes later than the grace period, a trial is taken for dead and re-queued
+    # (two workers asking at once can be given the same cell by Optuna's GridSampler: the later
+    # trial waits for the earlier one and takes its result, "same_as", with no training)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
+    assert len(complete) == 4 and len({tuple(sorted(t.params.items())) for t in complete}) == 4
+    assert all(t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs
+               for t in trials if t.state != TrialState.COMPLETE)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+
+
+@pytest.mark.slow
+def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
+    # a study fixes its trials' thread count when created (here the cores divided between 2
+    # workers); the same count in one in-process worker gives every cell the same value
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
+    two = run_study(path, study_dir=tmp_path / "two", n_workers=2)
+    threads = two.user_attrs["threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    one = run_study(path, study_dir=tmp_path / "one", n_workers=1, num_threads=threads)
+
+    def values(study):
+        trials = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+        assert all(t.user_attrs["config"]["train"]["num_threads"] == threads for t in trials)
+        return {tuple(sorted(t.params.items())): t.value for t in trials}
+
+    assert values(one) == values(two) and len(values(one)) == 4
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
+    path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
+                       heartbeat_interval=1, grace_period=2)
+    out = tmp_path / "out"
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    name = yaml.safe_load(path.read_text())["name"]
+    # the worker kills itself in epoch 3 of trial 1, after trial 0 finished
+    run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out)] + (["--storage", url] if url else []),
+                        run_dir_prefix="0001-")
+    storage = storage_url.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert [(t.state, sorted(t.intermediate_values)) for t in trials] == [
+        (TrialState.COMPLETE, list(range(1, 9))), (TrialState.RUNNING, [1, 2])]
+    (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    trials = run_study(path, study_dir=out, storage=url).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    died = [t for t in trials if t.state == TrialState.FAIL]
+    # the finished trial is kept and not repeated; the killed one is failed and re-run once
+    assert sorted(t.params["optimizer.lr"] for t in complete) == [0.003, 0.01]
+    assert done_before.number in [t.number for t in complete]
+    assert len(died) == 1 and "fail_reason" not in died[0].user_attrs
+    assert died[0].params == next(t for t in complete if t.number != done_before.number).params
+
+
+def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
+    # Optuna fails a stale trial, then queues its retry: a worker killed between the two steps
+    # leaves a failed trial and no retry. The next worker queues it, so the grid loses no cell.
+    from segtune.study import open_storage, open_study
+    from segtune.study.spec import load_study
+
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003]}, heartbeat_interval=1,
+                       grace_period=2)
+    spec, space = load_study(path)
+    study = open_study(spec, space, open_storage(spec, tmp_path / "out"), seed=spec.seed)
+    orphan = study.ask()
+    lost = space.sample_grid(orphan)
+    study._storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)  # failed, its retry not queued
+    time.sleep(2.2)  # past the grace period: no other worker can still be queuing it
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["optimizer.lr"] for t in complete) == [0.003, 0.01]
+    retry = next(t for t in complete if t.params == orphan.params)
+    assert retry.params == {"optimizer.lr": lost["optimizer.lr"]} and retry.system_attrs["retry_history"] == [0]
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    # the leaderboard says why trial 0 failed and where it ran again
+    header, rows = leaderboard(optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}"))
+    row = next(r for r in rows if r[0] == 0)
+    assert row[header.index("state")] == "died"
+    assert row[header.index("reason")] == f"its worker died (no heartbeat); run again as trial {retry.number}"
+
+
+OPEN_AT = """
+import sys
+from segtune.study import open_storage
+from segtune.study.spec import load_study
+spec, _ = load_study(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # every process at the same instant: when all are ready
+open_storage(spec, None, sys.argv[2])
+"""
+
+
+def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tmp_path, postgres_url):
+    # CREATE TABLE IF NOT EXISTS is not atomic in PostgreSQL: workers that set up Optuna's tables
+    # at the same moment collide, and the loser must retry instead of dying
+    url = fresh_database(postgres_url, workers=8)
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]})
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(path), url], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * 8, [p.stderr.read()[-400:] for p in procs]
+    for p in procs:
+        p.stdin.write("go\n")
+    for p in procs:
+        p.stdin.flush()
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-400:] for err in errors]
+
+
+def test_the_password_comes_from_pgpassword_or_pgpass_and_is_never_shown(tmp_path, postgres_url, monkeypatch,
+                                                                         capsys):
+    # the server asks for a password; the README's URL holds none
+    from segtune.cli import main
+    from segtune.study import open_storage
+    from segtune.study.spec import load_study
+
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]})
+    spec, _ = load_study(path)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # open_storage's retries, not needed here
+    open_storage(spec, tmp_path, postgres_url)  # PGPASSWORD, set by the fixture
+    monkeypatch.delenv("PGPASSWORD")
+    with pytest.raises(ConfigError, match="(?s)no password supplied.*; check --storage .a password is read from "
+                                          "PGPASSWORD or ~/.pgpass"):
+        open_storage(spec, tmp_path, postgres_url)
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:*:*:segtune:{PG_PASSWORD}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file that others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    open_storage(spec, tmp_path, postgres_url)
+    # a wrong password in the URL: each command says the server refused it, and never shows it
+    wrong = postgres_url.replace("segtune@", "segtune:Wr0ng-pw@")
+    for command in (["study", str(path)], ["study", "status", str(path)], ["report", "--study", spec.name]):
+        assert main(command + ["--storage", wrong]) == 2
+        out, err = capsys.readouterr()
+        assert "password authentication failed" in err and "segtune:***@127.0.0.1" in err
+        assert "Wr0ng-pw" not in out + err
+
+
+def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_line(tmp_path, postgres_url,
+                                                                                  monkeypatch):
+    # `ps` shows every user each process's command line; its environment only to its own user.
+    # (test_two_worker_processes_share_one_study runs such workers for real.)
+    import segtune.study
+
+    monkeypatch.delenv("PGPASSWORD")
+    monkeypatch.setenv("SEGTUNE_STORAGE", "sqlite:///elsewhere.db")  # a stale value is never passed on
+    url = postgres_url.replace("segtune@", f"segtune:{PG_PASSWORD}@")  # the password in the URL itself
+    started = []
+
+    class Worker:
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs["env"]))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(segtune.study.subprocess, "Popen", Worker)
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]})
+    run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2)  # the parent opens it: the URL works
+    run_study(path, study_dir=tmp_path / "sqlite", n_workers=2)
+    assert len(started) == 4
+    for argv, env in started:
+        assert "--storage" not in argv and not any(PG_PASSWORD in str(a) for a in argv)
+    assert [env.get("SEGTUNE_STORAGE") for _, env in started] == [url, url, None, None]

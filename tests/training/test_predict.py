@@ -1,0 +1,97 @@
+"""Predictions in the input's own form (NIfTI volumes, PNG masks) and per-case 3D Dice."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from tests.conftest import tiny_tree
+from tests.data.test_nifti import AFFINE, SHAPE, write_msd, write_nnunet
+
+from segtune.cli import main
+from segtune.config import build_config
+from segtune.errors import DataError
+from segtune.training.predict import evaluate_run, group_channels, predict_files
+from segtune.training.loop import train
+
+
+def train_on(tmp_path, data: dict, name: str = "run"):
+    config = build_config(tiny_tree(data=data, train={"epochs": 1, "batch_size": 8, "patience": 0,
+                                                         "device": "cpu"}))
+    return train(config, out_dir=tmp_path / name, verbose=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def nnunet_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nnunet")
+    root = write_nnunet(tmp / "data", n_cases=5, n_channels=2)
+    return train_on(tmp, {"source": "nifti", "path": str(root), "axis": 2}), root
+
+
+def test_evaluate_reports_3d_dice_per_case_and_their_mean(nnunet_run):
+    run, _ = nnunet_run
+    metrics, names = evaluate_run(run, split="test")
+    assert names == ["background", "liver", "tumour"]
+    (case, dice), = metrics["per_case"].items()  # 5 cases: one test case
+    assert case.startswith("case_") and set(dice) == set(names)
+    assert metrics["case_mean_dice_per_class"] == pytest.approx(dice)
+    # one case: its 3D Dice equals the Dice of all voxels pooled
+    assert metrics["dice_per_class"] == pytest.approx(dice)
+
+
+def test_evaluate_all_cases_of_another_dataset(nnunet_run, tmp_path):
+    run, _ = nnunet_run
+    other = write_nnunet(tmp_path / "other", n_cases=3, n_channels=2)
+    metrics, _ = evaluate_run(run, split="all", overrides=[f"data.path={other}"])
+    assert sorted(metrics["per_case"]) == ["case_000", "case_001", "case_002"]
+
+
+def test_predict_writes_volumes_with_the_source_affine_and_header(nnunet_run, tmp_path):
+    run, root = nnunet_run
+    written = predict_files(run, [root / "imagesTr"], tmp_path / "pred")
+    assert [p.name for p in written] == [f"case_{i:03d}.nii.gz" for i in range(5)]
+    out, source = nib.load(written[0]), nib.load(root / "imagesTr" / "case_000_0000.nii.gz")
+    assert out.shape == SHAPE
+    assert np.allclose(out.affine, AFFINE)
+    assert out.header.get_zooms() == source.header.get_zooms()
+    assert out.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
+
+
+def test_cli_evaluate_prints_the_case_table(nnunet_run, capsys):
+    run, _ = nnunet_run
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "3D Dice per case" in out and "mean over cases" in out
+
+
+def test_channel_files_must_match_the_model(tmp_path):
+    files = [tmp_path / "a_0000.nii.gz", tmp_path / "a_0002.nii.gz"]
+    with pytest.raises(DataError, match=r"a_0000\.nii\.gz: case 'a' has channel files .* takes 2 channel"):
+        group_channels(files, 2)
+    assert group_channels([tmp_path / "b_0000.nii.gz", tmp_path / "c.nii"], 1) == {
+        "b": (tmp_path / "b_0000.nii.gz",), "c": (tmp_path / "c.nii",)}
+
+
+def test_predict_a_4d_channels_last_volume(nnunet_run, tmp_path):
+    run, _ = nnunet_run
+    msd = write_msd(tmp_path / "msd", n_cases=1, n_channels=2)
+    (written,) = predict_files(run, [msd / "imagesTr" / "vol_0.nii.gz"], tmp_path / "pred")
+    assert written.name == "vol_0.nii.gz"
+    assert nib.load(written).shape == SHAPE
+
+
+def test_evaluate_uses_every_slice_and_the_training_normalisation(tmp_path):
+    # trained on half the training slices with the dataset's z-score: evaluating another dataset
+    # uses all its slices (so every case is whole) and the statistics stored in the checkpoint
+    root = write_nnunet(tmp_path / "data", n_cases=5, n_channels=1)
+    run = train_on(tmp_path, {"source": "nifti", "path": str(root), "axis": 2, "train_fraction": 0.5,
+                              "normalize": "zscore_dataset"})
+    import json
+
+    summary = json.loads((run / "summary.json").read_text())
+    metrics, _ = evaluate_run(run, split="val")
+    assert metrics["dice_per_class"] == pytest.approx(summary["val"]["dice_per_class"])
+    other = write_nnunet(tmp_path / "other", n_cases=3, n_channels=1)
+    metrics, _ = evaluate_run(run, split="all", overrides=[f"data.path={other}"])
+    assert sorted(metrics["per_case"]) == ["case_000", "case_001", "case_002"]
