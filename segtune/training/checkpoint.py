@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from segtune.errors import DataError, StorageError
 from segtune.components.models import build_model
+from segtune.components.weights import read_tensors
 
 
 _UMASK = os.umask(0)
@@ -68,34 +68,6 @@ def write_text_atomic(text: str, path: str | Path) -> None:
 def write_json_atomic(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file, fsync and rename."""
     write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
-
-
-def read_tensors(path: str | Path, fix: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``: tensors and plain values only, never code.
-
-    Args:
-        path: a file written by ``torch.save``.
-        fix: what the user should do when it cannot be read, e.g. "re-run the training that wrote it".
-
-    Raises:
-        DataError: the file is damaged (truncated, overwritten) or holds other objects; the
-            message names the file and ``fix``, and never suggests unsafe loading.
-    """
-    try:
-        with warnings.catch_warnings():  # torch's note on the pickle protocol of a file it did not write
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling or zip problem means an unusable file
-        raise DataError(f"{path}: not a readable checkpoint: the file is damaged (truncated?) or holds more than "
-                        f"tensors and plain values, which are never loaded since they could run code "
-                        f"({_load_failure(err)}); {fix}") from None
-
-
-def _load_failure(err: Exception) -> str:
-    """torch's reason in a few words, without its advice to load unsafely."""
-    text = str(err).split("WeightsUnpickler error:")[-1].strip()
-    reason = text.split(". ")[0].splitlines()[0] if text else "the file is empty"
-    return f"{type(err).__name__}: {reason}" if "weights_only" not in reason else type(err).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
