@@ -9,8 +9,8 @@ Every loss is built as ``LOSSES.build(name, options, n_classes)`` and called as
   and these losses accept binary tasks only.
 * ``target``: ``(B, H, W)`` int64 labels ``0..n_classes-1``; 0 is the background.
 
-MONAI's implementations are used where they exist (Dice, Dice+CE, focal, Tversky); inverse Dice,
-the switching loss and the weighted sums are built from MONAI's ``DiceLoss``.
+MONAI's implementations are used where they exist (Dice, Dice+CE, Dice+BCE, focal, Tversky); inverse
+Dice, the switching loss and the weighted sums are built from MONAI's ``DiceLoss``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from torch import nn
 
 from segtune.errors import ConfigError
 from segtune.registry import Registry
+
+__all__ = [
+    "LOSSES", "BinaryCE", "SoftDice", "SwitchingLoss", "WeightedSum", "bce", "ce", "dice", "dice_bce",
+    "dice_bce_inverse_dice", "dice_ce", "focal", "inverse_dice", "probabilities", "switching", "tversky",
+]
 
 LOSSES = Registry("loss")
 
@@ -79,11 +84,12 @@ def probabilities(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
 
 
 class _LabelLoss(nn.Module):
-    """Adapts a MONAI loss that wants a ``(B, 1, H, W)`` label target."""
+    """Adapts a loss that wants a ``(B, 1, H, W)`` label target (MONAI's, :class:`BinaryCE`)."""
 
-    def __init__(self, loss: nn.Module) -> None:
+    def __init__(self, loss: nn.Module, *, single_channel: bool = False) -> None:
         super().__init__()
         self.loss = loss
+        self.single_channel = single_channel
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(logits, target[:, None])
@@ -125,6 +131,10 @@ class SoftDice(nn.Module):
 class BinaryCE(nn.Module):
     """Binary cross-entropy on one sigmoid channel, optional per-class pixel weights and label smoothing.
 
+    Called as ``loss(logits, target)`` with ``logits`` ``(B, 1, H, W)`` and ``target`` the
+    ``(B, 1, H, W)`` foreground indicator (0 or 1, any dtype), as MONAI's ``DiceCELoss`` calls its
+    ``binary_cross_entropy``.
+
     Args:
         weight: ``(2,)`` weights of background and foreground pixels, or ``None``.
         label_smoothing: targets become ``y (1 - s) + s / 2``.
@@ -136,11 +146,11 @@ class BinaryCE(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        y = target[:, None].to(logits.dtype)
+        y = target.to(logits.dtype)
         soft = y * (1 - self.label_smoothing) + self.label_smoothing / 2
         loss = F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
         if self.weight is not None:
-            loss = loss * self.weight[target[:, None]]
+            loss = loss * self.weight[target.long()]
         return loss.mean()
 
 
@@ -199,8 +209,8 @@ def bce(n_classes: int, /, *, class_weights: ClassWeights = None,
         label_smoothing: LabelSmoothing = 0.0) -> nn.Module:
     """Binary cross-entropy on one sigmoid output channel; binary tasks only (torch BCEWithLogits)."""
     _require_binary("bce", n_classes, "ce")
-    return WeightedSum([(1.0, BinaryCE(weight=_class_weights(class_weights, n_classes),
-                                       label_smoothing=label_smoothing))], single_channel=True)
+    return _LabelLoss(BinaryCE(weight=_class_weights(class_weights, n_classes), label_smoothing=label_smoothing),
+                      single_channel=True)
 
 
 @LOSSES.register("dice")
@@ -227,11 +237,16 @@ def dice_ce(n_classes: int, /, *, include_background: bool = True, smooth: Smoot
 @LOSSES.register("dice_bce", check=_not_all_zero("lambda_dice", "lambda_bce"))
 def dice_bce(n_classes: int, /, *, smooth: Smooth = 1e-5, class_weights: ClassWeights = None,
              lambda_dice: Weight = 1.0, lambda_bce: Weight = 1.0) -> nn.Module:
-    """Soft Dice plus binary cross-entropy on one sigmoid output; binary tasks only (as MONAI DiceCELoss, sigmoid)."""
+    """Soft Dice plus binary cross-entropy on one sigmoid output; binary tasks only (MONAI DiceCELoss, sigmoid)."""
+    from monai.losses import DiceCELoss
+
     _require_binary("dice_bce", n_classes, "dice_ce")
-    return WeightedSum([(lambda_dice, SoftDice(include_background=True, smooth=smooth)),
-                        (lambda_bce, BinaryCE(weight=_class_weights(class_weights, n_classes)))],
-                       single_channel=True)
+    loss = DiceCELoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, lambda_dice=lambda_dice, lambda_ce=lambda_bce)
+    if class_weights is not None:
+        # MONAI's `weight` would be BCE's pos_weight (and a Dice weight): it cannot weigh background
+        # pixels. Ours weighs every pixel by its class, as `bce` does.
+        loss.binary_cross_entropy = BinaryCE(weight=_class_weights(class_weights, n_classes))
+    return _LabelLoss(loss, single_channel=True)
 
 
 @LOSSES.register("inverse_dice")
@@ -248,9 +263,9 @@ def dice_bce_inverse_dice(n_classes: int, /, *, smooth: Smooth = 1e-5, class_wei
                           lambda_inverse: Weight = 1.0) -> nn.Module:
     """Dice + BCE + inverse Dice on one sigmoid output, weighted sum; binary tasks only."""
     _require_binary("dice_bce_inverse_dice", n_classes, "dice_ce")
-    return WeightedSum([(lambda_dice, SoftDice(include_background=True, smooth=smooth)),
-                        (lambda_bce, BinaryCE(weight=_class_weights(class_weights, n_classes))),
-                        (lambda_inverse, SoftDice(include_background=True, smooth=smooth, inverse=True))],
+    both = dice_bce(n_classes, smooth=smooth, class_weights=class_weights, lambda_dice=lambda_dice,
+                    lambda_bce=lambda_bce)
+    return WeightedSum([(1.0, both), (lambda_inverse, SoftDice(include_background=True, smooth=smooth, inverse=True))],
                        single_channel=True)
 
 

@@ -145,6 +145,15 @@ def test_dice_bce_matches_monai_dice_ce_with_sigmoid():
     torch.testing.assert_close(ours, ref)
 
 
+def test_dice_bce_class_weights_weigh_the_bce_pixels_by_class():
+    target, logits = _target(2), _logits(1)
+    y = target[:, None].float()
+    ref = DiceLoss(sigmoid=True)(logits, y) + torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, y, weight=0.5 + 1.5 * y)
+    ours = LOSSES.build("dice_bce", {"class_weights": [0.5, 2.0]}, 2)(logits, target)
+    torch.testing.assert_close(ours, ref)
+
+
 def test_bce_matches_torch_and_weights_pixels_by_class():
     target, logits = _target(2), _logits(1)
     y = target[:, None].float()
