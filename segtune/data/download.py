@@ -1,21 +1,40 @@
 """``segtune download NAME DIR``: fetch a public dataset's archives, check their MD5, unpack them.
 
 Archives are kept in ``DIR`` after unpacking, so a second call checks them and unpacks again
-without downloading. Nothing else in segtune touches the network.
+without downloading. Nothing else in segtune touches the network, and nothing does at import.
+
+MONAI's ``monai.apps.download_url`` / ``extractall`` (and ``download_and_extract``) do not fit:
+
+* ``download_url`` has no timeout (``urlretrieve``), so a stalled mirror hangs forever; it writes
+  the whole file into the system temporary folder first (800 MB into an often small ``/tmp``);
+  it returns without a file or an error on ``PermissionError`` and ``NotADirectoryError``; it
+  refuses a damaged earlier download instead of fetching it again; and its hash error does not say
+  the hash found, nor try another URL.
+* ``extractall`` skips unpacking when the archive's folder is not empty, so an unpack that was
+  interrupted midway is never completed; the standard library's ``tarfile`` data filter refuses
+  unsafe members (``..``, absolute paths, links outside) as MONAI's check does.
+
+So the download is ``urllib`` with a timeout, into a ``.part`` file next to the target, with a
+``tqdm`` progress bar on a terminal; the hash is ``hashlib.file_digest``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from segtune.errors import DataError
 from segtune.registry import suggest
+
+__all__ = ["DATASETS", "TIMEOUT", "Archive", "download", "fetch", "md5sum", "unpack"]
 
 
 @dataclass(frozen=True)
@@ -39,24 +58,25 @@ DATASETS: dict[str, tuple[Archive, ...]] = {
 }
 
 CHUNK = 1 << 20
+TIMEOUT = 60  # seconds without an answer before a URL counts as unreachable
 
 
 def md5sum(path: Path) -> str:
-    """The MD5 hex digest of a file, read in chunks."""
-    digest = hashlib.md5()
+    """The MD5 hex digest of a file."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _fetch_url(url: str, target: Path, verbose: bool) -> None:
     part = target.with_name(target.name + ".part")
-    with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0)
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response, open(part, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
         if verbose:
-            print(f"downloading {url} ({total / 1e6:.0f} MB)" if total else f"downloading {url}", flush=True)
-        shutil.copyfileobj(response, out, CHUNK)
+            print(f"downloading {url}", flush=True)
+        # disable=None: a bar on a terminal only, none in logs or pipes
+        with tqdm.wrapattr(out, "write", total=total, desc=target.name, file=sys.stderr,
+                           disable=None if verbose else True) as sink:
+            shutil.copyfileobj(response, sink, CHUNK)
     part.replace(target)
 
 
