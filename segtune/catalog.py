@@ -1,7 +1,8 @@
 """Every registered component with its options and defaults, read from the registries themselves.
 
 ``segtune list`` prints :func:`format_components`; nothing here is written by hand, so the list
-cannot drift from the code.
+cannot drift from the code. It reads the config's sections (their common fields) as well as the
+registries, so it sits above :mod:`segtune.config`, not in :mod:`segtune.components`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 import annotated_types
 from pydantic.fields import FieldInfo
 
-from segtune.components.augment import AUGMENTATIONS
+from segtune.components import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
+from segtune.config import Config
 from segtune.data import SOURCES
-from segtune.components.losses import LOSSES
-from segtune.components.models import MODELS
-from segtune.components.optim import OPTIMIZERS, SCHEDULERS
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
+
+__all__ = ["REGISTRIES", "common_options", "describe", "format_components", "type_name"]
+
+Option = tuple[str, str, Any, str]  # (option, readable type, default, description or "")
 
 REGISTRIES: dict[str, Registry] = {  # config section -> registry
     "model": MODELS,
@@ -66,30 +69,33 @@ def type_name(annotation: Any, metadata: list[Any] = ()) -> str:
     return f"{base} {bounds}" if bounds else base
 
 
+def _option(key: str, field: FieldInfo) -> Option:
+    return key, type_name(field.annotation, field.metadata), field.default, field.description or ""
+
+
 def describe(registry: Registry) -> list[dict[str, Any]]:
-    """``[{"name", "summary", "options": [(option, type, default), ...]}, ...]`` for each entry, sorted."""
+    """``[{"name", "summary", "options": [(option, type, default, description), ...]}, ...]`` per entry, sorted."""
     out = []
     for name in registry.names():
         entry = registry.entry(name)
-        options = [(key, type_name(f.annotation, f.metadata), f.default) for key, f in entry.options.model_fields.items()]
+        options = [_option(key, f) for key, f in entry.options.model_fields.items()]
         out.append({"name": name, "summary": entry.summary, "options": options})
     return out
 
 
-def common_options(section: str) -> list[tuple[str, str, Any]]:
-    """``(option, type, default)`` of the fields a config section has for every component of its kind."""
-    from segtune.config import Config
-
+def common_options(section: str) -> list[Option]:
+    """``(option, type, default, description)`` of the fields a config section has for every component of its kind."""
     cls = Config.model_fields[section].annotation
     key = "source" if section == "data" else "name"
-    return [(k, type_name(f.annotation, f.metadata), f.default) for k, f in cls.model_fields.items() if k != key]
+    return [_option(k, f) for k, f in cls.model_fields.items() if k != key]
 
 
-def _option_lines(section: str, options: list[tuple[str, str, Any]], indent: str) -> list[str]:
+def _option_lines(section: str, options: list[Option], indent: str) -> list[str]:
     lines = []
-    for option, kind, default in options:
+    for option, kind, default, description in options:
         shown = list(default) if isinstance(default, tuple) else default
-        lines.append(f"{indent}{section}.{option} = {shown!r}    ({kind})")
+        note = f"  # {description}" if description else ""
+        lines.append(f"{indent}{section}.{option} = {shown!r}    ({kind}){note}")
     return lines
 
 

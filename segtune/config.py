@@ -22,7 +22,8 @@ from pydantic import Field
 
 from segtune.components.augment import AUGMENTATIONS
 from segtune.data import SOURCES
-from segtune.errors import ConfigError
+from segtune.data.fingerprint import detect_source
+from segtune.errors import ConfigError, DataError
 from segtune.components.losses import LOSSES
 from segtune.components.models import MODELS
 from segtune.components.optim import OPTIMIZERS, SCHEDULERS
@@ -131,7 +132,8 @@ class SchedulerConfig(_Component):
     registry: ClassVar[Registry] = SCHEDULERS
     name: str = "none"
     # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup_epochs + 1) for e < warmup_epochs.
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[int, Field(ge=0, description="epochs of linear warm-up; plateau counts validations "
+                                                          "(= epochs when train.val_every is 1)")] = 0
 
 
 class AugmentConfig(_Component):
@@ -306,3 +308,24 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         >>> cfg = load_config("configs/demo.yaml", ["optimizer.name=sgd"])  # doctest: +SKIP
     """
     return build_config(read_yaml(path), overrides, origin=str(path))
+
+
+def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
+    """A config whose ``data`` section says what to read (``segtune inspect --data SPEC``).
+
+    Args:
+        spec: a dataset folder, a YAML config file, or None (``overrides`` say it all).
+        overrides: ``--set`` items such as ``data.source=nifti`` or ``data.axis=0``.
+
+    Raises:
+        DataError: ``spec`` is neither a folder nor a file.
+    """
+    if spec is None:
+        return build_config({}, overrides, origin="--set")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return build_config({"data": {"source": detect_source(path), "path": str(path)}}, overrides,
+                            origin=str(path))
+    if path.is_file():
+        return load_config(path, overrides)
+    raise DataError(f"{spec}: no such dataset folder or config file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segtune.cli import main
-from segtune.components.catalog import REGISTRIES, format_components, type_name
+from segtune.catalog import REGISTRIES, format_components, type_name
 from segtune.errors import ConfigError
 
 

@@ -204,7 +204,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from segtune.data.fingerprint import data_config, fingerprint, format_fingerprint
+    from segtune.config import data_config
+    from segtune.data.fingerprint import fingerprint, format_fingerprint
 
     fp = fingerprint(data_config(args.data, args.set))
     print(json.dumps(fp, indent=2) if args.json else format_fingerprint(fp))
@@ -213,7 +214,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 @command("list")
 def cmd_list(args: argparse.Namespace) -> int:
-    from segtune.components.catalog import format_components
+    from segtune.catalog import format_components
 
     print(format_components(args.sections or None), end="")
     return 0

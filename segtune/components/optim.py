@@ -7,7 +7,8 @@ Schedules are built with :func:`build_scheduler` and stepped once per epoch, aft
 ``plateau`` is stepped with the monitored validation value (larger is better). Every schedule
 except ``plateau`` is a multiplier of the base lr as a function of the epoch, written in closed
 form below and applied by ``torch.optim.lr_scheduler.LambdaLR``. A linear warm-up of
-``warmup_epochs`` epochs can go in front of any schedule::
+``warmup_epochs`` epochs can go in front of any schedule (for ``plateau``, which is stepped after
+each validation, warm-up and ``patience`` count validations: = epochs when ``train.val_every`` is 1)::
 
     lr(e) = base * (e + 1) / (warmup + 1)           for e < warmup
     lr(e) = schedule(e - warmup), over epochs - warmup epochs, after it
@@ -24,6 +25,11 @@ from pydantic import Field
 
 from segtune.errors import ConfigError
 from segtune.registry import Registry
+
+__all__ = [
+    "OPTIMIZERS", "SCHEDULERS", "WarmupPlateau", "adadelta", "adagrad", "adam", "adamax", "adamw", "build_scheduler",
+    "constant", "cosine", "exponential", "multistep", "plateau", "poly", "rmsprop", "sgd", "step",
+]
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("scheduler")
@@ -89,15 +95,17 @@ def adadelta(params: Params, /, *, lr: LR = 1.0, rho: Beta = 0.9,
     return torch.optim.Adadelta(params, lr=lr, rho=rho, weight_decay=weight_decay)
 
 
+PLATEAU_PATIENCE = "validations without improvement before the lr drops (= epochs when train.val_every is 1)"
+
 Multiplier = Callable[[int, float], float]  # (epoch after warm-up, base lr) -> lr
 
 
-def _per_epoch(optimizer: torch.optim.Optimizer, n_warmup: int, lr_at: Multiplier) -> torch.optim.lr_scheduler.LambdaLR:
+def _per_epoch(optimizer: torch.optim.Optimizer, warmup_epochs: int, lr_at: Multiplier) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(base: float) -> Callable[[int], float]:
         def at(epoch: int) -> float:
-            if epoch < n_warmup:
-                return (epoch + 1) / (n_warmup + 1)
-            return lr_at(epoch - n_warmup, base) / base
+            if epoch < warmup_epochs:
+                return (epoch + 1) / (warmup_epochs + 1)
+            return lr_at(epoch - warmup_epochs, base) / base
 
         return at
 
@@ -105,31 +113,31 @@ def _per_epoch(optimizer: torch.optim.Optimizer, n_warmup: int, lr_at: Multiplie
 
 
 @SCHEDULERS.register("none")
-def constant(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /) -> torch.optim.lr_scheduler.LRScheduler:
+def constant(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /) -> torch.optim.lr_scheduler.LRScheduler:
     """Constant learning rate."""
-    return _per_epoch(optimizer, n_warmup, lambda e, base: base)
+    return _per_epoch(optimizer, warmup_epochs, lambda e, base: base)
 
 
 @SCHEDULERS.register("step")
-def step(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *, step_size: Epochs = 10,
+def step(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *, step_size: Epochs = 10,
          gamma: Factor = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
     """lr = base * gamma ** (epoch // step_size), as torch StepLR."""
-    return _per_epoch(optimizer, n_warmup, lambda e, base: base * gamma ** (e // step_size))
+    return _per_epoch(optimizer, warmup_epochs, lambda e, base: base * gamma ** (e // step_size))
 
 
 @SCHEDULERS.register("multistep")
-def multistep(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
+def multistep(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *,
               milestones: tuple[Epochs, ...] = (30, 60, 90), gamma: Factor = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
     """lr = base * gamma ** (number of milestones <= epoch), as torch MultiStepLR."""
     marks = sorted(milestones)
-    return _per_epoch(optimizer, n_warmup, lambda e, base: base * gamma ** bisect_right(marks, e))
+    return _per_epoch(optimizer, warmup_epochs, lambda e, base: base * gamma ** bisect_right(marks, e))
 
 
 @SCHEDULERS.register("exponential")
-def exponential(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
+def exponential(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *,
                 gamma: Factor = 0.95) -> torch.optim.lr_scheduler.LRScheduler:
     """lr = base * gamma ** epoch, as torch ExponentialLR."""
-    return _per_epoch(optimizer, n_warmup, lambda e, base: base * gamma**e)
+    return _per_epoch(optimizer, warmup_epochs, lambda e, base: base * gamma**e)
 
 
 def _cosine_phase(epoch: int, n_epochs: int, period: int | None, mult: int) -> float:
@@ -141,7 +149,7 @@ def _cosine_phase(epoch: int, n_epochs: int, period: int | None, mult: int) -> f
 
 
 @SCHEDULERS.register("cosine")
-def cosine(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *, min_lr: Decay = 0.0,
+def cosine(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *, min_lr: Decay = 0.0,
            restart_every: Epochs | None = None, restart_mult: Epochs = 1) -> torch.optim.lr_scheduler.LRScheduler:
     """lr = min_lr + (base - min_lr) (1 + cos(pi t)) / 2, t = epoch / epochs, or the share of the current restart cycle
     (Loshchilov & Hutter 2017, SGDR; as torch CosineAnnealingLR / CosineAnnealingWarmRestarts).
@@ -149,55 +157,67 @@ def cosine(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
     ``restart_every`` (cycle length in epochs; None = one cycle over the run) and ``restart_mult``
     (each cycle that many times longer than the previous) turn on warm restarts.
     """
-    horizon = n_epochs - n_warmup
+    horizon = n_epochs - warmup_epochs
 
     def lr_at(e: int, base: float) -> float:
         t = _cosine_phase(e, horizon, restart_every, restart_mult)
         return min_lr + (base - min_lr) * (1 + math.cos(math.pi * t)) / 2
 
-    return _per_epoch(optimizer, n_warmup, lr_at)
+    return _per_epoch(optimizer, warmup_epochs, lr_at)
 
 
 @SCHEDULERS.register("poly")
-def poly(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
+def poly(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *,
          power: Annotated[float, Field(gt=0.0)] = 0.9) -> torch.optim.lr_scheduler.LRScheduler:
     """lr = base * (1 - epoch / epochs) ** power, nnU-Net's schedule (Isensee et al. 2021; torch PolynomialLR)."""
-    horizon = n_epochs - n_warmup
-    return _per_epoch(optimizer, n_warmup, lambda e, base: base * max(0.0, 1 - e / horizon) ** power)
+    horizon = n_epochs - warmup_epochs
+    return _per_epoch(optimizer, warmup_epochs, lambda e, base: base * max(0.0, 1 - e / horizon) ** power)
 
 
 class WarmupPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
-    """``ReduceLROnPlateau`` (mode ``max``) with a linear warm-up over its first ``n_warmup`` steps.
+    """``ReduceLROnPlateau`` (mode ``max``) with a linear warm-up over its first ``warmup_epochs`` steps.
 
-    During warm-up the monitored value is ignored; after it, the plateau rule applies.
+    It is stepped after each validation, so its warm-up and its ``patience`` count validations
+    (= epochs when ``train.val_every`` is 1). During warm-up the monitored value is ignored; after
+    it, the plateau rule applies.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, n_warmup: int, **kwargs: Any) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_epochs: int, **kwargs: Any) -> None:
         super().__init__(optimizer, mode="max", **kwargs)
-        self.n_warmup, self.n_warmup_done = n_warmup, 0
+        self.warmup_epochs, self.warmup_epochs_done = warmup_epochs, 0
         self.warmup_base_lrs = [g["lr"] for g in optimizer.param_groups]
         self._set_warmup_lr()
 
     def _set_warmup_lr(self) -> None:
-        share = min(1.0, (self.n_warmup_done + 1) / (self.n_warmup + 1))
+        share = min(1.0, (self.warmup_epochs_done + 1) / (self.warmup_epochs + 1))
         for group, base in zip(self.optimizer.param_groups, self.warmup_base_lrs):
             group["lr"] = base * share
 
     def step(self, metrics: float, epoch: int | None = None) -> None:  # noqa: D102 - see the class
-        if self.n_warmup_done < self.n_warmup:
-            self.n_warmup_done += 1
+        if self.warmup_epochs_done < self.warmup_epochs:
+            self.warmup_epochs_done += 1
             self._set_warmup_lr()
             return
         super().step(metrics)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102 - as torch's
+        # checkpoints written before the warm-up counters were renamed hold n_warmup and n_warmup_done
+        renamed = {"n_warmup": "warmup_epochs", "n_warmup_done": "warmup_epochs_done"}
+        super().load_state_dict({renamed.get(k, k): v for k, v in state_dict.items()})
+
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer: torch.optim.Optimizer, n_epochs: int, n_warmup: int, /, *,
-            patience: Annotated[int, Field(ge=0)] = 5, factor: Factor = 0.1, min_lr: Decay = 0.0,
+def plateau(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int, /, *,
+            patience: Annotated[int, Field(ge=0, description=PLATEAU_PATIENCE)] = 5, factor: Factor = 0.1,
+            min_lr: Decay = 0.0,
             monitor: Literal["val.dice_mean", "val.loss"] | None = None,  # None: follow train.monitor
             ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Multiply the lr by factor after patience validations without improvement of the monitored value (torch ReduceLROnPlateau)."""
-    scheduler = WarmupPlateau(optimizer, n_warmup, patience=patience, factor=factor, min_lr=min_lr)
+    """Multiply the lr by factor after patience validations without improvement of the monitored value (torch ReduceLROnPlateau).
+
+    Stepped after each validation: ``patience`` and the warm-up count validations (= epochs when
+    ``train.val_every`` is 1), while ``train.patience`` (early stopping) counts epochs.
+    """
+    scheduler = WarmupPlateau(optimizer, warmup_epochs, patience=patience, factor=factor, min_lr=min_lr)
     scheduler.monitor = monitor
     return scheduler
 

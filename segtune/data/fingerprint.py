@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from segtune.config import Config, build_config, load_config
-from segtune.data import SOURCES, SegData
+from segtune.data.base import SOURCES, SegData
 from segtune.data.folder import IMAGE_SUFFIXES
 from segtune.data.nifti import load_nifti, read_layout
 from segtune.errors import DataError
+
+if TYPE_CHECKING:  # for the annotation only: the config layer builds on this one
+    from segtune.config import Config
+
+__all__ = [
+    "ANISOTROPY", "LARGE_SIDE", "RARE_CLASS_FRACTION", "SIZE_MULTIPLE", "class_frequencies", "detect_source",
+    "fingerprint", "format_fingerprint", "intensity_stats", "survey_files",
+]
 
 RARE_CLASS_FRACTION = 0.01  # a foreground class below 1 % of the pixels counts as extreme imbalance
 ANISOTROPY = 3.0  # coarsest / finest voxel spacing above which slicing along the coarse axis is advised
@@ -42,27 +50,6 @@ def detect_source(folder: Path) -> str:
         return "folder"
     raise DataError(f"{folder}: no known layout (dataset.json, annotations/trimaps, or images/ + masks/); "
                     f"name the source with --set data.source=... data.path=...")
-
-
-def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
-    """A config whose ``data`` section says what to inspect.
-
-    Args:
-        spec: a dataset folder, a YAML config file, or None (``overrides`` say it all).
-        overrides: ``--set`` items such as ``data.source=nifti`` or ``data.axis=0``.
-
-    Raises:
-        DataError: ``spec`` is neither a folder nor a file.
-    """
-    if spec is None:
-        return build_config({}, overrides, origin="--set")
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return build_config({"data": {"source": detect_source(path), "path": str(path)}}, overrides,
-                            origin=str(path))
-    if path.is_file():
-        return load_config(path, overrides)
-    raise DataError(f"{spec}: no such dataset folder or config file")
 
 
 def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,8 +114,75 @@ def intensity_stats(images: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
+@dataclass
+class _Advice:
+    """What the fingerprint warns about and the settings it suggests, each with its reason."""
+
+    warnings: list[str] = field(default_factory=list)
+    suggestions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def suggest(self, key: str, value: Any, reason: str) -> None:
+        self.suggestions[key] = {"value": value, "reason": reason}
+
+
+def _advise_mixed_sizes(records: list[dict[str, Any]], source: str, options: dict[str, Any], axis: int,
+                        advice: _Advice) -> None:
+    """Files of several sizes: the source is told to resize them on reading (``options["size"]`` is set)."""
+    slice_sizes = Counter(_slice_size(r, source, axis) for r in records)
+    if len(slice_sizes) <= 1 or options.get("size") is not None:
+        return
+    common = list(_round_size(slice_sizes.most_common(1)[0][0]))
+    advice.warnings.append(f"mixed sizes: {len(slice_sizes)} different (H, W) among {len(records)} files; "
+                           f"they are resized on reading to {common} for this report")
+    if "size" in SOURCES.defaults(source):
+        options["size"] = common
+        advice.suggest("data.size", common, "files differ in size; every file is resized to this on reading")
+
+
+def _advise_resize(height: int, width: int, advice: _Advice) -> None:
+    odd = height % SIZE_MULTIPLE or width % SIZE_MULTIPLE
+    if odd or max(height, width) > LARGE_SIDE:
+        advice.suggest("data.resize", list(_round_size((height, width))),
+                       f"{height}x{width} is not a multiple of {SIZE_MULTIPLE} on both sides" if odd
+                       else f"sides above {LARGE_SIDE} train slowly on a CPU")
+
+
+def _advise_axis(spacings: Counter, axis: int, advice: _Advice) -> None:
+    spacing = np.median(np.array(list(spacings.elements())), 0)
+    coarse = int(np.argmax(spacing))
+    if spacing.max() / spacing.min() > ANISOTROPY and coarse != axis:
+        advice.warnings.append(f"anisotropic voxels (median spacing {spacing.round(3).tolist()}): slicing along "
+                               f"axis {axis} mixes fine and coarse directions within a slice")
+        advice.suggest("data.axis", coarse, "slice across the coarsest spacing so each slice keeps full in-plane detail")
+
+
+def _advise_normalize(images: torch.Tensor, stats: list[dict[str, float]], advice: _Advice) -> None:
+    integer_8bit = all(s["min"] >= 0 and s["max"] <= 255 for s in stats) and bool((images == images.round()).all())
+    if integer_8bit:
+        advice.suggest("data.normalize", "minmax", "8-bit photographs: scale each image to [0, 1]")
+    else:
+        advice.suggest("data.normalize", "zscore", "scanner intensities have no fixed range: standardise each image")
+
+
+def _advise_classes(classes: dict[str, dict[str, Any]], class_names: list[str], advice: _Advice) -> None:
+    for split, entry in classes.items():
+        missing = [n for n, v in entry["images_with"].items() if v == 0]
+        if missing:
+            advice.warnings.append(f"class(es) {', '.join(missing)} missing from the {split} split: their Dice there "
+                                   f"is meaningless; change split_seed or the split shares")
+    train_fraction = classes["train"]["fraction"]
+    rare = [n for n in class_names[1:] if 0 < train_fraction[n] < RARE_CLASS_FRACTION]
+    if rare:
+        advice.warnings.append(f"extreme imbalance: {', '.join(rare)} cover less than {RARE_CLASS_FRACTION:.0%} of "
+                               f"the training pixels; prefer a Dice-based loss (loss.name=dice_ce) or class weights")
+
+
 def fingerprint(config: Config) -> dict[str, Any]:
     """Read the configured data (as training would) and describe it.
+
+    Args:
+        config: a run config; its ``data`` section and ``seed`` say what to read
+            (:func:`segtune.config.data_config` makes one from a folder, a file or ``--set`` items).
 
     Returns:
         A dict with ``source``, ``n_cases`` (volumes) and ``n_images`` per split, ``sizes`` (file
@@ -142,51 +196,19 @@ def fingerprint(config: Config) -> dict[str, Any]:
     source, options = config.data.source, dict(config.data.options)
     axis = options.get("axis", 2)
     records = survey_files(source, options)
-    warnings: list[str] = []
-    suggestions: dict[str, Any] = {}
-    reasons: dict[str, str] = {}
-    slice_sizes = Counter(_slice_size(r, source, axis) for r in records)
-    if len(slice_sizes) > 1 and options.get("size") is None:
-        common = slice_sizes.most_common(1)[0][0]
-        warnings.append(f"mixed sizes: {len(slice_sizes)} different (H, W) among {len(records)} files; "
-                        f"they are resized on reading to {list(_round_size(common))} for this report")
-        if "size" in SOURCES.defaults(source):
-            options["size"] = list(_round_size(common))
-            suggestions["data.size"] = options["size"]
-            reasons["data.size"] = "files differ in size; every file is resized to this on reading"
+    advice = _Advice()
+    _advise_mixed_sizes(records, source, options, axis, advice)
     data = SOURCES.build(source, options, config.seed)
     height, width = data.train.images.shape[2:]
-    if (height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or max(height, width) > LARGE_SIDE) and not config.data.resize:
-        suggestions["data.resize"] = list(_round_size((height, width)))
-        reasons["data.resize"] = (f"{height}x{width} is not a multiple of {SIZE_MULTIPLE} on both sides"
-                                  if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE
-                                  else f"sides above {LARGE_SIDE} train slowly on a CPU")
+    if not config.data.resize:
+        _advise_resize(height, width, advice)
     spacings = Counter(r["spacing"] for r in records if r["spacing"])
     if spacings:
-        spacing = np.median(np.array(list(spacings.elements())), 0)
-        coarse = int(np.argmax(spacing))
-        if spacing.max() / spacing.min() > ANISOTROPY and coarse != axis:
-            warnings.append(f"anisotropic voxels (median spacing {spacing.round(3).tolist()}): slicing along "
-                            f"axis {axis} mixes fine and coarse directions within a slice")
-            suggestions["data.axis"] = coarse
-            reasons["data.axis"] = "slice across the coarsest spacing so each slice keeps full in-plane detail"
+        _advise_axis(spacings, axis, advice)
     stats = intensity_stats(data.train.images)
-    integer_8bit = all(s["min"] >= 0 and s["max"] <= 255 for s in stats) and bool(
-        (data.train.images == data.train.images.round()).all())
-    suggestions["data.normalize"] = "minmax" if integer_8bit else "zscore"
-    reasons["data.normalize"] = ("8-bit photographs: scale each image to [0, 1]" if integer_8bit else
-                                 "scanner intensities have no fixed range: standardise each image")
+    _advise_normalize(data.train.images, stats, advice)
     classes = class_frequencies(data)
-    for split, entry in classes.items():
-        missing = [n for n, v in entry["images_with"].items() if v == 0]
-        if missing:
-            warnings.append(f"class(es) {', '.join(missing)} missing from the {split} split: their Dice there "
-                            f"is meaningless; change split_seed or the split shares")
-    train_fraction = classes["train"]["fraction"]
-    rare = [n for n in data.class_names[1:] if 0 < train_fraction[n] < RARE_CLASS_FRACTION]
-    if rare:
-        warnings.append(f"extreme imbalance: {', '.join(rare)} cover less than {RARE_CLASS_FRACTION:.0%} of the "
-                        f"training pixels; prefer a Dice-based loss (loss.name=dice_ce) or class weights")
+    _advise_classes(classes, data.class_names, advice)
     return {
         "source": source,
         "path": options.get("path", ""),
@@ -199,8 +221,8 @@ def fingerprint(config: Config) -> dict[str, Any]:
         "intensity": stats,
         "class_names": data.class_names,
         "classes": classes,
-        "warnings": warnings,
-        "suggestions": {k: {"value": v, "reason": reasons[k]} for k, v in suggestions.items()},
+        "warnings": advice.warnings,
+        "suggestions": advice.suggestions,
     }
 
 

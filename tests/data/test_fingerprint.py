@@ -12,9 +12,9 @@ from tests.data.test_folder import write_folder
 from tests.data.test_nifti import write_nnunet
 
 from segtune.cli import main
-from segtune.config import build_config
+from segtune.config import build_config, data_config
 from segtune.errors import DataError
-from segtune.data.fingerprint import data_config, detect_source, fingerprint, format_fingerprint
+from segtune.data.fingerprint import detect_source, fingerprint, format_fingerprint
 
 
 def test_layouts_are_recognised(tmp_path):
