@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from segtune.registry import RegistryError
 
+__all__ = ["USER_ERRORS", "ConfigError", "DataError", "SegtuneError", "StorageError", "TrainingDiverged"]
+
 
 class SegtuneError(Exception):
     """Base class of every error caused by the user's input rather than by a bug."""

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import pydantic
 
+__all__ = ["Entry", "Registry", "RegistryError", "suggest"]
+
 
 class RegistryError(ValueError):
     """An unknown component name or an invalid option of a component."""

@@ -22,6 +22,8 @@ from pydantic import Field
 
 from segtune.registry import Registry
 
+__all__ = ["AUGMENTATIONS", "Augmentation", "combine", "flip", "none", "random_affine", "random_flip"]
+
 AUGMENTATIONS = Registry("augmentation")
 
 Augmentation = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]

@@ -19,8 +19,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from segtune.components.weights import read_tensors
 from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
+
+__all__ = [
+    "MODELS", "PadToMultiple", "UNet", "build_model", "count_parameters", "encoder_modules", "encoder_state",
+    "load_encoder_weights", "load_pretrained_encoder", "monai_unet", "resnet34_unet", "set_encoder_trainable", "unet",
+]
 
 MODELS = Registry("model")
 
@@ -175,8 +181,6 @@ def _resnet34_encoder(in_channels: int) -> nn.Module:
 def _read_weights(path: Path, fix: str):
     if not path.is_file():
         raise DataError(f"model.encoder_weights={str(path)!r}: no such file; {fix}")
-    from segtune.training.checkpoint import read_tensors  # checkpoint.py builds models: imported here, not at the top
-
     return read_tensors(path, fix)
 
 

@@ -1,6 +1,17 @@
-"""Data sources, all producing an in-memory :class:`SegData`, and their shared preprocessing."""
+"""Data sources, all producing an in-memory :class:`SegData`, and their shared preprocessing.
 
-from segtune.data.base import SOURCES, SegData, Split, normalize_images, prepare, resize_split
+Every source is registered in :data:`SOURCES` (``data.source`` in a config); importing this
+package registers the built-in ones.
+"""
+
 from segtune.data import demo, folder, nifti, oxford_pet, synthetic  # noqa: F401  (registers the sources)
+from segtune.data.base import (SOURCES, SegData, Split, convert_channels, dataset_stats, drop_empty_slices,
+                               merge_rare_classes, normalize_images, prepare, remap_labels, resize_split)
+from segtune.data.download import DATASETS, download
+from segtune.data.fingerprint import detect_source, fingerprint, format_fingerprint
 
-__all__ = ["SOURCES", "SegData", "Split", "normalize_images", "prepare", "resize_split"]
+__all__ = [
+    "DATASETS", "SOURCES", "SegData", "Split", "convert_channels", "dataset_stats", "detect_source", "download",
+    "drop_empty_slices", "fingerprint", "format_fingerprint", "merge_rare_classes", "normalize_images", "prepare",
+    "remap_labels", "resize_split",
+]

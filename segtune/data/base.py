@@ -16,6 +16,12 @@ from pydantic import Field
 from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
 
+__all__ = [
+    "COLOR_CHANNELS", "LUMA", "SOURCES", "ImageSize", "SegData", "Split", "Stats", "convert_channels",
+    "dataset_stats", "drop_empty_slices", "merge_rare_classes", "normalize_images", "prepare", "remap_labels",
+    "resize_split",
+]
+
 # An image size (H, W) to resize to on reading; 8 pixels is the least any network here can take.
 ImageSize = tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]]
 

@@ -28,6 +28,8 @@ from pydantic import Field
 from segtune.data.base import SOURCES, SegData, Split
 from segtune.errors import DataError
 
+__all__ = ["CLASS_NAMES", "COPYRIGHT", "PLANE_AXIS", "demo", "load_volume", "template_files"]
+
 CLASS_NAMES = ["background", "csf", "grey_matter", "white_matter"]
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 

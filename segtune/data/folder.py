@@ -27,6 +27,12 @@ from pydantic import Field
 from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.errors import DataError
 
+__all__ = [
+    "IMAGE_SUFFIXES", "SPLIT_NAMES", "VOLUME_SUFFIXES", "binary_255_to_01", "check_labels", "check_same_size",
+    "class_names", "find_pairs", "folder", "random_split", "read_image", "read_json", "read_mask", "read_pairs",
+    "read_splits_file",
+]
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
 SPLIT_NAMES = ("train", "val", "test")

@@ -37,6 +37,11 @@ from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.data.folder import random_split, read_json, read_splits_file
 from segtune.errors import DataError
 
+__all__ = [
+    "NIFTI_ENDINGS", "Case", "Layout", "from_slices", "label_names", "load_nifti", "nifti", "read_array", "read_case",
+    "read_dataset_json", "read_image_volume", "read_layout", "resize_slices", "strip_ending", "to_slices",
+]
+
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 

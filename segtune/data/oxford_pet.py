@@ -29,6 +29,8 @@ from segtune.data.base import SOURCES, ImageSize, SegData, Split
 from segtune.data.folder import check_same_size, random_split, read_image, read_mask
 from segtune.errors import DataError
 
+__all__ = ["oxford_pet", "read_list", "read_pets", "trimap_to_labels"]
+
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 
 

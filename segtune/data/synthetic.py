@@ -14,6 +14,8 @@ from pydantic import Field
 
 from segtune.data.base import SOURCES, SegData, Split
 
+__all__ = ["make_shapes", "synthetic"]
+
 
 def make_shapes(n: int, size: int, n_classes: int, channels: int, noise: float,
                 generator: torch.Generator) -> Split:
