@@ -8,8 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from tests.data.test_folder import write_folder
-from tests.data.test_nifti import write_nnunet
+from tests.data.writers import write_folder, write_nnunet
 
 from segtune.cli import main
 from segtune.config import build_config, data_config

@@ -11,19 +11,7 @@ from PIL import Image
 
 from segtune.data import SOURCES
 from segtune.errors import DataError
-
-
-def write_folder(root: Path, n: int = 6, size: int = 16, *, labels: int = 3, mode: str = "L") -> Path:
-    """``n`` grey images and integer masks with labels ``0..labels-1`` (each mask holds all of them)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        image = rng.integers(0, 255, (size, size), dtype=np.uint8)
-        Image.fromarray(image).convert(mode).save(root / "images" / f"case{i}.png")
-        mask = (np.arange(size * size).reshape(size, size) * labels // (size * size)).astype(np.uint8)
-        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
-    return root
+from tests.data.writers import write_folder
 
 
 def load(root: Path, **options):

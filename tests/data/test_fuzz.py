@@ -20,8 +20,7 @@ from PIL import Image
 from segtune.cli import main
 
 from tests.conftest import tiny_tree
-from tests.data.test_folder import write_folder
-from tests.data.test_nifti import AFFINE, write_nnunet
+from tests.data.writers import AFFINE, write_folder, write_nnunet
 
 FUZZ = settings(max_examples=30, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

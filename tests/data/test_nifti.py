@@ -11,54 +11,7 @@ import pytest
 
 from segtune.data import SOURCES
 from segtune.errors import DataError
-
-SHAPE = (8, 8, 6)
-AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
-
-
-def case_volumes(i: int, n_channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """An 8x8x6 label volume (a class-1 block and a class-2 block) and images ``(*SHAPE, C)`` showing it."""
-    label = np.zeros(SHAPE, np.uint8)
-    label[1:4, 1:5, 1:5] = 1
-    label[5:7, 4:7, 2 + i % 3:] = 2
-    rng = np.random.default_rng(i)
-    images = np.stack([label * (50.0 + 10 * c) + rng.normal(0, 5, SHAPE) for c in range(n_channels)], -1)
-    return images.astype(np.float32), label
-
-
-def save(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, AFFINE), str(path))
-
-
-def write_nnunet(root: Path, n_cases: int = 7, n_channels: int = 1) -> Path:
-    """A miniature nnU-Net raw dataset: ``imagesTr/case_XXX_000C.nii.gz``, ``labelsTr/case_XXX.nii.gz``."""
-    for i in range(n_cases):
-        images, label = case_volumes(i, n_channels)
-        for c in range(n_channels):
-            save(images[..., c], root / "imagesTr" / f"case_{i:03d}_{c:04d}.nii.gz")
-        save(label, root / "labelsTr" / f"case_{i:03d}.nii.gz")
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(c): f"mod{c}" for c in range(n_channels)},
-        "labels": {"background": 0, "liver": 1, "tumour": 2},
-        "numTraining": n_cases, "file_ending": ".nii.gz"}))
-    return root
-
-
-def write_msd(root: Path, n_cases: int = 7, n_channels: int = 2) -> Path:
-    """A miniature Medical Segmentation Decathlon task with 4D (channels-last) images."""
-    training = []
-    for i in range(n_cases):
-        images, label = case_volumes(i, n_channels)
-        save(images, root / "imagesTr" / f"vol_{i}.nii.gz")
-        save(label, root / "labelsTr" / f"vol_{i}.nii.gz")
-        training.append({"image": f"./imagesTr/vol_{i}.nii.gz", "label": f"./labelsTr/vol_{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "modality": {str(c): f"mod{c}" for c in range(n_channels)},
-        "labels": {"0": "background", "1": "edema", "2": "core"},
-        "numTraining": n_cases, "training": training, "test": []}))
-    return root
-
+from tests.data.writers import SHAPE, case_volumes, save, write_msd, write_nnunet
 
 def load(root: Path, **options):
     return SOURCES.build("nifti", {"path": str(root), **options}, 0)

@@ -10,32 +10,7 @@ from PIL import Image
 
 from segtune.data import SOURCES
 from segtune.errors import DataError
-
-TRAINVAL = ["Abyssinian_1", "Abyssinian_2", "beagle_1", "beagle_2", "beagle_3", "Bengal_1"]
-TEST = ["Bengal_2", "boxer_1"]
-
-
-def trimap(h: int, w: int) -> np.ndarray:
-    """Background (2) with a pet block (1) ringed by a one-pixel border (3)."""
-    t = np.full((h, w), 2, np.uint8)
-    t[2:h - 2, 2:w - 2] = 3
-    t[3:h - 3, 3:w - 3] = 1
-    return t
-
-
-def write_pets(root: Path) -> Path:
-    """Images of mixed sizes, trimaps and the two official list files."""
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    for i, name in enumerate(TRAINVAL + TEST):
-        h, w = 16 + 2 * (i % 2), 20
-        Image.fromarray(np.full((h, w, 3), 40 * i % 255, np.uint8)).save(root / "images" / f"{name}.jpg")
-        Image.fromarray(trimap(h, w)).save(root / "annotations" / "trimaps" / f"{name}.png")
-    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in TRAINVAL))
-    (root / "annotations" / "test.txt").write_text("#Image CLASS-ID SPECIES BREED ID\n"
-                                                   + "".join(f"{n} 2 2 1\n" for n in TEST))
-    return root
-
+from tests.data.writers import trimap, write_pets
 
 def load(root: Path, **options):
     return SOURCES.build("oxford_pet", {"path": str(root), "size": [16, 16], **options}, 0)

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from tests.conftest import tiny_tree
-from tests.data.test_nifti import AFFINE, SHAPE, write_msd, write_nnunet
+from tests.data.writers import AFFINE, SHAPE, write_msd, write_nnunet
 
 from segtune.cli import main
 from segtune.config import build_config
