@@ -1,5 +1,7 @@
+"""``python -m segtune``: the ``segtune`` command line."""
+
 import sys
 
-from segtune.cli import main
+from segtune.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,129 @@
+"""Commands that train or use one model: ``train``, ``demo``, ``evaluate``, ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from segtune.cli.options import add_set
+from segtune.cli.tables import print_dice_table, print_table
+
+__all__ = ["cmd_demo", "cmd_evaluate", "cmd_predict", "cmd_train", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train``, ``demo``, ``evaluate`` and ``predict`` to the ``segtune`` subparsers."""
+    p = subparsers.add_parser("train", help="train one model from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last.pt (same config and --set)")
+    p.set_defaults(handler=cmd_train)
+
+    p = subparsers.add_parser("demo", help="a small study on the built-in brain MRI demo data; prints the test Dice")
+    add_set(p)
+    p.add_argument("--single", action="store_true", help="train demo.yaml once instead of running the study")
+    p.add_argument("--out", help="study directory (default: runs/demo-study-<timestamp>), "
+                                 "or with --single the run directory (default: runs/demo-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(handler=cmd_demo)
+
+    p = subparsers.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
+    p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="all: every image or case once, e.g. a separate test set given with --set data.path=...")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_set(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = subparsers.add_parser("predict", help="write label masks with a trained run: PNG for images, NIfTI for volumes")
+    p.add_argument("run", help="run directory (holding best.pt)")
+    p.add_argument("inputs", nargs="+", help="image files, NIfTI volumes (.nii, .nii.gz) or folders of them")
+    p.add_argument("--out", required=True, help="folder for the label masks")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(handler=cmd_predict)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``segtune train CONFIG``: train, then print the best epoch and the val / test Dice."""
+    from segtune.config import load_config
+    from segtune.training.loop import train
+
+    config = load_config(args.config, args.set)
+    result = train(config, out_dir=args.out, verbose=not args.quiet, resume=args.resume)
+    s = result.summary
+    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")
+    print_dice_table({"val": s["val"], "test": s["test"]}, s["class_names"])
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``segtune demo``: the demo study and its report, or with ``--single`` one training of demo.yaml."""
+    from segtune.data.demo import COPYRIGHT
+
+    print("segtune demo: brain tissue segmentation on the MNI ICBM152 2009 template (nilearn), "
+          "held-out contiguous blocks of axial slices\n")
+    if args.single:
+        _demo_single(args)
+    else:
+        _demo_study(args)
+    print("\n" + COPYRIGHT.splitlines()[0] + " Copyright notice: see NOTICE.")
+    return 0
+
+
+def _demo_single(args: argparse.Namespace) -> None:
+    from segtune.config import load_config
+    from segtune.study.demo import demo_config_path
+    from segtune.training.loop import train
+
+    result = train(load_config(demo_config_path(), args.set), out_dir=args.out, verbose=not args.quiet)
+    s = result.summary
+    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s, "
+          f"run directory {result.run_dir}")
+    print("Dice on held-out test slices:")
+    print_dice_table({"test": s["test"]}, s["class_names"])
+
+
+def _demo_study(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from segtune.cli.study import print_study_results
+    from segtune.report import study_report
+    from segtune.study.demo import default_demo_dir, demo_study_path, run_demo
+
+    out = Path(args.out) if args.out else default_demo_dir()
+    print(f"a study of optimizer x learning rate x loss with median pruning ({demo_study_path().name}) -> {out}",
+          flush=True)
+    demo = run_demo(study_dir=out, overrides=args.set, progress=not args.quiet)
+    print(f"\n{demo.seconds:.0f} s in all")
+    print_study_results(demo.study)
+    if demo.best_run is not None:
+        print(f"\nbest trial {demo.best_trial.number}: Dice on held-out test slices ({demo.best_run['run_dir']})")
+        print_dice_table({"test": demo.best_run["test"]}, demo.best_run["class_names"])
+    print(f"\nreport: {study_report(demo.study, study_dir=out)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``segtune evaluate RUN``: per-class Dice / IoU of a run on one split (and per case for volumes)."""
+    from segtune.training.predict import evaluate_run
+
+    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set)
+    if "per_case" in metrics:
+        print(f"3D Dice per case ({args.split} split):")
+        rows = [[case] + [dice[n] for n in names[1:]] for case, dice in metrics["per_case"].items()]
+        rows.append(["mean over cases"] + [metrics["case_mean_dice_per_class"][n] for n in names[1:]])
+        print_table(rows, ["case"] + list(names[1:]))
+        print("\nall voxels of the split pooled:")
+    print_dice_table({args.split: metrics}, names)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``segtune predict RUN INPUTS... --out FOLDER``: write a label mask per input."""
+    from segtune.training.predict import predict_files
+
+    written = predict_files(args.run, args.inputs, args.out, checkpoint=args.checkpoint)
+    print(f"wrote {len(written)} label mask(s) to {args.out}")
+    return 0
