@@ -237,7 +237,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from segtune.config import load_config
     from segtune.training.lr_find import LR_RULES, find_lrs, refine_lr
-    from segtune.training.loop import default_run_dir, load_data
+    from segtune.training.rundir import default_run_dir
+    from segtune.training.runtime import load_data
 
     config = load_config(args.config, args.set)
     out = Path(args.out) if args.out else default_run_dir(config).with_name(f"lr-find-{config.name}")

@@ -37,7 +37,8 @@ from segtune.data import SegData
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.training.evaluate import autocast
 from segtune.registry import Registry
-from segtune.training.loop import backward_step, build_training, load_data, resolve_device, train
+from segtune.training.loop import train
+from segtune.training.runtime import backward_step, build_training, load_data, resolve_device
 
 LR_RULES = Registry("lr rule")
 

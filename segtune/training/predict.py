@@ -24,7 +24,7 @@ from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_ima
 from segtune.errors import DataError
 from segtune.training.evaluate import predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
-from segtune.training.loop import load_data, resolve_device
+from segtune.training.runtime import load_data, resolve_device
 
 SPLITS = ("train", "val", "test", "all")
 

@@ -30,14 +30,15 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from segtune.training.checkpoint import save_atomic, write_json_atomic, write_text_atomic
+from segtune.training.checkpoint import save_atomic
+from segtune.training.rundir import write_json_atomic, write_text_atomic
 from segtune.config import Config
 from segtune.data import SegData, Split
 from segtune.training.evaluate import autocast, batches
 from segtune.components.models import PadToMultiple, build_model, count_parameters, encoder_modules, encoder_state
 from segtune.components.optim import OPTIMIZERS
-from segtune.training.loop import (MetricsLog, RunResult, backward_step, default_run_dir, load_data, prepare_run_dir,
-                           resolve_device)
+from segtune.training.rundir import MetricsLog, RunResult, default_run_dir, prepare_run_dir
+from segtune.training.runtime import backward_step, load_data, resolve_device
 
 
 class _EncoderDone(Exception):

@@ -15,7 +15,7 @@ from segtune.cli import main
 from segtune.config import build_config
 from segtune.errors import ConfigError
 from segtune.training.lr_find import LR_RULES, lr_range_test, refine_lr
-from segtune.training.loop import load_data
+from segtune.training.runtime import load_data
 
 # A textbook curve: flat, a long descent from 1e-4 to 1e-1 (steepest at 1e-2.5), then a blow-up.
 LRS = np.logspace(-7, 1, 81)

@@ -16,7 +16,8 @@ from segtune.config import build_config
 from segtune.errors import ConfigError, DataError
 from segtune.components.models import MODELS, build_model, encoder_state
 from segtune.training.pretrain import Autoencoder
-from segtune.training.loop import load_data, train
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 TINY_MODELS = {
     "unet": {"depth": 2, "base": 4},
