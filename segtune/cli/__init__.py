@@ -222,10 +222,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 @command("pretrain")
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from segtune.config import load_config
+    from segtune.report import run_report
     from segtune.training.pretrain import pretrain
 
     config = load_config(args.config, args.set)
-    s = pretrain(config, out_dir=args.out, verbose=not args.quiet).summary
+    result = pretrain(config, out_dir=args.out, verbose=not args.quiet)
+    run_report(result.run_dir, result.run_dir)  # report.html and report.md (figures/ beside them)
+    s = result.summary
     print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s: validation MSE "
           f"{s['val']['mse']:.4f}, MAE {s['val']['mae']:.4f}")
     print(f"encoder weights: {s['encoder']}\ntrain from them with: --set model.encoder_weights={s['encoder']} "
