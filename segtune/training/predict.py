@@ -26,6 +26,9 @@ from segtune.training.evaluate import predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
 from segtune.training.runtime import load_data, resolve_device
 
+__all__ = ["SPLITS", "collect_inputs", "evaluate_run", "group_channels", "is_volume", "per_case_dice",
+           "predict_files", "run_config", "split_with_cases", "write_label_volume"]
+
 SPLITS = ("train", "val", "test", "all")
 
 
