@@ -30,7 +30,8 @@ from pathlib import Path
 from segtune.config import load_config
 from segtune.errors import TrainingDiverged
 from segtune.training.lr_find import lr_range_test
-from segtune.training.loop import load_data, train
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 GRIDS = {  # the usual 5-point log grids, one decade apart
     "adam": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],

@@ -46,7 +46,8 @@ from segtune.config import build_config
 from segtune.training.evaluate import evaluate_split, predict_labels
 from segtune.components.losses import LOSSES
 from segtune.components.models import build_model
-from segtune.training.loop import load_data, train
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 MODELS = {
     "unet": {"name": "unet", "depth": 4, "base": 16},

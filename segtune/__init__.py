@@ -14,8 +14,9 @@ from segtune.data import SOURCES, SegData, Split
 from segtune.errors import ConfigError, DataError, SegtuneError, StorageError, TrainingDiverged
 from segtune.registry import Registry, RegistryError
 from segtune.study import run_study
-from segtune.training.loop import RunResult, load_data, train
-from segtune.training.lr_find import lr_range_test
+from segtune.training.loop import train
+from segtune.training.rundir import RunResult
+from segtune.training.runtime import load_data
 
 __version__ = "0.1.0"
 

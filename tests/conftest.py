@@ -34,7 +34,7 @@ def tiny_config():
 KILLED_IN_EPOCH = """
 import importlib, os, signal, sys
 from segtune.cli import main
-training = importlib.import_module("segtune.training.loop")  # the module, not the function segtune.training.loop
+training = importlib.import_module("segtune.training.checkpoint")  # last.pt is written through its save_atomic
 epoch, run_dir_prefix = int(sys.argv[1]), sys.argv[2]
 save = training.save_atomic
 def save_or_die(obj, path):

@@ -89,7 +89,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """``segtune lr-find CONFIG``: the LR range test per optimizer, or with ``--refine`` the search on Dice."""
     from segtune.config import load_config
-    from segtune.training.loop import default_run_dir, load_data
+    from segtune.training.rundir import default_run_dir
+    from segtune.training.runtime import load_data
 
     config = load_config(args.config, args.set)
     out = Path(args.out) if args.out else default_run_dir(config).with_name(f"lr-find-{config.name}")
@@ -103,7 +104,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _range_tests(args: argparse.Namespace, config: Any, names: list[str], out: Path, data: Any) -> None:
-    from segtune.training.lr_find import find_lrs
+    from segtune.training.lr_find import explain_rule, find_lrs
 
     options = {k: getattr(args, k) for k in RANGE_TEST_OPTIONS if hasattr(args, k)}
     curves = find_lrs(config, names, out_dir=out, data=data, **options)
@@ -112,7 +113,7 @@ def _range_tests(args: argparse.Namespace, config: Any, names: list[str], out: P
     print_table(rows, ["optimizer", f"suggested lr ({curves[0].rule})", *sorted(curves[0].suggestions),
                        "steps", "seconds", "stopped"])
     rule = curves[0].rule
-    print(f"\nrule {rule}: {_rule_reason(rule)}")
+    print(f"\nrule {rule}: {explain_rule(rule)}")
     print(f"curves: {out / 'lr_find.png'}, table: {out / 'lr_find.csv'}")
 
 
@@ -131,15 +132,3 @@ def _refine(args: argparse.Namespace, config: Any, names: list[str], out: Path, 
     print_table(rows, ["optimizer", "stage", "lr", "val dice", "seconds", "status"])
     print(f"\ntotal cost: {len(rows)} trainings, {total:.0f} s; run directories in {out}")
 
-
-def _rule_reason(rule: str) -> str:
-    """What an LR rule does and why to use it, measured by benchmarks/lr_search.py on the demo data."""
-    from segtune.training.lr_find import LR_RULES
-
-    why = {
-        "steepest": "The default: measured closest to the best of a 5-point grid (Adam within 0.01 Dice); "
-                    "momentum SGD trains best at 5 to 10x it (use --refine).",
-        "valley": "Measured one to two decades too low on the demo data.",
-        "min_tenth": "Measured within 0.01 Dice of the grid's best for Adam, 0.05 short for momentum SGD.",
-    }
-    return f"{LR_RULES.entry(rule).summary} {why.get(rule, '')}".rstrip()

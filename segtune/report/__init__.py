@@ -360,7 +360,7 @@ def prediction_blocks(run_dirs: dict[str, Path], *, n_images: int = 4, name: str
     from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
     from segtune.config import build_config
     from segtune.training.evaluate import predict_labels
-    from segtune.training.loop import load_data
+    from segtune.training.runtime import load_data
 
     groups: dict[str, dict[str, dict]] = {}
     configs = {}

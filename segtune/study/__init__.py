@@ -57,7 +57,9 @@ from segtune.config import Config
 from segtune.errors import USER_ERRORS, ConfigError, StorageError
 from segtune.study.space import Space, config_for
 from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
-from segtune.training.loop import load_data, resumable_history, train
+from segtune.training.checkpoint import resumable_history
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 FAIL_REASON = "fail_reason"
 AUTO_LR_CACHE = "auto_lr:"  # study attributes auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}

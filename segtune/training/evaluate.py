@@ -10,6 +10,8 @@ from torch import nn
 from segtune.data import Split
 from segtune.training.metrics import confusion_counts, summarize
 
+__all__ = ["autocast", "batches", "evaluate_split", "labels_from_logits", "predict_labels"]
+
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` logits to ``(B, H, W)`` labels: argmax, or ``logit > 0`` for one channel."""

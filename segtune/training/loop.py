@@ -12,205 +12,39 @@ A run writes its directory::
     events.out.tfevents.*   the same as TensorBoard scalars
     last.pt, best.pt checkpoints (atomic writes; weights_only-loadable)
     summary.json     best epoch, epochs run, early stop, time, val and test metrics
+
+The set-up and the optimisation step come from :mod:`segtune.training.runtime`, the run
+directory from :mod:`segtune.training.rundir`, the checkpoints from :mod:`segtune.training.checkpoint`.
 """
 
 from __future__ import annotations
 
-import csv
+import functools
 import math
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
-import yaml
+from tqdm import tqdm
 
 from segtune.components.augment import AUGMENTATIONS
-from segtune.training.checkpoint import save_atomic, write_json_atomic, write_text_atomic
+from segtune.components.models import count_parameters, set_encoder_trainable
+from segtune.components.optim import build_scheduler
 from segtune.config import Config
-from segtune.data import SOURCES, SegData, prepare
-from segtune.errors import ConfigError, SegtuneError, StorageError, TrainingDiverged
-from segtune.training.evaluate import autocast, evaluate_split, labels_from_logits
-from segtune.components.losses import LOSSES
-from segtune.components.models import build_model, count_parameters, set_encoder_trainable
-from segtune.components.optim import OPTIMIZERS, build_scheduler
+from segtune.data import SegData, Split
+from segtune.errors import TrainingDiverged
+from segtune.training.checkpoint import checkpoint_meta, restore_checkpoint, write_best, write_checkpoint
+from segtune.training.early_stopping import EarlyStopping
+from segtune.training.evaluate import evaluate_split
+from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
+from segtune.training.runtime import (build_training, compiled, epoch_batches, epoch_order, evaluation_options,
+                                      grad_scaler, load_data, memory_format, setup_device, train_on_batches)
+
+__all__ = ["EpochCallback", "train"]
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
-
-
-@dataclass
-class RunResult:
-    """What a finished run leaves: its directory, its summary and its per-epoch history."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; other names are checked to exist.
-
-    Raises:
-        ConfigError: the named device is not available on this machine.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use train.device=auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device={name!r} but MPS is not available; use train.device=auto or cpu")
-    return device
-
-
-def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:
-    """Build the configured data source and apply the shared preprocessing (``normalize_stats``:
-    a trained model's ``zscore_dataset`` statistics, instead of this training split's)."""
-    data_cfg = config.data
-    raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
-    return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
-                   normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
-                   label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
-                   min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
-
-
-def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{config.name}-{stamp}"
-
-
-def prepare_run_dir(run_dir: Path) -> Path:
-    if (run_dir / "summary.json").exists():
-        raise SegtuneError(f"{run_dir} already holds a finished run (summary.json); "
-                           f"choose another --out or delete that folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:  # a StorageError: a study stops there and runs the trial again on resume
-        raise StorageError(f"cannot write the run directory {run_dir}: {err.strerror}; "
-                           f"choose a writable --out, or free disk space") from None
-    return run_dir
-
-
-def _check_resumable(out_dir: str | Path | None, config: Config) -> Path:
-    if out_dir is None:
-        raise SegtuneError("--resume needs --out: the directory of the run to continue")
-    run_dir = Path(out_dir)
-    if (run_dir / "summary.json").exists():
-        raise SegtuneError(f"{run_dir} is already finished (summary.json); nothing to resume")
-    if not (run_dir / "config.yaml").is_file():
-        raise SegtuneError(f"{run_dir} has no config.yaml: no run was started there; start it without --resume")
-    for stale in run_dir.glob(".*.tmp"):  # the temporary file of a write that a kill interrupted
-        stale.unlink(missing_ok=True)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if saved != config.to_dict():
-        changed = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
-        raise SegtuneError(f"{run_dir}: the config differs from the run's config.yaml in {', '.join(changed)}; "
-                           f"resume with the same config and overrides")
-    return run_dir
-
-
-class MetricsLog:
-    """metrics.csv (appended and flushed every epoch) plus TensorBoard scalars."""
-
-    def __init__(self, run_dir: Path, columns: list[str], earlier: list[dict[str, Any]]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.columns = columns
-        self.file = open(run_dir / "metrics.csv", "w", newline="")
-        self.csv = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
-        self.csv.writeheader()
-        for row in earlier:  # a resumed run keeps the rows of the epochs before its checkpoint
-            self._write_csv(row)
-        self.tb = SummaryWriter(log_dir=str(run_dir))
-
-    def _write_csv(self, row: dict[str, Any]) -> None:
-        try:
-            self.csv.writerow({k: row.get(k, "") for k in self.columns})
-            self.file.flush()
-        except OSError as err:
-            raise StorageError(f"cannot write {self.file.name}: {err}; free disk space or choose a "
-                               f"writable directory, then resume") from None
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._write_csv(row)
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.tb.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
-        self.tb.flush()
-
-    def close(self) -> None:
-        self.file.close()
-        self.tb.close()
-
-
-@dataclass
-class _Progress:
-    """What a resumed run needs besides the weights: the early-stopping state and the history."""
-
-    best: float = -math.inf
-    best_epoch: int = 0
-    stale: int = 0
-    stopped_early: bool = False
-    first_loss: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-def _restore(run_dir: Path, model, optimizer, scheduler, generator, scaler) -> tuple[_Progress, dict | None]:
-    """Load last.pt of ``run_dir`` into the live objects, for ``--resume``; returns the progress
-    and the best weights so far (last.pt holds a copy, so a damaged best.pt loses nothing)."""
-    from segtune.training.checkpoint import load_checkpoint
-
-    last = load_checkpoint(run_dir / "last.pt")
-    if "progress" not in last:
-        raise SegtuneError(f"{run_dir / 'last.pt'} holds no training progress; it cannot be resumed")
-    model.load_state_dict(last["model"])
-    optimizer.load_state_dict(last["optimizer"])
-    scheduler.load_state_dict(last["scheduler"])
-    torch.set_rng_state(last["rng"]["torch"])
-    generator.set_state(last["rng"]["generator"])
-    if last["rng"].get("cuda") and torch.cuda.is_available():  # dropout on a GPU draws from these
-        torch.cuda.set_rng_state_all(last["rng"]["cuda"])
-    if last.get("scaler"):  # fp16: the loss scale reached so far
-        scaler.load_state_dict(last["scaler"])
-    if "best_model" in last:
-        return _Progress(**last["progress"]), last["best_model"]
-    # a last.pt without the copy (an older segtune): the best weights are in best.pt alone
-    best = load_checkpoint(run_dir / "best.pt")["model"] if (run_dir / "best.pt").is_file() else None
-    return _Progress(**last["progress"]), best
-
-
-def resumable_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The metrics rows of the epochs that a ``--resume`` of ``run_dir`` keeps: those in its last.pt."""
-    from segtune.training.checkpoint import load_checkpoint
-
-    if not (run_dir / "last.pt").is_file():
-        return []
-    return list(load_checkpoint(run_dir / "last.pt").get("progress", {}).get("history", []))
-
-
-def _epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generator):
-    """Shuffled (index, augment?) pairs: the data once, plus ``n_aug`` augmented copies.
-
-    With an augmentation and ``n_aug == 0`` every sample is augmented on the fly.
-    """
-    index = torch.arange(n).repeat(1 + n_aug)
-    flags = torch.zeros(len(index), dtype=torch.bool)
-    if augmenting:
-        flags[n:] = True
-        if n_aug == 0:
-            flags[:] = True
-    order = torch.randperm(len(index), generator=generator)
-    return index[order], flags[order]
 
 
 def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | None = None,
@@ -228,197 +62,213 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
             same numbers as an uninterrupted run; ``config`` must equal the run's config.yaml.
 
     Returns:
-        A :class:`RunResult` whose ``summary`` holds the best epoch, the val and test metrics
-        of the restored best weights, and timing.
+        A :class:`~segtune.training.rundir.RunResult` whose ``summary`` holds the best epoch,
+        the val and test metrics of the restored best weights, and timing.
 
     Raises:
         TrainingDiverged: the training loss became NaN or infinite.
         SegtuneError: an unusable device, data or run directory.
+
+    Example:
+        >>> result = train(load_config("configs/tissue.yaml"), out_dir="runs/tissue")  # doctest: +SKIP
+        >>> result.summary["test"]["dice_mean"]  # doctest: +SKIP
+        0.83
     """
     t_start = time.perf_counter()
+    run = _start(config, out_dir=out_dir, data=data, resume=resume, verbose=verbose)
     cfg = config.train
-    device = resolve_device(cfg.device)
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    run_dir = _check_resumable(out_dir, config) if resume else None
-    torch.manual_seed(config.seed)
-    data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
-    if run_dir is not None:
-        resume = (run_dir / "last.pt").is_file()
-        if not resume and verbose:  # stopped before its first epoch ended: nothing to keep
-            print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
-    else:
-        run_dir = prepare_run_dir(Path(out_dir) if out_dir else default_run_dir(config))
-        write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), run_dir / "config.yaml")
-    names = data.class_names
-    model, loss_fn, optimizer = build_training(config, data, device)
-    forward = compiled(model, device) if cfg.compile else model  # validation runs eagerly
-    out_channels = model.out_channels
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    scheduler = build_scheduler(config.scheduler.name, config.scheduler.options, optimizer, n_epochs=cfg.epochs,
-                                warmup_epochs=config.scheduler.warmup_epochs)
-    augment = AUGMENTATIONS.build(config.augment.name, config.augment.options)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    # the weights file is not needed to rebuild the trained network, so it is left out
-    model_options = {k: v for k, v in config.model.options.items() if k != "encoder_weights"}
-    meta = {"model": config.model.name, "model_options": model_options,
-            "in_channels": data.in_channels, "out_channels": out_channels, "class_names": names,
-            "normalize": config.data.normalize, "normalize_stats": data.info.get("normalize_stats"),
-            "resize": config.data.resize}
-
-    columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"]
-               + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
-    generator = torch.Generator().manual_seed(config.seed)
-    state = _Progress()
-    best_state = None
-    if resume:
-        state, best_state = _restore(run_dir, model, optimizer, scheduler, generator, scaler)
-        if best_state is not None:  # best.pt again from last.pt's copy, whole whatever happened to it
-            save_atomic({"model": best_state, "meta": meta, "epoch": state.best_epoch}, run_dir / "best.pt")
-    log = MetricsLog(run_dir, columns, state.history)
-    sign = 1.0 if cfg.monitor == "val.dice_mean" else -1.0
-    train_x, train_y = data.train.images.to(device), data.train.masks.to(device)
-    stopped_early = state.stopped_early
-    if verbose:
-        print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
-              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}"
-              + (f", resumed after epoch {len(state.history)}" if resume else ""), flush=True)
     try:
-        for epoch in range(len(state.history) + 1, cfg.epochs + 1):
-            if stopped_early:
+        for epoch in range(len(run.history) + 1, cfg.epochs + 1):
+            if run.stopping.stopped:
                 break
             t_epoch = time.perf_counter()
-            unfreeze_after = config.model.unfreeze_encoder_after
-            if config.model.freeze_encoder and unfreeze_after is not None and epoch > unfreeze_after:
-                set_encoder_trainable(model, True)
-            model.train()
-            lr = optimizer.param_groups[0]["lr"]
-            index, flags = _epoch_order(len(data.train), config.augment.n_aug, augment is not None, generator)
-            batch_starts = list(range(0, len(index), cfg.batch_size))
-            if len(batch_starts) > 1 and len(index) - batch_starts[-1] == 1:
-                batch_starts.pop()  # a batch of one breaks batch norm; its sample comes next epoch
-            total, count = 0.0, 0
-            for start in _progress_bar(batch_starts, f"epoch {epoch}/{cfg.epochs}", verbose):
-                idx, aug = index[start:start + cfg.batch_size], flags[start:start + cfg.batch_size]
-                x, y = train_x[idx], train_y[idx]
-                if aug.any():
-                    ax, ay = augment(x, y, generator)
-                    aug = aug.to(device)
-                    x = torch.where(aug[:, None, None, None], ax, x)
-                    y = torch.where(aug[:, None, None], ay, y)
-                x = x.contiguous(memory_format=fmt)
-                with autocast(device, cfg.precision):
-                    loss = loss_fn(forward(x).float(), y)
-                loss_value = float(loss.detach())
-                state.first_loss = state.first_loss if state.first_loss is not None else loss_value
-                _check_divergence(loss_value, state.first_loss, cfg.divergence_factor, epoch, lr)
-                backward_step(loss, optimizer, scaler)
-                total += loss_value * len(idx)
-                count += len(idx)
-            row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": lr}
+            row = _train_epoch(run, epoch, verbose=verbose)
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                val = evaluate_split(model, data.val, names, loss_fn=loss_fn, batch_size=cfg.batch_size * 2,
-                                     device=device, precision=cfg.precision, channels_last=cfg.channels_last)
-                row.update({"val_loss": val["loss"], "val_dice_mean": val["dice_mean"]})
-                row.update({f"val_dice_{n}": val["dice_per_class"][n] for n in names[1:]})
-                value = sign * (val["dice_mean"] if sign > 0 else val["loss"])
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    key = getattr(scheduler, "monitor", None) or cfg.monitor  # stepped with larger = better
-                    scheduler.step(val["dice_mean"] if key == "val.dice_mean" else -val["loss"])
-                if value > state.best + cfg.min_delta:
-                    state.best, state.best_epoch, state.stale = value, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    save_atomic({"model": best_state, "meta": meta, "epoch": epoch}, run_dir / "best.pt")
-                else:
-                    state.stale += cfg.val_every
-            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step()
+                row.update(_validate(run, epoch))
+            if not _steps_on_validation(run.scheduler):
+                run.scheduler.step()
             row["seconds"] = time.perf_counter() - t_epoch
-            state.history.append(row)
-            stopped_early = state.stopped_early = bool(cfg.patience and state.stale >= cfg.patience)
-            log.write(row)
-            save_atomic({"model": model.state_dict(), "meta": meta, "epoch": epoch,
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "progress": state.to_dict(), "scaler": scaler.state_dict(), "best_model": best_state,
-                         "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state(),
-                                 "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}},
-                        run_dir / "last.pt")
+            run.history.append(row)
+            run.log.write(row)
+            _write_last(run, epoch)
             if verbose:
                 _print_epoch(row, cfg.epochs)
             for callback in callbacks:
                 callback(epoch, row)
-            if stopped_early and verbose:
-                print(f"early stop: no improvement of {cfg.monitor} for {state.stale} epochs", flush=True)
+            if run.stopping.stopped and verbose:
+                print(f"early stop: no improvement of {cfg.monitor} for {run.stopping.stale} epochs", flush=True)
     finally:
-        log.close()
+        run.log.close()
+    return _finish(run, seconds=time.perf_counter() - t_start)
 
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    kwargs = dict(batch_size=cfg.batch_size * 2, device=device, precision=cfg.precision,
-                  channels_last=cfg.channels_last)
+
+@dataclass
+class _Run:
+    """A training in progress: its parts, where it writes, and what it has reached."""
+
+    config: Config
+    device: torch.device
+    data: SegData
+    images: torch.Tensor  # the training split's, on the device
+    masks: torch.Tensor
+    run_dir: Path
+    model: torch.nn.Module
+    forward: torch.nn.Module  # the model, compiled with train.compile (validation runs eagerly)
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    augment: Any
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # shuffles and augments
+    meta: dict[str, Any]  # how to rebuild the network, in every checkpoint
+    stopping: EarlyStopping
+    evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
+    log: MetricsLog | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    first_loss: float | None = None  # the divergence check's reference
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def progress(self) -> dict[str, Any]:
+        """What a resumed run needs besides the weights (last.pt's ``progress``)."""
+        return {**self.stopping.state_dict(), "first_loss": self.first_loss, "history": self.history}
+
+
+def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, resume: bool,
+           verbose: bool) -> _Run:
+    """Check the device, load the data (before any run directory is made), build the parts, resume."""
+    cfg = config.train
+    device = setup_device(cfg)
+    run_dir = check_resumable(out_dir, config) if resume else None
+    torch.manual_seed(config.seed)
+    data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
+    if run_dir is None:
+        run_dir = create_run_dir(config, out_dir)
+    elif not (run_dir / "last.pt").is_file():
+        resume = False
+        if verbose:  # stopped before its first epoch ended: nothing to keep
+            print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
+    model, loss_fn, optimizer = build_training(config, data, device)
+    run = _Run(config=config, device=device, data=data, images=data.train.images.to(device),
+               masks=data.train.masks.to(device), run_dir=run_dir, model=model,
+               forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
+               scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
+                                         n_epochs=cfg.epochs, warmup_epochs=config.scheduler.warmup_epochs),
+               augment=AUGMENTATIONS.build(config.augment.name, config.augment.options),
+               scaler=grad_scaler(cfg.precision), generator=torch.Generator().manual_seed(config.seed),
+               meta=checkpoint_meta(config, data, model.out_channels),
+               stopping=EarlyStopping(cfg.monitor, patience=cfg.patience, min_delta=cfg.min_delta),
+               evaluate=functools.partial(evaluate_split, class_names=data.class_names, loss_fn=loss_fn,
+                                          **evaluation_options(cfg, device)))
+    if resume:
+        _resume(run)
+    names = data.class_names
+    columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"] + [f"val_dice_{n}" for n in names[1:]]
+               + ["lr", "seconds"])
+    run.log = MetricsLog(run_dir, columns, run.history)
+    if verbose:
+        print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}"
+              + (f", resumed after epoch {len(run.history)}" if resume else ""), flush=True)
+    return run
+
+
+def _resume(run: _Run) -> None:
+    """Continue from last.pt; best.pt is written again from last.pt's copy, whole whatever happened to it."""
+    progress, run.best_state = restore_checkpoint(run.run_dir, model=run.model, optimizer=run.optimizer,
+                                                  scheduler=run.scheduler, scaler=run.scaler, generator=run.generator)
+    run.stopping.load_state_dict(progress)
+    run.first_loss, run.history = progress["first_loss"], list(progress["history"])
+    if run.best_state is not None:
+        write_best(run.run_dir / "best.pt", weights=run.best_state, meta=run.meta, epoch=run.stopping.best_epoch)
+
+
+def _train_epoch(run: _Run, epoch: int, *, verbose: bool) -> dict[str, Any]:
+    """One pass over the (augmented) training images; returns the epoch's row so far."""
+    config, cfg = run.config, run.config.train
+    unfreeze_after = config.model.unfreeze_encoder_after
+    if config.model.freeze_encoder and unfreeze_after is not None and epoch > unfreeze_after:
+        set_encoder_trainable(run.model, True)
+    run.model.train()
+    lr = run.optimizer.param_groups[0]["lr"]
+
+    def check(loss: float) -> None:
+        run.first_loss = run.first_loss if run.first_loss is not None else loss
+        _check_divergence(loss, run.first_loss, cfg.divergence_factor, epoch, lr)
+
+    index, flags = epoch_order(len(run.data.train), config.augment.n_aug, run.augment is not None, run.generator)
+    parts = _progress_bar(epoch_batches(len(index), cfg.batch_size), f"epoch {epoch}/{cfg.epochs}", verbose)
+    loss = train_on_batches(_augmented_batches(run, index, flags, parts), model=run.forward, loss_fn=run.loss_fn,
+                            optimizer=run.optimizer, scaler=run.scaler, device=run.device, precision=cfg.precision,
+                            check=check)
+    return {"epoch": epoch, "train_loss": loss, "lr": lr}
+
+
+def _augmented_batches(run: _Run, index: torch.Tensor, flags: torch.Tensor,
+                       parts: Iterable[slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of ``index``, those flagged augmented, in the configured memory format."""
+    fmt = memory_format(run.config.train.channels_last)
+    for part in parts:
+        idx, aug = index[part], flags[part]
+        x, y = run.images[idx], run.masks[idx]
+        if aug.any():
+            ax, ay = run.augment(x, y, run.generator)
+            aug = aug.to(run.device)
+            x = torch.where(aug[:, None, None, None], ax, x)
+            y = torch.where(aug[:, None, None], ay, y)
+        yield x.contiguous(memory_format=fmt), y
+
+
+def _validate(run: _Run, epoch: int) -> dict[str, Any]:
+    """Evaluate on the validation split, step a plateau schedule, keep the best weights; the row's val entries."""
+    cfg, names = run.config.train, run.data.class_names
+    val = run.evaluate(run.model, run.data.val)
+    if _steps_on_validation(run.scheduler):
+        key = getattr(run.scheduler, "monitor", None) or cfg.monitor  # stepped with larger = better
+        run.scheduler.step(val["dice_mean"] if key == "val.dice_mean" else -val["loss"])
+    value = val["dice_mean"] if cfg.monitor == "val.dice_mean" else val["loss"]
+    if run.stopping.step(value, epoch=epoch, epochs=cfg.val_every):
+        run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        write_best(run.run_dir / "best.pt", weights=run.best_state, meta=run.meta, epoch=epoch)
+    return {"val_loss": val["loss"], "val_dice_mean": val["dice_mean"],
+            **{f"val_dice_{n}": val["dice_per_class"][n] for n in names[1:]}}
+
+
+def _write_last(run: _Run, epoch: int) -> None:
+    write_checkpoint(run.run_dir / "last.pt", model=run.model, meta=run.meta, epoch=epoch, optimizer=run.optimizer,
+                     scheduler=run.scheduler, scaler=run.scaler, generator=run.generator, device=run.device,
+                     progress=run.progress(), best_model=run.best_state)
+
+
+def _finish(run: _Run, *, seconds: float) -> RunResult:
+    """Restore the best weights (``train.restore_best``), evaluate them and write summary.json."""
+    if run.config.train.restore_best and run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
     summary = {
-        "name": config.name,
-        "best_epoch": state.best_epoch,
-        "epochs_run": len(state.history),
-        "stopped_early": stopped_early,
-        "seconds": time.perf_counter() - t_start,
-        "n_parameters": count_parameters(model),
-        "device": str(device),
-        "class_names": names,
-        "val": evaluate_split(model, data.val, names, loss_fn=loss_fn, **kwargs),
-        "test": evaluate_split(model, data.test, names, loss_fn=loss_fn, **kwargs),
+        "name": run.config.name,
+        "best_epoch": run.stopping.best_epoch,
+        "epochs_run": len(run.history),
+        "stopped_early": run.stopping.stopped,
+        "seconds": seconds,
+        "n_parameters": count_parameters(run.model),
+        "device": str(run.device),
+        "class_names": run.data.class_names,
+        "val": run.evaluate(run.model, run.data.val),
+        "test": run.evaluate(run.model, run.data.test),
     }
-    write_json_atomic(summary, run_dir / "summary.json")
-    return RunResult(run_dir=run_dir, summary=summary, history=state.history)
+    write_json_atomic(summary, run.run_dir / "summary.json")
+    return RunResult(run_dir=run.run_dir, summary=summary, history=run.history)
 
 
-def build_training(config: Config, data: SegData, device: torch.device):
-    """The model, loss and optimizer of ``config`` for ``data``, on ``device``, in the configured memory format.
-
-    The model gets ``out_channels`` set (1 for single-channel losses, else the class count),
-    the encoder weights of ``model.encoder_weights`` and, with ``model.freeze_encoder``, a
-    frozen encoder. Every short training (the LR range test, pre-training) builds its parts here.
-
-    Returns:
-        ``(model, loss_fn, optimizer)``.
-    """
-    loss_fn = LOSSES.build(config.loss.name, config.loss.options, data.n_classes).to(device)
-    out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
-    model = build_model(config.model.name, config.model.options, data.in_channels, out_channels)
-    model.out_channels = out_channels
-    if config.model.freeze_encoder:
-        set_encoder_trainable(model, False)
-    fmt = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt)
-    optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
-    return model, loss_fn, optimizer
-
-
-def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``torch.compile(model)`` with static shapes (a run has at most two batch sizes)."""
-    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
-        raise ConfigError("train.compile=true needs a C++ compiler on a CPU (install g++); "
-                          "or set train.compile=false")
-    return torch.compile(model, dynamic=False)
-
-
-def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """One optimizer step on ``loss``: zero the gradients, back-propagate (scaled for fp16), step."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+def _steps_on_validation(scheduler: Any) -> bool:
+    """A plateau schedule steps on each validation's value; the others once an epoch."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def _progress_bar(items: list, label: str, verbose: bool):
-    """A batch progress bar on an interactive terminal; the plain list elsewhere (logs, CI)."""
-    if not (verbose and sys.stderr.isatty()):
+    """A batch progress bar on an interactive terminal (tqdm's own check); the plain list when not verbose."""
+    if not verbose:
         return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=label, unit="batch", leave=False)
+    return tqdm(items, desc=label, unit="batch", leave=False, disable=None)
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:
@@ -436,6 +286,3 @@ def _print_epoch(row: dict[str, Any], epochs: int) -> None:
         parts += [f"val_loss {row['val_loss']:.4f}", f"val_dice {row['val_dice_mean']:.4f}"]
     parts += [f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s"]
     print("  ".join(parts), flush=True)
-
-
-__all__ = ["EpochCallback", "RunResult", "labels_from_logits", "load_data", "resolve_device", "train"]

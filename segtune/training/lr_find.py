@@ -3,7 +3,7 @@
 **Range test** (Smith 2017, "Cyclical learning rates", section 3.3): train a fresh model for
 ``n_steps`` optimizer steps while the lr grows exponentially from ``start_lr`` to ``end_lr``,
 record the loss smoothed by an exponential moving average (bias-corrected, as fastai does),
-and stop once the smoothed loss exceeds ``diverge_factor`` times its minimum. A rule then reads
+and stop once the smoothed loss exceeds ``divergence_factor`` times its minimum. A rule then reads
 a learning rate off the curve (:data:`LR_RULES`):
 
 - ``steepest`` (default; fastai's ``steep``): where the smoothed loss falls fastest per decade
@@ -22,22 +22,28 @@ around the best decade, on validation Dice.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from segtune.config import Config, build_config, set_path
-from segtune.data import SegData
+from segtune.data import SegData, Split
 from segtune.errors import ConfigError, TrainingDiverged
-from segtune.training.evaluate import autocast
 from segtune.registry import Registry
-from segtune.training.loop import backward_step, build_training, load_data, resolve_device, train
+from segtune.training.evaluate import autocast
+from segtune.training.loop import train
+from segtune.training.runtime import (backward_step, build_training, grad_scaler, load_data, memory_format,
+                                      setup_device)
+
+__all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "explain_rule", "find_lrs", "lr_range_test",
+           "plot_range_tests", "refine_lr"]
 
 LR_RULES = Registry("lr rule")
 
@@ -71,6 +77,27 @@ def min_tenth(lrs: Sequence[float], losses: Sequence[float], /) -> float:
     return float(lrs[int(np.argmin(np.asarray(losses)))]) / 10
 
 
+_RULE_REASONS = {  # why each rule, from benchmarks/lr_search.py on the demo data (README: Learning rate search)
+    "steepest": "The default: measured closest to the best of a 5-point grid (Adam within 0.01 Dice); "
+                "momentum SGD trains best at 5 to 10x it (use --refine).",
+    "valley": "Measured one to two decades too low on the demo data.",
+    "min_tenth": "Measured within 0.01 Dice of the grid's best for Adam, 0.05 short for momentum SGD.",
+}
+
+
+def explain_rule(name: str) -> str:
+    """What the LR rule ``name`` reads off the curve and how it fared in the measurements.
+
+    Raises:
+        RegistryError: no rule of that name (the message lists the rules).
+
+    Example:
+        >>> explain_rule("valley")
+        'Middle of the longest run of decreasing loss (fastai ``valley``). Measured one to two decades too low on the demo data.'
+    """
+    return f"{LR_RULES.entry(name).summary} {_RULE_REASONS.get(name, '')}".rstrip()
+
+
 @dataclass
 class RangeTest:
     """One optimizer's range-test curve and the learning rate read off it."""
@@ -96,7 +123,7 @@ def _with_optimizer(config: Config, name: str, changes: dict[str, Any]) -> Confi
     return build_config(tree, origin=f"lr-find {name}")
 
 
-def _check_range(start_lr: float, end_lr: float, n_steps: int, smoothing: float, diverge_factor: float) -> None:
+def _check_range(start_lr: float, end_lr: float, n_steps: int, smoothing: float, divergence_factor: float) -> None:
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr range test: need 0 < start_lr < end_lr, got start_lr={start_lr:g}, "
                           f"end_lr={end_lr:g}; e.g. start_lr=1e-7 end_lr=10")
@@ -104,13 +131,13 @@ def _check_range(start_lr: float, end_lr: float, n_steps: int, smoothing: float,
         raise ConfigError(f"lr range test: n_steps must be at least 10 to draw a curve, got {n_steps}")
     if not 0 < smoothing <= 1:
         raise ConfigError(f"lr range test: smoothing must be in (0, 1], got {smoothing:g}; 0.05 is usual")
-    if diverge_factor <= 1:
-        raise ConfigError(f"lr range test: diverge_factor must exceed 1, got {diverge_factor:g}; 4 is usual")
+    if divergence_factor <= 1:
+        raise ConfigError(f"lr range test: divergence_factor must exceed 1, got {divergence_factor:g}; 4 is usual")
 
 
 def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str | None = None,
                   start_lr: float = 1e-7, end_lr: float = 10.0, n_steps: int = 100,
-                  smoothing: float = 0.05, diverge_factor: float = 4.0,
+                  smoothing: float = 0.05, divergence_factor: float = 4.0,
                   rule: str = "steepest") -> RangeTest:
     """Run the LR range test for one optimizer on the training images of ``config``.
 
@@ -123,7 +150,7 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
         end_lr: last learning rate; the lr grows by ``(end_lr / start_lr) ** (1 / (n_steps - 1))`` a step.
         n_steps: optimizer steps at most (batches of ``train.batch_size``, cycling through the data).
         smoothing: weight of the newest loss in the moving average.
-        diverge_factor: stop when the smoothed loss exceeds this multiple of its minimum.
+        divergence_factor: stop when the smoothed loss exceeds this multiple of its minimum.
         rule: the rule that reads the suggestion off the curve (``valley``, ``steepest``, ``min_tenth``).
 
     Returns:
@@ -137,49 +164,29 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
         >>> curve.suggestion  # doctest: +SKIP
         0.0123
     """
-    _check_range(start_lr, end_lr, n_steps, smoothing, diverge_factor)
+    # Not MONAI's LearningRateFinder.range_test: it has no autocast (its ``amp`` is NVIDIA apex's,
+    # so train.precision bf16/fp16 would be ignored); a NaN loss never exceeds its divergence
+    # threshold, so it runs to the end on NaN; its smoothing starts from the first loss without
+    # bias correction; it draws batches from a DataLoader, where ours come from the resident
+    # tensors with the run's seeded generator; and it copies and restores the model, which is
+    # thrown away here. Its steepest rule equals ours (exponential steps are even in log lr).
+    _check_range(start_lr, end_lr, n_steps, smoothing, divergence_factor)
     LR_RULES.entry(rule)
     name = optimizer or config.optimizer.name
     config = _with_optimizer(config, name, {"optimizer.lr": min(start_lr, 10.0)})
     data = data if data is not None else load_data(config)
-    device = resolve_device(config.train.device)
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
+    device = setup_device(config.train)
     torch.manual_seed(config.seed)
     model, loss_fn, opt = build_training(config, data, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
-    fmt = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = min(config.train.batch_size, len(data.train))
+    batches = _cycling_batches(data.train, min(config.train.batch_size, len(data.train)), device=device,
+                               generator=torch.Generator().manual_seed(config.seed),
+                               channels_last=config.train.channels_last)
     growth = (end_lr / start_lr) ** (1 / (n_steps - 1))
-    lrs, raw, smooth = [], [], []
-    average, best, stopped = 0.0, math.inf, "end_lr reached"
-    order = torch.empty(0, dtype=torch.long)
+    steps = zip((start_lr * growth**step for step in range(n_steps)), batches)
     t0 = time.perf_counter()
-    model.train()
-    for step in range(n_steps):
-        if len(order) < batch:
-            order = torch.randperm(len(data.train), generator=generator)
-        idx, order = order[:batch], order[batch:]
-        lr = start_lr * growth**step
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x = data.train.images[idx].to(device).contiguous(memory_format=fmt)
-        y = data.train.masks[idx].to(device)
-        with autocast(device, config.train.precision):
-            loss = loss_fn(model(x).float(), y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            stopped = f"diverged at lr {lr:.3g} (loss {value})"
-            break
-        average = (1 - smoothing) * average + smoothing * value
-        smoothed = average / (1 - (1 - smoothing) ** (step + 1))
-        lrs.append(lr), raw.append(value), smooth.append(smoothed)
-        best = min(best, smoothed)
-        if smoothed > diverge_factor * best:
-            stopped = f"diverged at lr {lr:.3g}"
-            break
-        backward_step(loss, opt, scaler)
+    lrs, raw, smooth, stopped = _sweep(model, loss_fn, opt, steps, smoothing=smoothing,
+                                       divergence_factor=divergence_factor, device=device,
+                                       precision=config.train.precision)
     if len(lrs) < 5:
         raise ConfigError(f"lr range test for {name}: the loss diverged after {len(lrs)} steps, at lr "
                           f"{start_lr * growth ** len(lrs):.3g}; lower start_lr (now {start_lr:g})")
@@ -188,14 +195,52 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
                      raw_losses=raw, seconds=time.perf_counter() - t0, stopped=stopped, suggestions=suggestions)
 
 
+def _cycling_batches(split: Split, batch: int, *, device: torch.device, generator: torch.Generator,
+                     channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``split`` without end: a fresh shuffle whenever fewer than ``batch`` samples are left."""
+    order = torch.empty(0, dtype=torch.long)
+    fmt = memory_format(channels_last)
+    while True:
+        if len(order) < batch:
+            order = torch.randperm(len(split), generator=generator)
+        idx, order = order[:batch], order[batch:]
+        yield split.images[idx].to(device).contiguous(memory_format=fmt), split.masks[idx].to(device)
+
+
+def _sweep(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           steps: Iterable[tuple[float, tuple[torch.Tensor, torch.Tensor]]], *, smoothing: float,
+           divergence_factor: float, device: torch.device, precision: str
+           ) -> tuple[list[float], list[float], list[float], str]:
+    """One optimizer step per ``(lr, batch)`` until the loss diverges: the lrs, raw and smoothed
+    losses (bias-corrected moving average) and why it stopped."""
+    scaler = grad_scaler(precision)
+    lrs, raw, smooth = [], [], []
+    average, best = 0.0, math.inf
+    model.train()
+    for step, (lr, (x, y)) in enumerate(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, precision):
+            loss = loss_fn(model(x).float(), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return lrs, raw, smooth, f"diverged at lr {lr:.3g} (loss {value})"
+        average = (1 - smoothing) * average + smoothing * value
+        smoothed = average / (1 - (1 - smoothing) ** (step + 1))
+        lrs.append(lr), raw.append(value), smooth.append(smoothed)
+        best = min(best, smoothed)
+        if smoothed > divergence_factor * best:
+            return lrs, raw, smooth, f"diverged at lr {lr:.3g}"
+        backward_step(loss, optimizer, scaler)
+    return lrs, raw, smooth, "end_lr reached"
+
+
 def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
     """One figure of every optimizer's smoothed loss against the lr (log scale), suggestions marked."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for curve in curves:
         (line,) = ax.plot(curve.lrs, curve.losses, label=f"{curve.optimizer}: {curve.suggestion:.2g}")
         at = int(np.argmin(np.abs(np.log(curve.lrs) - math.log(curve.suggestion))))
@@ -207,7 +252,6 @@ def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -296,39 +340,42 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
     name = optimizer or config.optimizer.name
     epochs = epochs or config.train.epochs
     data = data if data is not None else load_data(config)
+    run = functools.partial(_train_at, config, optimizer=name, epochs=epochs, data=data, out_dir=Path(out_dir),
+                            verbose=verbose)
     n_decades = max(1, round(math.log10(high / low)))
-    trials: list[dict[str, Any]] = []
-    scores: dict[float, float] = {}
-
-    def run(lr: float, stage: str) -> None:
-        cfg = _with_optimizer(config, name, {"optimizer.lr": lr, "train.epochs": epochs,
-                                             "name": f"{config.name}-{name}-lr{lr:.3g}"})
-        t0 = time.perf_counter()
-        try:
-            summary = train(cfg, out_dir=Path(out_dir) / f"{name}-lr{lr:.3g}", data=data, verbose=verbose).summary
-            dice, status = summary["val"]["dice_mean"], "ok"
-        except TrainingDiverged:
-            dice, status = 0.0, "diverged"
-        scores[lr] = dice
-        trials.append({"lr": lr, "stage": stage, "val_dice": dice, "seconds": time.perf_counter() - t0,
-                       "status": status})
-
-    for k in range(n_decades + 1):
-        run(low * (high / low) ** (k / n_decades), "decade")
+    trials = [run(low * (high / low) ** (k / n_decades), "decade") for k in range(n_decades + 1)]
+    scores = _scores(trials)
     best = max(scores, key=lambda lr: scores[lr])
     if best in (min(scores), max(scores)):  # the best is at an end: look one decade further out
-        run(best * 10 if best == max(scores) else best / 10, "decade")
+        trials.append(run(best * 10 if best == max(scores) else best / 10, "decade"))
     for _ in range(n_bisect):
-        tried = sorted(scores)
-        best = max(tried, key=lambda lr: scores[lr])
-        i = tried.index(best)
-        for neighbour in (tried[i - 1] if i > 0 else None, tried[i + 1] if i + 1 < len(tried) else None):
-            if neighbour is not None:
-                run(math.sqrt(best * neighbour), "bisect")
+        trials += [run(lr, "bisect") for lr in _bisection_points(_scores(trials))]
+    scores = _scores(trials)
     best = max(scores, key=lambda lr: scores[lr])
     return RefineResult(optimizer=name, best_lr=best, best_dice=scores[best], trials=trials,
                         seconds=sum(t["seconds"] for t in trials), epochs=epochs)
 
 
-__all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "find_lrs", "lr_range_test", "plot_range_tests",
-           "refine_lr"]
+def _train_at(config: Config, lr: float, stage: str, *, optimizer: str, epochs: int, data: SegData, out_dir: Path,
+              verbose: bool) -> dict[str, Any]:
+    """One training of ``epochs`` at ``lr``: its trial row (a diverged training scores a Dice of 0)."""
+    cfg = _with_optimizer(config, optimizer, {"optimizer.lr": lr, "train.epochs": epochs,
+                                              "name": f"{config.name}-{optimizer}-lr{lr:.3g}"})
+    t0 = time.perf_counter()
+    try:
+        summary = train(cfg, out_dir=out_dir / f"{optimizer}-lr{lr:.3g}", data=data, verbose=verbose).summary
+        dice, status = summary["val"]["dice_mean"], "ok"
+    except TrainingDiverged:
+        dice, status = 0.0, "diverged"
+    return {"lr": lr, "stage": stage, "val_dice": dice, "seconds": time.perf_counter() - t0, "status": status}
+
+
+def _scores(trials: list[dict[str, Any]]) -> dict[float, float]:
+    return {t["lr"]: t["val_dice"] for t in trials}
+
+
+def _bisection_points(scores: dict[float, float]) -> list[float]:
+    """The log-midpoints between the best lr and its nearest tried neighbours."""
+    tried = sorted(scores)
+    i = tried.index(max(tried, key=lambda lr: scores[lr]))
+    return [math.sqrt(tried[i] * tried[j]) for j in (i - 1, i + 1) if 0 <= j < len(tried)]

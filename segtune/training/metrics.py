@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["confusion_counts", "dice_from_counts", "dice_per_class", "iou_from_counts", "summarize"]
+
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Per-class (intersection, predicted, true) pixel counts.

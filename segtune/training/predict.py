@@ -24,7 +24,10 @@ from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_ima
 from segtune.errors import DataError
 from segtune.training.evaluate import predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
-from segtune.training.loop import load_data, resolve_device
+from segtune.training.runtime import load_data, resolve_device
+
+__all__ = ["SPLITS", "collect_inputs", "evaluate_run", "group_channels", "is_volume", "per_case_dice",
+           "predict_files", "run_config", "split_with_cases", "write_label_volume"]
 
 SPLITS = ("train", "val", "test", "all")
 

@@ -9,8 +9,10 @@ directory::
     metrics.csv            per epoch: train_mse, val_mse, val_mae, seconds (and TensorBoard events)
     encoder.pt             the encoder's weights at the best validation MSE (a plain state dict)
     reconstructions.png    validation images, their reconstructions and the absolute error
-    report.html, report.md the numbers, the MSE curves and the reconstructions (figures/ beside them)
     summary.json           best epoch, validation MSE and MAE, time
+
+``segtune pretrain`` then writes report.html and report.md there (the numbers, the MSE curves
+and the reconstructions), as ``segtune report RUN`` does.
 
 Then ``segtune train CONFIG --set model.encoder_weights=RUN/encoder.pt`` starts from it, with
 ``model.freeze_encoder=true`` (and ``model.unfreeze_encoder_after=N``) to keep it fixed.
@@ -27,17 +29,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from segtune.training.checkpoint import save_atomic, write_json_atomic, write_text_atomic
-from segtune.config import Config
-from segtune.data import SegData, Split
-from segtune.training.evaluate import autocast, batches
 from segtune.components.models import PadToMultiple, build_model, count_parameters, encoder_modules, encoder_state
 from segtune.components.optim import OPTIMIZERS
-from segtune.training.loop import (MetricsLog, RunResult, backward_step, default_run_dir, load_data, prepare_run_dir,
-                           resolve_device)
+from segtune.config import Config, TrainConfig
+from segtune.data import SegData, Split
+from segtune.errors import TrainingDiverged
+from segtune.training.checkpoint import save_atomic
+from segtune.training.early_stopping import EarlyStopping
+from segtune.training.evaluate import autocast, batches
+from segtune.training.rundir import MetricsLog, RunResult, create_run_dir, write_json_atomic
+from segtune.training.runtime import (epoch_batches, epoch_order, evaluation_options, grad_scaler, load_data,
+                                      memory_format, setup_device, train_on_batches)
+
+__all__ = ["Autoencoder", "plot_reconstructions", "pretrain", "reconstruction_errors"]
 
 
 class _EncoderDone(Exception):
@@ -114,16 +120,14 @@ def reconstruction_errors(autoencoder: Autoencoder, split: Split, *, batch_size:
 
 def plot_reconstructions(autoencoder: Autoencoder, images: torch.Tensor, path: Path, device: torch.device) -> Path:
     """A figure of images ``(N, C, H, W)`` (first channel), their reconstructions and the absolute error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
 
     autoencoder.eval()
     with torch.inference_mode():
         recon = autoencoder(images.to(device)).float().cpu()
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(2 * n, 6), squeeze=False)
+    fig = Figure(figsize=(2 * n, 6))
+    axes = fig.subplots(3, n, squeeze=False)
     for i in range(n):
         lo, hi = float(images[i, 0].min()), float(images[i, 0].max())
         for row, (picture, title) in enumerate([(images[i, 0], "image"), (recon[i, 0], "reconstruction"),
@@ -135,13 +139,16 @@ def plot_reconstructions(autoencoder: Autoencoder, images: torch.Tensor, path: P
                 ax.set_title(title, fontsize=9, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
 def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData | None = None,
              verbose: bool = True, n_images: int = 6) -> RunResult:
     """Train an autoencoder on ``config``'s model encoder to reconstruct the training images.
+
+    The epochs are those of :func:`~segtune.training.loop.train` without its augmentation,
+    schedule and early stopping: every epoch runs, and the encoder of the epoch with the lowest
+    validation MSE is kept.
 
     Args:
         config: the segmentation run's config (data, model, optimizer, train.epochs and batch size).
@@ -151,11 +158,13 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
         n_images: validation images shown in ``reconstructions.png``.
 
     Returns:
-        A :class:`~segtune.training.loop.RunResult`; ``summary["encoder"]`` is the path of ``encoder.pt``
-        and ``summary["val"]`` its validation ``mse`` and ``mae``.
+        A :class:`~segtune.training.rundir.RunResult`; ``summary["encoder"]`` is the path of
+        ``encoder.pt`` and ``summary["val"]`` its validation ``mse`` and ``mae``. The report
+        (``segtune report RUN``) is written by whoever wants one.
 
     Raises:
         ConfigError: the model names no encoder.
+        TrainingDiverged: no epoch reached a finite validation MSE.
         SegtuneError: an unusable device or run directory.
 
     Example:
@@ -164,68 +173,70 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
     """
     t_start = time.perf_counter()
     cfg = config.train
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    default = default_run_dir(config)
-    default = default.with_name(default.name.replace(config.name, f"{config.name}-pretrain", 1))
-    run_dir = prepare_run_dir(Path(out_dir) if out_dir else default)
-    write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), run_dir / "config.yaml")
+    device = setup_device(cfg)
     torch.manual_seed(config.seed)
-    data = data if data is not None else load_data(config)
+    data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
+    run_dir = create_run_dir(config, out_dir, suffix="-pretrain")
     model = build_model(config.model.name, config.model.options, data.in_channels, data.n_classes)
-    autoencoder = Autoencoder(model, data.in_channels).to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    autoencoder = autoencoder.to(memory_format=fmt)
+    autoencoder = Autoencoder(model, data.in_channels).to(device).to(memory_format=memory_format(cfg.channels_last))
     optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, autoencoder.parameters())
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-    generator = torch.Generator().manual_seed(config.seed)
-    log = MetricsLog(run_dir, ["epoch", "train_mse", "val_mse", "val_mae", "seconds"], [])
-    images = data.train.images.to(device)
-    kwargs = dict(batch_size=cfg.batch_size * 2, device=device, precision=cfg.precision,
-                  channels_last=cfg.channels_last)
-    best, best_epoch, history = math.inf, 0, []
     if verbose:
         print(f"pre-training the encoder of {config.model.name} ({count_parameters(autoencoder) / 1e6:.2f} M "
               f"parameters with the decoder) on {len(data.train)} images, {device} -> {run_dir}", flush=True)
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
-            autoencoder.train()
-            order = torch.randperm(len(images), generator=generator)
-            total = 0.0
-            for start in range(0, len(order), cfg.batch_size):
-                x = images[order[start:start + cfg.batch_size]].contiguous(memory_format=fmt)
-                with autocast(device, cfg.precision):
-                    loss = F.mse_loss(autoencoder(x).float(), x)
-                backward_step(loss, optimizer, scaler)
-                total += float(loss.detach()) * len(x)
-            val = reconstruction_errors(autoencoder, data.val, **kwargs)
-            row = {"epoch": epoch, "train_mse": total / len(images), "val_mse": val["mse"], "val_mae": val["mae"],
-                   "seconds": time.perf_counter() - t_epoch}
-            if val["mse"] < best:
-                best, best_epoch = val["mse"], epoch
-                best_state = {k: v.detach().clone() for k, v in autoencoder.state_dict().items()}
-                save_atomic(encoder_state(model), run_dir / "encoder.pt")
-            history.append(row)
-            log.write(row)
-            if verbose:
-                print(f"epoch {epoch:>3}/{cfg.epochs}  train_mse {row['train_mse']:.4f}  val_mse {val['mse']:.4f}  "
-                      f"val_mae {val['mae']:.4f}  {row['seconds']:.1f}s", flush=True)
-    finally:
-        log.close()
-    encoder = run_dir / "encoder.pt"
-    autoencoder.load_state_dict(best_state)
-    summary = {"name": config.name, "model": config.model.name, "best_epoch": best_epoch, "epochs_run": len(history),
-               "seconds": time.perf_counter() - t_start, "encoder": str(encoder),
+    best_epoch, history = _fit(autoencoder, data, run_dir=run_dir, optimizer=optimizer, config=config,
+                               device=device, verbose=verbose)
+    summary = {"name": config.name, "model": config.model.name, "best_epoch": best_epoch,
+               "epochs_run": len(history), "seconds": time.perf_counter() - t_start,
+               "encoder": str(run_dir / "encoder.pt"),
                "val": {"mse": history[best_epoch - 1]["val_mse"], "mae": history[best_epoch - 1]["val_mae"]}}
     shown = data.val.images[torch.linspace(0, len(data.val) - 1, min(n_images, len(data.val))).long()]
     plot_reconstructions(autoencoder, shown, run_dir / "reconstructions.png", device)
     write_json_atomic(summary, run_dir / "summary.json")
-    from segtune.report import run_report
-
-    run_report(run_dir, run_dir)  # report.html and report.md (figures/ beside them), as `segtune report` writes
     return RunResult(run_dir=run_dir, summary=summary, history=history)
 
 
-__all__ = ["Autoencoder", "plot_reconstructions", "pretrain", "reconstruction_errors"]
+def _fit(autoencoder: Autoencoder, data: SegData, *, run_dir: Path, optimizer: torch.optim.Optimizer,
+         config: Config, device: torch.device, verbose: bool) -> tuple[int, list[dict[str, Any]]]:
+    """Every epoch, metrics.csv and encoder.pt at the best validation MSE; the best epoch (its weights
+    loaded into ``autoencoder``) and the history."""
+    cfg = config.train
+    scaler, generator = grad_scaler(cfg.precision), torch.Generator().manual_seed(config.seed)
+    stopping, best_state, history = EarlyStopping("val.mse", mode="min"), None, []
+    log = MetricsLog(run_dir, ["epoch", "train_mse", "val_mse", "val_mae", "seconds"])
+    images = data.train.images.to(device)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            train_mse = _reconstruction_epoch(autoencoder, images, optimizer=optimizer, scaler=scaler,
+                                              generator=generator, device=device, train=cfg)
+            val = reconstruction_errors(autoencoder, data.val, **evaluation_options(cfg, device))
+            if stopping.step(val["mse"], epoch=epoch):
+                best_state = {k: v.detach().clone() for k, v in autoencoder.state_dict().items()}
+                save_atomic(encoder_state(autoencoder.model), run_dir / "encoder.pt")
+            history.append({"epoch": epoch, "train_mse": train_mse, "val_mse": val["mse"], "val_mae": val["mae"],
+                            "seconds": time.perf_counter() - t_epoch})
+            log.write(history[-1])
+            if verbose:
+                print(f"epoch {epoch:>3}/{cfg.epochs}  train_mse {train_mse:.4f}  val_mse {val['mse']:.4f}  "
+                      f"val_mae {val['mae']:.4f}  {history[-1]['seconds']:.1f}s", flush=True)
+    finally:
+        log.close()
+    if best_state is None:
+        raise TrainingDiverged(f"pre-training {run_dir}: the validation MSE was {history[-1]['val_mse']} in every "
+                               f"one of {len(history)} epochs, never a number; lower optimizer.lr (now "
+                               f"{optimizer.param_groups[0]['lr']:g}) or check the validation "
+                               f"images for NaN or infinite values")
+    autoencoder.load_state_dict(best_state)
+    return stopping.best_epoch, history
+
+
+def _reconstruction_epoch(autoencoder: Autoencoder, images: torch.Tensor, *, optimizer: torch.optim.Optimizer,
+                          scaler: torch.amp.GradScaler, generator: torch.Generator, device: torch.device,
+                          train: TrainConfig) -> float:
+    """One shuffled pass over ``images`` (on ``device``), each batch its own target; the mean MSE."""
+    autoencoder.train()
+    order, _ = epoch_order(len(images), 0, False, generator)
+    fmt = memory_format(train.channels_last)
+    batches = (images[order[part]].contiguous(memory_format=fmt) for part in epoch_batches(len(order), train.batch_size))
+    return train_on_batches(((x, x) for x in batches), model=autoencoder, loss_fn=F.mse_loss, optimizer=optimizer,
+                            scaler=scaler, device=device, precision=train.precision)

@@ -81,9 +81,9 @@ def test_combine_rotates_within_its_range():
     (3, False, 20, 0),   # augment.name: none: copies, none augmented
 ])
 def test_an_epoch_sees_1_plus_n_aug_times_the_data(n_aug, augmenting, n_seen, n_augmented):
-    from segtune.training.loop import _epoch_order
+    from segtune.training.runtime import epoch_order
 
-    index, flags = _epoch_order(5, n_aug, augmenting, torch.Generator().manual_seed(0))
+    index, flags = epoch_order(5, n_aug, augmenting, torch.Generator().manual_seed(0))
     assert len(index) == n_seen and int(flags.sum()) == n_augmented
     assert sorted(index.tolist()) == sorted(list(range(5)) * (1 + n_aug))
     if augmenting and n_aug:  # every image also appears once unaugmented

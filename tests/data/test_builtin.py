@@ -70,7 +70,7 @@ def test_prepare_resize_and_normalisation():
 
 
 def test_train_fraction_from_config(tmp_path):
-    from segtune.training.loop import load_data
+    from segtune.training.runtime import load_data
 
     cfg = build_config(tiny_tree(), ["data.train_fraction=0.25"])
     assert len(load_data(cfg).train) == 4

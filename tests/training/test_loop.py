@@ -11,7 +11,8 @@ from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
 from segtune.config import build_config
 from segtune.errors import ConfigError, SegtuneError, TrainingDiverged
 from segtune.training.evaluate import evaluate_split
-from segtune.training.loop import load_data, train
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 from tests.conftest import tiny_tree
 

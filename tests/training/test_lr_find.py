@@ -14,8 +14,8 @@ from tests.conftest import tiny_tree
 from segtune.cli import main
 from segtune.config import build_config
 from segtune.errors import ConfigError
-from segtune.training.lr_find import LR_RULES, lr_range_test, refine_lr
-from segtune.training.loop import load_data
+from segtune.training.lr_find import LR_RULES, RangeTest, explain_rule, lr_range_test, plot_range_tests, refine_lr
+from segtune.training.runtime import load_data
 
 # A textbook curve: flat, a long descent from 1e-4 to 1e-1 (steepest at 1e-2.5), then a blow-up.
 LRS = np.logspace(-7, 1, 81)
@@ -31,6 +31,36 @@ LOSSES = np.where(X < 0, 1.0 - 0.5 / (1 + np.exp(-3 * (X + 2.5))), 0.5 + 2 * X**
 def test_rules_read_the_lr_off_the_curve(rule, low, high):
     lr = LR_RULES.entry(rule).builder(list(LRS), list(LOSSES))
     assert low <= lr <= high
+
+
+@pytest.mark.parametrize("rule, says", [
+    ("steepest", "The default: measured closest to the best of a 5-point grid"),
+    ("valley", "Measured one to two decades too low"),
+    ("min_tenth", "0.05 short for momentum SGD"),
+])
+def test_each_rule_explains_what_it_reads_and_how_it_measured(rule, says):
+    text = explain_rule(rule)
+    assert text.startswith(LR_RULES.entry(rule).summary) and says in text
+
+
+def test_an_unknown_rule_has_no_explanation():
+    with pytest.raises(ValueError, match="unknown lr rule 'steep' \\(did you mean 'steepest'\\?\\)"):
+        explain_rule("steep")
+
+
+def test_the_range_test_figure_leaves_the_callers_matplotlib_backend(tmp_path):
+    import matplotlib
+
+    curve = RangeTest(optimizer="adam", rule="steepest", suggestion=1e-3, lrs=list(LRS), losses=list(LOSSES),
+                      raw_losses=list(LOSSES), seconds=0.0, stopped="end_lr reached")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's choice, not the Agg a figure writer might force
+    try:
+        path = plot_range_tests([curve], tmp_path / "lr.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +87,7 @@ def test_range_test_stops_when_the_loss_diverges(tiny_data):
 @pytest.mark.parametrize("options, message", [
     ({"start_lr": 1.0, "end_lr": 0.1}, "start_lr < end_lr"),
     ({"n_steps": 3}, "at least 10"),
+    ({"divergence_factor": 1.0}, "divergence_factor must exceed 1, got 1"),
     ({"rule": "valey"}, "did you mean 'valley'"),
 ])
 def test_invalid_range_test_settings_name_the_fix(options, message):

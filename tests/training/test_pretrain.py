@@ -16,7 +16,8 @@ from segtune.config import build_config
 from segtune.errors import ConfigError, DataError
 from segtune.components.models import MODELS, build_model, encoder_state
 from segtune.training.pretrain import Autoencoder
-from segtune.training.loop import load_data, train
+from segtune.training.loop import train
+from segtune.training.runtime import load_data
 
 TINY_MODELS = {
     "unet": {"depth": 2, "base": 4},
@@ -94,3 +95,33 @@ def test_unfreezing_needs_a_frozen_encoder():
     tree = tiny_tree(model={"name": "unet", "unfreeze_encoder_after": 2})
     with pytest.raises(ConfigError, match="needs model.freeze_encoder=true"):
         build_config(tree)
+
+
+def test_a_validation_mse_that_is_never_a_number_is_a_clear_error(tmp_path):
+    # a NaN pixel in a validation image makes every epoch's validation MSE NaN: no encoder is best
+    from segtune.errors import TrainingDiverged
+    from segtune.training.pretrain import pretrain
+
+    config = build_config(tiny_tree(train={"epochs": 2, "batch_size": 8}))
+    data = load_data(config)
+    data.val.images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"validation MSE was nan in every one of 2 epochs, never a number; "
+                                               r"lower optimizer.lr \(now 0.01\) or check the validation images"):
+        pretrain(config, out_dir=tmp_path / "run", data=data, verbose=False)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_reconstruction_figure_leaves_the_callers_matplotlib_backend(tmp_path):
+    import matplotlib
+
+    from segtune.training.pretrain import plot_reconstructions
+
+    autoencoder = Autoencoder(build_model("unet", TINY_MODELS["unet"], 1, 3), 1)
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's choice, not the Agg a figure writer might force
+    try:
+        path = plot_reconstructions(autoencoder, torch.randn(2, 1, 16, 16), tmp_path / "r.png", torch.device("cpu"))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

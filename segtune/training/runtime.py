@@ -1,0 +1,184 @@
+"""The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
+
+- :func:`setup_device`: the configured device, checked, and the thread count.
+- :func:`load_data`: the configured data source with the shared preprocessing.
+- :func:`build_training`: the model, loss and optimizer of a config.
+- :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
+  optimizer steps; :func:`backward_step`: one step.
+- :func:`evaluation_options`: how every validation of a run evaluates (batch size, device, precision).
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any, Callable, Iterable
+
+import torch
+
+from segtune.components.losses import LOSSES
+from segtune.components.models import build_model, set_encoder_trainable
+from segtune.components.optim import OPTIMIZERS
+from segtune.config import Config, TrainConfig
+from segtune.data import SOURCES, SegData, prepare
+from segtune.errors import ConfigError
+from segtune.training.evaluate import autocast
+
+__all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
+           "grad_scaler", "load_data", "memory_format", "resolve_device", "setup_device", "train_on_batches"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; other names are checked to exist.
+
+    Raises:
+        ConfigError: the named device is not available on this machine.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA GPU is available; use train.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name!r} but MPS is not available; use train.device=auto or cpu")
+    return device
+
+
+def setup_device(train: TrainConfig) -> torch.device:
+    """The device of ``train.device`` for ``train.precision``, after setting ``train.num_threads``.
+
+    Raises:
+        ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.
+    """
+    device = resolve_device(train.device)
+    if train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    return device
+
+
+def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:
+    """Build the configured data source and apply the shared preprocessing (``normalize_stats``:
+    a trained model's ``zscore_dataset`` statistics, instead of this training split's)."""
+    data_cfg = config.data
+    raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
+    return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
+                   normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
+                   label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
+                   min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` when ``train.channels_last`` is set, else the contiguous format."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def grad_scaler(precision: str) -> torch.amp.GradScaler:
+    """The loss scaler of ``precision``: active for fp16 only, a no-op otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+
+def evaluation_options(train: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The keyword arguments with which every evaluation of a run is made: twice the training
+    batch size (no gradients to keep), the run's device, precision and memory format."""
+    return {"batch_size": train.batch_size * 2, "device": device, "precision": train.precision,
+            "channels_last": train.channels_last}
+
+
+def build_training(config: Config, data: SegData, device: torch.device):
+    """The model, loss and optimizer of ``config`` for ``data``, on ``device``, in the configured memory format.
+
+    The model gets ``out_channels`` set (1 for single-channel losses, else the class count),
+    the encoder weights of ``model.encoder_weights`` and, with ``model.freeze_encoder``, a
+    frozen encoder. Every short training (the LR range test, pre-training) builds its parts here.
+
+    Returns:
+        ``(model, loss_fn, optimizer)``.
+    """
+    loss_fn = LOSSES.build(config.loss.name, config.loss.options, data.n_classes).to(device)
+    out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
+    model = build_model(config.model.name, config.model.options, data.in_channels, out_channels)
+    model.out_channels = out_channels
+    if config.model.freeze_encoder:
+        set_encoder_trainable(model, False)
+    model = model.to(device).to(memory_format=memory_format(config.train.channels_last))
+    optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, model.parameters())
+    return model, loss_fn, optimizer
+
+
+def compiled(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile(model)`` with static shapes (a run has at most two batch sizes).
+
+    Raises:
+        ConfigError: on a CPU without a C++ compiler, which ``torch.compile`` needs there.
+    """
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        raise ConfigError("train.compile=true needs a C++ compiler on a CPU (install g++); "
+                          "or set train.compile=false")
+    return torch.compile(model, dynamic=False)
+
+
+def epoch_order(n: int, n_aug: int, augmenting: bool, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffled ``(index, augment?)`` pairs of one epoch: the data once, plus ``n_aug`` augmented copies.
+
+    With an augmentation and ``n_aug == 0`` every sample is augmented on the fly.
+
+    Returns:
+        ``index`` (``(n * (1 + n_aug),)`` int64) and ``flags`` (same shape, bool: augment this one).
+
+    Example:
+        >>> index, flags = epoch_order(3, 1, True, torch.Generator().manual_seed(0))
+        >>> len(index), int(flags.sum())
+        (6, 3)
+    """
+    index = torch.arange(n).repeat(1 + n_aug)
+    flags = torch.zeros(len(index), dtype=torch.bool)
+    if augmenting:
+        flags[n:] = True
+        if n_aug == 0:
+            flags[:] = True
+    order = torch.randperm(len(index), generator=generator)
+    return index[order], flags[order]
+
+
+def epoch_batches(n: int, batch_size: int) -> list[slice]:
+    """The batches of an epoch of ``n`` samples as slices; a last batch of one joins no step (a
+    batch of one breaks batch norm), so its sample waits for the next epoch's shuffle."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, start + batch_size) for start in starts]
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimizer step on ``loss``: zero the gradients, back-propagate (scaled for fp16), step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def train_on_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, model: torch.nn.Module,
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, device: torch.device, precision: str,
+                     check: Callable[[float], None] | None = None) -> float:
+    """One optimizer step per ``(inputs, targets)`` batch; returns the mean loss per sample.
+
+    Args:
+        batches: ``(B, C, H, W)`` inputs and the targets ``loss_fn`` takes, on ``device``.
+        model: called on the inputs (in training mode: the caller sets it).
+        loss_fn: ``loss_fn(outputs, targets)``, computed in float32 outside autocast's low precision.
+        check: called with each batch's loss before its step; raising from it stops the epoch
+            (a diverged loss).
+    """
+    total, count = 0.0, 0
+    for x, y in batches:
+        with autocast(device, precision):
+            loss = loss_fn(model(x).float(), y)
+        value = float(loss.detach())
+        if check is not None:
+            check(value)
+        backward_step(loss, optimizer, scaler)
+        total += value * len(x)
+        count += len(x)
+    return total / max(count, 1)
