@@ -57,6 +57,16 @@ def figure_block(fig: Any, name: str, caption: str = "", *, dpi: int = 110) -> F
     return Figure(name, buf.getvalue(), caption)
 
 
+def section(heading: str, blocks: list[Block], *, level: int = 2) -> list[Block]:
+    """``blocks`` under a heading, or nothing at all where there are no blocks.
+
+    Example:
+        >>> section("Predictions", [])
+        []
+    """
+    return [Heading(heading, level)] + blocks if blocks else []
+
+
 def cell_text(value: Any) -> str:
     """A table cell: floats with 4 significant decimals, None as a dash."""
     if value is None:
@@ -166,5 +176,5 @@ def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> P
     return path
 
 
-__all__ = ["Block", "Figure", "Heading", "Table", "Text", "cell_text", "figure_block", "to_html", "to_markdown",
+__all__ = ["Block", "Figure", "Heading", "Table", "Text", "cell_text", "figure_block", "section", "to_html", "to_markdown",
            "write_document"]
