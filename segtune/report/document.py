@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure as MplFigure
 
 
 @dataclass(frozen=True)
@@ -49,11 +46,18 @@ class Figure:
 Block = Union[Heading, Text, Table, Figure]
 
 
-def figure_block(fig: Any, name: str, caption: str = "", *, dpi: int = 110) -> Figure:
-    """Render a matplotlib figure to a PNG :class:`Figure` block and close it."""
+def figure_block(fig: MplFigure, name: str, caption: str = "", *, dpi: int = 110) -> Figure:
+    """Render a matplotlib figure to a PNG :class:`Figure` block.
+
+    Args:
+        fig: a figure made as ``matplotlib.figure.Figure`` (not through pyplot, so there is
+            nothing to close).
+        name: the block's file stem, unique in the report.
+        caption: the text under the figure.
+        dpi: the PNG's resolution.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return Figure(name, buf.getvalue(), caption)
 
 

@@ -1,4 +1,8 @@
-"""The figures of a report (matplotlib, Agg backend); each function returns a Figure.
+"""The figures of a report; each function returns a :class:`matplotlib.figure.Figure`.
+
+The figures are made as ``Figure`` objects, not through pyplot, so drawing a report neither
+switches the caller's backend nor leaves figures open in pyplot's list; ``savefig`` renders them
+with Agg.
 
 Curves are small multiples: one panel per (row level, column level) of two hyperparameters,
 every trial in a panel drawn in its own colour, its repeats in the same colour, fainter.
@@ -11,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from segtune.report.stats import MeanCI  # noqa: E402
+from segtune.report.stats import MeanCI
 
 _LINE_STYLES = ("-", "--", ":", "-.")
 # background black, then well-separated colours for the classes
@@ -46,7 +50,7 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
 
 def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[str], cols: Sequence[str],
                row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False,
-               legend: bool = True) -> plt.Figure:
+               legend: bool = True) -> Figure:
     """Per-epoch curves as small multiples, ``rows`` x ``cols`` panels sharing their axes.
 
     Args:
@@ -58,9 +62,9 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
         legend: name the trials in each panel (up to 8).
     """
     n_rows, n_cols = max(len(rows), 1), max(len(cols), 1)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6),
-                             sharex=True, sharey=True, squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6))
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+    colours = matplotlib.colormaps["tab10"].colors
     for i, row in enumerate(rows or [""]):
         for j, col in enumerate(cols or [""]):
             ax = axes[i][j]
@@ -92,7 +96,7 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
             if i == n_rows - 1:
                 ax.set_xlabel("epoch", fontsize=8)
     if len(keys) > 1:
-        handles = [plt.Line2D([], [], color="#333", ls=_LINE_STYLES[k % len(_LINE_STYLES)]) for k in range(len(keys))]
+        handles = [Line2D([], [], color="#333", ls=_LINE_STYLES[k % len(_LINE_STYLES)]) for k in range(len(keys))]
         fig.legend(handles, keys, loc="upper center", ncol=len(keys), fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout(rect=(0, 0, 1, 0.97 if n_rows > 1 else 0.9))
@@ -101,10 +105,11 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
     return fig
 
 
-def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> plt.Figure:
+def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> Figure:
     """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars."""
     n = max(len(marginals), 1)
-    fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 16), 3.0), squeeze=False, sharey=True)
+    fig = Figure(figsize=(min(3.6 * n, 16), 3.0))
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (param, levels) in zip(axes[0], marginals.items()):
         labels = [lab for lab, _ in levels]
         means = [ci.mean for _, ci in levels]
@@ -120,7 +125,7 @@ def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective:
     return fig
 
 
-def _zoom_to_bars(ax: plt.Axes, cis: Sequence[MeanCI], objective: str) -> None:
+def _zoom_to_bars(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
     """Limit the y axis to the bars and their intervals, so small differences show, within the
     objective's possible values (Dice and IoU in 0..1, a loss above 0)."""
     lows = [ci.low if ci.low is not None else ci.mean for ci in cis]
@@ -133,9 +138,10 @@ def _zoom_to_bars(ax: plt.Axes, cis: Sequence[MeanCI], objective: str) -> None:
     ax.set_ylim(max(lo - pad, floor), min(hi + pad, ceiling + 0.02))
 
 
-def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> plt.Figure:
+def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> Figure:
     """The objective of each completed trial, best first: mean and 95% interval over repeats."""
-    fig, ax = plt.subplots(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
+    fig = Figure(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
+    ax = fig.subplots()
     ax.bar(range(len(labels)), [c.mean for c in cis], yerr=[c.half_width or 0.0 for c in cis], capsize=3,
            color="#55a868")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
@@ -146,11 +152,12 @@ def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: s
     return fig
 
 
-def importance_chart(importance: dict[str, dict[str, float]]) -> plt.Figure:
+def importance_chart(importance: dict[str, dict[str, float]]) -> Figure:
     """Horizontal bars: each hyperparameter's importance, one bar per evaluator."""
     params = sorted({p for imp in importance.values() for p in imp},
                     key=lambda p: -max(imp.get(p, 0.0) for imp in importance.values()))
-    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
+    fig = Figure(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
+    ax = fig.subplots()
     height = 0.8 / max(len(importance), 1)
     for k, (name, imp) in enumerate(importance.items()):
         ax.barh(np.arange(len(params)) + k * height, [imp.get(p, 0.0) for p in params], height=height, label=name)
@@ -172,7 +179,7 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], *,
-                     class_names: Sequence[str]) -> plt.Figure:
+                     class_names: Sequence[str]) -> Figure:
     """Rows of image / ground truth / each prediction, with per-class colours and a legend.
 
     Args:
@@ -185,7 +192,8 @@ def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[s
     cmap = ListedColormap(colours)
     columns = [("image", None), ("ground truth", truths)] + list(predictions.items())
     n = images.shape[0]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.9 * len(columns), 1.9 * n + 0.7), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(columns), 1.9 * n + 0.7))
+    axes = fig.subplots(n, len(columns), squeeze=False)
     for i in range(n):
         for j, (title, labels) in enumerate(columns):
             ax = axes[i][j]

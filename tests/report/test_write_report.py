@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -50,3 +53,15 @@ def test_segtune_study_writes_its_report_at_the_end(tmp_path, capsys):
     assert main(["study", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert f"report: {tmp_path / 'out' / 'report' / 'report.html'}" in capsys.readouterr().out
     assert "**Best: trial 0**" in (tmp_path / "out" / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_writing_a_report_leaves_the_callers_matplotlib_backend_as_it_was(run_dir, tmp_path):
+    # a caller on another backend (svg here, as MPLBACKEND sets it) keeps it, and pyplot is never imported
+    code = ("import sys, matplotlib; from segtune.report import write_report; write_report(sys.argv[1], out=sys.argv[2]); "
+            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir), str(tmp_path / "r")], capture_output=True,
+                          text=True, env={**os.environ, "MPLBACKEND": "svg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["svg", "False"]
+    assert {p.stem for p in (tmp_path / "r" / "figures").glob("*.png")} == {"loss", "dice", "lr", "predictions"}
