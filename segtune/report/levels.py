@@ -67,7 +67,7 @@ class Levels:
         return self.labels[min(max(k, 0), len(self.edges) - 2)]
 
 
-def varied_levels(records: Sequence[TrialRecord], space: dict[str, Any] | None = None) -> list[Levels]:
+def varied_levels(records: Sequence[TrialRecord], *, space: dict[str, Any] | None = None) -> list[Levels]:
     """The hyperparameters that took more than one level across ``records``.
 
     Args:
@@ -76,6 +76,10 @@ def varied_levels(records: Sequence[TrialRecord], space: dict[str, Any] | None =
 
     Returns:
         One :class:`Levels` per varied hyperparameter, in the order of first appearance.
+
+    Example:
+        >>> [lv.path for lv in varied_levels(records, space={"optimizer.name": ["adam", "sgd"]})]  # doctest: +SKIP
+        ['optimizer.name']
     """
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     space = space or {}
@@ -83,7 +87,7 @@ def varied_levels(records: Sequence[TrialRecord], space: dict[str, Any] | None =
     return [lv for lv in levels if len(lv.labels) > 1]
 
 
-def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None,
+def grid_axes(varied: Sequence[Levels], *, layout: Sequence[str] | None = None,
               records: Sequence[TrialRecord] = ()) -> tuple[Levels | None, Levels | None]:
     """The (rows, columns) hyperparameters of the curve grids.
 
@@ -96,6 +100,9 @@ def grid_axes(varied: Sequence[Levels], layout: Sequence[str] | None,
 
     Returns:
         ``(rows, columns)``, either None where there is nothing to lay out by.
+
+    Example:
+        >>> rows, cols = grid_axes(varied_levels(records), layout=["optimizer.name", "loss.name"])  # doctest: +SKIP
 
     Raises:
         ConfigError: more than two names, or a name that is not a varied hyperparameter.

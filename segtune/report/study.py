@@ -301,8 +301,8 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     out_dir = Path(out_dir) if out_dir else (study_dir / "report" if study_dir else Path(f"{study.study_name}-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     records = trial_records(study, study_dir=study_dir)
-    varied = varied_levels(records, study.user_attrs.get("spec", {}).get("space"))
-    rows, cols = grid_axes(varied, layout, records)
+    varied = varied_levels(records, space=study.user_attrs.get("spec", {}).get("space"))
+    rows, cols = grid_axes(varied, layout=layout, records=records)
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
     blocks += _answer(study, records)
