@@ -19,17 +19,23 @@ from matplotlib.figure import Figure as MplFigure
 
 @dataclass(frozen=True)
 class Heading:
+    """A heading; level 1 is the page title."""
+
     text: str
     level: int = 2
 
 
 @dataclass(frozen=True)
 class Text:
+    """A paragraph."""
+
     text: str  # plain text with Markdown's **bold** and `code` spans
 
 
 @dataclass(frozen=True)
 class Table:
+    """A table; its cells are formatted by :func:`cell_text`."""
+
     header: list[str]
     rows: list[list[Any]]
     caption: str = ""
@@ -38,6 +44,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
+    """A rendered figure: embedded in the HTML, a file of figures/ beside the Markdown."""
+
     name: str  # file stem, unique in the report
     png: bytes
     caption: str = ""
@@ -72,7 +80,12 @@ def section(heading: str, blocks: list[Block], *, level: int = 2) -> list[Block]
 
 
 def cell_text(value: Any) -> str:
-    """A table cell: floats with 4 significant decimals, None as a dash."""
+    """A table cell: floats with 4 decimals (4 significant digits below 0.001), None as a dash.
+
+    Example:
+        >>> cell_text(0.81234), cell_text(0.0000123), cell_text(None)
+        ('0.8123', '1.23e-05', '–')
+    """
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -88,7 +101,11 @@ def _inline_html(text: str) -> str:
 
 
 def to_markdown(blocks: list[Block], *, figure_dir: str = "figures") -> str:
-    """The blocks as Markdown; figures refer to ``<figure_dir>/<name>.png``."""
+    """The blocks as Markdown; figures refer to ``<figure_dir>/<name>.png``.
+
+    Raises:
+        TypeError: a block that is not a Heading, Text, Table or Figure.
+    """
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -137,7 +154,11 @@ def _html_cell(value: Any, bold: bool) -> str:
 
 
 def to_html(blocks: list[Block], *, title: str) -> str:
-    """The blocks as one self-contained HTML page (figures embedded as base64 PNG, no scripts)."""
+    """The blocks as one self-contained HTML page (figures embedded as base64 PNG, no scripts).
+
+    Raises:
+        TypeError: a block that is not a Heading, Text, Table or Figure.
+    """
     out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
     for b in blocks:
@@ -164,6 +185,11 @@ def to_html(blocks: list[Block], *, title: str) -> str:
 
 def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> Path:
     """Write ``report.html``, ``report.md`` and ``figures/*.png`` into ``out_dir``.
+
+    Args:
+        blocks: the report's content, in order.
+        out_dir: the report folder (made if missing).
+        title: the HTML page's title.
 
     Returns:
         The path of ``report.html``.

@@ -48,6 +48,29 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _draw_panel(ax: Axes, here: Sequence[CurveRun], *, keys: Sequence[str], legend: bool) -> None:
+    """The curves of one panel: a colour per trial, a line style per key, further repeats fainter."""
+    colours = matplotlib.colormaps["tab10"].colors
+    trials = sorted({r.trial for r in here})
+    for run in here:
+        colour = colours[trials.index(run.trial) % len(colours)]
+        for k, key in enumerate(keys):
+            x, y = _series(run.history, key)
+            if not x:
+                continue
+            label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
+            ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
+                    alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
+                    marker="." if len(x) < 4 else None)
+    if not here:
+        ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
+    elif legend and len(trials) <= 8:
+        ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+
+
 def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[str], cols: Sequence[str],
                row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False,
                legend: bool = True) -> Figure:
@@ -60,35 +83,23 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
         row_title: the hyperparameter of the rows; col_title: that of the columns.
         ylabel: the y axis label; log: a log y axis (the learning rate).
         legend: name the trials in each panel (up to 8).
+
+    Returns:
+        The figure; a panel no run falls in says "no trial".
+
+    Example:
+        >>> fig = curve_grid([CurveRun("", "", 0, 0, history)], keys=["train_loss", "val_loss"],
+        ...                  rows=[""], cols=[""], ylabel="loss")  # doctest: +SKIP
     """
     n_rows, n_cols = max(len(rows), 1), max(len(cols), 1)
     fig = Figure(figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6))
     axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
-    colours = matplotlib.colormaps["tab10"].colors
     for i, row in enumerate(rows or [""]):
         for j, col in enumerate(cols or [""]):
             ax = axes[i][j]
-            here = [r for r in runs if r.row == row and r.col == col]
-            trials = sorted({r.trial for r in here})
-            for run in here:
-                colour = colours[trials.index(run.trial) % len(colours)]
-                for k, key in enumerate(keys):
-                    x, y = _series(run.history, key)
-                    if not x:
-                        continue
-                    label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
-                    ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
-                            alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
-                            marker="." if len(x) < 4 else None)
-            if not here:
-                ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
-            elif legend and len(trials) <= 8:
-                ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
+            _draw_panel(ax, [r for r in runs if r.row == row and r.col == col], keys=keys, legend=legend)
             if log:
                 ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.tick_params(labelsize=7)
             if i == 0 and col_title:
                 ax.set_title(f"{col_title} = {col}", fontsize=8)
             if j == 0:
@@ -106,7 +117,15 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
 
 
 def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> Figure:
-    """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars."""
+    """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars.
+
+    Args:
+        marginals: hyperparameter -> (level label, objective over that level's runs) per level.
+        objective: the objective's name, the y label; a Dice or IoU keeps the y axis in 0..1.
+
+    Returns:
+        The figure, the y axis zoomed to the bars and their intervals.
+    """
     n = max(len(marginals), 1)
     fig = Figure(figsize=(min(3.6 * n, 16), 3.0))
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
@@ -139,7 +158,16 @@ def _zoom_to_bars(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
 
 
 def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> Figure:
-    """The objective of each completed trial, best first: mean and 95% interval over repeats."""
+    """The objective of each completed trial, best first: mean and 95% interval over repeats.
+
+    Args:
+        labels: one bar label per trial.
+        cis: the objective over each trial's repeats, in the order of ``labels``.
+        objective: the objective's name, the y label.
+
+    Returns:
+        The figure.
+    """
     fig = Figure(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
     ax = fig.subplots()
     ax.bar(range(len(labels)), [c.mean for c in cis], yerr=[c.half_width or 0.0 for c in cis], capsize=3,
@@ -153,7 +181,15 @@ def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: s
 
 
 def importance_chart(importance: dict[str, dict[str, float]]) -> Figure:
-    """Horizontal bars: each hyperparameter's importance, one bar per evaluator."""
+    """Horizontal bars: each hyperparameter's importance, one bar per evaluator.
+
+    Args:
+        importance: evaluator name -> {hyperparameter: importance}, as
+            :func:`segtune.report.stats.importances` gives them.
+
+    Returns:
+        The figure, the most important hyperparameter on top.
+    """
     params = sorted({p for imp in importance.values() for p in imp},
                     key=lambda p: -max(imp.get(p, 0.0) for imp in importance.values()))
     fig = Figure(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
@@ -186,6 +222,9 @@ def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[s
         images: ``(N, C, H, W)`` network inputs; truths: ``(N, H, W)`` labels.
         predictions: column title -> ``(N, H, W)`` predicted labels.
         class_names: the label of each class index (index 0 the background).
+
+    Returns:
+        The figure, one row per image and a legend of the class colours.
     """
     n_classes = len(class_names)
     colours = [_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(n_classes)]
@@ -213,7 +252,12 @@ def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[s
 
 
 def level_label(value: Any) -> str:
-    """A hyperparameter value as a short axis label."""
+    """A hyperparameter value as a short axis label: floats to 3 significant digits.
+
+    Example:
+        >>> level_label(0.00031622), level_label("adam")
+        ('0.000316', 'adam')
+    """
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

@@ -30,6 +30,7 @@ class MeanCI:
 
     @property
     def half_width(self) -> float | None:
+        """Half the interval's width (the ± of :meth:`text`); None without an interval."""
         return None if self.low is None else (self.high - self.low) / 2
 
     def text(self, digits: int = 4) -> str:
