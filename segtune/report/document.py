@@ -14,25 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure as MplFigure
 
 
 @dataclass(frozen=True)
 class Heading:
+    """A heading; level 1 is the page title."""
+
     text: str
     level: int = 2
 
 
 @dataclass(frozen=True)
 class Text:
+    """A paragraph."""
+
     text: str  # plain text with Markdown's **bold** and `code` spans
 
 
 @dataclass(frozen=True)
 class Table:
+    """A table; its cells are formatted by :func:`cell_text`."""
+
     header: list[str]
     rows: list[list[Any]]
     caption: str = ""
@@ -41,6 +44,8 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
+    """A rendered figure: embedded in the HTML, a file of figures/ beside the Markdown."""
+
     name: str  # file stem, unique in the report
     png: bytes
     caption: str = ""
@@ -49,16 +54,38 @@ class Figure:
 Block = Union[Heading, Text, Table, Figure]
 
 
-def figure_block(fig: Any, name: str, caption: str = "", *, dpi: int = 110) -> Figure:
-    """Render a matplotlib figure to a PNG :class:`Figure` block and close it."""
+def figure_block(fig: MplFigure, name: str, caption: str = "", *, dpi: int = 110) -> Figure:
+    """Render a matplotlib figure to a PNG :class:`Figure` block.
+
+    Args:
+        fig: a figure made as ``matplotlib.figure.Figure`` (not through pyplot, so there is
+            nothing to close).
+        name: the block's file stem, unique in the report.
+        caption: the text under the figure.
+        dpi: the PNG's resolution.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return Figure(name, buf.getvalue(), caption)
 
 
+def section(heading: str, blocks: list[Block], *, level: int = 2) -> list[Block]:
+    """``blocks`` under a heading, or nothing at all where there are no blocks.
+
+    Example:
+        >>> section("Predictions", [])
+        []
+    """
+    return [Heading(heading, level)] + blocks if blocks else []
+
+
 def cell_text(value: Any) -> str:
-    """A table cell: floats with 4 significant decimals, None as a dash."""
+    """A table cell: floats with 4 decimals (4 significant digits below 0.001), None as a dash.
+
+    Example:
+        >>> cell_text(0.81234), cell_text(0.0000123), cell_text(None)
+        ('0.8123', '1.23e-05', '–')
+    """
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -74,7 +101,11 @@ def _inline_html(text: str) -> str:
 
 
 def to_markdown(blocks: list[Block], *, figure_dir: str = "figures") -> str:
-    """The blocks as Markdown; figures refer to ``<figure_dir>/<name>.png``."""
+    """The blocks as Markdown; figures refer to ``<figure_dir>/<name>.png``.
+
+    Raises:
+        TypeError: a block that is not a Heading, Text, Table or Figure.
+    """
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -123,7 +154,11 @@ def _html_cell(value: Any, bold: bool) -> str:
 
 
 def to_html(blocks: list[Block], *, title: str) -> str:
-    """The blocks as one self-contained HTML page (figures embedded as base64 PNG, no scripts)."""
+    """The blocks as one self-contained HTML page (figures embedded as base64 PNG, no scripts).
+
+    Raises:
+        TypeError: a block that is not a Heading, Text, Table or Figure.
+    """
     out = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
     for b in blocks:
@@ -151,6 +186,11 @@ def to_html(blocks: list[Block], *, title: str) -> str:
 def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> Path:
     """Write ``report.html``, ``report.md`` and ``figures/*.png`` into ``out_dir``.
 
+    Args:
+        blocks: the report's content, in order.
+        out_dir: the report folder (made if missing).
+        title: the HTML page's title.
+
     Returns:
         The path of ``report.html``.
     """
@@ -166,5 +206,5 @@ def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> P
     return path
 
 
-__all__ = ["Block", "Figure", "Heading", "Table", "Text", "cell_text", "figure_block", "to_html", "to_markdown",
+__all__ = ["Block", "Figure", "Heading", "Table", "Text", "cell_text", "figure_block", "section", "to_html", "to_markdown",
            "write_document"]

@@ -1,4 +1,8 @@
-"""The figures of a report (matplotlib, Agg backend); each function returns a Figure.
+"""The figures of a report; each function returns a :class:`matplotlib.figure.Figure`.
+
+The figures are made as ``Figure`` objects, not through pyplot, so drawing a report neither
+switches the caller's backend nor leaves figures open in pyplot's list; ``savefig`` renders them
+with Agg.
 
 Curves are small multiples: one panel per (row level, column level) of two hyperparameters,
 every trial in a panel drawn in its own colour, its repeats in the same colour, fainter.
@@ -11,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from segtune.report.stats import MeanCI  # noqa: E402
+from segtune.report.stats import MeanCI
 
 _LINE_STYLES = ("-", "--", ":", "-.")
 # background black, then well-separated colours for the classes
@@ -44,9 +48,32 @@ def _series(history: list[dict[str, float]], key: str) -> tuple[list[float], lis
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _draw_panel(ax: Axes, here: Sequence[CurveRun], *, keys: Sequence[str], legend: bool) -> None:
+    """The curves of one panel: a colour per trial, a line style per key, further repeats fainter."""
+    colours = matplotlib.colormaps["tab10"].colors
+    trials = sorted({r.trial for r in here})
+    for run in here:
+        colour = colours[trials.index(run.trial) % len(colours)]
+        for k, key in enumerate(keys):
+            x, y = _series(run.history, key)
+            if not x:
+                continue
+            label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
+            ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
+                    alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
+                    marker="." if len(x) < 4 else None)
+    if not here:
+        ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
+    elif legend and len(trials) <= 8:
+        ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+
+
 def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[str], cols: Sequence[str],
                row_title: str = "", col_title: str = "", ylabel: str = "", log: bool = False,
-               legend: bool = True) -> plt.Figure:
+               legend: bool = True) -> Figure:
     """Per-epoch curves as small multiples, ``rows`` x ``cols`` panels sharing their axes.
 
     Args:
@@ -56,35 +83,23 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
         row_title: the hyperparameter of the rows; col_title: that of the columns.
         ylabel: the y axis label; log: a log y axis (the learning rate).
         legend: name the trials in each panel (up to 8).
+
+    Returns:
+        The figure; a panel no run falls in says "no trial".
+
+    Example:
+        >>> fig = curve_grid([CurveRun("", "", 0, 0, history)], keys=["train_loss", "val_loss"],
+        ...                  rows=[""], cols=[""], ylabel="loss")  # doctest: +SKIP
     """
     n_rows, n_cols = max(len(rows), 1), max(len(cols), 1)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6),
-                             sharex=True, sharey=True, squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(min(3.2 * n_cols, 16) + 0.6, 2.4 * n_rows + 0.6))
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
     for i, row in enumerate(rows or [""]):
         for j, col in enumerate(cols or [""]):
             ax = axes[i][j]
-            here = [r for r in runs if r.row == row and r.col == col]
-            trials = sorted({r.trial for r in here})
-            for run in here:
-                colour = colours[trials.index(run.trial) % len(colours)]
-                for k, key in enumerate(keys):
-                    x, y = _series(run.history, key)
-                    if not x:
-                        continue
-                    label = f"#{run.trial} {run.note}".strip() if run.repeat == 0 and k == 0 else None
-                    ax.plot(x, y, _LINE_STYLES[k % len(_LINE_STYLES)], color=colour, label=label,
-                            alpha=1.0 if run.repeat == 0 else 0.45, lw=1.4 if run.repeat == 0 else 0.9,
-                            marker="." if len(x) < 4 else None)
-            if not here:
-                ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
-            elif legend and len(trials) <= 8:
-                ax.legend(fontsize=7, loc="best", frameon=False, title="trial", title_fontsize=7)
+            _draw_panel(ax, [r for r in runs if r.row == row and r.col == col], keys=keys, legend=legend)
             if log:
                 ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.tick_params(labelsize=7)
             if i == 0 and col_title:
                 ax.set_title(f"{col_title} = {col}", fontsize=8)
             if j == 0:
@@ -92,7 +107,7 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
             if i == n_rows - 1:
                 ax.set_xlabel("epoch", fontsize=8)
     if len(keys) > 1:
-        handles = [plt.Line2D([], [], color="#333", ls=_LINE_STYLES[k % len(_LINE_STYLES)]) for k in range(len(keys))]
+        handles = [Line2D([], [], color="#333", ls=_LINE_STYLES[k % len(_LINE_STYLES)]) for k in range(len(keys))]
         fig.legend(handles, keys, loc="upper center", ncol=len(keys), fontsize=8, frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout(rect=(0, 0, 1, 0.97 if n_rows > 1 else 0.9))
@@ -101,10 +116,19 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
     return fig
 
 
-def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> plt.Figure:
-    """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars."""
+def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> Figure:
+    """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars.
+
+    Args:
+        marginals: hyperparameter -> (level label, objective over that level's runs) per level.
+        objective: the objective's name, the y label; a Dice or IoU keeps the y axis in 0..1.
+
+    Returns:
+        The figure, the y axis zoomed to the bars and their intervals.
+    """
     n = max(len(marginals), 1)
-    fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 16), 3.0), squeeze=False, sharey=True)
+    fig = Figure(figsize=(min(3.6 * n, 16), 3.0))
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (param, levels) in zip(axes[0], marginals.items()):
         labels = [lab for lab, _ in levels]
         means = [ci.mean for _, ci in levels]
@@ -120,7 +144,7 @@ def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective:
     return fig
 
 
-def _zoom_to_bars(ax: plt.Axes, cis: Sequence[MeanCI], objective: str) -> None:
+def _zoom_to_bars(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
     """Limit the y axis to the bars and their intervals, so small differences show, within the
     objective's possible values (Dice and IoU in 0..1, a loss above 0)."""
     lows = [ci.low if ci.low is not None else ci.mean for ci in cis]
@@ -133,9 +157,19 @@ def _zoom_to_bars(ax: plt.Axes, cis: Sequence[MeanCI], objective: str) -> None:
     ax.set_ylim(max(lo - pad, floor), min(hi + pad, ceiling + 0.02))
 
 
-def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> plt.Figure:
-    """The objective of each completed trial, best first: mean and 95% interval over repeats."""
-    fig, ax = plt.subplots(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
+def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> Figure:
+    """The objective of each completed trial, best first: mean and 95% interval over repeats.
+
+    Args:
+        labels: one bar label per trial.
+        cis: the objective over each trial's repeats, in the order of ``labels``.
+        objective: the objective's name, the y label.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
+    ax = fig.subplots()
     ax.bar(range(len(labels)), [c.mean for c in cis], yerr=[c.half_width or 0.0 for c in cis], capsize=3,
            color="#55a868")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
@@ -146,11 +180,20 @@ def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: s
     return fig
 
 
-def importance_chart(importance: dict[str, dict[str, float]]) -> plt.Figure:
-    """Horizontal bars: each hyperparameter's importance, one bar per evaluator."""
+def importance_chart(importance: dict[str, dict[str, float]]) -> Figure:
+    """Horizontal bars: each hyperparameter's importance, one bar per evaluator.
+
+    Args:
+        importance: evaluator name -> {hyperparameter: importance}, as
+            :func:`segtune.report.stats.importances` gives them.
+
+    Returns:
+        The figure, the most important hyperparameter on top.
+    """
     params = sorted({p for imp in importance.values() for p in imp},
                     key=lambda p: -max(imp.get(p, 0.0) for imp in importance.values()))
-    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
+    fig = Figure(figsize=(6.5, 0.28 * len(params) * len(importance) + 1.2))
+    ax = fig.subplots()
     height = 0.8 / max(len(importance), 1)
     for k, (name, imp) in enumerate(importance.items()):
         ax.barh(np.arange(len(params)) + k * height, [imp.get(p, 0.0) for p in params], height=height, label=name)
@@ -172,20 +215,24 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], *,
-                     class_names: Sequence[str]) -> plt.Figure:
+                     class_names: Sequence[str]) -> Figure:
     """Rows of image / ground truth / each prediction, with per-class colours and a legend.
 
     Args:
         images: ``(N, C, H, W)`` network inputs; truths: ``(N, H, W)`` labels.
         predictions: column title -> ``(N, H, W)`` predicted labels.
         class_names: the label of each class index (index 0 the background).
+
+    Returns:
+        The figure, one row per image and a legend of the class colours.
     """
     n_classes = len(class_names)
     colours = [_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(n_classes)]
     cmap = ListedColormap(colours)
     columns = [("image", None), ("ground truth", truths)] + list(predictions.items())
     n = images.shape[0]
-    fig, axes = plt.subplots(n, len(columns), figsize=(1.9 * len(columns), 1.9 * n + 0.7), squeeze=False)
+    fig = Figure(figsize=(1.9 * len(columns), 1.9 * n + 0.7))
+    axes = fig.subplots(n, len(columns), squeeze=False)
     for i in range(n):
         for j, (title, labels) in enumerate(columns):
             ax = axes[i][j]
@@ -205,7 +252,12 @@ def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[s
 
 
 def level_label(value: Any) -> str:
-    """A hyperparameter value as a short axis label."""
+    """A hyperparameter value as a short axis label: floats to 3 significant digits.
+
+    Example:
+        >>> level_label(0.00031622), level_label("adam")
+        ('0.000316', 'adam')
+    """
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)

@@ -1,16 +1,17 @@
 """The statistics of a study report: confidence intervals, paired comparisons, importances.
 
 Every number here is over the repeats of a configuration (one value per seed), so "the noise"
-is the spread between seeds of one configuration.
+is the spread between seeds of one configuration. The intervals are those of scipy's t-tests
+(``ttest_1samp`` for a mean, ``ttest_rel`` for a paired difference), read from their results'
+``confidence_interval()``.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from scipy import stats
@@ -29,6 +30,7 @@ class MeanCI:
 
     @property
     def half_width(self) -> float | None:
+        """Half the interval's width (the ± of :meth:`text`); None without an interval."""
         return None if self.low is None else (self.high - self.low) / 2
 
     def text(self, digits: int = 4) -> str:
@@ -54,12 +56,23 @@ def mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE) -> MeanC
     """
     if not values:
         raise ValueError("mean_ci needs at least one value")
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return MeanCI(mean, None, None, n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
-    return MeanCI(mean, mean - half, mean + half, n)
+    if len(values) < 2:
+        return MeanCI(statistics.fmean(values), None, None, len(values))
+    return _with_interval(values, _quiet(stats.ttest_1samp, values, 0.0), confidence)
+
+
+def _quiet(ttest: Callable[..., Any], *samples: Any) -> Any:
+    """scipy's t-test of ``samples``; equal values (an interval of width 0) make scipy warn of a
+    precision loss that does not matter here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ttest(*samples)
+
+
+def _with_interval(values: Sequence[float], result: Any, confidence: float) -> MeanCI:
+    """The mean of ``values`` and the interval of the mean from scipy's t-test ``result`` on them."""
+    interval = result.confidence_interval(confidence_level=confidence)
+    return MeanCI(statistics.fmean(values), float(interval.low), float(interval.high), len(values))
 
 
 @dataclass(frozen=True)
@@ -96,12 +109,12 @@ def paired_comparison(best: dict[int, float], other: dict[int, float], *, other_
     seeds = tuple(sorted(set(best) & set(other)))
     if len(seeds) < 2:
         return None
-    sign = 1.0 if maximize else -1.0
-    diffs = [sign * (best[s] - other[s]) for s in seeds]
-    p_value = None
-    if statistics.pstdev(diffs) > 0:
-        p_value = float(stats.ttest_rel([best[s] for s in seeds], [other[s] for s in seeds]).pvalue)
-    return PairedComparison(other_number, seeds, mean_ci(diffs, confidence=confidence), p_value)
+    ours, theirs = [best[s] for s in seeds], [other[s] for s in seeds]
+    first, second = (ours, theirs) if maximize else (theirs, ours)  # a positive difference favours the best
+    diffs = [a - b for a, b in zip(first, second)]
+    result = _quiet(stats.ttest_rel, first, second)
+    p_value = float(result.pvalue) if statistics.pstdev(diffs) > 0 else None
+    return PairedComparison(other_number, seeds, _with_interval(diffs, result, confidence), p_value)
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str | None]:
