@@ -270,6 +270,14 @@ def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
         load_study(write_study(tmp_path, set={"train.bach_size": 4}))
 
 
+def test_set_and_overrides_switching_a_component_leave_out_the_old_ones_options(tmp_path):
+    # as `--set` of a run does: adam's betas are not sgd's; a later --set of a path wins over the file's set
+    base = tiny_tree(optimizer={"name": "adam", "lr": 0.01, "betas": [0.8, 0.9]})
+    spec, _ = load_study(write_study(tmp_path, base=base, set={"optimizer.name": "sgd", "optimizer.lr": 0.1}),
+                         ["optimizer.lr=0.2"])
+    assert spec.base["optimizer"] == {"name": "sgd", "lr": 0.2}
+
+
 @pytest.mark.slow
 def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     from segtune.cli import main
