@@ -99,9 +99,9 @@ def _demo_study(args: argparse.Namespace) -> None:
     print(f"\n{time.perf_counter() - t0:.0f} s in all")
     best = print_study_results(study)
     if best is not None:
-        run = max(best.user_attrs["runs"], key=lambda r: r["value"])
-        print(f"\nbest trial {best.number}: Dice on held-out test slices ({run['run_dir']})")
-        print_dice_table({"test": run["test"]}, run["class_names"])
+        run = max(best.runs, key=lambda r: r.value)
+        print(f"\nbest trial {best.number}: Dice on held-out test slices ({run.run_dir})")
+        print_dice_table({"test": run.test}, list(run.class_names))
     from segtune.report import study_report
 
     print(f"\nreport: {study_report(study, study_dir=out)}")
@@ -137,10 +137,10 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def print_study_results(study: Any) -> Any:
-    """Print a study's leaderboard and its best configuration; returns the best trial or None."""
+    """Print a study's leaderboard and its best configuration; returns the best trial's record or None."""
     import yaml
 
-    from segtune.study import best_trial, leaderboard
+    from segtune.study.records import SPEC, best_trial, leaderboard
 
     header, rows = leaderboard(study)
     print(f"study {study.study_name}: {len(rows)} trial(s)")
@@ -150,9 +150,9 @@ def print_study_results(study: Any) -> Any:
     if best is None:
         print("no trial has completed yet")
         return None
-    objective = study.user_attrs.get("spec", {}).get("objective", "objective")
+    objective = study.user_attrs.get(SPEC, {}).get("objective", "objective")
     print(f"\nbest: trial {best.number}, {objective} {best.value:.4f}; its configuration:")
-    print(yaml.safe_dump(best.user_attrs["config"], sort_keys=False).rstrip())
+    print(yaml.safe_dump(best.config, sort_keys=False).rstrip())
     return best
 
 
