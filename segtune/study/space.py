@@ -303,3 +303,6 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
         if auto_lr is not None:
             optimizer["lr"] = auto_lr(build_config(tree, origin="study trial"))
     return build_config(tree, origin="study trial")
+
+
+__all__ = ["AUTO_LR", "Param", "Space", "check_path", "config_for"]

@@ -304,3 +304,8 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySp
     tree["base"] = apply_changes(tree["base"], changes)
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return parse_study(tree, origin=str(path))
+
+
+__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudySpec", "grid_sampler", "hyperband_pruner",
+           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "successive_halving_pruner",
+           "tpe_sampler"]
