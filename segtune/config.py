@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import pydantic
 import torch
@@ -48,7 +48,7 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class _Component(pydantic.BaseModel):
+class Component(pydantic.BaseModel):
     """A section that names a registered component; other keys are that component's options.
 
     Fields declared on a subclass are options common to every component of the kind.
@@ -59,7 +59,7 @@ class _Component(pydantic.BaseModel):
     key: ClassVar[str] = "name"
 
     @pydantic.model_validator(mode="after")
-    def _check_options(self) -> "_Component":
+    def _check_options(self) -> "Component":
         name = getattr(self, self.key)
         try:
             options = self.registry.validate(name, dict(self.__pydantic_extra__ or {}))
@@ -74,7 +74,7 @@ class _Component(pydantic.BaseModel):
         return dict(self.__pydantic_extra__ or {})
 
 
-class DataConfig(_Component):
+class DataConfig(Component):
     """Where the images come from (``source``) and how they are prepared for every source."""
 
     registry: ClassVar[Registry] = SOURCES
@@ -92,7 +92,7 @@ class DataConfig(_Component):
     min_foreground_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
-class ModelConfig(_Component):
+class ModelConfig(Component):
     registry: ClassVar[Registry] = MODELS
     name: str = "monai_unet"
     # Transfer learning (with the model option encoder_weights): train only the decoder, and
@@ -108,12 +108,12 @@ class ModelConfig(_Component):
         return self
 
 
-class LossConfig(_Component):
+class LossConfig(Component):
     registry: ClassVar[Registry] = LOSSES
     name: str = "dice_ce"
 
 
-class OptimizerConfig(_Component):
+class OptimizerConfig(Component):
     registry: ClassVar[Registry] = OPTIMIZERS
     name: str = "adam"
 
@@ -128,7 +128,7 @@ class OptimizerConfig(_Component):
         return self
 
 
-class SchedulerConfig(_Component):
+class SchedulerConfig(Component):
     registry: ClassVar[Registry] = SCHEDULERS
     name: str = "none"
     # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup_epochs + 1) for e < warmup_epochs.
@@ -136,7 +136,7 @@ class SchedulerConfig(_Component):
                                                           "(= epochs when train.val_every is 1)")] = 0
 
 
-class AugmentConfig(_Component):
+class AugmentConfig(Component):
     registry: ClassVar[Registry] = AUGMENTATIONS
     name: str = "none"
     n_aug: Annotated[int, Field(ge=0, le=20)] = 0  # extra augmented copies of each image per epoch
@@ -217,17 +217,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    """Set ``tree[path[0]][path[1]]... = value``, creating sections as needed."""
+    """Set ``tree[path[0]][path[1]]... = value``, creating sections as needed.
+
+    Raises:
+        ConfigError: an empty part of the path, or a part that holds a value, not a section.
+    """
+    dotted = ".".join(path)
+    if not path or not all(path):
+        raise ConfigError(f"{dotted!r}: a config path needs a name between every two dots, e.g. optimizer.lr")
     node = tree
     for i, key in enumerate(path[:-1]):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(path[: i + 1])} is a value, not a section")
+            where = ".".join(path[: i + 1])
+            raise ConfigError(f"{dotted}: {where} is a value, not a section ({where}={child!r}); "
+                              f"set {where} itself, or check the path's spelling")
         node = child
     node[path[-1]] = value
 
 
-def _format_errors(err: pydantic.ValidationError, origin: str) -> str:
+def format_errors(err: pydantic.ValidationError, origin: str) -> str:
+    """One line per problem of ``err``, each naming its field path, the rule and the value given.
+
+    Args:
+        err: pydantic's error for a config (or a study file).
+        origin: what was validated (a file name), the first line's subject.
+    """
     lines = [f"{origin}: invalid config"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -251,7 +266,7 @@ def leave_old_component_options(tree: dict[str, Any], path: list[str], value: An
     field = Config.model_fields.get(section)
     cls = field.annotation if field is not None else None
     node = tree.get(section)
-    if not (isinstance(cls, type) and issubclass(cls, _Component) and key == cls.key and isinstance(node, dict)):
+    if not (isinstance(cls, type) and issubclass(cls, Component) and key == cls.key and isinstance(node, dict)):
         return
     if node.get(key) == value or not isinstance(value, str) or value not in cls.registry.names():
         return  # the same component, or an unknown name that validation reports
@@ -260,25 +275,49 @@ def leave_old_component_options(tree: dict[str, Any], path: list[str], value: An
         del node[option]
 
 
+def apply_changes(tree: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the config ``tree`` with dotted ``changes`` (``{"optimizer.lr": 1e-3}``) set.
+
+    Sections on a path are created as needed. A change that switches a section to another
+    component (``scheduler.name: cosine``) leaves out the section's options that the new component
+    does not take (see :func:`leave_old_component_options`); a change of a whole section
+    (``optimizer: {name: sgd}``) replaces it, options and all. Changes are applied in order;
+    ``tree`` and the values of ``changes`` are not modified.
+
+    Raises:
+        ConfigError: a path with an empty part, or through a value that is not a section; the
+            message names the path.
+
+    Example:
+        >>> apply_changes({"optimizer": {"name": "adam", "lr": 0.1}}, {"optimizer.lr": 0.01, "train.epochs": 3})
+        {'optimizer': {'name': 'adam', 'lr': 0.01}, 'train': {'epochs': 3}}
+    """
+    result = copy.deepcopy(dict(tree or {}))
+    parsed = [(str(key).split("."), copy.deepcopy(value)) for key, value in changes.items()]
+    for path, value in parsed:
+        leave_old_component_options(result, path, value)
+    for path, value in parsed:
+        set_path(result, path, value)
+    return result
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] = (), origin: str = "config") -> Config:
     """Validate a config tree with ``--set`` style overrides applied.
 
     An override that switches a component (``optimizer.name=sgd``) leaves out the tree's options
-    of the old one that the new one does not take (see :func:`leave_old_component_options`).
+    of the old one that the new one does not take (see :func:`apply_changes`).
 
     Raises:
         ConfigError: with every problem, each naming its field path, value and rule.
     """
-    tree = copy.deepcopy(dict(raw or {}))
-    parsed = [parse_override(item) for item in overrides]
-    for path, value in parsed:
-        leave_old_component_options(tree, path, value)
-    for path, value in parsed:
-        set_path(tree, path, value)
+    changes = {}
+    for item in overrides:
+        path, value = parse_override(item)
+        changes[".".join(path)] = value
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(apply_changes(raw, changes))
     except pydantic.ValidationError as err:
-        raise ConfigError(_format_errors(err, origin)) from None
+        raise ConfigError(format_errors(err, origin)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -329,3 +368,9 @@ def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
     if path.is_file():
         return load_config(path, overrides)
     raise DataError(f"{spec}: no such dataset folder or config file")
+
+
+__all__ = ["AugmentConfig", "Component", "Config", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
+           "OptimizerConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
+           "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml",
+           "set_path"]

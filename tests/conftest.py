@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from segtune.config import build_config
 
@@ -23,6 +27,27 @@ def tiny_tree(**sections) -> dict:
     }
     tree.update(sections)
     return tree
+
+
+def study_tree(*, epochs: int = 1, **fields) -> dict:
+    """A grid study of two learning rates on the tiny synthetic task, ``epochs`` epochs per trial;
+    keyword fields replace the study file's keys."""
+    tree = {"name": "tiny", "base": tiny_tree(train={"epochs": epochs, "batch_size": 8, "patience": 0}),
+            "method": "grid", "space": {"optimizer.lr": [0.01, 0.001]}}
+    tree.update(fields)
+    return tree
+
+
+def write_study(folder: Path, *, epochs: int = 1, **fields) -> Path:
+    """Write :func:`study_tree` (with ``fields``) to ``folder/study.yaml``; returns its path."""
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study_tree(epochs=epochs, **fields)))
+    return path
+
+
+def unique_study_name() -> str:
+    """A study name no other test uses: for a storage that several tests share."""
+    return f"study-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

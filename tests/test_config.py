@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from segtune.config import Config, build_config, load_config
+from segtune.config import apply_changes, build_config, load_config
 from segtune.errors import ConfigError
 
 from tests.conftest import tiny_tree
@@ -99,7 +99,8 @@ def test_load_config_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_tree()))
     cfg = load_config(path, ["seed=3"])
-    assert isinstance(cfg, Config) and cfg.seed == 3 and cfg.data.options["size"] == 32
+    assert cfg.seed == 3 and cfg.data.options["size"] == 32
+    assert cfg.to_dict() == build_config({**tiny_tree(), "seed": 3}).to_dict()  # the file, the override, nothing else
 
 
 def test_an_override_that_switches_a_component_leaves_out_the_old_ones_options():
@@ -113,6 +114,41 @@ def test_an_override_that_switches_a_component_leaves_out_the_old_ones_options()
     assert build_config(tree, ["scheduler.name=step"]).scheduler.options["step_size"] == 3
     with pytest.raises(ConfigError, match="scheduler 'cosine' has no option 'gamma'"):
         build_config(tree, ["scheduler.name=cosine", "scheduler.gamma=0.1"])
+
+
+def test_apply_changes_sets_dotted_paths_and_creates_sections():
+    tree = {"optimizer": {"name": "adam", "lr": 0.1}}
+    changed = apply_changes(tree, {"optimizer.lr": 0.01, "train.epochs": 3, "model.options.depth": 2, "seed": 1})
+    assert changed == {"optimizer": {"name": "adam", "lr": 0.01}, "train": {"epochs": 3},
+                       "model": {"options": {"depth": 2}}, "seed": 1}
+    assert tree == {"optimizer": {"name": "adam", "lr": 0.1}}  # the caller's tree is untouched
+    # a value given is copied: a later change below it does not write into the caller's mapping
+    section = {"name": "sgd"}
+    assert apply_changes({}, {"optimizer": section, "optimizer.lr": 0.5}) == {"optimizer": {"name": "sgd", "lr": 0.5}}
+    assert section == {"name": "sgd"}
+
+
+def test_apply_changes_switching_a_component_leaves_out_the_old_ones_options():
+    tree = {"optimizer": {"name": "adam", "lr": 0.01, "betas": [0.8, 0.9], "weight_decay": 0.1}}
+    # sgd takes lr and weight_decay, not betas; the same name keeps everything
+    assert apply_changes(tree, {"optimizer.name": "sgd"}) == {"optimizer": {"name": "sgd", "lr": 0.01,
+                                                                            "weight_decay": 0.1}}
+    assert apply_changes(tree, {"optimizer.name": "adam"}) == tree
+    # a whole section replaces the old one, options and all
+    assert apply_changes(tree, {"optimizer": {"name": "sgd"}, "optimizer.lr": 0.1}) == {"optimizer": {"name": "sgd",
+                                                                                                     "lr": 0.1}}
+    # an unknown name is left to validation, which names it
+    assert apply_changes(tree, {"optimizer.name": "sgdd"})["optimizer"]["betas"] == [0.8, 0.9]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed.x": 1}, r"^seed\.x: seed is a value, not a section \(seed=0\); set seed itself"),
+    ({"train.epochs.n": 1}, r"^train\.epochs\.n: train\.epochs is a value, not a section \(train\.epochs=2\)"),
+    ({"optimizer..lr": 1}, r"^'optimizer\.\.lr': a config path needs a name between every two dots"),
+])
+def test_apply_changes_errors_name_the_bad_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_changes(tiny_tree(), changes)
 
 
 UNSAFE_NAME = "must be a safe file name: letters, digits, '-', '_' and '.', not starting with '.'"

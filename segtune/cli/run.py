@@ -100,8 +100,8 @@ def _demo_study(args: argparse.Namespace) -> None:
     print(f"\n{demo.seconds:.0f} s in all")
     print_study_results(demo.study)
     if demo.best_run is not None:
-        print(f"\nbest trial {demo.best_trial.number}: Dice on held-out test slices ({demo.best_run['run_dir']})")
-        print_dice_table({"test": demo.best_run["test"]}, demo.best_run["class_names"])
+        print(f"\nbest trial {demo.best_trial.number}: Dice on held-out test slices ({demo.best_run.run_dir})")
+        print_dice_table({"test": demo.best_run.test}, list(demo.best_run.class_names))
     print(f"\nreport: {study_report(demo.study, study_dir=out)}")
 
 

@@ -1,43 +1,33 @@
 """What a report reads: a study's trials with their runs, and single run directories.
 
-A trial's runs are found in ``<study dir>/trials/<number>-seed<seed>/`` (pruned and failed
-runs included); where the study directory is unknown (a shared storage read from another
-machine), in the run directories stored on the trial.
+A study's trials are read as the study's own records (:class:`segtune.study.records.TrialRecord`),
+ranked as the leaderboard ranks them. A trial's runs are found in
+``<study dir>/trials/<number>-seed<seed>/`` (pruned and failed runs included); where the study
+directory is unknown (a shared storage read from another machine), in the run directories stored
+on the trial.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
-from segtune.study import storage as storage_url
 from segtune.errors import ConfigError
 from segtune.report.stats import MeanCI, mean_ci
-from segtune.study import FAIL_REASON, HOME, INTERRUPTED, SAME_AS, check_study_file, trial_reason
+from segtune.study import storage as storage_url
+from segtune.study.records import TrialRecord, study_records
+from segtune.study.storage import check_study_file
 
 
-@dataclass
-class TrialRecord:
-    """One trial as the report sees it."""
-
-    number: int
-    state: str  # complete | pruned | failed | died | running
-    params: dict[str, Any]
-    values: dict[int, float]  # objective per seed, finished repeats only
-    value: float | None  # the trial's objective (mean over repeats; a pruned trial's last report)
-    epochs: int | None
-    seconds: float
-    reason: str
-    run_dirs: list[Path] = field(default_factory=list)  # by seed
-    test: list[dict[str, Any]] = field(default_factory=list)  # test-split metrics per finished repeat
+@dataclass(frozen=True)
+class ReportedTrial(TrialRecord):
+    """A trial's record with the 95 % interval of its objective over seeds."""
 
     @property
     def ci(self) -> MeanCI | None:
@@ -105,52 +95,12 @@ def load_report_study(study_dir: str | Path | None = None, *, storage: str | Non
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def _state(t: optuna.trial.FrozenTrial) -> str:
-    if t.state == TrialState.FAIL:
-        return "failed" if FAIL_REASON in t.user_attrs else "died"
-    return t.state.name.lower()
+def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -> list[ReportedTrial]:
+    """Every trial of ``study`` ranked as its leaderboard ranks them (see
+    :func:`segtune.study.records.rank`). Waiting trials, and trials that reused an earlier trial's
+    result (the same runs), are left out, so no run counts twice."""
+    records = study_records(study, study_dir=Path(study_dir) if study_dir is not None else None)
+    return [ReportedTrial(**vars(r)) for r in records if r.same_as is None]
 
 
-def _run_dirs(t: optuna.trial.FrozenTrial, study_dir: Path | None) -> list[Path]:
-    if t.state == optuna.trial.TrialState.FAIL and (INTERRUPTED in t.user_attrs or FAIL_REASON not in t.user_attrs):
-        return []  # died or stopped: its run directories are continued by the trial that ran it again
-    if study_dir is not None:
-        home = int(t.user_attrs.get(HOME, t.number))  # a trial run again trains in its original's directories
-        found = sorted((study_dir / "trials").glob(f"{home:04d}-seed*"),
-                       key=lambda p: int(p.name.rsplit("seed", 1)[1]) if p.name.rsplit("seed", 1)[1].isdigit() else 0)
-        if found:
-            return found
-    return [Path(r["run_dir"]) for r in t.user_attrs.get("runs", []) if Path(r["run_dir"]).is_dir()]
-
-
-def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -> list[TrialRecord]:
-    """Every trial of ``study`` ranked: completed by objective, then running, pruned and failed
-    ones. Waiting trials, and trials that reused an earlier trial's result (the same runs), are
-    left out, so no run counts twice."""
-    study_dir = Path(study_dir) if study_dir is not None else None
-    records, trials = [], study.get_trials(deepcopy=False)
-    for t in trials:
-        if t.state == TrialState.WAITING or SAME_AS in t.user_attrs:
-            continue
-        runs = t.user_attrs.get("runs", [])
-        value = t.value
-        if value is None and t.intermediate_values:
-            value = t.intermediate_values[max(t.intermediate_values)]
-        records.append(TrialRecord(
-            number=t.number, state=_state(t), params=dict(t.user_attrs.get("params", {})),
-            values={int(r["seed"]): float(r["value"]) for r in runs if math.isfinite(r["value"])},
-            value=value, epochs=t.user_attrs.get("epochs"), seconds=float(t.user_attrs.get("seconds", 0.0)),
-            reason=trial_reason(t, trials), run_dirs=_run_dirs(t, study_dir),
-            test=[r["test"] for r in runs if r.get("test")]))
-    return rank(records, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-
-
-def rank(records: list[TrialRecord], *, maximize: bool) -> list[TrialRecord]:
-    """Completed trials best first, then running, pruned, failed and died ones (each by objective)."""
-    order = {"complete": 0, "running": 1, "pruned": 2, "failed": 3, "died": 4}
-    sign = -1.0 if maximize else 1.0
-    return sorted(records, key=lambda r: (order.get(r.state, 5), sign * r.value if r.value is not None else math.inf,
-                                          r.number))
-
-
-__all__ = ["TrialRecord", "load_report_study", "rank", "read_metrics", "read_run", "trial_records"]
+__all__ = ["ReportedTrial", "TrialRecord", "load_report_study", "read_metrics", "read_run", "trial_records"]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from segtune.errors import ConfigError
-from segtune.report.data import TrialRecord
+from segtune.report.data import ReportedTrial
 from segtune.report.figures import level_label
 
 MAX_LEVELS = 6  # a numeric hyperparameter with more distinct values is binned for tables and grids
@@ -36,7 +36,7 @@ class Levels:
         ['adam', 'sgd']
     """
 
-    def __init__(self, path: str, records: Sequence[TrialRecord], *, order: Sequence[Any] = ()) -> None:
+    def __init__(self, path: str, records: Sequence[ReportedTrial], *, order: Sequence[Any] = ()) -> None:
         self.path = path
         values = [r.params[path] for r in records if path in r.params]
         rank = {json.dumps(v, sort_keys=True): k for k, v in enumerate(order)}
@@ -56,7 +56,7 @@ class Levels:
             labels = [level_label(json.loads(d)) for d in distinct]
         self.labels = labels + ([BASE_LEVEL] if any(path not in r.params for r in records) else [])
 
-    def of(self, record: TrialRecord) -> str:
+    def of(self, record: ReportedTrial) -> str:
         """The label of ``record``'s level of this hyperparameter."""
         if self.path not in record.params:
             return BASE_LEVEL
@@ -67,7 +67,7 @@ class Levels:
         return self.labels[min(max(k, 0), len(self.edges) - 2)]
 
 
-def varied_levels(records: Sequence[TrialRecord], *, space: dict[str, Any] | None = None) -> list[Levels]:
+def varied_levels(records: Sequence[ReportedTrial], *, space: dict[str, Any] | None = None) -> list[Levels]:
     """The hyperparameters that took more than one level across ``records``.
 
     Args:
@@ -88,7 +88,7 @@ def varied_levels(records: Sequence[TrialRecord], *, space: dict[str, Any] | Non
 
 
 def grid_axes(varied: Sequence[Levels], *, layout: Sequence[str] | None = None,
-              records: Sequence[TrialRecord] = ()) -> tuple[Levels | None, Levels | None]:
+              records: Sequence[ReportedTrial] = ()) -> tuple[Levels | None, Levels | None]:
     """The (rows, columns) hyperparameters of the curve grids.
 
     Args:

@@ -18,17 +18,18 @@ from typing import Any, Sequence
 
 import optuna
 
-from segtune.report.data import TrialRecord, read_metrics, trial_records
+from segtune.report.data import ReportedTrial, read_metrics, trial_records
 from segtune.report.document import Block, Heading, Table, Text, figure_block, section, write_document
 from segtune.report.figures import CurveRun, importance_chart, level_label, marginal_chart, objective_bars
 from segtune.report.levels import BASE_LEVEL, Levels, grid_axes, varied_levels
 from segtune.report.predictions import prediction_blocks
 from segtune.report.run import curve_blocks
 from segtune.report.stats import MeanCI, importances, mean_ci, paired_comparison
+from segtune.study.records import RUNS, SPEC, RunRecord, Status
 
 
 def _objective(study: optuna.Study) -> str:
-    return study.user_attrs.get("spec", {}).get("objective", "objective")
+    return study.user_attrs.get(SPEC, {}).get("objective", "objective")
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -52,14 +53,14 @@ def _values_text(values: Any) -> str:
     return json.dumps(values)
 
 
-def _question(study: optuna.Study, records: Sequence[TrialRecord]) -> list[Block]:
-    spec = study.user_attrs.get("spec", {})
+def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
+    spec = study.user_attrs.get(SPEC, {})
     base = spec.get("base", {})
     data = base.get("data", {})
     data_text = ", ".join(f"{k}={v}" for k, v in data.items() if k != "options" and not isinstance(v, dict))
     varied = [f"{p} {_values_text(v)}" for p, v in spec.get("space", {}).items()]
     method = spec.get("method", {})
-    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "failed", "died", "running")}
+    counts = {s: sum(r.state == s for r in records) for s in Status}
     hours = sum(r.seconds for r in records) / 3600
     return [
         Heading("The question"),
@@ -75,7 +76,7 @@ def _question(study: optuna.Study, records: Sequence[TrialRecord]) -> list[Block
     ]
 
 
-def _answer(study: optuna.Study, records: Sequence[TrialRecord]) -> list[Block]:
+def _answer(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
     blocks: list[Block] = [Heading("The answer")]
     done = [r for r in records if r.state == "complete" and r.values]
     if not done:
@@ -110,7 +111,7 @@ def _answer(study: optuna.Study, records: Sequence[TrialRecord]) -> list[Block]:
     return blocks
 
 
-def _leaderboard(study: optuna.Study, records: Sequence[TrialRecord], varied: Sequence[Levels]) -> list[Block]:
+def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     header = ["trial"] + paths + [_objective(study), "95% interval", "seeds", "epochs", "state", "seconds", "reason"]
     rows = []
@@ -133,14 +134,14 @@ def _leaderboard(study: optuna.Study, records: Sequence[TrialRecord], varied: Se
     return blocks
 
 
-def _test_table(records: Sequence[TrialRecord], varied: Sequence[Levels], *, n_rows: int = 10) -> list[Block]:
+def _test_table(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, n_rows: int = 10) -> list[Block]:
     """Final test loss and Dice per class of the best completed trials, mean over their seeds."""
     done = [r for r in records if r.state == "complete" and r.test][:n_rows]
     classes = list(dict.fromkeys(c for r in done for t in r.test for c in t.get("dice_per_class", {})))[1:]
     if not done or not classes:
         return []
 
-    def mean_of(r: TrialRecord, get) -> float | None:
+    def mean_of(r: ReportedTrial, get) -> float | None:
         values = [v for v in (get(t) for t in r.test) if v is not None]
         return sum(values) / len(values) if values else None
 
@@ -152,12 +153,12 @@ def _test_table(records: Sequence[TrialRecord], varied: Sequence[Levels], *, n_r
                                         "loss, the mean foreground Dice and the Dice of each class.")]
 
 
-def _cell_ci(records: Sequence[TrialRecord]) -> MeanCI | None:
+def _cell_ci(records: Sequence[ReportedTrial]) -> MeanCI | None:
     values = [v for r in records for v in r.values.values()]
     return mean_ci(values) if values else None
 
 
-def _pivot(a: Levels, b: Levels, done: Sequence[TrialRecord], pruned: Sequence[TrialRecord],
+def _pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence[ReportedTrial],
            objective: str) -> Table:
     """Rows ``a``, columns ``b``: the best trial of each cell, else its furthest pruned one; the
     study's best in bold."""
@@ -183,7 +184,7 @@ def _pivot(a: Levels, b: Levels, done: Sequence[TrialRecord], pruned: Sequence[T
         f"rows {a.path}, columns {b.path}."))
 
 
-def _pivots_and_marginals(study: optuna.Study, records: Sequence[TrialRecord],
+def _pivots_and_marginals(study: optuna.Study, records: Sequence[ReportedTrial],
                           varied: Sequence[Levels]) -> list[Block]:
     done = [r for r in records if r.state == "complete" and r.values]
     if not done or not varied:
@@ -216,7 +217,7 @@ def _importance(study: optuna.Study) -> list[Block]:
     return blocks
 
 
-def _curves(records: Sequence[TrialRecord], rows: Levels | None, cols: Levels | None) -> list[Block]:
+def _curves(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels | None) -> list[Block]:
     runs = [CurveRun(rows.of(r) if rows else "", cols.of(r) if cols else "", r.number, k, read_metrics(d),
                      note="" if r.state == "complete" else r.state)
             for r in records for k, d in enumerate(r.run_dirs)]
@@ -226,7 +227,7 @@ def _curves(records: Sequence[TrialRecord], rows: Levels | None, cols: Levels | 
     return [Heading("Curves")] + curve_blocks(runs, rows=rows, cols=cols)
 
 
-def _predictions(records: Sequence[TrialRecord], *, n_best: int, n_images: int) -> list[Block]:
+def _predictions(records: Sequence[ReportedTrial], *, n_best: int, n_images: int) -> list[Block]:
     best = [r for r in records if r.state == "complete" and r.run_dirs][:n_best]
     return section("Predictions of the best trials",
                    prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in best}, n_images=n_images))
@@ -241,7 +242,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_trial_tables(study: optuna.Study, records: Sequence[TrialRecord], out_dir: Path) -> None:
+def write_trial_tables(study: optuna.Study, records: Sequence[ReportedTrial], out_dir: Path) -> None:
     """``trials.csv`` (one row per trial) and ``runs.csv`` (one row per trial and seed)."""
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     objective = _objective(study)
@@ -253,13 +254,11 @@ def write_trial_tables(study: optuna.Study, records: Sequence[TrialRecord], out_
                        r.epochs, round(r.seconds, 1), r.reason])
     _write_csv(out_dir / "trials.csv", ["trial", "state"] + paths + [objective, "ci95_low", "ci95_high", "seeds",
                                                                       "epochs", "seconds", "reason"], rows)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     run_rows = []
     for r in records:
-        for run in trials[r.number].user_attrs.get("runs", []):
-            run_rows.append([r.number, run["seed"]] + [r.params.get(p, "") for p in paths]
-                            + [run["value"], run["epochs_run"], run["best_epoch"],
-                               run.get("test", {}).get("dice_mean"), run["run_dir"]])
+        for run in r.runs:
+            run_rows.append([r.number, run.seed] + [r.params.get(p, "") for p in paths]
+                            + [run.value, run.epochs_run, run.best_epoch, run.test.get("dice_mean"), str(run.run_dir)])
     _write_csv(out_dir / "runs.csv", ["trial", "seed"] + paths + [objective, "epochs_run", "best_epoch",
                                                                   "test_dice_mean", "run_dir"], run_rows)
 
@@ -269,8 +268,8 @@ def write_trial_tables(study: optuna.Study, records: Sequence[TrialRecord], out_
 def _stored_study_dir(study: optuna.Study) -> Path | None:
     """The study directory of the run directories stored on the trials, where it exists here."""
     for t in study.get_trials(deepcopy=False):
-        for run in t.user_attrs.get("runs", []):
-            trials = Path(run["run_dir"]).parent
+        for run in t.user_attrs.get(RUNS, []):
+            trials = Path(RunRecord.from_attr(run).run_dir).parent
             if trials.name == "trials" and trials.is_dir():
                 return trials.parent
     return None
@@ -301,7 +300,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     out_dir = Path(out_dir) if out_dir else (study_dir / "report" if study_dir else Path(f"{study.study_name}-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     records = trial_records(study, study_dir=study_dir)
-    varied = varied_levels(records, space=study.user_attrs.get("spec", {}).get("space"))
+    varied = varied_levels(records, space=study.user_attrs.get(SPEC, {}).get("space"))
     rows, cols = grid_axes(varied, layout=layout, records=records)
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)

@@ -73,7 +73,7 @@ def run_demo(*, study_dir: str | Path | None = None, overrides: Sequence[str] = 
 
     Example:
         >>> result = run_demo(study_dir="runs/demo", overrides=["train.epochs=1"])  # doctest: +SKIP
-        >>> result.best_run["test"]["dice_mean"]  # doctest: +SKIP
+        >>> result.best_run.test["dice_mean"]  # doctest: +SKIP
     """
     study_dir = Path(study_dir) if study_dir is not None else default_demo_dir()
     t0 = time.perf_counter()
@@ -81,5 +81,5 @@ def run_demo(*, study_dir: str | Path | None = None, overrides: Sequence[str] = 
                       progress=progress)
     seconds = time.perf_counter() - t0
     best = best_trial(study)
-    best_run = max(best.user_attrs["runs"], key=lambda r: r["value"]) if best is not None else None
+    best_run = max(best.runs, key=lambda r: r.value) if best is not None and best.runs else None
     return DemoResult(study=study, study_dir=study_dir, seconds=seconds, best_trial=best, best_run=best_run)

@@ -18,7 +18,6 @@ here (e.g. ``optimizer.lr`` per optimizer). A grid needs a list or a ``step`` fo
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -27,8 +26,7 @@ from typing import Any, Callable, Iterator
 
 import pydantic
 
-from segtune.config import Config, build_config, leave_old_component_options, set_path
-from segtune.config import _Component as ComponentSection
+from segtune.config import Component, Config, apply_changes, build_config
 from segtune.errors import ConfigError
 from segtune.registry import suggest
 
@@ -147,7 +145,7 @@ def check_path(path: str) -> None:
     if len(parts) < 2 or not isinstance(section, type) or not issubclass(section, pydantic.BaseModel):
         return
     allowed = set(section.model_fields)
-    if issubclass(section, ComponentSection):
+    if issubclass(section, Component):
         for name in section.registry.names():
             allowed |= set(section.registry.entry(name).options.model_fields)
     if parts[1] not in allowed:
@@ -298,15 +296,13 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
     ``optimizer.lr: auto`` takes the lr that ``auto_lr(config)`` finds for the config built with
     the optimizer's default lr; without ``auto_lr`` (validation) the default lr stands in.
     """
-    tree = copy.deepcopy(base)
-    tree.update(top)
-    for path, value in values.items():
-        leave_old_component_options(tree, path.split("."), value)
-    for path, value in values.items():
-        set_path(tree, path.split("."), value)
+    tree = apply_changes({**base, **top}, values)
     optimizer = tree.get("optimizer")
     if isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR:
         del optimizer["lr"]
         if auto_lr is not None:
             optimizer["lr"] = auto_lr(build_config(tree, origin="study trial"))
     return build_config(tree, origin="study trial")
+
+
+__all__ = ["AUTO_LR", "Param", "Space", "check_path", "config_for"]

@@ -28,8 +28,7 @@ import optuna
 import pydantic
 from pydantic import Field
 
-from segtune.config import _Component as ComponentSection
-from segtune.config import SafeName, _format_errors, parse_override, read_yaml, set_path
+from segtune.config import Component, SafeName, apply_changes, format_errors, parse_override, read_yaml
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 from segtune.study.space import Space, check_path, config_for
@@ -138,12 +137,12 @@ def hyperband_pruner(max_epochs: int, /, *, min_epochs: Annotated[int, Field(ge=
                                           reduction_factor=reduction_factor)
 
 
-class MethodSection(ComponentSection):
+class MethodSection(Component):
     registry: ClassVar[Registry] = SAMPLERS
     name: str = "tpe"
 
 
-class PrunerSection(ComponentSection):
+class PrunerSection(Component):
     registry: ClassVar[Registry] = PRUNERS
     name: str = "none"
 
@@ -268,7 +267,7 @@ def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec,
     try:
         spec = StudySpec.model_validate(tree)
     except pydantic.ValidationError as err:
-        raise ConfigError(_format_errors(err, origin).replace("invalid config", "invalid study file")) from None
+        raise ConfigError(format_errors(err, origin).replace("invalid config", "invalid study file")) from None
     config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
     space = Space(spec.space)
     if spec.method.name == "grid":
@@ -295,12 +294,18 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySp
     fixed = tree.pop("set", None) or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
-    for key, value in fixed.items():
-        check_path(str(key))
-        set_path(tree["base"], str(key).split("."), value)
+    changes = {str(key): value for key, value in fixed.items()}
     for item in overrides:
         keys, value = parse_override(item)
-        check_path(".".join(keys))
-        set_path(tree["base"], keys, value)
+        changes.pop(".".join(keys), None)  # a --set after the file's own set of the same path
+        changes[".".join(keys)] = value
+    for key in changes:
+        check_path(key)
+    tree["base"] = apply_changes(tree["base"], changes)
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return parse_study(tree, origin=str(path))
+
+
+__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudySpec", "grid_sampler", "hyperband_pruner",
+           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "successive_halving_pruner",
+           "tpe_sampler"]

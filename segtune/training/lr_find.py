@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from segtune.config import Config, build_config, set_path
+from segtune.config import Config, apply_changes, build_config
 from segtune.data import SegData, Split
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.registry import Registry
@@ -115,12 +115,8 @@ class RangeTest:
 
 def _with_optimizer(config: Config, name: str, changes: dict[str, Any]) -> Config:
     """``config`` with optimizer ``name`` (its own defaults unless it is the configured one) and ``changes``."""
-    tree = config.to_dict()
-    if name != config.optimizer.name:
-        tree["optimizer"] = {"name": name}
-    for path, value in changes.items():
-        set_path(tree, path.split("."), value)
-    return build_config(tree, origin=f"lr-find {name}")
+    reset = {"optimizer": {"name": name}} if name != config.optimizer.name else {}
+    return build_config(apply_changes(config.to_dict(), {**reset, **changes}), origin=f"lr-find {name}")
 
 
 def _check_range(start_lr: float, end_lr: float, n_steps: int, smoothing: float, divergence_factor: float) -> None:

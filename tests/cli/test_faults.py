@@ -113,7 +113,7 @@ def test_full_disk_stops_a_study_consistently_and_the_rerun_loses_nothing(tmp_pa
 def test_an_unwritable_run_directory_stops_a_study_and_the_rerun_loses_nothing(tmp_path):
     # trials/ is a file, so no run directory can be made: the study stops at the first trial
     # (every later one would fail the same way) and runs it again once the directory is usable
-    from tests.study.test_study import write_study
+    from tests.conftest import write_study
 
     from segtune.errors import StorageError
     from segtune.study import run_study

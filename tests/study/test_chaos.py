@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from tests.study.test_workers import write_study
+from tests.conftest import write_study
 
 from segtune.study import run_study, trial_reason
 

@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from tests.conftest import run_killed_in_epoch, tiny_tree
+from tests.conftest import run_killed_in_epoch, write_study
 
 from segtune.cli import main
 from segtune.errors import ConfigError
@@ -24,13 +23,8 @@ TrialState = optuna.trial.TrialState
 pytestmark = pytest.mark.slow
 
 
-def write_study(tmp_path, *, epochs=2, space=None, **fields) -> Path:
-    tree = {"name": f"study-{uuid.uuid4().hex[:8]}", "method": "grid", "heartbeat_interval": 1, "grace_period": 2,
-            "space": space or {"optimizer.lr": [0.01, 0.003]},
-            "base": tiny_tree(train={"epochs": epochs, "batch_size": 8, "patience": 0}), **fields}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
+FAST_DEATH = {"heartbeat_interval": 1, "grace_period": 2}  # a dead worker's trial is found stale in 2 s
+TWO_LRS = {"optimizer.lr": [0.01, 0.003]}
 
 
 DIES_AFTER_ASK = """
@@ -47,7 +41,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_worker_killed_before_its_first_heartbeat_does_not_hang_the_study(tmp_path):
-    path, out = write_study(tmp_path), tmp_path / "out"
+    path, out = write_study(tmp_path, epochs=2, space=TWO_LRS, **FAST_DEATH), tmp_path / "out"
     killed = subprocess.run([sys.executable, "-c", DIES_AFTER_ASK, str(path), str(out)])
     assert killed.returncode == -signal.SIGKILL
     (silent,) = optuna.load_study(study_name=yaml.safe_load(path.read_text())["name"],
@@ -74,7 +68,7 @@ def _trained_uninterrupted(tmp_path, path):
 
 
 def test_a_trial_whose_worker_died_resumes_from_its_last_checkpoint(tmp_path):
-    path, out = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01]}), tmp_path / "out"
+    path, out = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01]}, **FAST_DEATH), tmp_path / "out"
     # the worker kills itself in epoch 4, after its metrics row and before its last.pt
     run_killed_in_epoch(4, ["study", str(path), "--worker", "--out", str(out), "--threads", "1"], "0000")
     run_dir = out / "trials" / "0000-seed0"
@@ -98,7 +92,7 @@ def test_a_trial_whose_worker_died_resumes_from_its_last_checkpoint(tmp_path):
 
 
 def test_a_trial_of_two_repeats_killed_in_its_second_keeps_the_first_and_resumes_the_second(tmp_path):
-    path, out = write_study(tmp_path, epochs=5, space={"optimizer.lr": [0.01]}, repeats=2), tmp_path / "out"
+    path, out = write_study(tmp_path, epochs=5, space={"optimizer.lr": [0.01]}, repeats=2, **FAST_DEATH), tmp_path / "out"
     # killed in epoch 3 of the second repeat (seed 1), after the first finished
     run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out), "--threads", "1"], "0000-seed1")
     first = out / "trials" / "0000-seed0" / "summary.json"
@@ -118,13 +112,15 @@ def test_a_configuration_drawn_while_its_dead_twin_runs_waits_only_until_the_twi
     from segtune.study import open_storage, open_study
     from segtune.study.spec import load_study
 
-    path, out = write_study(tmp_path, method="random", n_trials=1, space={"optimizer.lr": [0.01]}), tmp_path / "out"
+    path, out = write_study(tmp_path, epochs=2, method="random", n_trials=1, space={"optimizer.lr": [0.01]},
+                            **FAST_DEATH), tmp_path / "out"
     spec, space = load_study(path)
     storage = open_storage(spec, out)
     study = open_study(spec, space, storage, seed=spec.seed)
     twin = study.ask()
     twin.set_user_attr("params", space.sample(twin))
-    storage.record_heartbeat(twin._trial_id)  # alive a moment ago: stale in grace_period (2 s)
+    twin_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec.name), twin.number)
+    storage.record_heartbeat(twin_id)  # alive a moment ago: stale in grace_period (2 s)
     study.enqueue_trial({"optimizer.lr": 0.01})  # the next trial draws the same configuration
     proc = subprocess.run([sys.executable, "-m", "segtune", "study", str(path), "--out", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=120)
@@ -136,7 +132,7 @@ def test_a_configuration_drawn_while_its_dead_twin_runs_waits_only_until_the_twi
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
 def test_a_lost_study_database_is_refused_instead_of_mixing_old_and_new_runs(tmp_path, damage, capsys):
-    path, out = write_study(tmp_path), tmp_path / "out"
+    path, out = write_study(tmp_path, epochs=2, space=TWO_LRS, **FAST_DEATH), tmp_path / "out"
     run_study(path, study_dir=out)
     if damage == "deleted":
         (out / "study.db").unlink()
@@ -183,7 +179,7 @@ def test_a_full_disk_under_the_study_database_stops_the_study_and_loses_nothing(
     disk = tmp_path / "small"
     _mount_small_disk(disk, "4m")
     try:
-        path, out = write_study(tmp_path, epochs=3, space={"optimizer.lr": [0.01, 0.003, 0.001]}), tmp_path / "out"
+        path, out = write_study(tmp_path, epochs=3, space={"optimizer.lr": [0.01, 0.003, 0.001]}, **FAST_DEATH), tmp_path / "out"
         storage = f"sqlite:///{disk / 'study.db'}"
         command = [sys.executable, "-m", "segtune", "study", str(path), "--out", str(out), "--quiet",
                    "--storage", storage]

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from tests.conftest import tiny_tree
+from tests.conftest import study_tree, tiny_tree, write_study
 
 from segtune.cli import main
 from segtune.errors import ConfigError
@@ -19,20 +19,6 @@ from segtune.study.spec import load_study, parse_study
 from segtune.study.space import Space
 
 TrialState = optuna.trial.TrialState
-
-
-def study_tree(**fields) -> dict:
-    """A study on the tiny synthetic task, one epoch per trial."""
-    tree = {"name": "tiny", "base": tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0}),
-            "method": "grid", "space": {"optimizer.lr": [0.01, 0.001]}}
-    tree.update(fields)
-    return tree
-
-
-def write_study(tmp_path, **fields):
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study_tree(**fields)))
-    return path
 
 
 @pytest.mark.parametrize("space, message", [
@@ -168,17 +154,17 @@ class _ReplayTrial:
 
 @pytest.mark.parametrize("prune_from, trains", [(2, False), (9, True)])
 def test_a_pruned_twin_is_replayed_to_this_trials_pruner(prune_from, trains):
-    from segtune.study import _reuse
+    from segtune.study import replay_twin
 
     twin = optuna.trial.create_trial(state=TrialState.PRUNED, params={"optimizer.lr": 0.1},
                                      distributions={"optimizer.lr": optuna.distributions.CategoricalDistribution([0.1])},
                                      intermediate_values={1: 0.2, 2: 0.3, 3: 0.35}, user_attrs={"epochs": 3})
     trial = _ReplayTrial(prune_from)
     if trains:  # this pruner would have let it go on: it must be trained, its replayed epochs reported
-        assert _reuse(trial, twin) is None and trial.reported == {1: 0.2, 2: 0.3, 3: 0.35} and not trial.attrs
+        assert replay_twin(trial, twin) is None and trial.reported == {1: 0.2, 2: 0.3, 3: 0.35} and not trial.attrs
     else:  # pruned at epoch 2 of the same curve, without training
         with pytest.raises(optuna.TrialPruned):
-            _reuse(trial, twin)
+            replay_twin(trial, twin)
         assert trial.reported == {1: 0.2, 2: 0.3} and trial.attrs["same_as"] == twin.number
 
 
@@ -214,16 +200,16 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
 
 def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
     # e.g. out of GPU memory for one batch size: not segtune's own error, still one trial's failure
-    import segtune.study
+    import segtune.study.objective
 
-    real_train = segtune.study.train
+    real_train = segtune.study.objective.train
 
     def train(config, **kwargs):
         if config.optimizer.options["lr"] == 0.01:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(segtune.study, "train", train)
+    monkeypatch.setattr(segtune.study.objective, "train", train)
     trials = run_study(write_study(tmp_path), study_dir=tmp_path / "out").get_trials()
     by_lr = {t.params["optimizer.lr"]: t for t in trials}
     assert by_lr[0.001].state == TrialState.COMPLETE
@@ -232,13 +218,13 @@ def test_an_unexpected_error_in_a_trial_is_recorded_and_the_study_goes_on(tmp_pa
 
 
 def test_an_objective_naming_a_class_the_data_lacks_fails_before_the_first_trial(tmp_path, monkeypatch, capsys):
-    import segtune.study
+    import segtune.study.objective
     from segtune.cli import main
 
     def no_training(*args, **kwargs):
         raise AssertionError("a trial trained")
 
-    monkeypatch.setattr(segtune.study, "train", no_training)
+    monkeypatch.setattr(segtune.study.objective, "train", no_training)
     path = write_study(tmp_path, objective="val.dice_per_class.tumour")
     with pytest.raises(ConfigError, match=r"study.yaml: objective val.dice_per_class.tumour: the data has no class "
                                           r"'tumour'; its classes are background, class_1, class_2: "
@@ -270,6 +256,14 @@ def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
         load_study(write_study(tmp_path, set={"train.bach_size": 4}))
 
 
+def test_set_and_overrides_switching_a_component_leave_out_the_old_ones_options(tmp_path):
+    # as `--set` of a run does: adam's betas are not sgd's; a later --set of a path wins over the file's set
+    base = tiny_tree(optimizer={"name": "adam", "lr": 0.01, "betas": [0.8, 0.9]})
+    spec, _ = load_study(write_study(tmp_path, base=base, set={"optimizer.name": "sgd", "optimizer.lr": 0.1}),
+                         ["optimizer.lr=0.2"])
+    assert spec.base["optimizer"] == {"name": "sgd", "lr": 0.2}
+
+
 @pytest.mark.slow
 def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
     from segtune.cli import main
@@ -286,17 +280,17 @@ def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch):
-    import segtune.study
+    import segtune.study.objective
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]})
-    real_train = segtune.study.train
-    monkeypatch.setattr(segtune.study, "train", interrupted)
+    real_train = segtune.study.objective.train
+    monkeypatch.setattr(segtune.study.objective, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_study(path, study_dir=tmp_path / "out")
-    monkeypatch.setattr(segtune.study, "train", real_train)
+    monkeypatch.setattr(segtune.study.objective, "train", real_train)
     trials = run_study(path, study_dir=tmp_path / "out").get_trials()
     (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
     assert stopped.user_attrs["interrupted"] is True
@@ -307,10 +301,10 @@ def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch)
 
 def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_path, monkeypatch, capsys):
     # the numbers depend on the thread count: a study keeps the count it was created with
-    import segtune.study
+    import segtune.study.objective
     from segtune.cli import main
 
-    real_train = segtune.study.train
+    real_train = segtune.study.objective.train
     calls = []
 
     def stopped_after_one_trial(config, **kwargs):
@@ -320,11 +314,11 @@ def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_pa
         return real_train(config, **kwargs)
 
     path, out = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]}), tmp_path / "out"
-    monkeypatch.setattr(segtune.study, "train", stopped_after_one_trial)
+    monkeypatch.setattr(segtune.study.objective, "train", stopped_after_one_trial)
     with pytest.raises(KeyboardInterrupt):
         run_study(path, study_dir=out, num_threads=1)
-    monkeypatch.setattr(segtune.study, "train", real_train)
-    monkeypatch.setattr(segtune.study.os, "cpu_count", lambda: 8)  # another machine, or more cores free
+    monkeypatch.setattr(segtune.study.objective, "train", real_train)
+    monkeypatch.setattr(segtune.study.workers.os, "cpu_count", lambda: 8)  # another machine, or more cores free
     assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
     trials = load_existing_study(path, study_dir=out).get_trials()
     assert [t.user_attrs["config"]["train"]["num_threads"] for t in trials] == [1, 1, 1]  # done, stopped, re-run

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from tests.conftest import run_killed_in_epoch, tiny_tree
+from tests.conftest import run_killed_in_epoch, unique_study_name, write_study
 
 from segtune.study import storage as storage_url
 from segtune.errors import ConfigError
@@ -103,18 +103,11 @@ def fresh_database(postgres_url: str, *, workers: int) -> str:
     return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
 
 
-def write_study(tmp_path, *, epochs: int, space: dict, **fields) -> Path:
-    tree = {"name": f"study-{uuid.uuid4().hex[:8]}", "method": "grid", "space": space,
-            "base": tiny_tree(train={"epochs": epochs, "batch_size": 8, "patience": 0}), **fields}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_two_worker_processes_share_one_study(tmp_path, storage, request):
     url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if storage == "postgresql" else None
-    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
+    path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]},
+                       name=unique_study_name())
     trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
     # every cell completes once, and both workers took part; on a machine so loaded that a
     # heartbeat comes later than the grace period, a trial is taken for dead and re-queued
@@ -148,7 +141,7 @@ def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
     path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
-                       heartbeat_interval=1, grace_period=2)
+                       heartbeat_interval=1, grace_period=2, name=unique_study_name())
     out = tmp_path / "out"
     url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
     name = yaml.safe_load(path.read_text())["name"]
@@ -182,7 +175,7 @@ def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
     study = open_study(spec, space, open_storage(spec, tmp_path / "out"), seed=spec.seed)
     orphan = study.ask()
     lost = space.sample_grid(orphan)
-    study._storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)  # failed, its retry not queued
+    study.tell(orphan, state=TrialState.FAIL)  # failed, its retry not queued
     time.sleep(2.2)  # past the grace period: no other worker can still be queuing it
     trials = run_study(path, study_dir=tmp_path / "out").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -257,7 +250,7 @@ def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_l
                                                                                   monkeypatch):
     # `ps` shows every user each process's command line; its environment only to its own user.
     # (test_two_worker_processes_share_one_study runs such workers for real.)
-    import segtune.study
+    import segtune.study.workers
 
     monkeypatch.delenv("PGPASSWORD")
     monkeypatch.setenv("SEGTUNE_STORAGE", "sqlite:///elsewhere.db")  # a stale value is never passed on
@@ -271,8 +264,8 @@ def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_l
         def wait(self):
             return 0
 
-    monkeypatch.setattr(segtune.study.subprocess, "Popen", Worker)
-    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]})
+    monkeypatch.setattr(segtune.study.workers.subprocess, "Popen", Worker)
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]}, name=unique_study_name())
     run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2)  # the parent opens it: the URL works
     run_study(path, study_dir=tmp_path / "sqlite", n_workers=2)
     assert len(started) == 4

@@ -1,0 +1,252 @@
+"""What a study stores about its trials, in one place: the attribute keys and one typed record.
+
+Every trial attribute is written under a key named here (the objective writes them, the worker
+loop reads them) and read back through :class:`TrialRecord`, which the leaderboard, the report and
+the CLI show. Trial user attributes:
+
+- ``params`` ({config path: value}), ``config`` (the resolved config of its first repeat);
+- ``runs``: per repeat, a :class:`RunRecord` as JSON (seed, value, epochs_run, best_epoch, run_dir,
+  class_names, test metrics); ``spread`` (standard deviation over repeats); ``epochs`` (epochs run
+  by the first repeat); ``seconds``; ``worker`` (host:pid);
+- ``home`` (the trial number of its run directories), ``resumed_after`` ({seed: epoch}),
+  ``fail_reason``, ``interrupted``, ``requeued_from`` and ``same_as`` (a configuration sampled
+  again takes its earlier trial's result without training) where they apply.
+
+The study's ``spec`` attribute holds what a resumed study must share with its study file,
+``threads`` the CPU threads of every trial, and ``auto_lr:<hash>`` the learning rates found.
+
+A trial's state (:class:`Status`) refines Optuna's: a failed trial is ``failed`` (it has a reason:
+diverged, a full disk), ``stopped`` (Ctrl-C: run again on resume) or ``died`` (its worker died:
+found by its heartbeat and run again). Trials are ranked in the order of :class:`Status`:
+completed ones first, by objective, then running ones (they may still complete), pruned, failed,
+stopped and died ones, each by their last value.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# trial user attributes
+PARAMS = "params"
+CONFIG = "config"
+RUNS = "runs"
+SPREAD = "spread"
+EPOCHS = "epochs"
+SECONDS = "seconds"
+WORKER = "worker"
+HOME = "home"  # the trial number whose run directories it trains in (a re-run's original)
+RESUMED = "resumed_after"  # {seed: epoch} for each repeat continued from its last.pt
+FAIL_REASON = "fail_reason"
+INTERRUPTED = "interrupted"
+REQUEUED_FROM = "requeued_from"  # a trial stopped by Ctrl-C (or a full disk) that this one runs again
+SAME_AS = "same_as"  # the earlier trial of the same configuration whose result was reused
+# Optuna's system attribute on a dead worker's retry: the trial numbers it repeats
+RETRY_HISTORY = "retry_history"
+# study user attributes
+SPEC = "spec"
+THREADS = "threads"  # the CPU threads of every trial, fixed when the study is created
+AUTO_LR_CACHE = "auto_lr:"  # auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
+
+TRIALS_DIR = "trials"  # <study dir>/trials/<home:04d>-seed<seed>/: the run directories
+
+
+class Status(enum.StrEnum):
+    """A trial's state as segtune shows it; the ranking order is the order here."""
+
+    COMPLETE = "complete"
+    RUNNING = "running"
+    PRUNED = "pruned"
+    FAILED = "failed"  # with a reason
+    STOPPED = "stopped"  # by Ctrl-C, run again on resume
+    DIED = "died"  # its worker died (no heartbeat), run again
+    WAITING = "waiting"  # queued, not started
+
+
+def status_of(trial: FrozenTrial) -> Status:
+    """The :class:`Status` of a stored trial."""
+    if trial.state == TrialState.FAIL:
+        if FAIL_REASON in trial.user_attrs:
+            return Status.FAILED
+        return Status.STOPPED if INTERRUPTED in trial.user_attrs else Status.DIED
+    return Status(trial.state.name.lower())
+
+
+def run_dir(study_dir: Path, home: int, seed: int) -> Path:
+    """Where repeat ``seed`` of the trial numbered ``home`` trains."""
+    return study_dir / TRIALS_DIR / f"{home:04d}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished repeat of a trial, as stored in its ``runs`` attribute."""
+
+    seed: int
+    value: float  # the objective
+    epochs_run: int
+    best_epoch: int
+    run_dir: Path
+    class_names: tuple[str, ...] = ()
+    test: dict[str, Any] = field(default_factory=dict)  # test-split metrics
+
+    @classmethod
+    def from_attr(cls, stored: dict[str, Any]) -> "RunRecord":
+        """Read one entry of a trial's ``runs`` attribute."""
+        return cls(seed=int(stored["seed"]), value=float(stored["value"]), epochs_run=int(stored["epochs_run"]),
+                   best_epoch=int(stored["best_epoch"]), run_dir=Path(stored["run_dir"]),
+                   class_names=tuple(stored.get("class_names", ())), test=dict(stored.get("test") or {}))
+
+    def to_attr(self) -> dict[str, Any]:
+        """The entry as stored (plain JSON values)."""
+        return {"seed": self.seed, "value": self.value, "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
+                "run_dir": str(self.run_dir), "class_names": list(self.class_names), "test": self.test}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as segtune shows it: leaderboard, report and CLI. Build it with :meth:`from_trial`."""
+
+    number: int
+    state: Status | str
+    params: dict[str, Any]
+    value: float | None  # the objective (mean over repeats; an unfinished trial's last report)
+    values: dict[int, float] = field(default_factory=dict)  # objective per seed, finite finished repeats only
+    epochs: int | None = None  # epochs run by the first repeat
+    seconds: float = 0.0
+    reason: str = ""  # why it ended as it did (see trial_reason)
+    runs: tuple[RunRecord, ...] = ()
+    spread: float = 0.0  # standard deviation of the objective over repeats
+    run_dirs: list[Path] = field(default_factory=list)  # its own runs' directories found here, by seed
+    home: int | None = None
+    same_as: int | None = None
+    requeued_from: int | None = None
+    resumed_after: dict[str, int] = field(default_factory=dict)
+    worker: str | None = None
+    config: dict[str, Any] | None = None
+
+    @property
+    def test(self) -> list[dict[str, Any]]:
+        """Test-split metrics of each finished repeat that has them."""
+        return [r.test for r in self.runs if r.test]
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial, *, trials: Sequence[FrozenTrial] = (),
+                   study_dir: Path | None = None) -> "TrialRecord":
+        """The record of a stored trial.
+
+        Args:
+            trial: the trial.
+            trials: every trial of its study, to name the trial that ran it again (in ``reason``).
+            study_dir: the study directory, where its run directories are looked for first; else
+                the run directories stored on the trial, where they exist here.
+        """
+        attrs = trial.user_attrs
+        runs = tuple(RunRecord.from_attr(r) for r in attrs.get(RUNS, []))
+        home = int(attrs.get(HOME, trial.number))
+        return cls(number=trial.number, state=status_of(trial), params=dict(attrs.get(PARAMS, {})),
+                   value=trial.value if trial.value is not None else _last_value(trial),
+                   values={r.seed: r.value for r in runs if math.isfinite(r.value)},
+                   epochs=attrs.get(EPOCHS), seconds=float(attrs.get(SECONDS, 0.0)), reason=trial_reason(trial, trials),
+                   runs=runs, spread=float(attrs.get(SPREAD, 0.0)), run_dirs=_run_dirs(trial, runs, home, study_dir),
+                   home=home, same_as=attrs.get(SAME_AS), requeued_from=attrs.get(REQUEUED_FROM),
+                   resumed_after=dict(attrs.get(RESUMED, {})), worker=attrs.get(WORKER), config=attrs.get(CONFIG))
+
+
+def _last_value(trial: FrozenTrial) -> float | None:
+    values = trial.intermediate_values
+    return values[max(values)] if values else None
+
+
+def _run_dirs(trial: FrozenTrial, runs: Sequence[RunRecord], home: int, study_dir: Path | None) -> list[Path]:
+    if status_of(trial) in (Status.STOPPED, Status.DIED) or INTERRUPTED in trial.user_attrs:
+        return []  # its run directories are continued by the trial that ran it again
+    if study_dir is not None:
+        found = sorted((study_dir / TRIALS_DIR).glob(f"{home:04d}-seed*"), key=_seed_of)
+        if found:
+            return found
+    return [r.run_dir for r in runs if r.run_dir.is_dir()]
+
+
+def _seed_of(path: Path) -> int:
+    seed = path.name.rsplit("seed", 1)[1]
+    return int(seed) if seed.isdigit() else 0
+
+
+def trial_reason(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> str:
+    """Why ``trial`` ended as it did: its failure reason; for a trial stopped by Ctrl-C or whose
+    worker died, that and the trial that ran it again; for a reused result, the trial it came from."""
+    attrs = trial.user_attrs
+    if SAME_AS in attrs:
+        return f"result of trial {attrs[SAME_AS]} (same configuration)"
+    if FAIL_REASON in attrs or trial.state != TrialState.FAIL:
+        return str(attrs.get(FAIL_REASON, ""))
+    again = next((c.number for c in trials if c.user_attrs.get(REQUEUED_FROM) == trial.number
+                  or c.system_attrs.get(RETRY_HISTORY, [None])[-1] == trial.number), None)
+    what = "stopped by Ctrl-C" if INTERRUPTED in attrs else "its worker died (no heartbeat)"
+    return what + (f"; run again as trial {again}" if again is not None else "")
+
+
+def rank(records: Sequence[TrialRecord], *, maximize: bool) -> list[TrialRecord]:
+    """``records`` in the order of :class:`Status`, each state best value first, then by number."""
+    order = {status: i for i, status in enumerate(Status)}
+    sign = -1.0 if maximize else 1.0
+    return sorted(records, key=lambda r: (order.get(r.state, len(order)),
+                                          sign * r.value if r.value is not None else math.inf, r.number))
+
+
+def study_records(study: optuna.Study, *, study_dir: Path | None = None) -> list[TrialRecord]:
+    """Every trial of ``study`` but the waiting ones, as records, ranked (see :func:`rank`)."""
+    trials = study.get_trials(deepcopy=False)
+    records = [TrialRecord.from_trial(t, trials=trials, study_dir=study_dir)
+               for t in trials if t.state != TrialState.WAITING]
+    return rank(records, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def _show(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
+    """The trials, best first: parameters, objective mean and spread, epochs, state, seconds, reason.
+
+    Returns:
+        ``(header, rows)``, ranked as :func:`rank` does.
+    """
+    records = study_records(study)
+    paths = sorted({p for r in records for p in r.params})
+    rows = [[r.number] + [_show(r.params.get(p, "-")) for p in paths]
+            + ["-" if r.value is None else float(r.value), r.spread, f"{len(r.runs)}",
+               "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:60]]
+            for r in records]
+    objective = study.user_attrs.get(SPEC, {}).get("objective", "objective")
+    header = ["trial"] + paths + [objective, "spread", "repeats", "epochs", "state", "seconds", "reason"]
+    return header, rows
+
+
+def progress_line(trial: FrozenTrial) -> str:
+    """One line for a finished trial: number, state, objective, epochs, seconds, parameters, reason."""
+    record = TrialRecord.from_trial(trial)
+    params = ", ".join(f"{k}={_show(v)}" for k, v in record.params.items())
+    shown = "" if record.value is None else f" {record.value:.4f}"
+    reason = f" ({trial.user_attrs[FAIL_REASON]})" if FAIL_REASON in trial.user_attrs else ""
+    return (f"trial {record.number:>3} {record.state:<8}{shown}  epochs {record.epochs or 0:>3}  "
+            f"{record.seconds:5.0f} s  {params}{reason}")
+
+
+def best_trial(study: optuna.Study) -> TrialRecord | None:
+    """The record of the best completed trial, or None when no trial has completed."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    return TrialRecord.from_trial(study.best_trial, trials=study.get_trials(deepcopy=False))
+
+
+__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REQUEUED_FROM",
+           "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS", "TRIALS_DIR",
+           "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "progress_line", "rank",
+           "run_dir", "status_of", "study_records", "trial_reason"]

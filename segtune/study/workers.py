@@ -1,0 +1,320 @@
+"""The worker loop: open the study, run trials until it is done, resume what was lost.
+
+Resume is the same command: finished trials stay; a trial left RUNNING by a dead worker is
+found by its heartbeat (or, if it never had one, by its start time), marked failed and re-queued
+with the same parameters; a trial stopped by Ctrl-C is re-queued too. ``n_workers`` local worker
+processes, or workers on other machines on a shared storage, split the trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from segtune.errors import USER_ERRORS, ConfigError
+from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
+from segtune.study.records import (FAIL_REASON, HOME, INTERRUPTED, PARAMS, REQUEUED_FROM, RETRY_HISTORY, SAME_AS,
+                                   SPEC, THREADS, TRIALS_DIR, progress_line)
+from segtune.study.space import Space, config_for
+from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
+from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
+                                   storage_fault)
+
+MAX_DRAWS = 10  # a random or TPE study ends after MAX_DRAWS x n_trials trials, however few were new
+
+
+def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1) -> int:
+    """The CPU threads every trial of ``study`` trains with, in every worker and every later command.
+
+    The numbers a trial gives depend on its thread count (see the README's Reproducibility), so
+    the count is stored when the study is created: ``requested``, else the cores divided among
+    ``n_workers``.
+
+    Raises:
+        ConfigError: ``requested`` differs from the count stored with the study.
+    """
+    stored = study.user_attrs.get(THREADS)
+    if stored is None:
+        stored = requested or max(1, (os.cpu_count() or 1) // n_workers)
+        study.set_user_attr(THREADS, stored)
+    elif requested is not None and requested != stored:
+        raise ConfigError(f"study {study.study_name!r} trains every trial with {stored} CPU thread(s), fixed when it "
+                          f"was created: the numbers depend on the thread count, so its trials are comparable only at "
+                          f"the same count; leave out --threads (or give --threads {stored}), or start a new study")
+    return stored
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a user's error (NaN loss, full disk)
+    the reason stored on the trial, shown in the leaderboard, says it all. Bugs keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, KeyboardInterrupt)):
+            return False
+        return not record.getMessage().endswith("failed with value None.")
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_UserErrorsWithoutTraceback())
+
+
+def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorage, *,
+               seed: int | None = None) -> optuna.Study:
+    """Create the study or load it; a stored study made from a different study file is an error."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, seed)
+    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.epochs)
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=spec.resolved_direction, load_if_exists=True)
+    stored = study.user_attrs.get(SPEC)
+    if stored is None:
+        study.set_user_attr(SPEC, spec.fingerprint())
+    elif stored != json.loads(json.dumps(spec.fingerprint())):
+        changed = sorted(k for k in stored if stored[k] != json.loads(json.dumps(spec.fingerprint()))[k])
+        raise ConfigError(f"study {spec.name!r} in this storage was made from a different study file "
+                          f"({', '.join(changed)} differ); rename the study or use another study directory")
+    return study
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Queue again, with the same parameters, each trial stopped by Ctrl-C (Optuna fails them).
+
+    Trials of dead workers are re-queued by the heartbeat callback instead.
+    """
+    trials = study.get_trials(deepcopy=False)
+    handled = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.params and t.number not in handled:
+            study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number, HOME: t.user_attrs.get(HOME, t.number)})
+
+
+def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
+    """Queue again each dead worker's trial that Optuna failed but did not queue again.
+
+    Optuna fails a stale trial and queues its retry in two steps; a worker killed between the
+    two leaves the trial failed with no retry, and a grid would lose its cell. Such a trial is
+    queued here once it has been failed for longer than the grace period (before that, the
+    worker that failed it may still be queuing it).
+
+    Returns:
+        Whether such a trial is still too fresh to queue: the study is not done yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, ())}
+    with warnings.catch_warnings():  # experimental in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+    now, fresh = datetime.now(), False
+    for t in trials:
+        died = t.state == TrialState.FAIL and FAIL_REASON not in t.user_attrs and INTERRUPTED not in t.user_attrs
+        if not died or t.number in retried or len(t.system_attrs.get(RETRY_HISTORY, ())) >= spec.max_retry:
+            continue
+        if t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < spec.grace_period:
+            fresh = True
+        else:
+            retry(study, copy.deepcopy(t))
+    return fresh
+
+
+def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool, bool]:
+    """(a trial should start now, some trial is still running elsewhere).
+
+    Random and TPE studies run until ``n_trials`` distinct configurations have been trained (or
+    are training, or failed with a reason): a configuration drawn again takes its earlier result
+    (``same_as``) and is not counted, unless ``reuse_results`` is off. A space with fewer
+    configurations than ``n_trials`` ends when each has been trained, and a study whose sampler
+    keeps drawing trained ones ends after ``MAX_DRAWS * n_trials`` trials.
+    """
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True, bool(running)
+    unsampled = sum(1 for t in running if not t.params)
+    if spec.method.name == "grid":
+        # a trial whose worker died before it drew its cell covers none (its retry runs it)
+        covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.params}
+        return len(covered) + unsampled < space.n_grid_cells(), bool(running)
+    counted = [t for t in trials if SAME_AS not in t.user_attrs and t.params and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs and INTERRUPTED not in t.user_attrs))]
+    if not spec.reuse_results:
+        return len(counted) + unsampled < spec.n_trials, bool(running)
+    distinct = len({json.dumps(t.params, sort_keys=True) for t in counted})
+    if len(trials) >= MAX_DRAWS * spec.n_trials:  # the sampler keeps drawing trained configurations
+        return False, bool(running)
+    return distinct + unsampled < min(spec.n_trials, _n_configurations(space)), bool(running)
+
+
+def _n_configurations(space: Space) -> float:
+    """How many configurations the space holds: infinite with a range that has no step."""
+    try:
+        return space.n_grid_cells()
+    except ConfigError:
+        return math.inf
+
+
+def _check_run_dirs(study: optuna.Study, study_dir: Path) -> None:
+    """Refuse to mix runs of another study database with this one's.
+
+    Raises:
+        ConfigError: ``<study dir>/trials/`` holds run directories of trials that the storage
+            does not have: its database was lost, emptied or replaced.
+    """
+    folder = study_dir / TRIALS_DIR
+    if not folder.is_dir():
+        return
+    known = {t.number for t in study.get_trials(deepcopy=False)}
+    orphans = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name.split("-")[0].isdigit()
+                     and int(d.name.split("-")[0]) not in known)
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
+        raise ConfigError(f"{folder} holds {len(orphans)} run director{'y' if len(orphans) == 1 else 'ies'} of "
+                          f"trials this study's storage does not have ({shown}): its database was lost, emptied "
+                          f"or replaced; {ORPHAN_FIX.format(trials=folder)}")
+
+
+def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    print(progress_line(trial), flush=True)
+
+
+def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
+               num_threads: int | None = None, seed: int | None = None, verbose: bool = False,
+               progress: bool = False, cache: DataCache | None = None) -> int:
+    """Run trials until the study is done; returns how many trials this worker ran.
+
+    The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
+    running (random, tpe), no re-queued trial waits, and no other worker's trial still runs
+    (a dead worker's trial turns stale after the grace period and is re-queued here).
+    """
+    backend = open_storage(spec, study_dir, storage)
+    study = open_study(spec, space, backend, seed=seed)
+    _check_run_dirs(study, study_dir)
+    num_threads = study_threads(study, num_threads)
+    objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend)
+    try:
+        return _run_trials(spec, space, study, objective, progress)
+    except Exception as err:
+        if objective.stopped_by is None and not objective.storage_failed(err):
+            raise
+        try:
+            objective.end_current()
+        except Exception as again:
+            if storage_fault(again) is None:
+                raise
+        raise objective.stopped_by from None
+
+
+def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: Objective, progress: bool) -> int:
+    n_run = 0
+    while True:
+        fail_stale_trials(study)
+        orphans_pending = _requeue_orphans(study, spec)
+        _requeue_interrupted(study)
+        start, running = _work_left(spec, space, study)
+        running = running or orphans_pending
+        if start:
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,),
+                               callbacks=[_print_progress] if progress else [])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # its heartbeat came too late: taken for dead and re-queued meanwhile
+            if objective.stopped_by is not None:
+                raise objective.stopped_by
+            objective.current = None  # ended and written: a storage error from here on is no trial's
+            n_run += 1
+        elif running:
+            time.sleep(min(spec.heartbeat_interval, 2))
+        else:
+            return n_run
+
+
+def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage: str | None = None,
+              n_workers: int = 1, num_threads: int | None = None, overrides: Sequence[str] = (),
+              verbose: bool = False, progress: bool = False) -> optuna.Study:
+    """Run (or resume, or join) the study of a study file with ``n_workers`` local workers.
+
+    Args:
+        path: the study file.
+        study_dir: run directories and the default SQLite storage; default ``runs/<name>``.
+        storage: an SQLAlchemy URL of a shared storage (``postgresql://user@host:5432/db``).
+        n_workers: worker processes on this machine; 1 runs in this process.
+        num_threads: CPU threads per trial when the study is created; default the cores divided
+            among the workers. A study keeps its count (see :func:`study_threads`).
+        overrides: ``--set`` style changes of the base config (``["data.spacing=2"]``).
+        verbose: print every epoch of every trial.
+        progress: print one line per finished trial.
+
+    Returns:
+        The Optuna study, finished.
+
+    Raises:
+        ConfigError: an invalid study file or space, an objective naming a class the base
+            config's data lacks, an unusable storage, a stored study made from a different file,
+            or ``num_threads`` other than the study's.
+    """
+    spec, space = load_study(path, overrides)
+    study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
+    if n_workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {n_workers}")
+    cache = DataCache()
+    if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
+        spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
+    study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
+    _check_run_dirs(study, study_dir)
+    _note_small_space(spec, space)
+    num_threads = study_threads(study, num_threads, n_workers)
+    _note_threads(num_threads, n_workers, progress)
+    if n_workers == 1:
+        run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
+                   seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
+    else:
+        _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
+                              num_threads=num_threads, overrides=overrides, progress=progress)
+    return study
+
+
+def _note_small_space(spec: StudySpec, space: Space) -> None:
+    n_configurations = _n_configurations(space)
+    if spec.method.name != "grid" and spec.reuse_results and n_configurations < spec.n_trials:
+        print(f"note: the space holds {n_configurations} configurations, fewer than n_trials={spec.n_trials}: "
+              f"each is trained once", file=sys.stderr, flush=True)
+
+
+def _note_threads(num_threads: int, n_workers: int, progress: bool) -> None:
+    if progress:
+        print(f"{num_threads} CPU thread(s) per trial (the study's own, fixed when it was created)", flush=True)
+    if num_threads * n_workers > (os.cpu_count() or 1):
+        print(f"note: {n_workers} worker(s) x {num_threads} thread(s), the study's count, exceed this machine's "
+              f"{os.cpu_count()} cores: trials run slower than with fewer workers", file=sys.stderr, flush=True)
+
+
+def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | None, n_workers: int,
+                          num_threads: int, overrides: Sequence[str], progress: bool) -> None:
+    """Run ``n_workers`` worker processes (``segtune study --worker``) and wait for them all."""
+    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
+    command += ["--set", *overrides] if overrides else []
+    command += ["--progress"] if progress else []
+    command += ["--threads", str(num_threads)]
+    # the URL may hold a password: in the workers' environment (only their user reads it), not in
+    # their command line (every user's `ps` shows it)
+    env = {k: v for k, v in os.environ.items() if k != STORAGE_ENV}
+    env.update({STORAGE_ENV: storage} if storage else {})
+    procs = [subprocess.Popen(command, env=env) for _ in range(n_workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")
+
+
+__all__ = ["MAX_DRAWS", "open_study", "run_study", "run_worker", "study_threads"]
