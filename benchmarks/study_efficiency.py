@@ -34,6 +34,7 @@ import torch
 import yaml
 
 from segtune.study import run_study
+from segtune.study.records import EPOCHS, PARAMS, SAME_AS, SECONDS
 
 SPACE = {
     "optimizer.name": ["adam", "rmsprop", "sgd", "adamw"],
@@ -61,9 +62,9 @@ def run(tmp: Path, name: str, study: dict, *, n_workers: int = 1, num_threads: i
 
 def compute(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, float]:
     """Training epochs and seconds spent by ``trials`` (a reused result costs nothing)."""
-    trained = [t for t in trials if "same_as" not in t.user_attrs]
-    return (sum(int(t.user_attrs.get("epochs", 0)) for t in trained),
-            sum(float(t.user_attrs.get("seconds", 0.0)) for t in trained))
+    trained = [t for t in trials if SAME_AS not in t.user_attrs]
+    return (sum(int(t.user_attrs.get(EPOCHS, 0)) for t in trained),
+            sum(float(t.user_attrs.get(SECONDS, 0.0)) for t in trained))
 
 
 def main() -> None:
@@ -96,10 +97,10 @@ def main() -> None:
         best = max(t.value for t in done)
         ranked = sorted(done, key=lambda t: -t.value)
         near = [t for t in ranked if t.value >= best - args.tolerance]
-        lines += [f"Exhaustive grid: {len(done)} cells, best val Dice {best:.4f} ({grid.best_trial.user_attrs.get('params')}), "
+        lines += [f"Exhaustive grid: {len(done)} cells, best val Dice {best:.4f} ({grid.best_trial.user_attrs.get(PARAMS)}), "
                   f"{grid_epochs} epochs, {grid_seconds:.0f} s of training, {grid_wall:.0f} s wall. "
                   f"{len(near)} cell(s) within {args.tolerance} of the best. The top five: "
-                  + "; ".join(f"{t.value:.4f} {t.user_attrs.get('params')}" for t in ranked[:5]) + ".", "",
+                  + "; ".join(f"{t.value:.4f} {t.user_attrs.get(PARAMS)}" for t in ranked[:5]) + ".", "",
                   "| method | study seed | trials to reach best - tol | epochs | share of grid epochs | seconds | "
                   "share of grid seconds | best found |", "|---|---|---|---|---|---|---|---|"]
         for method in args.methods.split(","):

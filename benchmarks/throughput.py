@@ -47,6 +47,7 @@ from segtune.training.evaluate import evaluate_split, predict_labels
 from segtune.components.losses import LOSSES
 from segtune.components.models import build_model
 from segtune.training.loop import train
+from segtune.study.records import best_trial
 from segtune.training.runtime import load_data
 
 MODELS = {
@@ -152,7 +153,7 @@ def demo_run() -> tuple[float, float, dict]:
                        stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - t
         study = optuna.load_study(study_name="demo-study", storage=f"sqlite:///{tmp}/demo/study.db")
-        test = study.best_trial.user_attrs["runs"][0]["test"]
+        test = best_trial(study).runs[0].test
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:
         raise RuntimeError("the demo's peak memory could not be told apart from an earlier child's; run it alone")
