@@ -15,6 +15,7 @@ from segtune.errors import ConfigError, DataError, SegtuneError, StorageError, T
 from segtune.registry import Registry, RegistryError
 from segtune.study import run_study
 from segtune.training.loop import train
+from segtune.training.lr_find import lr_range_test
 from segtune.training.rundir import RunResult
 from segtune.training.runtime import load_data
 

@@ -20,7 +20,7 @@ from segtune.data import SOURCES
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 
-__all__ = ["REGISTRIES", "common_options", "describe", "format_components", "type_name"]
+__all__ = ["REGISTRIES", "SETTINGS", "common_options", "describe", "format_components", "type_name"]
 
 Option = tuple[str, str, Any, str]  # (option, readable type, default, description or "")
 
@@ -32,6 +32,7 @@ REGISTRIES: dict[str, Registry] = {  # config section -> registry
     "augment": AUGMENTATIONS,
     "data": SOURCES,
 }
+SETTINGS = ["train"]  # config sections of plain settings (epochs, batch size, early stopping, precision, ...)
 
 _BOUNDS = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"), annotated_types.Le: ("<=", "le"),
            annotated_types.Lt: ("<", "lt")}
@@ -83,10 +84,11 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
     return out
 
 
-def common_options(section: str) -> list[Option]:
-    """``(option, type, default, description)`` of the fields a config section has for every component of its kind."""
+def common_options(section: str, *, key: str | None = "name") -> list[Option]:
+    """``(option, type, default, description)`` of the fields a config section has for every component of its
+    kind (all but the ``key`` field that names the component; ``key=None``: every field)."""
     cls = Config.model_fields[section].annotation
-    key = "source" if section == "data" else "name"
+    key = "source" if section == "data" else key
     return [_option(k, f) for k, f in cls.model_fields.items() if k != key]
 
 
@@ -105,13 +107,19 @@ def format_components(sections: list[str] | None = None) -> str:
     Raises:
         ConfigError: an unknown section name (one is suggested).
     """
-    chosen = sections or list(REGISTRIES)
-    unknown = [s for s in chosen if s not in REGISTRIES]
+    known = [*REGISTRIES, *SETTINGS]
+    chosen = sections or known
+    unknown = [s for s in chosen if s not in known]
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}{suggest(unknown[0], list(REGISTRIES))}; "
-                          f"choose from {', '.join(REGISTRIES)}")
+        raise ConfigError(f"unknown section {unknown[0]!r}{suggest(unknown[0], known)}; "
+                          f"choose from {', '.join(known)}")
     lines = []
     for section in chosen:
+        if section in SETTINGS:  # a section of plain settings: no component to choose
+            lines.append(f"{section}  (settings of every run)")
+            lines += _option_lines(section, common_options(section, key=None), "      ")
+            lines.append("")
+            continue
         key = "source" if section == "data" else "name"
         lines.append(f"{section}  ({section}.{key}: one of {', '.join(REGISTRIES[section].names())})")
         common = common_options(section)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,13 @@ def test_every_module_declares_its_public_names():
     missing = [str(p.relative_to(PACKAGE)) for p in _modules()
                if p.name != "__main__.py" and "__all__" not in p.read_text()]
     assert not missing, f"modules without __all__: {missing}"
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if p.name != "__main__.py"],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_every_name_in_all_exists(path):
+    # a name listed but not defined breaks `from segtune.x import *` and the documented API
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    name = ".".join(("segtune",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+    module = importlib.import_module(name)
+    assert [n for n in module.__all__ if not hasattr(module, n)] == []

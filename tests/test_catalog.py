@@ -31,6 +31,17 @@ def test_list_one_section_and_suggest_for_a_typo(capsys):
         format_components(["losss"])
 
 
+def test_list_shows_the_train_settings_with_their_defaults(capsys):
+    from segtune.config import TrainConfig
+
+    assert main(["list", "train"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("train  (settings of every run)")
+    for option, field in TrainConfig.model_fields.items():
+        assert f"train.{option} = {field.default!r}" in out
+    assert "train.epochs = 40    (int >=1)" in out and "adamw:" not in out
+
+
 def test_type_names_are_short():
     from typing import Annotated, Literal
 

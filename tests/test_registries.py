@@ -21,7 +21,9 @@ from segtune.components import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDU
 from segtune.data import SOURCES, SegData, prepare
 from segtune.study.space import Space
 from segtune.study.spec import PRUNERS, SAMPLERS
-from segtune.training.lr_find import LR_RULES
+from segtune.config import build_config
+from segtune.training.lr_find import LR_RULES, lr_range_test
+from tests.conftest import tiny_tree
 from tests.components.tiny import TINY_MODELS
 from tests.data.writers import write_folder, write_nnunet, write_pets
 
@@ -106,11 +108,18 @@ def _run_pruner(name: str) -> None:
     study.tell(trial, 0.5)
 
 
+# A curve with known answers: the loss falls fastest at 1e-3, is lowest at 1 and diverges after it.
+KNOWN_CURVE = ([10.0 ** k for k in range(-5, 3)], [1.0, 0.99, 0.9, 0.5, 0.45, 0.44, 0.6, 2.0])
+KNOWN_LR = {"steepest": 1e-3, "valley": 1e-3, "min_tenth": 0.1}  # min_tenth: a tenth of the minimum's lr
+
+
 def _run_lr_rule(name: str) -> None:
-    lrs = [1e-4 * 10 ** (k / 2) for k in range(6)]
-    losses = [one_step(tiny_data(), optimizer="sgd", optimizer_options={"lr": lr}) for lr in lrs]
-    suggestion = LR_RULES.entry(name).builder(lrs, losses)
-    assert min(lrs) / 10 <= suggestion <= max(lrs)
+    assert LR_RULES.entry(name).builder(*KNOWN_CURVE) == pytest.approx(KNOWN_LR[name])
+    # and through a real range test of the library: its suggestion is the rule read off its own curve
+    config = build_config(tiny_tree(optimizer={"name": "sgd", "lr": 0.01}))
+    curve = lr_range_test(config, data=tiny_data(), start_lr=1e-4, end_lr=1.0, n_steps=10, rule=name)
+    assert curve.rule == name and len(curve.lrs) == len(curve.losses) >= 2
+    assert curve.suggestion == LR_RULES.entry(name).builder(curve.lrs, curve.losses)
 
 
 @pytest.mark.parametrize("kind,name", CASES)

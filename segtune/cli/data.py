@@ -12,7 +12,7 @@ __all__ = ["cmd_download", "cmd_inspect", "cmd_list", "register"]
 
 def register(subparsers: Any) -> None:
     """Add ``download``, ``inspect`` and ``list`` to the ``segtune`` subparsers."""
-    from segtune.catalog import REGISTRIES
+    from segtune.catalog import REGISTRIES, SETTINGS
 
     p = subparsers.add_parser("download", help="fetch a public dataset (oxford-pet), check its MD5 sums and unpack it")
     p.add_argument("dataset", help="dataset name: oxford-pet")
@@ -28,9 +28,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_inspect)
 
     p = subparsers.add_parser("list", help="every model, loss, optimizer, schedule, augmentation and data source, "
-                                           "with its options and defaults")
+                                           "with its options and defaults, and the train settings")
     p.add_argument("sections", nargs="*", metavar="SECTION",
-                   help=f"only these config sections: {' '.join(REGISTRIES)}")
+                   help=f"only these config sections: {' '.join([*REGISTRIES, *SETTINGS])}")
     p.set_defaults(handler=cmd_list)
 
 

@@ -93,7 +93,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from segtune.training.runtime import load_data
 
     config = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else default_run_dir(config).with_name(f"lr-find-{config.name}")
+    stamped = default_run_dir(config)  # runs/<name>-<timestamp>
+    out = Path(args.out) if args.out else stamped.with_name(f"lr-find-{stamped.name}")
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else [config.optimizer.name]
     data = load_data(config)
     if args.refine:

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import optuna
 
 from segtune.study import best_trial, run_study
+from segtune.study.records import RunRecord, TrialRecord
 
 __all__ = ["DemoResult", "default_demo_dir", "demo_config_path", "demo_study_path", "run_demo"]
 
@@ -52,8 +53,8 @@ class DemoResult:
     study: optuna.Study
     study_dir: Path
     seconds: float
-    best_trial: optuna.trial.FrozenTrial | None
-    best_run: dict[str, Any] | None
+    best_trial: TrialRecord | None
+    best_run: RunRecord | None
 
 
 def run_demo(*, study_dir: str | Path | None = None, overrides: Sequence[str] = (),

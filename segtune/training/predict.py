@@ -24,7 +24,7 @@ from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_ima
 from segtune.errors import DataError
 from segtune.training.evaluate import predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
-from segtune.training.runtime import load_data, resolve_device
+from segtune.training.runtime import evaluation_options, load_data, resolve_device
 
 __all__ = ["SPLITS", "collect_inputs", "evaluate_run", "group_channels", "is_volume", "per_case_dice",
            "predict_files", "run_config", "split_with_cases", "write_label_volume"]
@@ -124,7 +124,10 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     model = model_from_checkpoint(ckpt).to(device)
     data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
     images, cases = split_with_cases(data, split)
-    pred = predict_labels(model, images.images, batch_size=config.train.batch_size * 2, device=device)
+    options = evaluation_options(config.train, device)  # as the run evaluated itself, so the numbers match
+    if options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
+        options["precision"] = "fp32"
+    pred = predict_labels(model, images.images, **options)
     names = data.class_names
     metrics = summarize(confusion_counts(pred, images.masks, len(names)), names)
     if cases:

@@ -65,3 +65,13 @@ def test_pretrain_writes_the_report_and_says_where(tmp_path):
     html = tmp_path / "run" / "report.html"
     assert f"report: {html} (and report.md, figures/ beside it)" in printed.getvalue()
     assert "validation MSE" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_lr_find_without_out_writes_to_a_new_timestamped_folder(tmp_path, monkeypatch, capsys):
+    # runs/lr-find-<name>-<timestamp>, as the help says: a second test never overwrites the first
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    assert main(["lr-find", "tiny.yaml", "--steps", "10"]) == 0
+    folders = [p.name for p in (tmp_path / "runs").iterdir()]
+    assert len(folders) == 1 and re.fullmatch(r"lr-find-tiny-\d{8}-\d{6}", folders[0]), folders
+    assert (tmp_path / "runs" / folders[0] / "lr_find.png").is_file()

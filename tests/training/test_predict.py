@@ -95,3 +95,13 @@ def test_evaluate_uses_every_slice_and_the_training_normalisation(tmp_path):
     other = write_nnunet(tmp_path / "other", n_cases=3, n_channels=1)
     metrics, _ = evaluate_run(run, split="all", overrides=[f"data.path={other}"])
     assert sorted(metrics["per_case"]) == ["case_000", "case_001", "case_002"]
+
+
+def test_evaluate_uses_the_runs_precision_so_its_numbers_are_the_summarys(tmp_path):
+    # a bf16 run evaluated in fp32 gave 0.2012 against the summary's 0.1993 on this task
+    tree = tiny_tree(train={"epochs": 8, "batch_size": 8, "patience": 0, "precision": "bf16"},
+                     optimizer={"name": "adam", "lr": 0.03})
+    result = train(build_config(tree), out_dir=tmp_path / "run", verbose=False)
+    metrics, _ = evaluate_run(result.run_dir, split="test")
+    assert result.summary["test"]["dice_mean"] > 0.1  # the model predicts foreground: there is something to compare
+    assert metrics["dice_mean"] == result.summary["test"]["dice_mean"]
