@@ -19,7 +19,9 @@ import torch
 
 from segtune.data.base import SOURCES, SegData
 from segtune.data.folder import IMAGE_SUFFIXES
-from segtune.data.nifti import load_nifti, read_layout
+from segtune.data.nifti import load_nifti
+from segtune.data.nifti_layout import read_layout
+from segtune.data.splits import describe_split
 from segtune.errors import DataError
 
 if TYPE_CHECKING:  # for the annotation only: the config layer builds on this one
@@ -59,7 +61,8 @@ def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     root = Path(options.get("path") or ".").expanduser()
     if source == "nifti":
         records = []
-        for case in read_layout(root, options.get("layout", "auto")).cases:
+        layout = read_layout(root, options.get("layout", "auto"))
+        for case in layout.cases + layout.test_cases:
             header = load_nifti(case.images[0]).header
             records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in header.get_data_shape()[:3]),
                             "spacing": tuple(round(float(z), 4) for z in header.get_zooms()[:3])})
@@ -185,10 +188,11 @@ def fingerprint(config: Config) -> dict[str, Any]:
             (:func:`segtune.config.data_config` makes one from a folder, a file or ``--set`` items).
 
     Returns:
-        A dict with ``source``, ``n_cases`` (volumes) and ``n_images`` per split, ``sizes`` (file
-        sizes and how many files have each), ``spacings``, ``channels``, ``intensity`` (per
-        channel), ``classes`` (per split: pixel fraction and images holding each class),
-        ``warnings`` and ``suggestions`` (config settings, each with its reason).
+        A dict with ``source``, ``n_cases`` (volumes) and ``n_images`` per split, ``split`` (where
+        each split came from, and notes, as ``SegData.info["split"]``; None where the source has a
+        fixed split), ``sizes`` (file sizes and how many files have each), ``spacings``,
+        ``channels``, ``intensity`` (per channel), ``classes`` (per split: pixel fraction and
+        images holding each class), ``warnings`` and ``suggestions`` (config settings, each with its reason).
 
     Raises:
         DataError: any problem with the files, as training would raise it.
@@ -214,6 +218,7 @@ def fingerprint(config: Config) -> dict[str, Any]:
         "path": options.get("path", ""),
         "n_cases": {k: len(data.info["cases"][k]) for k in classes} if "cases" in data.info else None,
         "n_images": {k: classes[k]["n_images"] for k in classes},
+        "split": data.info.get("split"),
         "sizes": {"x".join(map(str, size)): n for size, n in Counter(r["size"] for r in records).most_common()},
         "slice_size": [height, width],
         "spacings": {"x".join(map(str, s)): n for s, n in spacings.most_common()},
@@ -232,6 +237,10 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
     if fp["n_cases"]:
         lines.append("cases       " + "  ".join(f"{k} {v}" for k, v in fp["n_cases"].items()))
     lines.append("images      " + "  ".join(f"{k} {v}" for k, v in fp["n_images"].items()))
+    if fp.get("split"):
+        counted = (fp["n_cases"], "cases") if fp["n_cases"] else (fp["n_images"], "images")
+        lines.append("split       " + describe_split(fp["split"], *counted))
+        lines += [f"            - {note}" for note in fp["split"]["notes"]]
     if fp["sizes"]:
         lines.append("file sizes  " + ", ".join(f"{s} ({n})" for s, n in list(fp["sizes"].items())[:5]))
     if fp["spacings"]:

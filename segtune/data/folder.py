@@ -7,6 +7,7 @@
       masks/case01.png   case02.png ...   (one label per pixel, see below)
       classes.txt                         (optional: one class name per line, background first)
       splits.json                         (optional: {"train": [stems], "val": [...], "test": [...]})
+      splits_final.json                   (optional: nnU-Net's folds [{"train": [...], "val": [...]}, ...])
 
 A mask may hold integer labels (0 = background, 1, 2, ...), be a 0/255 binary mask (read as
 0/1), or be a palette PNG (the palette index is the label, as in PASCAL VOC). Every problem
@@ -16,7 +17,6 @@ before any training starts.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,17 +25,16 @@ import torch
 from pydantic import Field
 
 from segtune.data.base import SOURCES, ImageSize, SegData, Split
+from segtune.data.splits import TEST_FRACTION, VAL_FRACTION, choose_split
 from segtune.errors import DataError
 
 __all__ = [
-    "IMAGE_SUFFIXES", "SPLIT_NAMES", "VOLUME_SUFFIXES", "binary_255_to_01", "check_labels", "check_same_size",
-    "class_names", "find_pairs", "folder", "random_split", "read_image", "read_json", "read_mask", "read_pairs",
-    "read_splits_file",
+    "IMAGE_SUFFIXES", "VOLUME_SUFFIXES", "binary_255_to_01", "check_labels", "check_same_size", "class_names",
+    "find_pairs", "folder", "read_image", "read_mask", "read_pairs",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def _index(folder: Path) -> dict[str, Path]:
@@ -212,63 +211,6 @@ def check_labels(masks: torch.Tensor, names: list[str], files: list[Path]) -> No
                         f"({', '.join(names)}){hint}; add a class name or fix the mask")
 
 
-def read_json(file: Path, missing_hint: str) -> object:
-    """The parsed JSON of ``file``; a DataError says ``missing_hint`` if it is absent, or the parse error."""
-    if not file.is_file():
-        raise DataError(f"{file}: {missing_hint}")
-    try:
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{file}: not valid JSON ({err}); fix the file") from None
-
-
-def read_splits_file(file: Path, stems: list[str]) -> dict[str, list[int]]:
-    """Positions in ``stems`` of each split named in a JSON splits file.
-
-    Raises:
-        DataError: missing or invalid file, unknown stem, stem in two splits, image in no split,
-            or an empty train or val split.
-    """
-    tree = read_json(file, "splits file not found; write {\"train\": [...], \"val\": [...], "
-                           "\"test\": [...]} with the stems (case ids), or leave data.splits unset")
-    if not isinstance(tree, dict) or not set(tree) <= set(SPLIT_NAMES):
-        raise DataError(f"{file}: expected a mapping with keys train, val and test, found "
-                        f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}")
-    position = {s: i for i, s in enumerate(stems)}
-    seen: dict[str, str] = {}
-    parts: dict[str, list[int]] = {}
-    for name in SPLIT_NAMES:
-        for stem in tree.get(name, []):
-            stem = Path(str(stem)).stem if Path(str(stem)).suffix.lower() in IMAGE_SUFFIXES else str(stem)
-            if stem not in position:
-                raise DataError(f"{file}: {name} lists {stem!r}, which is not in the dataset; "
-                                f"fix the name or remove it")
-            if stem in seen:
-                raise DataError(f"{file}: {stem!r} is in both {seen[stem]} and {name}; a case may be in one split")
-            seen[stem] = name
-            parts.setdefault(name, []).append(position[stem])
-    missing = [s for s in stems if s not in seen]
-    if missing:
-        raise DataError(f"{file}: {len(missing)} case(s) in no split, e.g. {missing[0]!r}; add them to "
-                        f"train, val or test, or remove the files")
-    for name in ("train", "val"):
-        if not parts.get(name):
-            raise DataError(f"{file}: the {name} split is empty; list at least one image in it")
-    return {name: sorted(parts.get(name, [])) for name in SPLIT_NAMES}
-
-
-def random_split(n: int, val_fraction: float, test_fraction: float, split_seed: int,
-                 where: Path) -> dict[str, list[int]]:
-    """Positions ``0..n-1`` shuffled with ``split_seed`` into train / val / test shares."""
-    n_val, n_test = max(1, round(n * val_fraction)), round(n * test_fraction)
-    if n - n_val - n_test < 1:
-        raise DataError(f"{where}: {n} item(s) are too few for the validation and test shares "
-                        f"({n_val} + {n_test}); add data or lower data.val_fraction / data.test_fraction")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
-    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
-            "train": sorted(order[n_val + n_test:])}
-
-
 @SOURCES.register("folder")
 def folder(
     seed: int,
@@ -278,9 +220,10 @@ def folder(
     classes: list[str] | str | None = None,  # names (background first), or a text file; default classes.txt
     channels: Literal[1, 3] | None = None,  # None: RGB if any image is colour, else grey
     size: ImageSize | None = None,  # resize every file on reading (H, W); needed for mixed sizes
-    splits: str | None = None,  # JSON file of stems per split (relative to path); None: random split
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15,
-    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15,  # 0: test on the val split
+    splits: str | None = None,  # JSON splits or folds file (relative to path); None: found in path, else random
+    fold: Annotated[int, Field(ge=0)] = 0,  # the fold of a splits_final.json (nnU-Net's list of folds)
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = VAL_FRACTION,
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = TEST_FRACTION,  # 0: test on the val split
     split_seed: int = 0,  # fixed, so every run of a study sees the same split
 ) -> SegData:
     """Images and label masks in ``images/`` and ``masks/``, matched by file stem."""
@@ -293,12 +236,9 @@ def folder(
     names = class_names(root, classes, int(masks.max()) + 1)
     check_labels(masks, names, [mask_files[s] for s in stems])
     pairs = Split(pairs.images, masks)
-    if splits:
-        parts = read_splits_file(Path(splits) if Path(splits).is_absolute() else root / splits, stems)
-    else:
-        parts = random_split(len(stems), val_fraction, test_fraction, split_seed, root)
-    if not parts["test"]:
-        parts["test"] = parts["val"]
-    data = {k: pairs.subset(torch.tensor(v, dtype=torch.long)) for k, v in parts.items()}
-    info = {"source": "folder", "path": str(root), "stems": {k: [stems[i] for i in v] for k, v in parts.items()}}
+    chosen = choose_split(root, stems, splits=splits, fold=fold, val_fraction=val_fraction,
+                          test_fraction=test_fraction, split_seed=split_seed)
+    data = {k: pairs.subset(torch.tensor(v, dtype=torch.long)) for k, v in chosen.parts.items()}
+    info = {"source": "folder", "path": str(root), "stems": {k: [stems[i] for i in v] for k, v in chosen.parts.items()},
+            "split": chosen.info()}
     return SegData(class_names=names, info=info, **data)

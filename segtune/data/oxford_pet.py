@@ -26,7 +26,8 @@ import torch
 from pydantic import Field
 
 from segtune.data.base import SOURCES, ImageSize, SegData, Split
-from segtune.data.folder import check_same_size, random_split, read_image, read_mask
+from segtune.data.folder import check_same_size, read_image, read_mask
+from segtune.data.splits import random_split
 from segtune.errors import DataError
 
 __all__ = ["oxford_pet", "read_list", "read_pets", "trimap_to_labels"]

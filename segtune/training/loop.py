@@ -252,6 +252,7 @@ def _finish(run: _Run, *, seconds: float) -> RunResult:
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
         "class_names": run.data.class_names,
+        "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
         "val": run.evaluate(run.model, run.data.val),
         "test": run.evaluate(run.model, run.data.test),
     }

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from tests.data.writers import write_folder, write_nnunet
+from tests.data.writers import write_folder, write_nnunet, write_nnunet_test
 
 from segtune.cli import main
 from segtune.config import build_config, data_config
@@ -94,3 +94,24 @@ def test_cli_inspect_json_and_errors(tmp_path, capsys):
     (root / "masks" / "case1.png").unlink()
     assert main(["inspect", "--data", str(root)]) == 2
     assert "case1.png: image without a mask" in capsys.readouterr().err
+
+
+def test_inspect_says_which_split_it_used_and_why(tmp_path, capsys):
+    root = write_nnunet_test(write_nnunet(tmp_path, n_cases=6))
+    ids = [f"case_{i:03d}" for i in range(6)]
+    (root / "splits_final.json").write_text(json.dumps([{"train": ids[2:], "val": ids[:2]}]))
+    fp = fingerprint(data_config(str(root)))
+    assert fp["split"]["test"] == "imagesTs/labelsTs" and fp["split"]["val"] == "fold 0 of splits_final.json"
+    assert fp["n_cases"] == {"train": 4, "val": 2, "test": 2}
+    assert fp["sizes"] == {"8x8x6": 8}  # the test files are surveyed too
+    assert main(["inspect", "--data", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert ("split       test: imagesTs/labelsTs (2 cases); val: fold 0 of splits_final.json (2 cases); "
+            "train: fold 0 of splits_final.json (4 cases)") in text
+    assert "- test is imagesTs/labelsTs, so data.test_fraction is not used" in text
+
+
+def test_inspect_of_a_folder_counts_images_in_its_split_line(tmp_path):
+    text = format_fingerprint(fingerprint(data_config(str(write_folder(tmp_path, n=8)))))
+    assert "split       test: random 15%, split_seed 0 (1 image); val: random 15%, split_seed 0 (1 image); " \
+           "train: the other cases (6 images)" in text

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from segtune.data import SOURCES
-from segtune.errors import DataError
-from tests.data.writers import SHAPE, case_volumes, save, write_msd, write_nnunet
+from segtune.errors import ConfigError, DataError
+from tests.data.writers import (SHAPE, case_volumes, save, write_msd, write_msd_test, write_nnunet,
+                                write_nnunet_test)
 
 def load(root: Path, **options):
     return SOURCES.build("nifti", {"path": str(root), **options}, 0)
@@ -164,4 +165,107 @@ def test_msd_channels_disagree_with_modality(tmp_path):
     tree = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**tree, "modality": {"0": "T1", "1": "T2", "2": "FLAIR"}}))
     with pytest.raises(DataError, match=r"vol_0\.nii\.gz: holds 2 channel\(s\) but dataset\.json declares 3"):
+        load(root)
+
+
+def case_ids(data) -> dict[str, list[str]]:
+    return {name: [c for c, _ in data.info["cases"][name]] for name in ("train", "val", "test")}
+
+
+def test_labelled_images_ts_are_the_test_split(tmp_path):
+    data = load(write_nnunet_test(write_nnunet(tmp_path)))
+    ids = case_ids(data)
+    assert ids["test"] == ["case_010", "case_011"]
+    # val is cut from the 7 imagesTr cases alone (15 % of 7 is 1); test_fraction takes none of them
+    assert (len(ids["val"]), len(ids["train"])) == (1, 6)
+    assert sorted(ids["train"] + ids["val"]) == [f"case_{i:03d}" for i in range(7)]
+    assert (len(data.train), len(data.val), len(data.test)) == (36, 6, 12)
+    split = data.info["split"]
+    assert split["test"] == "imagesTs/labelsTs"
+    assert "data.test_fraction is not used" in split["notes"][0]
+
+
+def test_test_slices_are_those_of_the_labels_ts_files(tmp_path):
+    data = load(write_nnunet_test(write_nnunet(tmp_path, n_cases=4), ids=range(10, 11)), axis=0)
+    _, label = case_volumes(10)
+    assert data.info["cases"]["test"] == [["case_010", SHAPE[0]]]
+    assert np.array_equal(data.test.masks.numpy(), label)
+
+
+def test_images_ts_without_labels_ts_leaves_the_test_split_to_images_tr(tmp_path):
+    data = load(write_nnunet_test(write_nnunet(tmp_path), labels=False))
+    ids = case_ids(data)
+    # as without imagesTs: 7 cases give 1 val, 1 test, 5 train, all from imagesTr
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (5, 1, 1)
+    assert not {"case_010", "case_011"} & {c for v in ids.values() for c in v}
+    assert data.info["split"]["notes"][0].startswith("imagesTs/ holds 2 case(s) but there is no labelsTs/")
+
+
+def _ts_image_without_label(root):
+    (root / "labelsTs" / "case_011.nii.gz").unlink()
+
+
+def _ts_label_without_image(root):
+    (root / "imagesTs" / "case_011_0000.nii.gz").unlink()
+
+
+def _ts_labels_without_images(root):
+    for f in (root / "imagesTs").iterdir():
+        f.unlink()
+    (root / "imagesTs").rmdir()
+
+
+def _ts_case_also_in_tr(root):
+    images, label = case_volumes(0)
+    save(images[..., 0], root / "imagesTs" / "case_000_0000.nii.gz")
+    save(label, root / "labelsTs" / "case_000.nii.gz")
+
+
+def _ts_label_outside_classes(root):
+    save(np.full(SHAPE, 5, np.uint8), root / "labelsTs" / "case_011.nii.gz")
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (_ts_image_without_label, r"imagesTs/case_011_0000\.nii\.gz: image without a label in labelsTs/ .*add its "
+                              r"label to labelsTs/, or remove labelsTs/ to cut the test split from imagesTr"),
+    (_ts_label_without_image, r"case_011_0000\.nii\.gz: not found, but case_011\.nii\.gz is in labelsTs/"),
+    (_ts_labels_without_images, r"labelsTs: test labels without imagesTs/"),
+    (_ts_case_also_in_tr, r"imagesTs: case 'case_000' is in imagesTr/ too"),
+    (_ts_label_outside_classes, r"labelsTs/case_011\.nii\.gz: label 5 is not one of the 3 classes"),
+])
+def test_bad_test_cases(tmp_path, break_it, message):
+    root = write_nnunet_test(write_nnunet(tmp_path))
+    break_it(root)
+    with pytest.raises(DataError, match=message):
+        load(root)
+
+
+def test_a_test_fraction_beside_labels_ts_is_a_config_error(tmp_path):
+    root = write_nnunet_test(write_nnunet(tmp_path))
+    with pytest.raises(ConfigError, match=r"data\.test_fraction=0\.3, but imagesTs/labelsTs is this dataset's "
+                                          r"test split.*remove data\.test_fraction"):
+        load(root, test_fraction=0.3)
+    assert case_ids(load(root, test_fraction=0.15))["test"] == ["case_010", "case_011"]  # the default is fine
+
+
+def test_msd_test_list_without_labels_keeps_the_split_of_images_tr(tmp_path):
+    # the Decathlon ships imagesTs without labels: as before, test is cut from imagesTr
+    data = load(write_msd_test(write_msd(tmp_path), labels=False))
+    ids = case_ids(data)
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (5, 1, 1)
+    assert all(c.startswith("vol_") and int(c[4:]) < 7 for v in ids.values() for c in v)
+    assert "imagesTs/ holds 2 case(s) but there is no labelsTs/" in data.info["split"]["notes"][0]
+
+
+def test_msd_with_labels_ts_tests_on_its_test_list(tmp_path):
+    data = load(write_msd_test(write_msd(tmp_path)))
+    assert case_ids(data)["test"] == ["vol_10", "vol_11"]
+    assert data.test.images.shape[1] == 2 and data.info["split"]["test"] == "imagesTs/labelsTs"
+
+
+def test_msd_test_image_without_label(tmp_path):
+    root = write_msd_test(write_msd(tmp_path))
+    (root / "labelsTs" / "vol_11.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"imagesTs/vol_11\.nii\.gz: test image without a label in labelsTs/; "
+                                        r"add labelsTs/vol_11\.nii\.gz"):
         load(root)

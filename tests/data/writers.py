@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["AFFINE", "SHAPE", "TEST", "TRAINVAL", "case_volumes", "save", "trimap", "write_folder", "write_msd",
-           "write_nnunet", "write_pets"]
+           "write_msd_test", "write_nnunet", "write_nnunet_test", "write_pets"]
 
 
 def write_folder(root: Path, n: int = 6, size: int = 16, *, labels: int = 3, mode: str = "L") -> Path:
@@ -71,6 +71,30 @@ def write_msd(root: Path, n_cases: int = 7, n_channels: int = 2) -> Path:
         "modality": {str(c): f"mod{c}" for c in range(n_channels)},
         "labels": {"0": "background", "1": "edema", "2": "core"},
         "numTraining": n_cases, "training": training, "test": []}))
+    return root
+
+
+def write_nnunet_test(root: Path, ids: range = range(10, 12), n_channels: int = 1, *, labels: bool = True) -> Path:
+    """``imagesTs/case_XXX_000C.nii.gz`` and (with ``labels``) ``labelsTs/case_XXX.nii.gz`` for ``ids``."""
+    for i in ids:
+        images, label = case_volumes(i, n_channels)
+        for c in range(n_channels):
+            save(images[..., c], root / "imagesTs" / f"case_{i:03d}_{c:04d}.nii.gz")
+        if labels:
+            save(label, root / "labelsTs" / f"case_{i:03d}.nii.gz")
+    return root
+
+
+def write_msd_test(root: Path, ids: range = range(10, 12), n_channels: int = 2, *, labels: bool = True) -> Path:
+    """MSD test images ``imagesTs/vol_X.nii.gz``, listed in dataset.json's ``test``; ``labelsTs/`` with ``labels``."""
+    for i in ids:
+        images, label = case_volumes(i, n_channels)
+        save(images, root / "imagesTs" / f"vol_{i}.nii.gz")
+        if labels:
+            save(label, root / "labelsTs" / f"vol_{i}.nii.gz")
+    tree = json.loads((root / "dataset.json").read_text())
+    tree["test"] = [f"./imagesTs/vol_{i}.nii.gz" for i in ids]
+    (root / "dataset.json").write_text(json.dumps(tree))
     return root
 
 
