@@ -63,7 +63,8 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
 
     Returns:
         A :class:`~segtune.training.rundir.RunResult` whose ``summary`` holds the best epoch,
-        the val and test metrics of the restored best weights, and timing.
+        the val and test metrics of the restored best weights, and timing (``seconds``: the
+        wall time of all its parts, ``train_seconds``: their epochs' time).
 
     Raises:
         TrainingDiverged: the training loss became NaN or infinite.
@@ -74,32 +75,15 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         >>> result.summary["test"]["dice_mean"]  # doctest: +SKIP
         0.83
     """
-    t_start = time.perf_counter()
     run = _start(config, out_dir=out_dir, data=data, resume=resume, verbose=verbose)
-    cfg = config.train
     try:
-        for epoch in range(len(run.history) + 1, cfg.epochs + 1):
+        for epoch in range(len(run.history) + 1, config.train.epochs + 1):
             if run.stopping.stopped:
                 break
-            t_epoch = time.perf_counter()
-            row = _train_epoch(run, epoch, verbose=verbose)
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                row.update(_validate(run, epoch))
-            if not _steps_on_validation(run.scheduler):
-                run.scheduler.step()
-            row["seconds"] = time.perf_counter() - t_epoch
-            run.history.append(row)
-            run.log.write(row)
-            _write_last(run, epoch)
-            if verbose:
-                _print_epoch(row, cfg.epochs)
-            for callback in callbacks:
-                callback(epoch, row)
-            if run.stopping.stopped and verbose:
-                print(f"early stop: no improvement of {cfg.monitor} for {run.stopping.stale} epochs", flush=True)
+            _run_epoch(run, epoch, callbacks=callbacks, verbose=verbose)
     finally:
         run.log.close()
-    return _finish(run, seconds=time.perf_counter() - t_start)
+    return _finish(run)
 
 
 @dataclass
@@ -123,6 +107,8 @@ class _Run:
     meta: dict[str, Any]  # how to rebuild the network, in every checkpoint
     stopping: EarlyStopping
     evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
+    started: float = field(default_factory=time.perf_counter)  # when this part of the run started
+    earlier_seconds: float = 0.0  # the wall time of the parts before a resume
     log: MetricsLog | None = None
     best_state: dict[str, torch.Tensor] | None = None
     first_loss: float | None = None  # the divergence check's reference
@@ -130,12 +116,22 @@ class _Run:
 
     def progress(self) -> dict[str, Any]:
         """What a resumed run needs besides the weights (last.pt's ``progress``)."""
-        return {**self.stopping.state_dict(), "first_loss": self.first_loss, "history": self.history}
+        return {**self.stopping.state_dict(), "first_loss": self.first_loss, "history": self.history,
+                "seconds": self.seconds()}
+
+    def seconds(self) -> float:
+        """The wall time of the run so far, the parts before a resume included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def train_seconds(self) -> float:
+        """The time of the run's epochs so far, those before a resume included."""
+        return sum(row["seconds"] for row in self.history)
 
 
 def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, resume: bool,
            verbose: bool) -> _Run:
     """Check the device, load the data (before any run directory is made), build the parts, resume."""
+    started = time.perf_counter()
     cfg = config.train
     device = setup_device(cfg)
     run_dir = check_resumable(out_dir, config) if resume else None
@@ -149,7 +145,7 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
     model, loss_fn, optimizer = build_training(config, data, device)
     run = _Run(config=config, device=device, data=data, images=data.train.images.to(device),
-               masks=data.train.masks.to(device), run_dir=run_dir, model=model,
+               masks=data.train.masks.to(device), run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
                                          n_epochs=cfg.epochs, warmup_epochs=config.scheduler.warmup_epochs),
@@ -178,8 +174,30 @@ def _resume(run: _Run) -> None:
                                                   scheduler=run.scheduler, scaler=run.scaler, generator=run.generator)
     run.stopping.load_state_dict(progress)
     run.first_loss, run.history = progress["first_loss"], list(progress["history"])
+    run.earlier_seconds = progress["seconds"]
     if run.best_state is not None:
         write_best(run.run_dir / "best.pt", weights=run.best_state, meta=run.meta, epoch=run.stopping.best_epoch)
+
+
+def _run_epoch(run: _Run, epoch: int, *, callbacks: Iterable[EpochCallback], verbose: bool) -> None:
+    """Train, validate (every ``val_every`` epochs and at the last), log and checkpoint one epoch."""
+    cfg = run.config.train
+    t_epoch = time.perf_counter()
+    row = _train_epoch(run, epoch, verbose=verbose)
+    if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+        row.update(_validate(run, epoch))
+    if not _steps_on_validation(run.scheduler):
+        run.scheduler.step()
+    row["seconds"] = time.perf_counter() - t_epoch
+    run.history.append(row)
+    run.log.write(row)
+    _write_last(run, epoch)
+    if verbose:
+        _print_epoch(row, cfg.epochs)
+    for callback in callbacks:
+        callback(epoch, row)
+    if run.stopping.stopped and verbose:
+        print(f"early stop: no improvement of {cfg.monitor} for {run.stopping.stale} epochs", flush=True)
 
 
 def _train_epoch(run: _Run, epoch: int, *, verbose: bool) -> dict[str, Any]:
@@ -239,8 +257,9 @@ def _write_last(run: _Run, epoch: int) -> None:
                      progress=run.progress(), best_model=run.best_state)
 
 
-def _finish(run: _Run, *, seconds: float) -> RunResult:
+def _finish(run: _Run) -> RunResult:
     """Restore the best weights (``train.restore_best``), evaluate them and write summary.json."""
+    seconds = run.seconds()
     if run.config.train.restore_best and run.best_state is not None:
         run.model.load_state_dict(run.best_state)
     summary = {
@@ -249,6 +268,7 @@ def _finish(run: _Run, *, seconds: float) -> RunResult:
         "epochs_run": len(run.history),
         "stopped_early": run.stopping.stopped,
         "seconds": seconds,
+        "train_seconds": run.train_seconds(),
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
         "class_names": run.data.class_names,

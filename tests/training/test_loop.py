@@ -29,6 +29,8 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert {"train_loss", "val_loss", "val_dice_mean", "val_dice_class_1", "val_dice_class_2", "lr", "seconds"} <= set(rows[0])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["stopped_early"] is False
+    assert summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows))
+    assert summary["seconds"] >= summary["train_seconds"]  # the set-up besides the epochs
     assert set(summary["test"]["dice_per_class"]) == {"background", "class_1", "class_2"}
     fg = [summary["val"]["dice_per_class"][k] for k in ("class_1", "class_2")]
     assert summary["val"]["dice_mean"] == pytest.approx(sum(fg) / 2)
