@@ -44,6 +44,20 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert len(rows) == 1 + full.summary["epochs_run"]  # the earlier epochs' rows are kept, none twice
 
 
+def test_a_run_resumed_after_its_budget_was_spent_ends_at_once(tmp_path):
+    # stopped after the epoch that spent its budget, before its summary: the resume trains no
+    # further epoch and writes the summary the uninterrupted run wrote
+    cfg = build_config(tiny_tree(), ["train.epochs=50", "train.max_minutes=1e-9"])
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(1)], verbose=False)
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["epochs_run"] == full.summary["epochs_run"] == 1
+    assert resumed.summary["stopped"] == "time budget (max_minutes=1e-09)"
+    assert resumed.summary["test"] == full.summary["test"]
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + 1
+
+
 def test_a_resumed_run_counts_the_seconds_of_all_its_parts(tmp_path):
     # the first part takes at least a second (a slow callback after epoch 1); the resumed run's
     # seconds are that part's, recorded in last.pt, plus its own epochs'
