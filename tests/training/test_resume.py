@@ -91,6 +91,19 @@ def test_a_last_pt_without_seconds_counts_its_epochs_seconds(tmp_path):
     assert resumed.summary["seconds"] >= 2000.0 and resumed.summary["train_seconds"] >= 2000.0
 
 
+def test_a_run_started_before_a_config_field_existed_resumes(tmp_path):
+    # a config.yaml written by an older segtune lacks train.max_minutes: its default, no budget
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    saved = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
+    del saved["train"]["max_minutes"]
+    (tmp_path / "cut" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["test"] == full.summary["test"]
+
+
 def test_resume_refuses_a_changed_config(tmp_path):
     cfg = build_config(tiny_tree(), OVERRIDES)
     with pytest.raises(Crash):
