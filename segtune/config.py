@@ -155,6 +155,12 @@ class TrainConfig(_Strict):
     # batch's loss (exploding training, e.g. SGD at lr 10); None checks NaN/inf only.
     divergence_factor: Annotated[float, Field(gt=1.0)] | None = 10.0
     val_every: Annotated[int, Field(ge=1)] = 1  # validate every n epochs (and at the last)
+    # A wall-clock budget for the run's training, in minutes; None = no budget. It counts the
+    # epochs' time (training and validation), which is what a user budgets, not the set-up
+    # (data loading) or the final evaluation; a resumed run counts the epochs before the
+    # resume too. Checked after each epoch's training pass: that epoch is validated and is
+    # the last, so a run overruns by at most one epoch and ends as a finished one does.
+    max_minutes: Annotated[float, Field(gt=0.0)] | None = None
     device: str = "auto"  # auto = CUDA when present, else CPU; or cpu, cuda, cuda:1, mps
     # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

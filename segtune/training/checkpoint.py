@@ -8,7 +8,7 @@ A checkpoint is a plain dict of tensors and primitive values. ``best.pt`` holds 
 needs to continue as if never stopped (:func:`restore_checkpoint`)::
 
     {..., "optimizer": state_dict, "scheduler": state_dict, "scaler": state_dict,
-     "progress": {...the loop's early-stopping state and history...},
+     "progress": {...the loop's early-stopping state, history and "seconds" (the run's wall time so far)...},
      "best_model": state_dict (a copy of best.pt's weights),
      "rng": {"torch": tensor, "generator": tensor, "cuda": [tensor, ...]}}
 
@@ -116,7 +116,8 @@ def restore_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.opti
 
     Returns:
         The ``progress`` given to :func:`write_checkpoint` and the best weights so far (None
-        before a first improvement).
+        before a first improvement). A last.pt of an older segtune, without the run's wall time
+        in ``progress["seconds"]``, gets there the sum of its epochs' ``seconds``.
 
     Raises:
         DataError: last.pt is missing or damaged.
@@ -125,6 +126,8 @@ def restore_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.opti
     last = load_checkpoint(run_dir / "last.pt")
     if "progress" not in last:
         raise SegtuneError(f"{run_dir / 'last.pt'} holds no training progress; it cannot be resumed")
+    progress = last["progress"]
+    progress.setdefault("seconds", sum(row.get("seconds", 0.0) for row in progress.get("history", [])))
     model.load_state_dict(last["model"])
     optimizer.load_state_dict(last["optimizer"])
     scheduler.load_state_dict(last["scheduler"])
@@ -135,10 +138,10 @@ def restore_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: torch.opti
     if last.get("scaler"):  # fp16: the loss scale reached so far
         scaler.load_state_dict(last["scaler"])
     if "best_model" in last:
-        return last["progress"], last["best_model"]
+        return progress, last["best_model"]
     # a last.pt without the copy (an older segtune): the best weights are in best.pt alone
     best = load_checkpoint(run_dir / "best.pt")["model"] if (run_dir / "best.pt").is_file() else None
-    return last["progress"], best
+    return progress, best
 
 
 def resumable_history(run_dir: Path) -> list[dict[str, Any]]:

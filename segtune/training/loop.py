@@ -11,7 +11,11 @@ A run writes its directory::
     metrics.csv      one row per epoch: losses, Dice per class and mean, lr, seconds
     events.out.tfevents.*   the same as TensorBoard scalars
     last.pt, best.pt checkpoints (atomic writes; weights_only-loadable)
-    summary.json     best epoch, epochs run, early stop, time, val and test metrics
+    summary.json     best epoch, epochs run, why it stopped, time, val and test metrics
+
+A run ends after ``train.epochs`` epochs, or earlier by early stopping (``train.patience``) or
+by its time budget (``train.max_minutes``, counted over the epochs of all its parts); either
+way it ends as a finished run: best weights restored and evaluated, summary.json written.
 
 The set-up and the optimisation step come from :mod:`segtune.training.runtime`, the run
 directory from :mod:`segtune.training.rundir`, the checkpoints from :mod:`segtune.training.checkpoint`.
@@ -63,7 +67,9 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
 
     Returns:
         A :class:`~segtune.training.rundir.RunResult` whose ``summary`` holds the best epoch,
-        the val and test metrics of the restored best weights, and timing.
+        the val and test metrics of the restored best weights, why the run stopped
+        (``stopped``: None after all epochs) and timing (``seconds``: the wall time of all its
+        parts, ``train_seconds``: their epochs' time, which ``train.max_minutes`` budgets).
 
     Raises:
         TrainingDiverged: the training loss became NaN or infinite.
@@ -74,32 +80,15 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         >>> result.summary["test"]["dice_mean"]  # doctest: +SKIP
         0.83
     """
-    t_start = time.perf_counter()
     run = _start(config, out_dir=out_dir, data=data, resume=resume, verbose=verbose)
-    cfg = config.train
     try:
-        for epoch in range(len(run.history) + 1, cfg.epochs + 1):
-            if run.stopping.stopped:
+        for epoch in range(len(run.history) + 1, config.train.epochs + 1):
+            if run.stopping.stopped or run.out_of_time:
                 break
-            t_epoch = time.perf_counter()
-            row = _train_epoch(run, epoch, verbose=verbose)
-            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                row.update(_validate(run, epoch))
-            if not _steps_on_validation(run.scheduler):
-                run.scheduler.step()
-            row["seconds"] = time.perf_counter() - t_epoch
-            run.history.append(row)
-            run.log.write(row)
-            _write_last(run, epoch)
-            if verbose:
-                _print_epoch(row, cfg.epochs)
-            for callback in callbacks:
-                callback(epoch, row)
-            if run.stopping.stopped and verbose:
-                print(f"early stop: no improvement of {cfg.monitor} for {run.stopping.stale} epochs", flush=True)
+            _run_epoch(run, epoch, callbacks=callbacks, verbose=verbose)
     finally:
         run.log.close()
-    return _finish(run, seconds=time.perf_counter() - t_start)
+    return _finish(run, verbose=verbose)
 
 
 @dataclass
@@ -123,6 +112,9 @@ class _Run:
     meta: dict[str, Any]  # how to rebuild the network, in every checkpoint
     stopping: EarlyStopping
     evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
+    started: float = field(default_factory=time.perf_counter)  # when this part of the run started
+    earlier_seconds: float = 0.0  # the wall time of the parts before a resume
+    out_of_time: bool = False  # train.max_minutes was spent: the last epoch was the budget's last
     log: MetricsLog | None = None
     best_state: dict[str, torch.Tensor] | None = None
     first_loss: float | None = None  # the divergence check's reference
@@ -130,12 +122,22 @@ class _Run:
 
     def progress(self) -> dict[str, Any]:
         """What a resumed run needs besides the weights (last.pt's ``progress``)."""
-        return {**self.stopping.state_dict(), "first_loss": self.first_loss, "history": self.history}
+        return {**self.stopping.state_dict(), "first_loss": self.first_loss, "history": self.history,
+                "seconds": self.seconds(), "out_of_time": self.out_of_time}
+
+    def seconds(self) -> float:
+        """The wall time of the run so far, the parts before a resume included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def train_seconds(self) -> float:
+        """The time of the run's epochs so far, those before a resume included: what ``train.max_minutes`` budgets."""
+        return sum(row["seconds"] for row in self.history)
 
 
 def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, resume: bool,
            verbose: bool) -> _Run:
     """Check the device, load the data (before any run directory is made), build the parts, resume."""
+    started = time.perf_counter()
     cfg = config.train
     device = setup_device(cfg)
     run_dir = check_resumable(out_dir, config) if resume else None
@@ -149,7 +151,7 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
     model, loss_fn, optimizer = build_training(config, data, device)
     run = _Run(config=config, device=device, data=data, images=data.train.images.to(device),
-               masks=data.train.masks.to(device), run_dir=run_dir, model=model,
+               masks=data.train.masks.to(device), run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
                                          n_epochs=cfg.epochs, warmup_epochs=config.scheduler.warmup_epochs),
@@ -178,8 +180,47 @@ def _resume(run: _Run) -> None:
                                                   scheduler=run.scheduler, scaler=run.scaler, generator=run.generator)
     run.stopping.load_state_dict(progress)
     run.first_loss, run.history = progress["first_loss"], list(progress["history"])
+    run.earlier_seconds, run.out_of_time = progress["seconds"], progress.get("out_of_time", False)
     if run.best_state is not None:
         write_best(run.run_dir / "best.pt", weights=run.best_state, meta=run.meta, epoch=run.stopping.best_epoch)
+
+
+def _run_epoch(run: _Run, epoch: int, *, callbacks: Iterable[EpochCallback], verbose: bool) -> None:
+    """Train, validate (every ``val_every`` epochs and at the last), log and checkpoint one epoch."""
+    cfg = run.config.train
+    t_epoch = time.perf_counter()
+    row = _train_epoch(run, epoch, verbose=verbose)
+    run.out_of_time = _over_budget(run, time.perf_counter() - t_epoch)  # then this epoch is the last: validated
+    if epoch % cfg.val_every == 0 or epoch == cfg.epochs or run.out_of_time:
+        row.update(_validate(run, epoch))
+    if not _steps_on_validation(run.scheduler):
+        run.scheduler.step()
+    row["seconds"] = time.perf_counter() - t_epoch
+    run.history.append(row)
+    run.log.write(row)
+    _write_last(run, epoch)
+    if verbose:
+        _print_epoch(row, cfg.epochs)
+    for callback in callbacks:
+        callback(epoch, row)
+    if run.stopping.stopped and verbose:
+        print(f"early stop: no improvement of {cfg.monitor} for {run.stopping.stale} epochs", flush=True)
+
+
+def _over_budget(run: _Run, extra_seconds: float) -> bool:
+    """Whether the epochs so far, plus ``extra_seconds`` of the one in progress, spent ``train.max_minutes``."""
+    budget = run.config.train.max_minutes
+    return budget is not None and run.train_seconds() + extra_seconds >= 60 * budget
+
+
+def _stop_reason(run: _Run) -> str | None:
+    """Why the run ended before ``train.epochs`` epochs (summary.json's ``stopped``); None when it did not."""
+    cfg = run.config.train
+    if run.stopping.stopped:
+        return f"early stopping (patience={cfg.patience}, monitor={cfg.monitor})"
+    if run.out_of_time and len(run.history) < cfg.epochs:
+        return f"time budget (max_minutes={cfg.max_minutes:g})"
+    return None
 
 
 def _train_epoch(run: _Run, epoch: int, *, verbose: bool) -> dict[str, Any]:
@@ -239,16 +280,22 @@ def _write_last(run: _Run, epoch: int) -> None:
                      progress=run.progress(), best_model=run.best_state)
 
 
-def _finish(run: _Run, *, seconds: float) -> RunResult:
+def _finish(run: _Run, *, verbose: bool) -> RunResult:
     """Restore the best weights (``train.restore_best``), evaluate them and write summary.json."""
+    seconds, stopped = run.seconds(), _stop_reason(run)
+    if verbose and stopped and not run.stopping.stopped:
+        print(f"stopped after epoch {len(run.history)}: {run.train_seconds():.1f} s of training spent the {stopped}",
+              flush=True)
     if run.config.train.restore_best and run.best_state is not None:
         run.model.load_state_dict(run.best_state)
     summary = {
         "name": run.config.name,
         "best_epoch": run.stopping.best_epoch,
         "epochs_run": len(run.history),
+        "stopped": stopped,
         "stopped_early": run.stopping.stopped,
         "seconds": seconds,
+        "train_seconds": run.train_seconds(),
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
         "class_names": run.data.class_names,

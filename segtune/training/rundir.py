@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import yaml
 
-from segtune.config import Config
-from segtune.errors import SegtuneError, StorageError
+from segtune.config import Config, build_config
+from segtune.errors import ConfigError, SegtuneError, StorageError
 
 __all__ = ["MetricsLog", "RunResult", "check_resumable", "create_run_dir", "default_run_dir", "prepare_run_dir",
            "write_atomic", "write_json_atomic", "write_text_atomic"]
@@ -135,6 +135,10 @@ def check_resumable(out_dir: str | Path | None, config: Config) -> Path:
     for stale in run_dir.glob(".*.tmp"):  # the temporary file of a write that a kill interrupted
         stale.unlink(missing_ok=True)
     saved, wanted = yaml.safe_load((run_dir / "config.yaml").read_text()), config.to_dict()
+    try:  # a field added since the run started (train.max_minutes) takes its default, as the run did
+        saved = build_config(saved).to_dict()
+    except ConfigError:  # no longer a valid config: compared as it is, and named as differing below
+        pass
     if saved != wanted:
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise SegtuneError(f"{run_dir}: the config differs from the run's config.yaml in {', '.join(changed)}; "

@@ -28,7 +28,9 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"train_loss", "val_loss", "val_dice_mean", "val_dice_class_1", "val_dice_class_2", "lr", "seconds"} <= set(rows[0])
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["stopped_early"] is False
+    assert summary["epochs_run"] == 2 and summary["stopped_early"] is False and summary["stopped"] is None
+    assert summary["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows))
+    assert summary["seconds"] >= summary["train_seconds"]  # the set-up besides the epochs
     assert set(summary["test"]["dice_per_class"]) == {"background", "class_1", "class_2"}
     fg = [summary["val"]["dice_per_class"][k] for k in ("class_1", "class_2")]
     assert summary["val"]["dice_mean"] == pytest.approx(sum(fg) / 2)
@@ -64,6 +66,35 @@ def test_early_stopping_rule(tmp_path):
     assert result.summary["best_epoch"] == 1
     assert result.summary["epochs_run"] == 3
     assert result.summary["stopped_early"] is True
+    assert result.summary["stopped"] == "early stopping (patience=2, monitor=val.dice_mean)"
+
+
+def test_a_spent_time_budget_ends_the_run_like_a_finished_one(tmp_path):
+    # a budget of 60 ns is spent by the first epoch: 1 epoch of 50 is run, validated although
+    # val_every is 5, and the run ends with its checkpoints, its test evaluation and its summary
+    cfg = build_config(tiny_tree(), ["train.epochs=50", "train.val_every=5", "train.max_minutes=1e-9"])
+    result = train(cfg, out_dir=tmp_path / "run", verbose=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["stopped"] == "time budget (max_minutes=1e-09)"
+    assert summary["stopped_early"] is False and summary["best_epoch"] == 1
+    assert summary["train_seconds"] == pytest.approx(result.history[0]["seconds"])
+    assert 0 <= summary["test"]["dice_mean"] <= 1 and summary == result.summary
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1"] and rows[0]["val_dice_mean"] != ""
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_a_budget_that_is_not_spent_changes_nothing(tiny_config, tmp_path):
+    plain = train(tiny_config, out_dir=tmp_path / "plain", verbose=False)
+    budgeted = train(build_config(tiny_tree(), ["train.max_minutes=60"]), out_dir=tmp_path / "budget", verbose=False)
+    assert budgeted.summary["epochs_run"] == 2 and budgeted.summary["stopped"] is None
+    assert budgeted.summary["test"] == plain.summary["test"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_a_time_budget_must_be_positive(value):
+    with pytest.raises(ConfigError, match=rf"train.max_minutes: Input should be greater than 0 \(got {value}\)"):
+        build_config(tiny_tree(), [f"train.max_minutes={value}"])
 
 
 def test_best_weights_restored_and_checkpoint_round_trip(tmp_path):

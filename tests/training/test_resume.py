@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -41,6 +42,66 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert resumed.summary["best_epoch"] == full.summary["best_epoch"]
     rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + full.summary["epochs_run"]  # the earlier epochs' rows are kept, none twice
+
+
+def test_a_run_resumed_after_its_budget_was_spent_ends_at_once(tmp_path):
+    # stopped after the epoch that spent its budget, before its summary: the resume trains no
+    # further epoch and writes the summary the uninterrupted run wrote
+    cfg = build_config(tiny_tree(), ["train.epochs=50", "train.max_minutes=1e-9"])
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(1)], verbose=False)
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["epochs_run"] == full.summary["epochs_run"] == 1
+    assert resumed.summary["stopped"] == "time budget (max_minutes=1e-09)"
+    assert resumed.summary["test"] == full.summary["test"]
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + 1
+
+
+def test_a_resumed_run_counts_the_seconds_of_all_its_parts(tmp_path):
+    # the first part takes at least a second (a slow callback after epoch 1); the resumed run's
+    # seconds are that part's, recorded in last.pt, plus its own epochs'
+    cfg = build_config(tiny_tree(), OVERRIDES)
+
+    def slow_then_crash(epoch, row):
+        if epoch == 1:
+            time.sleep(1.0)
+        crash_after(2)(epoch, row)
+
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[slow_then_crash], verbose=False)
+    first = load_checkpoint(tmp_path / "cut" / "last.pt")["progress"]["seconds"]
+    assert first >= 1.0
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["seconds"] >= first + sum(row["seconds"] for row in resumed.history[2:])
+    assert resumed.summary["train_seconds"] == pytest.approx(sum(row["seconds"] for row in resumed.history))
+
+
+def test_a_last_pt_without_seconds_counts_its_epochs_seconds(tmp_path):
+    # a last.pt of an older segtune has no run time: its epochs' times (1000 s each here) stand in
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    last = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    del last["progress"]["seconds"]
+    for row in last["progress"]["history"]:
+        row["seconds"] = 1000.0
+    torch.save(last, tmp_path / "cut" / "last.pt")
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["seconds"] >= 2000.0 and resumed.summary["train_seconds"] >= 2000.0
+
+
+def test_a_run_started_before_a_config_field_existed_resumes(tmp_path):
+    # a config.yaml written by an older segtune lacks train.max_minutes: its default, no budget
+    cfg = build_config(tiny_tree(), OVERRIDES)
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    saved = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
+    del saved["train"]["max_minutes"]
+    (tmp_path / "cut" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["test"] == full.summary["test"]
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
@@ -84,11 +145,15 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path):
     run = tmp_path / "cut"
     run_killed_in_epoch(3, args + ["--out", str(run)])  # its metrics row written, its last.pt not
     assert _rows(run / "metrics.csv") == 1 + 3 and not (run / "summary.json").exists()
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+    first = torch.load(run / "last.pt", weights_only=True)
+    assert first["epoch"] == 2
     subprocess.run(segtune + args + ["--out", str(run), "--resume"], check=True, capture_output=True)
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     cut = json.loads((run / "summary.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs_run"] == full["epochs_run"] == 12
+    # the part before the kill counts: its wall time up to last.pt, plus the resumed epochs' times
+    resumed_epochs = cut["train_seconds"] - sum(r["seconds"] for r in first["progress"]["history"])
+    assert cut["seconds"] >= first["progress"]["seconds"] + resumed_epochs
 
 
 def _rows(path):
