@@ -34,7 +34,7 @@ from segtune.errors import DataError, SegtuneError
 from segtune.training.rundir import write_atomic
 
 
-__all__ = ["checkpoint_meta", "load_checkpoint", "model_from_checkpoint", "read_tensors", "restore_checkpoint",
+__all__ = ["checkpoint_meta", "load_checkpoint", "model_from_checkpoint", "restore_checkpoint",
            "resumable_history", "save_atomic", "write_best", "write_checkpoint"]
 
 

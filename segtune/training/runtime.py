@@ -90,7 +90,8 @@ def build_training(config: Config, data: SegData, device: torch.device):
 
     The model gets ``out_channels`` set (1 for single-channel losses, else the class count),
     the encoder weights of ``model.encoder_weights`` and, with ``model.freeze_encoder``, a
-    frozen encoder. Every short training (the LR range test, pre-training) builds its parts here.
+    frozen encoder. The LR range test builds its parts here too; pre-training builds its own (an
+    autoencoder around the model, with an MSE loss, not the configured segmentation loss).
 
     Returns:
         ``(model, loss_fn, optimizer)``.
