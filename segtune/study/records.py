@@ -78,6 +78,12 @@ def status_of(trial: FrozenTrial) -> Status:
     return Status(trial.state.name.lower())
 
 
+def requeued_on_resume(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed in a way that resume runs again with the same parameters: stopped
+    by Ctrl-C (:attr:`Status.STOPPED`) or by a full disk (:attr:`Status.FAILED`, with its reason)."""
+    return trial.state == TrialState.FAIL and INTERRUPTED in trial.user_attrs
+
+
 def run_dir(study_dir: Path, home: int, seed: int) -> Path:
     """Where repeat ``seed`` of the trial numbered ``home`` trains."""
     return study_dir / TRIALS_DIR / f"{home:04d}-seed{seed}"
@@ -164,7 +170,7 @@ def _last_value(trial: FrozenTrial) -> float | None:
 
 
 def _run_dirs(trial: FrozenTrial, runs: Sequence[RunRecord], home: int, study_dir: Path | None) -> list[Path]:
-    if status_of(trial) in (Status.STOPPED, Status.DIED) or INTERRUPTED in trial.user_attrs:
+    if status_of(trial) == Status.DIED or requeued_on_resume(trial):
         return []  # its run directories are continued by the trial that ran it again
     if study_dir is not None:
         found = sorted((study_dir / TRIALS_DIR).glob(f"{home:04d}-seed*"), key=_seed_of)
@@ -234,7 +240,7 @@ def progress_line(trial: FrozenTrial) -> str:
     record = TrialRecord.from_trial(trial)
     params = ", ".join(f"{k}={_show(v)}" for k, v in record.params.items())
     shown = "" if record.value is None else f" {record.value:.4f}"
-    reason = f" ({trial.user_attrs[FAIL_REASON]})" if FAIL_REASON in trial.user_attrs else ""
+    reason = f" ({record.reason})" if record.reason else ""
     return (f"trial {record.number:>3} {record.state:<8}{shown}  epochs {record.epochs or 0:>3}  "
             f"{record.seconds:5.0f} s  {params}{reason}")
 
@@ -249,4 +255,4 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REQUEUED_FROM",
            "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS", "TRIALS_DIR",
            "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "progress_line", "rank",
-           "run_dir", "status_of", "study_records", "trial_reason"]
+           "requeued_on_resume", "run_dir", "status_of", "study_records", "trial_reason"]
