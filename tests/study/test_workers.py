@@ -23,7 +23,7 @@ import pytest
 import yaml
 from tests.conftest import run_killed_in_epoch, unique_study_name, write_study
 
-from segtune.study import storage as storage_url
+from segtune.study import storage
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, run_study
 
@@ -103,9 +103,9 @@ def fresh_database(postgres_url: str, *, workers: int) -> str:
     return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
-def test_two_worker_processes_share_one_study(tmp_path, storage, request):
-    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if storage == "postgresql" else None
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_worker_processes_share_one_study(tmp_path, backend, request):
+    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if backend == "postgresql" else None
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]},
                        name=unique_study_name())
     trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
@@ -138,18 +138,18 @@ def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
     assert values(one) == values(two) and len(values(one)) == 4
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
-def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, backend, request):
     path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
                        heartbeat_interval=1, grace_period=2, name=unique_study_name())
     out = tmp_path / "out"
-    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     name = yaml.safe_load(path.read_text())["name"]
     # the worker kills itself in epoch 3 of trial 1, after trial 0 finished
     run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out)] + (["--storage", url] if url else []),
                         run_dir_prefix="0001-")
-    storage = storage_url.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    resolved = storage.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name=name, storage=resolved).get_trials()
     assert [(t.state, sorted(t.intermediate_values)) for t in trials] == [
         (TrialState.COMPLETE, list(range(1, 9))), (TrialState.RUNNING, [1, 2])]
     (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
