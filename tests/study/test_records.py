@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from tests.conftest import write_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -98,3 +99,17 @@ def test_a_progress_line_gives_the_reason_the_leaderboard_gives(mixed_study):
     assert reasons[4] == "its worker died (no heartbeat)"
     assert progress_line(trials[1]).endswith("(TrainingDiverged: loss nan at epoch 1)")
     assert progress_line(trials[6]) == "trial   6 complete 0.8000  epochs   3      5 s  optimizer.lr=0.1"
+
+
+@pytest.mark.slow
+def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
+    from segtune.cli import main
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01]}), str(tmp_path / "out")
+    assert main(["study", "status", str(path), "--out", out]) == 2
+    assert "no study 'tiny' yet" in capsys.readouterr().err
+    assert main(["study", str(path), "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "trial   0 complete" in printed and "best: trial 0, val.dice_mean" in printed
+    assert main(["study", "status", str(path), "--out", out]) == 0
+    assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out
