@@ -118,7 +118,8 @@ def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
     now, fresh = datetime.now(), False
     for t in trials:
-        if status_of(t) != Status.DIED or t.number in retried or len(t.system_attrs.get(RETRY_HISTORY, ())) >= spec.max_retry:
+        n_retries = len(t.system_attrs.get(RETRY_HISTORY, ()))
+        if status_of(t) != Status.DIED or t.number in retried or n_retries >= spec.max_retry:
             continue
         if t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < spec.grace_period:
             fresh = True
