@@ -81,7 +81,7 @@ def print_study_results(study: Any) -> Any:
     """
     import yaml
 
-    from segtune.study.records import SPEC, best_trial, leaderboard
+    from segtune.study.records import best_trial, leaderboard, objective_name
 
     header, rows = leaderboard(study)
     print(f"study {study.study_name}: {len(rows)} trial(s)")
@@ -91,7 +91,6 @@ def print_study_results(study: Any) -> Any:
     if best is None:
         print("no trial has completed yet")
         return None
-    objective = study.user_attrs.get(SPEC, {}).get("objective", "objective")
-    print(f"\nbest: trial {best.number}, {objective} {best.value:.4f}; its configuration:")
+    print(f"\nbest: trial {best.number}, {objective_name(study)} {best.value:.4f}; its configuration:")
     print(yaml.safe_dump(best.config, sort_keys=False).rstrip())
     return best

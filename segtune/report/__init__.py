@@ -58,7 +58,7 @@ def write_report(path: str | Path | None = None, *, storage: str | None = None, 
     path = Path(path) if path is not None else None
     if storage is None and path is not None and not (path / "study.db").is_file() and (path / "config.yaml").is_file():
         return run_report(path, out or path / "report")
-    study = load_report_study(path, storage=storage, study_name=study_name)
+    study = load_report_study(path, url=storage, study_name=study_name)
     return study_report(study, out, study_dir=path, layout=layout)
 
 

@@ -20,9 +20,8 @@ import yaml
 
 from segtune.errors import ConfigError
 from segtune.report.stats import MeanCI, mean_ci
-from segtune.study import storage as storage_url
+from segtune.study import storage
 from segtune.study.records import TrialRecord, study_records
-from segtune.study.storage import check_study_file
 
 
 @dataclass(frozen=True)
@@ -61,30 +60,30 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             "metrics": read_metrics(run_dir)}
 
 
-def load_report_study(study_dir: str | Path | None = None, *, storage: str | None = None,
+def load_report_study(study_dir: str | Path | None = None, *, url: str | None = None,
                       study_name: str | None = None) -> optuna.Study:
     """Open a stored study: the SQLite ``study.db`` of ``study_dir``, or a storage URL.
 
     Args:
         study_dir: a study directory (holding ``study.db``).
-        storage: an SQLAlchemy URL instead, e.g. ``postgresql://user@host/db``.
+        url: an SQLAlchemy URL of a storage instead, e.g. ``postgresql://user@host/db``.
         study_name: needed when the storage holds several studies.
 
     Raises:
         ConfigError: no storage, no study of that name, or several studies and no name.
     """
-    if storage is None:
+    if url is None:
         if study_dir is None or not (Path(study_dir) / "study.db").is_file():
             raise ConfigError(f"{study_dir}: no study.db here; give a study directory, a run directory, "
                               f"or --storage URL --study NAME")
-        check_study_file(Path(study_dir) / "study.db")
-        storage = f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
+        storage.check_study_file(Path(study_dir) / "study.db")
+        url = f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    given, storage = storage, storage_url.resolve(storage)
+    resolved = storage.resolve(url)
     try:
-        names = optuna.get_all_study_names(storage)
+        names = optuna.get_all_study_names(resolved)
     except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
-        raise storage_url.open_error(given, err) from None
+        raise storage.open_error(url, err) from None
     if study_name is None:
         if len(names) != 1:
             raise ConfigError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); "
@@ -92,7 +91,7 @@ def load_report_study(study_dir: str | Path | None = None, *, storage: str | Non
         study_name = names[0]
     if study_name not in names:
         raise ConfigError(f"no study {study_name!r} in the storage; it holds: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=resolved)
 
 
 def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -> list[ReportedTrial]:
@@ -103,4 +102,4 @@ def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -
     return [ReportedTrial(**vars(r)) for r in records if r.same_as is None]
 
 
-__all__ = ["ReportedTrial", "TrialRecord", "load_report_study", "read_metrics", "read_run", "trial_records"]
+__all__ = ["ReportedTrial", "load_report_study", "read_metrics", "read_run", "trial_records"]

@@ -25,15 +25,8 @@ from segtune.report.levels import BASE_LEVEL, Levels, grid_axes, varied_levels
 from segtune.report.predictions import prediction_blocks
 from segtune.report.run import curve_blocks
 from segtune.report.stats import MeanCI, importances, mean_ci, paired_comparison
-from segtune.study.records import RUNS, SPEC, RunRecord, Status
-
-
-def _objective(study: optuna.Study) -> str:
-    return study.user_attrs.get(SPEC, {}).get("objective", "objective")
-
-
-def _maximize(study: optuna.Study) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
+                                   objective_name)
 
 
 def _config_text(params: dict[str, Any]) -> str:
@@ -71,24 +64,24 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
              f"{spec.get('repeats', 1)} seed(s) per configuration, method {method.get('name', '?')}; "
              f"{len(records)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), "
              f"{hours:.2f} hours of training in all."),
-        Text(f"**Objective:** {_objective(study)} ({'maximised' if _maximize(study) else 'minimised'}); "
+        Text(f"**Objective:** {objective_name(study)} ({'maximised' if maximizes(study) else 'minimised'}); "
              f"intervals are 95% t-intervals over the seeds of a configuration."),
     ]
 
 
 def _answer(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
     blocks: list[Block] = [Heading("The answer")]
-    done = [r for r in records if r.state == "complete" and r.values]
+    done = [r for r in records if r.state == Status.COMPLETE and r.values]
     if not done:
         return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
-    best, objective = done[0], _objective(study)
+    best, objective = done[0], objective_name(study)
     blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
                        f"**{best.ci.text()}** over {best.ci.n} seed(s)."))
     if best.ci.n < 2:
         return blocks + [Text("Each configuration ran with one seed, so the noise between seeds is unknown and "
                               "the ranking may be noise; set `repeats: 3` or more in the study file to know.")]
     comparisons = [c for c in (paired_comparison(best.values, r.values, other_number=r.number,
-                                                 maximize=_maximize(study)) for r in done[1:5]) if c]
+                                                 maximize=maximizes(study)) for r in done[1:5]) if c]
     if not comparisons:
         return blocks + [Text("No other completed trial shares two seeds with the best, so it cannot be compared.")]
     tied = [c for c in comparisons if c.within_noise]
@@ -113,30 +106,31 @@ def _answer(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block
 
 def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
-    header = ["trial"] + paths + [_objective(study), "95% interval", "seeds", "epochs", "state", "seconds", "reason"]
+    header = ["trial"] + paths + [objective_name(study), "95% interval", "seeds", "epochs", "state", "seconds", "reason"]
     rows = []
     for r in records:
         ci = r.ci
         interval = "–" if ci is None or ci.low is None else f"{ci.low:.4f} – {ci.high:.4f}"
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else BASE_LEVEL for p in paths]
                     + [ci.mean if ci else r.value, interval, len(r.values), r.epochs, r.state, round(r.seconds),
-                       r.reason[:80]])
-    bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == "complete" else frozenset()
+                       r.reason[:REASON_WIDTH]])
+    bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == Status.COMPLETE else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(
-        "All trials: completed ones best first (mean over seeds), then pruned ones (their last reported value) "
-        "and failed ones with the reason."))]
-    done = [r for r in records if r.state == "complete" and r.values][:30]
+        "All trials: completed ones best first (mean over seeds), then running ones (they may still complete), "
+        "pruned ones, failed ones with the reason, trials stopped by Ctrl-C and trials whose worker died (both run "
+        "again on resume); each unfinished one by its last reported value."))]
+    done = [r for r in records if r.state == Status.COMPLETE and r.values][:30]
     if done:
         labels = [f"#{r.number} " + " ".join(lv.of(r) for lv in varied) for r in done]
-        fig = objective_bars(labels, [r.ci for r in done], objective=_objective(study))
-        blocks.append(figure_block(fig, "leaderboard", f"{_objective(study)} of the completed trials, mean and "
+        fig = objective_bars(labels, [r.ci for r in done], objective=objective_name(study))
+        blocks.append(figure_block(fig, "leaderboard", f"{objective_name(study)} of the completed trials, mean and "
                                                        f"95% interval over seeds."))
     return blocks
 
 
 def _test_table(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, n_rows: int = 10) -> list[Block]:
     """Final test loss and Dice per class of the best completed trials, mean over their seeds."""
-    done = [r for r in records if r.state == "complete" and r.test][:n_rows]
+    done = [r for r in records if r.state == Status.COMPLETE and r.test][:n_rows]
     classes = list(dict.fromkeys(c for r in done for t in r.test for c in t.get("dice_per_class", {})))[1:]
     if not done or not classes:
         return []
@@ -186,12 +180,12 @@ def _pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence
 
 def _pivots_and_marginals(study: optuna.Study, records: Sequence[ReportedTrial],
                           varied: Sequence[Levels]) -> list[Block]:
-    done = [r for r in records if r.state == "complete" and r.values]
+    done = [r for r in records if r.state == Status.COMPLETE and r.values]
     if not done or not varied:
         return []
-    objective = _objective(study)
+    objective = objective_name(study)
     blocks: list[Block] = [Heading("Hyperparameters: pairs and marginals")]
-    pruned = [r for r in records if r.state == "pruned" and r.value is not None]
+    pruned = [r for r in records if r.state == Status.PRUNED and r.value is not None]
     blocks += [_pivot(a, b, done, pruned, objective) for a, b in itertools.combinations(varied, 2)]
     marginals = {}
     for lv in varied:
@@ -219,7 +213,7 @@ def _importance(study: optuna.Study) -> list[Block]:
 
 def _curves(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels | None) -> list[Block]:
     runs = [CurveRun(rows.of(r) if rows else "", cols.of(r) if cols else "", r.number, k, read_metrics(d),
-                     note="" if r.state == "complete" else r.state)
+                     note="" if r.state == Status.COMPLETE else r.state)
             for r in records for k, d in enumerate(r.run_dirs)]
     runs = [run for run in runs if run.history]
     if not runs:
@@ -228,7 +222,7 @@ def _curves(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels 
 
 
 def _predictions(records: Sequence[ReportedTrial], *, n_best: int, n_images: int) -> list[Block]:
-    best = [r for r in records if r.state == "complete" and r.run_dirs][:n_best]
+    best = [r for r in records if r.state == Status.COMPLETE and r.run_dirs][:n_best]
     return section("Predictions of the best trials",
                    prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in best}, n_images=n_images))
 
@@ -245,7 +239,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 def write_trial_tables(study: optuna.Study, records: Sequence[ReportedTrial], out_dir: Path) -> None:
     """``trials.csv`` (one row per trial) and ``runs.csv`` (one row per trial and seed)."""
     paths = list(dict.fromkeys(p for r in records for p in r.params))
-    objective = _objective(study)
+    objective = objective_name(study)
     rows = []
     for r in records:
         ci = r.ci
@@ -270,7 +264,7 @@ def _stored_study_dir(study: optuna.Study) -> Path | None:
     for t in study.get_trials(deepcopy=False):
         for run in t.user_attrs.get(RUNS, []):
             trials = Path(RunRecord.from_attr(run).run_dir).parent
-            if trials.name == "trials" and trials.is_dir():
+            if trials.name == TRIALS_DIR and trials.is_dir():
                 return trials.parent
     return None
 

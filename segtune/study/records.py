@@ -55,6 +55,7 @@ THREADS = "threads"  # the CPU threads of every trial, fixed when the study is c
 AUTO_LR_CACHE = "auto_lr:"  # auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 
 TRIALS_DIR = "trials"  # <study dir>/trials/<home:04d>-seed<seed>/: the run directories
+REASON_WIDTH = 80  # characters of a trial's reason shown in a leaderboard row (the report's and the CLI's)
 
 
 class Status(enum.StrEnum):
@@ -76,6 +77,22 @@ def status_of(trial: FrozenTrial) -> Status:
             return Status.FAILED
         return Status.STOPPED if INTERRUPTED in trial.user_attrs else Status.DIED
     return Status(trial.state.name.lower())
+
+
+def requeued_on_resume(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed in a way that resume runs again with the same parameters: stopped
+    by Ctrl-C (:attr:`Status.STOPPED`) or by a full disk (:attr:`Status.FAILED`, with its reason)."""
+    return trial.state == TrialState.FAIL and INTERRUPTED in trial.user_attrs
+
+
+def objective_name(study: optuna.Study) -> str:
+    """The name of the objective of a study run by segtune (``val.dice_mean``), from its stored spec."""
+    return study.user_attrs.get(SPEC, {}).get("objective", "objective")
+
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether ``study`` maximises its objective."""
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def run_dir(study_dir: Path, home: int, seed: int) -> Path:
@@ -164,7 +181,7 @@ def _last_value(trial: FrozenTrial) -> float | None:
 
 
 def _run_dirs(trial: FrozenTrial, runs: Sequence[RunRecord], home: int, study_dir: Path | None) -> list[Path]:
-    if status_of(trial) in (Status.STOPPED, Status.DIED) or INTERRUPTED in trial.user_attrs:
+    if status_of(trial) == Status.DIED or requeued_on_resume(trial):
         return []  # its run directories are continued by the trial that ran it again
     if study_dir is not None:
         found = sorted((study_dir / TRIALS_DIR).glob(f"{home:04d}-seed*"), key=_seed_of)
@@ -205,7 +222,7 @@ def study_records(study: optuna.Study, *, study_dir: Path | None = None) -> list
     trials = study.get_trials(deepcopy=False)
     records = [TrialRecord.from_trial(t, trials=trials, study_dir=study_dir)
                for t in trials if t.state != TrialState.WAITING]
-    return rank(records, maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    return rank(records, maximize=maximizes(study))
 
 
 def _show(value: Any) -> str:
@@ -222,10 +239,9 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     paths = sorted({p for r in records for p in r.params})
     rows = [[r.number] + [_show(r.params.get(p, "-")) for p in paths]
             + ["-" if r.value is None else float(r.value), r.spread, f"{len(r.runs)}",
-               "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:60]]
+               "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:REASON_WIDTH]]
             for r in records]
-    objective = study.user_attrs.get(SPEC, {}).get("objective", "objective")
-    header = ["trial"] + paths + [objective, "spread", "repeats", "epochs", "state", "seconds", "reason"]
+    header = ["trial"] + paths + [objective_name(study), "spread", "repeats", "epochs", "state", "seconds", "reason"]
     return header, rows
 
 
@@ -234,7 +250,7 @@ def progress_line(trial: FrozenTrial) -> str:
     record = TrialRecord.from_trial(trial)
     params = ", ".join(f"{k}={_show(v)}" for k, v in record.params.items())
     shown = "" if record.value is None else f" {record.value:.4f}"
-    reason = f" ({trial.user_attrs[FAIL_REASON]})" if FAIL_REASON in trial.user_attrs else ""
+    reason = f" ({record.reason})" if record.reason else ""
     return (f"trial {record.number:>3} {record.state:<8}{shown}  epochs {record.epochs or 0:>3}  "
             f"{record.seconds:5.0f} s  {params}{reason}")
 
@@ -246,7 +262,8 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
     return TrialRecord.from_trial(study.best_trial, trials=study.get_trials(deepcopy=False))
 
 
-__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REQUEUED_FROM",
-           "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS", "TRIALS_DIR",
-           "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "progress_line", "rank",
-           "run_dir", "status_of", "study_records", "trial_reason"]
+__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REASON_WIDTH",
+           "REQUEUED_FROM", "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
+           "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
+           "objective_name", "progress_line", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
+           "trial_reason"]

@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 
 from segtune.errors import USER_ERRORS, ConfigError
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
-from segtune.study.records import (FAIL_REASON, HOME, INTERRUPTED, PARAMS, REQUEUED_FROM, RETRY_HISTORY, SAME_AS,
-                                   SPEC, THREADS, TRIALS_DIR, progress_line)
+from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
+                                   progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
@@ -96,7 +96,7 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     trials = study.get_trials(deepcopy=False)
     handled = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.params and t.number not in handled:
+        if requeued_on_resume(t) and t.params and t.number not in handled:
             study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number, HOME: t.user_attrs.get(HOME, t.number)})
 
 
@@ -118,8 +118,8 @@ def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
     now, fresh = datetime.now(), False
     for t in trials:
-        died = t.state == TrialState.FAIL and FAIL_REASON not in t.user_attrs and INTERRUPTED not in t.user_attrs
-        if not died or t.number in retried or len(t.system_attrs.get(RETRY_HISTORY, ())) >= spec.max_retry:
+        n_retries = len(t.system_attrs.get(RETRY_HISTORY, ()))
+        if status_of(t) != Status.DIED or t.number in retried or n_retries >= spec.max_retry:
             continue
         if t.datetime_complete is not None and (now - t.datetime_complete).total_seconds() < spec.grace_period:
             fresh = True
@@ -146,9 +146,8 @@ def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool
         # a trial whose worker died before it drew its cell covers none (its retry runs it)
         covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.params}
         return len(covered) + unsampled < space.n_grid_cells(), bool(running)
-    counted = [t for t in trials if SAME_AS not in t.user_attrs and t.params and (
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs and INTERRUPTED not in t.user_attrs))]
+    counted = [t for t in trials if SAME_AS not in t.user_attrs and t.params and not requeued_on_resume(t)
+               and status_of(t) in (Status.COMPLETE, Status.PRUNED, Status.RUNNING, Status.FAILED)]
     if not spec.reuse_results:
         return len(counted) + unsampled < spec.n_trials, bool(running)
     distinct = len({json.dumps(t.params, sort_keys=True) for t in counted})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segtune.report import Levels, grid_axes, varied_levels
-from segtune.report.data import TrialRecord
+from segtune.study.records import TrialRecord
 
 
 def _records(path, values):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from tests.conftest import write_study
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from segtune.report.data import trial_records
 from segtune.study import RunRecord, Status, TrialRecord, best_trial, leaderboard
+from segtune.study.records import progress_line
 
 LRS = [0.1, 0.03, 0.01, 0.003, 0.001, 0.0003]
 
@@ -85,3 +87,29 @@ def test_best_trial_is_the_record_of_the_best_completed_trial(mixed_study, tmp_p
     empty = optuna.create_study(storage=f"sqlite:///{tmp_path / 'empty.db'}")
     empty.add_trial(_trial(TrialState.PRUNED, 0.01, curve={1: 0.2}))
     assert best_trial(empty) is None
+
+
+def test_a_progress_line_gives_the_reason_the_leaderboard_gives(mixed_study):
+    # a stopped or died trial says why, as its leaderboard row does; a completed one has no reason
+    trials = mixed_study.get_trials()
+    header, rows = leaderboard(mixed_study)
+    reasons = {r[0]: r[header.index("reason")] for r in rows}
+    assert progress_line(trials[0]).endswith("(stopped by Ctrl-C)") and reasons[0].startswith("stopped by Ctrl-C")
+    assert progress_line(trials[4]).endswith("(its worker died (no heartbeat))")
+    assert reasons[4] == "its worker died (no heartbeat)"
+    assert progress_line(trials[1]).endswith("(TrainingDiverged: loss nan at epoch 1)")
+    assert progress_line(trials[6]) == "trial   6 complete 0.8000  epochs   3      5 s  optimizer.lr=0.1"
+
+
+@pytest.mark.slow
+def test_cli_runs_a_study_and_shows_its_leaderboard(tmp_path, capsys):
+    from segtune.cli import main
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01]}), str(tmp_path / "out")
+    assert main(["study", "status", str(path), "--out", out]) == 2
+    assert "no study 'tiny' yet" in capsys.readouterr().err
+    assert main(["study", str(path), "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "trial   0 complete" in printed and "best: trial 0, val.dice_mean" in printed
+    assert main(["study", "status", str(path), "--out", out]) == 0
+    assert "optimizer.lr  val.dice_mean  spread" in capsys.readouterr().out

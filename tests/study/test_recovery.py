@@ -211,3 +211,23 @@ def test_a_full_disk_under_the_study_database_stops_the_study_and_loses_nothing(
                                                                                                      0.01]
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_trial_stopped_by_ctrl_c_is_run_again_on_resume(tmp_path, monkeypatch):
+    import segtune.study.objective
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]})
+    real_train = segtune.study.objective.train
+    monkeypatch.setattr(segtune.study.objective, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, study_dir=tmp_path / "out")
+    monkeypatch.setattr(segtune.study.objective, "train", real_train)
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped.user_attrs["interrupted"] is True
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["optimizer.lr"] for t in complete) == [0.001, 0.01]
+    assert [t.user_attrs.get("requeued_from") for t in complete].count(stopped.number) == 1

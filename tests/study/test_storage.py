@@ -1,7 +1,8 @@
-"""Storage URLs: the documented postgresql:// form works, and no message shows a password.
+"""The storage: URLs (the documented postgresql:// form works, no message shows a password), a
+damaged or emptied study.db (one clear error), and optuna-dashboard reading it as it is.
 
 The same with a real password-protected server, and the workers of ``--workers 2``, are tried in
-test_study_workers.py.
+test_workers.py.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import tiny_tree
+from tests.conftest import tiny_tree, write_study
 from segtune.cli import main
 from segtune.errors import ConfigError
+from segtune.study import run_study
 from segtune.study.storage import redact, resolve, scrub
 
 SECRET = "s3cret-Pw"
@@ -81,3 +83,81 @@ def test_no_command_prints_the_storage_password(tmp_path, capsys, monkeypatch, c
     assert f"error: cannot open the study storage postgresql://ana:***@127.0.0.1:{closed_port}/segtune" in err
     assert "Connection refused" in err
     assert SECRET not in out + err
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path):
+    # optuna-dashboard's own app reads the SQLite file: the study, its trials and their attributes
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard", reason="pip install optuna-dashboard (in .[test])")
+    run_study(write_study(tmp_path), study_dir=tmp_path / "out")
+    app = dashboard.wsgi(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+
+    def get(path: str) -> dict:
+        environ, status = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}, []
+        setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["tiny"]
+    trials = get(f"/api/studies/{studies[0]['study_id']}")["trials"]
+    assert sorted(t["state"] for t in trials) == ["Complete", "Complete"]
+    attrs = {a["key"] for a in trials[0]["user_attrs"]}
+    assert {"params", "config", "runs", "seconds"} <= attrs
+
+
+@pytest.fixture(scope="module")
+def real_study_db(tmp_path_factory):
+    """The study.db of a finished one-cell study, and its study file."""
+    folder = tmp_path_factory.mktemp("real")
+    path = write_study(folder, space={"optimizer.lr": [0.01]})
+    run_study(path, study_dir=folder / "s")
+    return path, (folder / "s" / "study.db").read_bytes()
+
+
+def _garbage(n: int) -> bytes:
+    return bytes((i * 37 + 11) % 256 for i in range(n))  # the same bytes every run, not valid UTF-8
+
+
+def _overwrite(data: bytes, at: int, text: bytes) -> bytes:
+    return data[:at] + text + data[at + len(text):]
+
+
+def _json_at(data: bytes) -> int:
+    return data.index(b'"optimizer.lr"')  # inside a stored JSON value: SQLite's own check passes there
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: _overwrite(d, 0, _garbage(100)),                                # the SQLite header
+    lambda d: _overwrite(d, 4096, _garbage(4096)),                            # the whole second page
+    lambda d: _overwrite(d, _json_at(d) // 4096 * 4096, _garbage(2000)),      # a page holding trial data
+    lambda d: _overwrite(d, _json_at(d), _garbage(14)),                       # text that is not UTF-8
+    lambda d: _overwrite(d, _json_at(d), b"{{{{"),                            # JSON that does not parse
+], ids=["header", "page 2", "data page", "utf8", "json"])
+def test_a_damaged_study_db_is_one_clear_error_in_every_command(real_study_db, tmp_path, capsys, damage):
+    path, data = real_study_db
+    (tmp_path / "s").mkdir()
+    db = tmp_path / "s" / "study.db"
+    db.write_bytes(damage(data))
+    for argv in (["study", "status", str(path)], ["report", str(tmp_path / "s")], ["study", str(path), "--quiet"]):
+        assert main([*argv, *(["--out", str(tmp_path / "s")] if argv[0] == "study" else [])]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {db} is not a readable SQLite database (damaged?"), err
+        assert err.endswith("restore it from a copy, or move it aside to start the study again\n")
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s" / "trials").exists()  # nothing trained on a study that cannot be read
+
+
+def test_an_emptied_study_db_is_no_traceback(real_study_db, tmp_path, capsys):
+    path, _ = real_study_db
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.db").write_bytes(b"")
+    assert main(["study", "status", str(path), "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == f"error: no study 'tiny' in the storage; run `segtune study {path}` first\n"
+    assert main(["report", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.startswith("error: the storage holds 0 studies")

@@ -1,4 +1,6 @@
-"""Studies across processes: two workers on one study, resume after SIGKILL, a PostgreSQL storage.
+"""The worker loop: a grid covered once, a resumed study (its draws, its thread count, its study
+file), studies across processes (two workers on one study, resume after SIGKILL, a PostgreSQL
+storage) and bandit pruners. Tests that start processes or wait out a grace period are slow.
 
 The PostgreSQL tests start their own server (initdb and pg_ctl on a temporary directory, a
 loopback port) and are skipped only where no server binaries are installed.
@@ -21,14 +23,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from tests.conftest import run_killed_in_epoch, unique_study_name, write_study
+from tests.conftest import run_killed_in_epoch, tiny_tree, unique_study_name, write_study
 
-from segtune.study import storage as storage_url
 from segtune.errors import ConfigError
-from segtune.study import leaderboard, run_study
+from segtune.study import leaderboard, load_existing_study, run_study, storage
 
 TrialState = optuna.trial.TrialState
-pytestmark = pytest.mark.slow  # every test here starts processes or waits out a grace period
 
 
 def _server_binaries() -> Path | None:
@@ -103,9 +103,10 @@ def fresh_database(postgres_url: str, *, workers: int) -> str:
     return postgres_url.replace("//segtune@", "//worker@").rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
-def test_two_worker_processes_share_one_study(tmp_path, storage, request):
-    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if storage == "postgresql" else None
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_worker_processes_share_one_study(tmp_path, backend, request):
+    url = fresh_database(request.getfixturevalue("postgres_url"), workers=2) if backend == "postgresql" else None
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]},
                        name=unique_study_name())
     trials = run_study(path, study_dir=tmp_path / "out", storage=url, n_workers=2).get_trials()
@@ -138,18 +139,19 @@ def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
     assert values(one) == values(two) and len(values(one)) == 4
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
-def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, backend, request):
     path = write_study(tmp_path, epochs=8, space={"optimizer.lr": [0.01, 0.003]},
                        heartbeat_interval=1, grace_period=2, name=unique_study_name())
     out = tmp_path / "out"
-    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     name = yaml.safe_load(path.read_text())["name"]
     # the worker kills itself in epoch 3 of trial 1, after trial 0 finished
     run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out)] + (["--storage", url] if url else []),
                         run_dir_prefix="0001-")
-    storage = storage_url.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    resolved = storage.resolve(url) if url else f"sqlite:///{out / 'study.db'}"
+    trials = optuna.load_study(study_name=name, storage=resolved).get_trials()
     assert [(t.state, sorted(t.intermediate_values)) for t in trials] == [
         (TrialState.COMPLETE, list(range(1, 9))), (TrialState.RUNNING, [1, 2])]
     (done_before,) = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -163,6 +165,7 @@ def test_resume_after_a_worker_is_killed_mid_trial(tmp_path, storage, request):
     assert died[0].params == next(t for t in complete if t.number != done_before.number).params
 
 
+@pytest.mark.slow
 def test_a_dead_trial_failed_without_its_retry_is_queued_again(tmp_path):
     # Optuna fails a stale trial, then queues its retry: a worker killed between the two steps
     # leaves a failed trial and no retry. The next worker queues it, so the grid loses no cell.
@@ -201,6 +204,7 @@ open_storage(spec, None, sys.argv[2])
 """
 
 
+@pytest.mark.slow
 def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tmp_path, postgres_url):
     # CREATE TABLE IF NOT EXISTS is not atomic in PostgreSQL: workers that set up Optuna's tables
     # at the same moment collide, and the loser must retry instead of dying
@@ -217,6 +221,7 @@ def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tm
     assert [p.returncode for p in procs] == [0] * 8, [err[-400:] for err in errors]
 
 
+@pytest.mark.slow
 def test_the_password_comes_from_pgpassword_or_pgpass_and_is_never_shown(tmp_path, postgres_url, monkeypatch,
                                                                          capsys):
     # the server asks for a password; the README's URL holds none
@@ -246,6 +251,7 @@ def test_the_password_comes_from_pgpassword_or_pgpass_and_is_never_shown(tmp_pat
         assert "Wr0ng-pw" not in out + err
 
 
+@pytest.mark.slow
 def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_line(tmp_path, postgres_url,
                                                                                   monkeypatch):
     # `ps` shows every user each process's command line; its environment only to its own user.
@@ -272,3 +278,110 @@ def test_workers_get_the_storage_url_in_their_environment_not_on_their_command_l
     for argv, env in started:
         assert "--storage" not in argv and not any(PG_PASSWORD in str(a) for a in argv)
     assert [env.get("SEGTUNE_STORAGE") for _, env in started] == [url, url, None, None]
+
+
+@pytest.mark.slow
+def test_grid_runs_every_cell_once_and_a_rerun_repeats_nothing(tmp_path):
+    path = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001], "train.batch_size": [4, 8]})
+    study = run_study(path, study_dir=tmp_path / "out")
+    trials = study.get_trials()
+    cells = {(t.params["optimizer.lr"], t.params["train.batch_size"]) for t in trials}
+    assert len(trials) == 4 and cells == {(0.01, 4), (0.01, 8), (0.001, 4), (0.001, 8)}
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # the resolved config is stored on the trial, with the sampled values in it
+    config = trials[0].user_attrs["config"]
+    assert config["optimizer"]["lr"] == trials[0].params["optimizer.lr"]
+    assert (tmp_path / "out" / "trials" / "0000-seed0" / "summary.json").exists()
+    run_study(path, study_dir=tmp_path / "out")
+    assert len(load_existing_study(path, study_dir=tmp_path / "out").get_trials()) == 4
+    # leaderboard: best first
+    header, rows = leaderboard(study)
+    values = [r[header.index("val.dice_mean")] for r in rows]
+    assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.slow
+def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
+    run_study(write_study(tmp_path, space={"optimizer.lr": [0.01]}), study_dir=tmp_path / "out")
+    with pytest.raises(ConfigError, match="made from a different study file \\(space differ"):
+        run_study(write_study(tmp_path, space={"optimizer.lr": [0.02]}), study_dir=tmp_path / "out")
+
+
+def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_path, monkeypatch, capsys):
+    # the numbers depend on the thread count: a study keeps the count it was created with
+    import segtune.study.objective
+    from segtune.cli import main
+
+    real_train = segtune.study.objective.train
+    calls = []
+
+    def stopped_after_one_trial(config, **kwargs):
+        calls.append(config)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_train(config, **kwargs)
+
+    path, out = write_study(tmp_path, space={"optimizer.lr": [0.01, 0.001]}), tmp_path / "out"
+    monkeypatch.setattr(segtune.study.objective, "train", stopped_after_one_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, study_dir=out, num_threads=1)
+    monkeypatch.setattr(segtune.study.objective, "train", real_train)
+    monkeypatch.setattr(segtune.study.workers.os, "cpu_count", lambda: 8)  # another machine, or more cores free
+    assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
+    trials = load_existing_study(path, study_dir=out).get_trials()
+    assert [t.user_attrs["config"]["train"]["num_threads"] for t in trials] == [1, 1, 1]  # done, stopped, re-run
+    assert load_existing_study(path, study_dir=out).user_attrs["threads"] == 1
+    assert main(["study", str(path), "--out", str(out), "--threads", "2"]) == 2
+    assert ("trains every trial with 1 CPU thread(s), fixed when it was created: the numbers depend on the thread "
+            "count") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["random", {"name": "tpe", "n_startup_trials": 2}], ids=["random", "tpe"])
+def test_a_resumed_study_draws_new_configurations_and_the_same_as_a_fresh_one(tmp_path, method):
+    # trial n's draw depends on the study's seed and n only: a study stopped after 2 trials and
+    # run again to 4 continues the sequence (no configuration twice) and ends where a study run
+    # in one go ends
+    space = {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    path = write_study(tmp_path, method=method, n_trials=2, seed=3, space=space)
+    run_study(path, study_dir=tmp_path / "resumed")
+    path.write_text(path.read_text().replace("n_trials: 2", "n_trials: 4"))
+    resumed = run_study(path, study_dir=tmp_path / "resumed").get_trials()
+    fresh = run_study(path, study_dir=tmp_path / "fresh").get_trials()
+    lrs = [t.params["optimizer.lr"] for t in resumed]
+    assert len(lrs) == 4 and len(set(lrs)) == 4 and not any("same_as" in t.user_attrs for t in resumed)
+    assert lrs == [t.params["optimizer.lr"] for t in fresh]
+    assert [t.value for t in resumed] == [t.value for t in fresh]
+
+
+@pytest.mark.slow
+def test_two_commands_on_one_study_split_its_trials(tmp_path):
+    # two `segtune study` commands started together on one SQLite file draw different
+    # configurations (each trial number its own draw): no configuration is trained twice
+    space = {"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    path = write_study(tmp_path, method="tpe", n_trials=4, seed=5, space=space)
+    command = [sys.executable, "-m", "segtune", "study", str(path), "--out", str(tmp_path / "out"),
+               "--quiet", "--threads", "1"]
+    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    trials = load_existing_study(path, study_dir=tmp_path / "out").get_trials()
+    trained = [t for t in trials if t.state == TrialState.COMPLETE and "same_as" not in t.user_attrs]
+    lrs = [t.params["optimizer.lr"] for t in trained]
+    # both may start their last trial at the same instant: at most one more than n_trials
+    assert len(set(lrs)) == len(lrs) and 4 <= len(lrs) <= 5
+
+
+@pytest.mark.parametrize("pruner", [{"name": "hyperband", "min_epochs": 1, "reduction_factor": 2},
+                                    {"name": "successive_halving", "min_epochs": 1, "reduction_factor": 2}])
+@pytest.mark.slow
+def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
+    # TPE over a log range and a list, 4 trials of 3 epochs: every trial ends complete or pruned
+    path = write_study(tmp_path, method={"name": "tpe", "n_startup_trials": 2}, n_trials=4, pruner=pruner,
+                       space={"optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}, "loss.name": ["dice_ce", "dice"]},
+                       base=tiny_tree(train={"epochs": 3, "batch_size": 8, "patience": 0}))
+    trials = run_study(path, study_dir=tmp_path / "out").get_trials()
+    assert len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
+    assert all(len(t.intermediate_values) in (1, 2, 3) for t in trials)

@@ -1,0 +1,133 @@
+"""The study file: its fields and its space checked when it is read, its base file and --set, its
+name and objective; the demo and example study files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from tests.conftest import study_tree, tiny_tree, write_study
+
+from segtune.errors import ConfigError
+from segtune.study import run_study
+from segtune.study.spec import load_study, parse_study
+
+TrialState = optuna.trial.TrialState
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimzer.lr": [0.1]}, "no section or field 'optimzer' \\(did you mean 'optimizer'\\?\\)"),
+    ({"optimizer.lrr": [0.1]}, "optimizer has no option 'lrr' \\(did you mean 'lr'\\?\\)"),
+    ({"optimizer.name": ["adam", "sgdd"]}, "optimizer.name='sgdd' is invalid(.|\n)*did you mean 'sgd'"),
+    ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, "low must be below high"),
+    ({"optimizer.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log ranges need low > 0"),
+    ({"optimizer.lr": []}, "list of values is empty"),
+    ({"optimizer.lr": 0.1}, "give a list of values, a range"),
+    ({"optimizer.name": ["adam"], "optimizer.lr": {"when": "optimizer.nam", "cases": {"adam": [0.1]}}},
+     "did you mean 'optimizer.name'"),
+    ({"optimizer.name": ["adam"], "optimizer.lr": {"when": "optimizer.name", "cases": {"sdg": [0.1]}}},
+     "case 'sdg' is not a value of optimizer.name"),
+])
+def test_invalid_space_fails_before_any_trial(space, message):
+    # every problem of the space is found when the study file is read, naming path and rule
+    with pytest.raises(ConfigError, match=message):
+        parse_study(study_tree(method="random", n_trials=2, space=space))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"method": "random"}, "method random needs n_trials"),
+    ({"method": "annealing"}, "unknown study method 'annealing'"),
+    ({"objective": "val.dise_mean"}, "objective must be SPLIT.METRIC"),
+    ({"objective": "test.dice_mean", "pruner": "median"}, "pruner median needs a validation objective"),
+    ({"pruner": {"name": "median", "min_epoch": 2}}, "has no option 'min_epoch' \\(did you mean 'min_epochs'"),
+    ({"space": {"optimizer.lr": {"low": 0.001, "high": 0.1}}}, "a grid needs a list of values or a step"),
+])
+def test_invalid_study_fields(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_study(study_tree(**fields))
+
+
+def test_base_file_is_found_next_to_the_study_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_tree()))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "method": "grid", "space": {"optimizer.lr": [0.1]}}))
+    spec, _ = load_study(path)
+    assert spec.name == "s" and spec.base["data"]["source"] == "synthetic"
+
+
+def test_set_changes_the_base_and_a_misspelt_path_is_named(tmp_path):
+    path = write_study(tmp_path, set={"train.batch_size": 4})
+    spec, _ = load_study(path, ["optimizer.lr=0.5"])
+    assert spec.base["train"]["batch_size"] == 4 and spec.base["optimizer"]["lr"] == 0.5
+    with pytest.raises(ConfigError, match="train has no option 'bach_size' \\(did you mean 'batch_size'"):
+        load_study(write_study(tmp_path, set={"train.bach_size": 4}))
+
+
+def test_set_and_overrides_switching_a_component_leave_out_the_old_ones_options(tmp_path):
+    # as `--set` of a run does: adam's betas are not sgd's; a later --set of a path wins over the file's set
+    base = tiny_tree(optimizer={"name": "adam", "lr": 0.01, "betas": [0.8, 0.9]})
+    spec, _ = load_study(write_study(tmp_path, base=base, set={"optimizer.name": "sgd", "optimizer.lr": 0.1}),
+                         ["optimizer.lr=0.2"])
+    assert spec.base["optimizer"] == {"name": "sgd", "lr": 0.2}
+
+
+def test_an_objective_naming_a_class_the_data_lacks_fails_before_the_first_trial(tmp_path, monkeypatch, capsys):
+    import segtune.study.objective
+    from segtune.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trial trained")
+
+    monkeypatch.setattr(segtune.study.objective, "train", no_training)
+    path = write_study(tmp_path, objective="val.dice_per_class.tumour")
+    with pytest.raises(ConfigError, match=r"study.yaml: objective val.dice_per_class.tumour: the data has no class "
+                                          r"'tumour'; its classes are background, class_1, class_2: "
+                                          r"e.g. objective: val.dice_per_class.class_2"):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no storage, no trial
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: objective val.dice_per_class.tumour: the data has no")
+    # a class the data has: the study runs, its objective read per trial
+    monkeypatch.undo()
+    study = run_study(write_study(tmp_path, objective="val.dice_per_class.class_2"), study_dir=tmp_path / "ok")
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    run = study.trials[0].user_attrs["runs"][0]
+    assert study.trials[0].value == run["value"] and 0 <= run["value"] <= 1
+
+
+def test_the_demo_study_file_is_valid():
+    from segtune.cli import demo_config_path
+
+    spec, space = load_study(demo_config_path().with_name("demo_study.yaml"))
+    assert spec.base["data"]["source"] == "demo"
+    assert spec.method.name == "grid" and space.n_grid_cells() == 4
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].joinpath("studies").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_study_file_is_valid(path):
+    spec, space = load_study(path)
+    assert spec.name and space.params
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "/tmp/x", ".x"])
+def test_a_study_name_that_is_not_a_safe_file_name_is_refused(tmp_path, monkeypatch, capsys, name):
+    # the name becomes the study folder runs/<name> (its study.db, trials and report)
+    from segtune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, name=name)
+    assert main(["study", str(path)]) == 2
+    assert (f"study.yaml: invalid study file\n  name: must be a safe file name: letters, digits, '-', '_' and '.', "
+            f"not starting with '.'") in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+def test_a_study_named_after_its_file_gets_a_safe_name(tmp_path):
+    tree = study_tree()
+    del tree["name"]
+    path = tmp_path / ".my study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert load_study(path)[0].name == "my-study"
