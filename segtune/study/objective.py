@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from segtune.config import Config
@@ -35,6 +34,7 @@ from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault
 from segtune.training.checkpoint import resumable_history
 from segtune.training.loop import train
+from segtune.training.rundir import saved_config
 from segtune.training.runtime import load_data
 
 ORPHAN_FIX = ("to start the study afresh, move the old runs aside (mv {trials} {trials}.old), or restore "
@@ -298,8 +298,7 @@ def _finished_summary(directory: Path, config: Config) -> dict[str, Any] | None:
         ConfigError: ``directory`` holds a run of another configuration (a study database lost or
             replaced while its run directories stayed).
     """
-    saved = yaml.safe_load((directory / "config.yaml").read_text())
-    if saved != config.to_dict():
+    if saved_config(directory) != config.to_dict():  # a run from before a field was added matches
         raise ConfigError(f"{directory} holds a run of another configuration than this trial's; "
                           f"{ORPHAN_FIX.format(trials=directory.parent)}")
     summary = directory / "summary.json"

@@ -25,7 +25,7 @@ from segtune.config import Config, build_config
 from segtune.errors import ConfigError, SegtuneError, StorageError
 
 __all__ = ["MetricsLog", "RunResult", "check_resumable", "create_run_dir", "default_run_dir", "prepare_run_dir",
-           "write_atomic", "write_json_atomic", "write_text_atomic"]
+           "saved_config", "write_atomic", "write_json_atomic", "write_text_atomic"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -118,6 +118,17 @@ def create_run_dir(config: Config, out_dir: str | Path | None, *, suffix: str = 
     return run_dir
 
 
+def saved_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config tree a run directory's ``config.yaml`` holds, with the defaults of fields added to
+    segtune since it was written (``train.max_minutes``), as the run had them; as written if it is no
+    longer a valid config (it then differs from any config it is compared with)."""
+    saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    try:
+        return build_config(saved).to_dict()
+    except ConfigError:
+        return saved
+
+
 def check_resumable(out_dir: str | Path | None, config: Config) -> Path:
     """The unfinished run directory ``out_dir`` that ``config`` continues, cleared of interrupted writes.
 
@@ -134,11 +145,7 @@ def check_resumable(out_dir: str | Path | None, config: Config) -> Path:
         raise SegtuneError(f"{run_dir} has no config.yaml: no run was started there; start it without --resume")
     for stale in run_dir.glob(".*.tmp"):  # the temporary file of a write that a kill interrupted
         stale.unlink(missing_ok=True)
-    saved, wanted = yaml.safe_load((run_dir / "config.yaml").read_text()), config.to_dict()
-    try:  # a field added since the run started (train.max_minutes) takes its default, as the run did
-        saved = build_config(saved).to_dict()
-    except ConfigError:  # no longer a valid config: compared as it is, and named as differing below
-        pass
+    saved, wanted = saved_config(run_dir), config.to_dict()
     if saved != wanted:
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         raise SegtuneError(f"{run_dir}: the config differs from the run's config.yaml in {', '.join(changed)}; "

@@ -96,6 +96,11 @@ def test_a_trial_of_two_repeats_killed_in_its_second_keeps_the_first_and_resumes
     # killed in epoch 3 of the second repeat (seed 1), after the first finished
     run_killed_in_epoch(3, ["study", str(path), "--worker", "--out", str(out), "--threads", "1"], "0000-seed1")
     first = out / "trials" / "0000-seed0" / "summary.json"
+    for run in ("0000-seed0", "0000-seed1"):  # as an older segtune wrote them: without a field added since
+        config = out / "trials" / run / "config.yaml"
+        tree = yaml.safe_load(config.read_text())
+        del tree["train"]["max_minutes"]
+        config.write_text(yaml.safe_dump(tree, sort_keys=False))
     finished_at = first.stat().st_mtime_ns
     died, again = run_study(path, study_dir=out, num_threads=1).get_trials()
     assert died.state == TrialState.FAIL and again.state == TrialState.COMPLETE
