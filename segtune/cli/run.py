@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="all: every image or case once, e.g. a separate test set given with --set data.path=...")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--postprocess", action="store_true", help="choose keep-the-largest-component per class on "
+                   "the val split, save it to RUN/postprocessing.json, and report Dice with and without it")
     add_set(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -43,6 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("inputs", nargs="+", help="image files, NIfTI volumes (.nii, .nii.gz) or folders of them")
     p.add_argument("--out", required=True, help="folder for the label masks")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--postprocess", action="store_true",
+                   help="apply RUN/postprocessing.json (chosen on the val split first if there is none)")
     p.set_defaults(handler=cmd_predict)
 
 
@@ -109,21 +113,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``segtune evaluate RUN``: per-class Dice / IoU of a run on one split (and per case for volumes)."""
     from segtune.training.predict import evaluate_run
 
-    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set)
+    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set,
+                                  postprocess=args.postprocess)
+    _print_evaluation(metrics, names, args.split)
+    if args.postprocess:
+        kept = [n for n, keep in metrics["postprocessing"].items() if keep] or ["no class"]
+        print(f"\nkeep the largest component (chosen on val): {', '.join(kept)}; with it:")
+        _print_evaluation(metrics["postprocessed"], names, args.split)
+    return 0
+
+
+def _print_evaluation(metrics: dict, names: list[str], split: str) -> None:
     if "per_case" in metrics:
-        print(f"3D Dice per case ({args.split} split):")
+        print(f"3D Dice per case, whole volumes ({split} split):")
         rows = [[case] + [dice[n] for n in names[1:]] for case, dice in metrics["per_case"].items()]
         rows.append(["mean over cases"] + [metrics["case_mean_dice_per_class"][n] for n in names[1:]])
         print_table(rows, ["case"] + list(names[1:]))
         print("\nall voxels of the split pooled:")
-    print_dice_table({args.split: metrics}, names)
-    return 0
+    print_dice_table({split: metrics}, names)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``segtune predict RUN INPUTS... --out FOLDER``: write a label mask per input."""
     from segtune.training.predict import predict_files
 
-    written = predict_files(args.run, args.inputs, args.out, checkpoint=args.checkpoint)
+    written = predict_files(args.run, args.inputs, args.out, checkpoint=args.checkpoint,
+                            postprocess=args.postprocess)
     print(f"wrote {len(written)} label mask(s) to {args.out}")
     return 0

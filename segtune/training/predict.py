@@ -24,10 +24,13 @@ from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_ima
 from segtune.errors import DataError
 from segtune.training.evaluate import predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
+from segtune.training.postprocess import (apply_postprocessing, case_units, choose_postprocessing, mean_case_dice,
+                                          postprocess_split, read_postprocessing, write_postprocessing)
 from segtune.training.runtime import evaluation_options, load_data, resolve_device
 
-__all__ = ["SPLITS", "collect_inputs", "evaluate_run", "group_channels", "is_volume", "per_case_dice",
-           "predict_files", "run_config", "split_with_cases", "write_label_volume"]
+__all__ = ["SPLITS", "choose_run_postprocessing", "collect_inputs", "evaluate_run", "group_channels", "is_volume",
+           "per_case_dice", "predict_files", "run_config", "saved_postprocessing", "split_with_cases",
+           "write_label_volume"]
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -35,6 +38,11 @@ SPLITS = ("train", "val", "test", "all")
 def _checkpoint_path(run: str | Path, checkpoint: str) -> Path:
     run = Path(run)
     return run if run.is_file() else run / f"{checkpoint}.pt"
+
+
+def _run_folder(run: str | Path) -> Path:
+    run = Path(run)
+    return run.parent if run.is_file() else run
 
 
 def run_config(run: str | Path, overrides: list[str] = ()) -> Config:
@@ -47,8 +55,7 @@ def run_config(run: str | Path, overrides: list[str] = ()) -> Config:
     Raises:
         DataError: no ``config.yaml`` beside the checkpoint.
     """
-    run = Path(run)
-    folder = run.parent if run.is_file() else run
+    folder = _run_folder(run)
     if not (folder / "config.yaml").is_file():
         raise DataError(f"{folder}: no config.yaml; give the run directory that training wrote")
     return build_config(read_yaml(folder / "config.yaml"), overrides, origin=str(folder / "config.yaml"))
@@ -94,47 +101,105 @@ def per_case_dice(pred: torch.Tensor, target: torch.Tensor, cases: list[list[Any
     return result
 
 
+def _split_metrics(pred: torch.Tensor, masks: torch.Tensor, cases: list[list[Any]] | None,
+                   names: list[str]) -> dict:
+    """Pooled Dice / IoU of a split, and for volumes the 3D Dice per case and its mean per class."""
+    metrics = summarize(confusion_counts(pred, masks, len(names)), names)
+    if cases:
+        per_case = per_case_dice(pred, masks, cases, names)
+        mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
+        metrics.update(per_case=per_case, case_mean_dice_per_class=mean,
+                       case_mean_dice=float(np.mean([mean[n] for n in names[1:]])))
+    return metrics
+
+
+class _Evaluation:
+    """A run's checkpoint and its data prepared for scoring: every image of every split, normalised
+    as in training, predicted with the run's own evaluation options (so the numbers match its summary)."""
+
+    def __init__(self, run: str | Path, checkpoint: str, overrides: list[str]) -> None:
+        # every image of the split: train_fraction and min_foreground_fraction chose what to train on
+        config = run_config(run, [*overrides, "data.train_fraction=1.0", "data.min_foreground_fraction=0"])
+        device = resolve_device(config.train.device)
+        ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
+        self.model = model_from_checkpoint(ckpt).to(device)
+        self.data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
+        self.options = evaluation_options(config.train, device)
+        if self.options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
+            self.options["precision"] = "fp32"
+
+    def predict(self, split: str) -> tuple[torch.Tensor, Split, list[list[Any]] | None]:
+        """Predicted labels ``(N, H, W)``, the split itself and its case list (None for 2D images)."""
+        images, cases = split_with_cases(self.data, split)
+        return predict_labels(self.model, images.images, **self.options), images, cases
+
+
+def _choose_on_val(evaluation: _Evaluation, run: str | Path, checkpoint: str) -> dict[str, bool]:
+    """Choose the post-processing on the val split and save it to ``RUN/postprocessing.json``."""
+    pred, images, cases = evaluation.predict("val")
+    names = evaluation.data.class_names
+    preds, targets = case_units(pred, cases), case_units(images.masks, cases)
+    choice = choose_postprocessing(preds, targets, names)
+    cleaned = [apply_postprocessing(p, choice, names) for p in preds]
+    val_dice = {key: dict(zip(names, map(float, mean_case_dice(p, targets, len(names)))))
+                for key, p in (("without", preds), ("with", cleaned))}
+    write_postprocessing(_run_folder(run), choice, checkpoint=checkpoint, class_names=names, val_dice=val_dice)
+    return choice
+
+
+def choose_run_postprocessing(run: str | Path, *, checkpoint: str = "best", overrides: list[str] = ()) -> dict:
+    """Choose a run's post-processing on its val split and save it as ``RUN/postprocessing.json``.
+
+    Args:
+        run: run directory (with ``config.yaml``) or a checkpoint file in it.
+        checkpoint: ``best`` or ``last``.
+        overrides: ``--set`` style changes to the run's config.
+
+    Returns:
+        The saved file's content (:func:`~segtune.training.postprocess.read_postprocessing`).
+
+    Raises:
+        DataError: no run there, or a problem with the data.
+    """
+    _choose_on_val(_Evaluation(run, checkpoint, list(overrides)), run, checkpoint)
+    return read_postprocessing(_run_folder(run))
+
+
 def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "best",
-                 overrides: list[str] = ()) -> tuple[dict, list[str]]:
+                 overrides: list[str] = (), postprocess: bool = False) -> tuple[dict, list[str]]:
     """Per-class Dice and IoU of a run's checkpoint on a split of its data (or of other data).
 
-    For volumes (the ``nifti`` source) the result also holds the 3D Dice of each case and the
-    mean over cases, per class. Metrics are computed at the resolution the model sees, on every
-    image of the split (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to
-    train on), normalised as in training (``zscore_dataset``: the training set's statistics).
+    For volumes (the ``nifti`` source) the result also holds the 3D Dice of each case, over the
+    whole volume (every slice of the case), and the mean over cases, per class. Metrics are
+    computed at the resolution the model sees, on every image of the split
+    (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to train on),
+    normalised as in training (``zscore_dataset``: the training set's statistics).
 
     Args:
         run: run directory (with ``config.yaml``) or a checkpoint file in it.
         split: ``train``, ``val``, ``test`` or ``all`` (every image once: a separate test set).
         checkpoint: ``best`` or ``last``.
         overrides: ``--set`` style changes to the run's config, e.g. ``["data.path=other/"]``.
+        postprocess: also choose the largest-component post-processing on the val split, save it
+            to ``RUN/postprocessing.json`` and score ``split`` with it applied.
 
     Returns:
         ``(metrics, class_names)``: metrics as in ``summary.json``, plus for volumes
         ``per_case`` (``{case: {class: dice}}``), ``case_mean_dice_per_class`` and ``case_mean_dice``
-        (foreground classes).
+        (foreground classes); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
+        and ``postprocessed`` (the same metrics after it).
 
     Raises:
         DataError: no run there, or a problem with the data.
     """
-    # every image of the split: train_fraction and min_foreground_fraction chose what to train on
-    config = run_config(run, [*overrides, "data.train_fraction=1.0", "data.min_foreground_fraction=0"])
-    device = resolve_device(config.train.device)
-    ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
-    model = model_from_checkpoint(ckpt).to(device)
-    data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-    images, cases = split_with_cases(data, split)
-    options = evaluation_options(config.train, device)  # as the run evaluated itself, so the numbers match
-    if options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
-        options["precision"] = "fp32"
-    pred = predict_labels(model, images.images, **options)
-    names = data.class_names
-    metrics = summarize(confusion_counts(pred, images.masks, len(names)), names)
-    if cases:
-        per_case = per_case_dice(pred, images.masks, cases, names)
-        mean = {n: float(np.mean([c[n] for c in per_case.values()])) for n in names}
-        metrics.update(per_case=per_case, case_mean_dice_per_class=mean,
-                       case_mean_dice=float(np.mean([mean[n] for n in names[1:]])))
+    evaluation = _Evaluation(run, checkpoint, list(overrides))
+    names = evaluation.data.class_names
+    pred, images, cases = evaluation.predict(split)
+    metrics = _split_metrics(pred, images.masks, cases, names)
+    if postprocess:
+        choice = _choose_on_val(evaluation, run, checkpoint)
+        cleaned = postprocess_split(pred, cases, choice, names)
+        metrics.update(postprocessing=choice, postprocessed=_split_metrics(cleaned, images.masks, cases, names))
     return metrics, names
 
 
@@ -235,8 +300,27 @@ def write_label_volume(labels: np.ndarray, reference: Path, target: Path) -> Non
     nib.save(image, str(target))
 
 
+def saved_postprocessing(run: str | Path, checkpoint: str = "best") -> dict[str, Any]:
+    """The run's ``postprocessing.json`` for ``checkpoint``, chosen on its val split (and saved) if
+    there is none yet or it was chosen for another checkpoint.
+
+    Raises:
+        DataError: no run there, an unreadable file, or a problem with the run's data.
+    """
+    saved = read_postprocessing(_run_folder(run))
+    if saved is None or saved.get("checkpoint") != checkpoint:
+        saved = choose_run_postprocessing(run, checkpoint=checkpoint)
+    return saved
+
+
+def _postprocessed(labels: np.ndarray, saved: dict[str, Any] | None) -> np.ndarray:
+    if saved is None:
+        return labels
+    return apply_postprocessing(labels, saved["keep_largest_component"], saved["class_names"])
+
+
 def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
-                  checkpoint: str = "best", batch_size: int = 16) -> list[Path]:
+                  checkpoint: str = "best", batch_size: int = 16, postprocess: bool = False) -> list[Path]:
     """Write label masks for images and volumes into ``out``, each in its input's own form.
 
     A 2D image gives ``out/<stem>.png``. NIfTI volumes (``.nii``, ``.nii.gz``) are cut into
@@ -244,7 +328,8 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
     ``out/<case>.nii.gz`` with the source affine and header; nnU-Net channel files
     ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` make one multi-channel case.
     Inputs are prepared as in training (channels, resize, normalisation); labels are resized
-    back to the input's size with nearest neighbour.
+    back to the input's size with nearest neighbour. With ``postprocess``, the run's saved
+    post-processing (:func:`saved_postprocessing`) is applied to each image or whole volume.
 
     Returns:
         The paths written.
@@ -256,21 +341,22 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
 
     predictor = _Predictor(run, checkpoint, batch_size)
     n_channels = predictor.meta["in_channels"]
+    files = collect_inputs(inputs)
+    saved = saved_postprocessing(run, checkpoint) if postprocess else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = collect_inputs(inputs)
     written = []
     for path in (p for p in files if not is_volume(p)):
-        labels = predictor(torch.from_numpy(read_image(path, n_channels))[None])
+        labels = _postprocessed(predictor(torch.from_numpy(read_image(path, n_channels))[None])[0].numpy(), saved)
         target = out / f"{path.stem}.png"
-        Image.fromarray(labels[0].numpy().astype(np.uint8)).save(target)
+        Image.fromarray(labels.astype(np.uint8)).save(target)
         written.append(target)
     volumes = [p for p in files if is_volume(p)]
     if volumes:
         axis, read_size = _volume_options(run)
         for case, channel_files in group_channels(volumes, n_channels).items():
             slices = torch.from_numpy(to_slices(read_image_volume(channel_files, n_channels), axis))
-            labels = from_slices(predictor(slices, read_size).numpy(), axis)
+            labels = _postprocessed(from_slices(predictor(slices, read_size).numpy(), axis), saved)
             target = out / f"{case}.nii.gz"
             write_label_volume(labels, channel_files[0], target)
             written.append(target)

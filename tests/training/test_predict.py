@@ -5,19 +5,22 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from tests.conftest import tiny_tree
 from tests.data.writers import AFFINE, SHAPE, write_msd, write_nnunet
 
 from segtune.cli import main
 from segtune.config import build_config
 from segtune.errors import DataError
+from segtune.training.metrics import dice_per_class
+from segtune.training.postprocess import apply_postprocessing, read_postprocessing, write_postprocessing
 from segtune.training.predict import evaluate_run, group_channels, predict_files
 from segtune.training.loop import train
 
 
-def train_on(tmp_path, data: dict, name: str = "run"):
-    config = build_config(tiny_tree(data=data, train={"epochs": 1, "batch_size": 8, "patience": 0,
-                                                         "device": "cpu"}))
+def train_on(tmp_path, data: dict, name: str = "run", *, epochs: int = 1, lr: float = 0.01):
+    config = build_config(tiny_tree(data=data, train={"epochs": epochs, "batch_size": 8, "patience": 0,
+                                                         "device": "cpu"}, optimizer={"name": "adam", "lr": lr}))
     return train(config, out_dir=tmp_path / name, verbose=False).run_dir
 
 
@@ -105,3 +108,85 @@ def test_evaluate_uses_the_runs_precision_so_its_numbers_are_the_summarys(tmp_pa
     metrics, _ = evaluate_run(result.run_dir, split="test")
     assert result.summary["test"]["dice_mean"] > 0.1  # the model predicts foreground: there is something to compare
     assert metrics["dice_mean"] == result.summary["test"]["dice_mean"]
+
+
+def pad_with_empty_slices(root, n: int) -> None:
+    """Add ``n`` background-only slices above every volume of a dataset (as the empty slices above a head)."""
+    for path in sorted(root.glob("*Tr/*.nii.gz")):
+        image = nib.load(path)
+        array = np.asarray(image.dataobj)
+        padded = np.concatenate([array, np.zeros((*array.shape[:2], n), array.dtype)], axis=2)
+        nib.save(nib.Nifti1Image(padded, image.affine), str(path))
+
+
+@pytest.fixture(scope="module")
+def padded_run(tmp_path_factory):
+    """A run that learnt something (20 epochs) on volumes with 4 empty slices added above each case;
+    slices under 20 % foreground (those 4 and the ends of each case) were dropped from training."""
+    tmp = tmp_path_factory.mktemp("padded")
+    root = write_nnunet(tmp / "data", n_cases=6)
+    pad_with_empty_slices(root, 4)
+    run = train_on(tmp, {"source": "nifti", "path": str(root), "axis": 2, "min_foreground_fraction": 0.2},
+                   epochs=20, lr=0.03)
+    return run, root
+
+
+def test_evaluate_scores_whole_volumes_though_empty_slices_were_not_trained_on(padded_run, tmp_path):
+    # each case is scored over all its 10 slices: the 3D Dice of the volume that predict writes
+    run, root = padded_run
+    metrics, names = evaluate_run(run, split="all")
+    assert sorted(metrics["per_case"]) == [f"case_{i:03d}" for i in range(6)]
+    written = predict_files(run, [root / "imagesTr"], tmp_path / "pred")
+    for path in written:
+        case = path.name.removesuffix(".nii.gz")
+        pred = np.asarray(nib.load(path).dataobj).astype(np.int64)
+        label = np.asarray(nib.load(root / "labelsTr" / path.name).dataobj).astype(np.int64)
+        assert pred.shape == label.shape == (8, 8, 10)
+        dice = dice_per_class(torch.from_numpy(pred), torch.from_numpy(label), 3).tolist()
+        assert [metrics["per_case"][case][n] for n in names] == pytest.approx(dice)
+    for name in names:
+        assert metrics["case_mean_dice_per_class"][name] == pytest.approx(
+            np.mean([c[name] for c in metrics["per_case"].values()]))
+
+
+def test_evaluate_postprocess_chooses_on_val_and_reports_both(padded_run, capsys):
+    run, _ = padded_run
+    assert main(["evaluate", str(run), "--postprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "keep the largest component (chosen on val)" in out and out.count("3D Dice per case") == 2
+    saved = read_postprocessing(run)
+    assert set(saved["keep_largest_component"]) == {"liver", "tumour"} and saved["checkpoint"] == "best"
+    val = saved["val_case_mean_dice"]
+    for name, keep in saved["keep_largest_component"].items():  # chosen only where it raised the val Dice
+        assert (val["with"][name] > val["without"][name]) if keep else (val["with"][name] == val["without"][name])
+    metrics, _ = evaluate_run(run, split="val", postprocess=True)
+    assert metrics["postprocessed"]["case_mean_dice_per_class"] == pytest.approx(val["with"])
+    assert metrics["case_mean_dice_per_class"] == pytest.approx(val["without"])
+
+
+def test_predict_postprocess_applies_the_saved_choice(padded_run, tmp_path):
+    run, root = padded_run
+    write_postprocessing(run, {"liver": True, "tumour": True}, checkpoint="best",
+                         class_names=["background", "liver", "tumour"], val_dice={})
+    plain = predict_files(run, [root / "imagesTr"], tmp_path / "plain")
+    cleaned = predict_files(run, [root / "imagesTr"], tmp_path / "cleaned", postprocess=True)
+    changed = 0
+    for p, q in zip(plain, cleaned):
+        raw = np.asarray(nib.load(p).dataobj)
+        expected = apply_postprocessing(raw, {"liver": True, "tumour": True}, ["background", "liver", "tumour"])
+        assert np.array_equal(np.asarray(nib.load(q).dataobj), expected)
+        changed += int((raw != expected).sum())
+    assert changed > 0  # the model's stray voxels were there to remove
+
+
+def test_predict_postprocess_chooses_it_first_when_none_is_saved(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    run = train_on(tmp_path, {"source": "synthetic", "n_train": 16, "n_val": 8, "n_test": 8, "size": 32,
+                              "n_classes": 3})
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "a.png")
+    assert main(["predict", str(run), str(images), "--out", str(tmp_path / "masks"), "--postprocess"]) == 0
+    assert (tmp_path / "masks" / "a.png").is_file()
+    assert set(read_postprocessing(run)["keep_largest_component"]) == {"class_1", "class_2"}
