@@ -10,7 +10,7 @@ from torch import nn
 from segtune.data import Split
 from segtune.training.metrics import confusion_counts, summarize
 
-__all__ = ["autocast", "batches", "evaluate_split", "labels_from_logits", "predict_labels"]
+__all__ = ["autocast", "batches", "evaluate_split", "labels_from_logits", "memory_format", "predict_labels"]
 
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -28,9 +28,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """``torch.channels_last`` when ``train.channels_last`` is set, else the contiguous format."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def batches(split: Split, batch_size: int, device: torch.device, channels_last: bool):
     """Yield ``(images, masks)`` batches of ``split`` in order, moved to ``device``."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     for i in range(0, len(split), batch_size):
         x = split.images[i:i + batch_size].to(device, non_blocking=True).contiguous(memory_format=fmt)
         yield x, split.masks[i:i + batch_size].to(device, non_blocking=True)

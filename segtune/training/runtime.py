@@ -21,7 +21,7 @@ from segtune.components.optim import OPTIMIZERS
 from segtune.config import Config, TrainConfig
 from segtune.data import SOURCES, SegData, prepare
 from segtune.errors import ConfigError
-from segtune.training.evaluate import autocast
+from segtune.training.evaluate import autocast, memory_format
 
 __all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
            "grad_scaler", "load_data", "memory_format", "resolve_device", "setup_device", "train_on_batches"]
@@ -66,11 +66,6 @@ def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData
                    normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
                    label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
                    min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """``torch.channels_last`` when ``train.channels_last`` is set, else the contiguous format."""
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def grad_scaler(precision: str) -> torch.amp.GradScaler:
