@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from segtune.cli.options import add_set
@@ -13,8 +14,11 @@ __all__ = ["cmd_demo", "cmd_evaluate", "cmd_predict", "cmd_train", "register"]
 
 def register(subparsers: Any) -> None:
     """Add ``train``, ``demo``, ``evaluate`` and ``predict`` to the ``segtune`` subparsers."""
-    p = subparsers.add_parser("train", help="train one model from a YAML config")
-    p.add_argument("config", help="YAML config file")
+    p = subparsers.add_parser("train", help="train one model from a YAML config, or from a dataset folder alone")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("--data", metavar="DIR", help="instead of a config: a dataset folder (its layout names the "
+                   "source: dataset.json, images/ + masks/, annotations/trimaps); every other setting keeps "
+                   "its default or takes --set")
     add_set(p)
     p.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -52,10 +56,17 @@ def register(subparsers: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``segtune train CONFIG``: train, then print the best epoch and the val / test Dice."""
-    from segtune.config import load_config
+    from segtune.config import data_config, load_config
+    from segtune.errors import ConfigError
     from segtune.training.loop import train
 
-    config = load_config(args.config, args.set)
+    if (args.config is None) == (args.data is None):
+        raise ConfigError("segtune train needs a config file or --data DIR (one of them): e.g. "
+                          "`segtune train tissue.yaml` or `segtune train --data Dataset001_Heart`")
+    if args.data is not None and not Path(args.data).expanduser().is_dir():
+        raise ConfigError(f"--data {args.data}: no such dataset folder; give the folder that holds dataset.json, "
+                          f"images/ + masks/, or annotations/trimaps")
+    config = load_config(args.config, args.set) if args.config else data_config(args.data, args.set)
     result = train(config, out_dir=args.out, verbose=not args.quiet, resume=args.resume)
     s = result.summary
     print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")

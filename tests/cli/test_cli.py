@@ -132,3 +132,25 @@ def test_evaluate_and_predict_on_a_damaged_checkpoint_say_so_safely(config_file,
         err = capsys.readouterr().err
         assert err.startswith(f"error: {run / 'best.pt'}: not a readable checkpoint: the file is damaged (truncated?)")
         assert err.count("\n") == 1 and "weights_only" not in err and "re-run the training that wrote it" in err
+
+
+def test_train_from_a_dataset_folder_alone(tmp_path, capsys):
+    # `segtune train --data DIR`: the folder's layout names the source; every other setting is a default
+    from tests.data.writers import write_folder
+
+    folder = write_folder(tmp_path / "cells", n=8, size=16)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--set", "train.epochs=1", "--out", str(run), "--quiet"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["source"] == "folder" and config["data"]["path"] == str(folder)
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "needs a config file or --data DIR"),
+    (["tiny.yaml", "--data", "cells"], "needs a config file or --data DIR"),
+    (["--data", "no/such/folder"], "--data no/such/folder: no such dataset folder"),
+])
+def test_train_needs_exactly_one_of_a_config_and_a_dataset_folder(args, message, capsys):
+    assert main(["train", *args]) == 2
+    assert message in capsys.readouterr().err
