@@ -37,10 +37,9 @@ from segtune.config import Config, apply_changes, build_config
 from segtune.data import SegData, Split
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.registry import Registry
-from segtune.training.evaluate import autocast
 from segtune.training.loop import train
-from segtune.training.runtime import (backward_step, build_training, grad_scaler, load_data, memory_format,
-                                      setup_device)
+from segtune.training.runtime import (build_training, grad_scaler, load_data, memory_format, setup_device,
+                                      train_on_batches)
 
 __all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "explain_rule", "find_lrs", "lr_range_test",
            "plot_range_tests", "refine_lr"]
@@ -203,31 +202,43 @@ def _cycling_batches(split: Split, batch: int, *, device: torch.device, generato
         yield split.images[idx].to(device).contiguous(memory_format=fmt), split.masks[idx].to(device)
 
 
+class _Diverged(Exception):
+    """Raised from the step's loss check to end the sweep; its message says why."""
+
+
 def _sweep(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
            steps: Iterable[tuple[float, tuple[torch.Tensor, torch.Tensor]]], *, smoothing: float,
            divergence_factor: float, device: torch.device, precision: str
            ) -> tuple[list[float], list[float], list[float], str]:
-    """One optimizer step per ``(lr, batch)`` until the loss diverges: the lrs, raw and smoothed
-    losses (bias-corrected moving average) and why it stopped."""
-    scaler = grad_scaler(precision)
+    """One optimizer step per ``(lr, batch)`` (the training loop's step, at that lr) until the loss
+    diverges: the lrs, raw and smoothed losses (bias-corrected moving average) and why it stopped."""
     lrs, raw, smooth = [], [], []
-    average, best = 0.0, math.inf
-    model.train()
-    for step, (lr, (x, y)) in enumerate(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, precision):
-            loss = loss_fn(model(x).float(), y)
-        value = float(loss.detach())
+    average, best, lr = 0.0, math.inf, 0.0
+
+    def batches_at_their_lr() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal lr
+        for lr, batch in steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            yield batch
+
+    def record(value: float) -> None:  # before the step: a diverged loss takes no step
+        nonlocal average, best
         if not math.isfinite(value):
-            return lrs, raw, smooth, f"diverged at lr {lr:.3g} (loss {value})"
+            raise _Diverged(f"diverged at lr {lr:.3g} (loss {value})")
         average = (1 - smoothing) * average + smoothing * value
-        smoothed = average / (1 - (1 - smoothing) ** (step + 1))
+        smoothed = average / (1 - (1 - smoothing) ** (len(raw) + 1))
         lrs.append(lr), raw.append(value), smooth.append(smoothed)
         best = min(best, smoothed)
         if smoothed > divergence_factor * best:
-            return lrs, raw, smooth, f"diverged at lr {lr:.3g}"
-        backward_step(loss, optimizer, scaler)
+            raise _Diverged(f"diverged at lr {lr:.3g}")
+
+    model.train()
+    try:
+        train_on_batches(batches_at_their_lr(), model=model, loss_fn=loss_fn, optimizer=optimizer,
+                         scaler=grad_scaler(precision), device=device, precision=precision, check=record)
+    except _Diverged as stop:
+        return lrs, raw, smooth, str(stop)
     return lrs, raw, smooth, "end_lr reached"
 
 
