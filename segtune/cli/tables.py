@@ -30,11 +30,7 @@ def print_dice_table(metrics: dict[str, dict], class_names: list[str]) -> None:
             and ``iou_mean``.
         class_names: every class, background first (it is left out).
     """
-    rows = []
-    for name in class_names[1:]:
-        rows.append([name] + [m["dice_per_class"][name] for m in metrics.values()]
-                    + [m["iou_per_class"][name] for m in metrics.values()])
-    rows.append(["mean (foreground)"] + [m["dice_mean"] for m in metrics.values()]
-                + [m["iou_mean"] for m in metrics.values()])
+    from segtune.training.metrics import dice_table_rows
+
     header = ["class"] + [f"{s} dice" for s in metrics] + [f"{s} iou" for s in metrics]
-    print_table(rows, header)
+    print_table(dice_table_rows(metrics, class_names), header)

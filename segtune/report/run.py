@@ -17,6 +17,7 @@ from segtune.report.document import Block, Figure, Heading, Table, Text, figure_
 from segtune.report.figures import CurveRun, curve_grid
 from segtune.report.levels import Levels
 from segtune.report.predictions import prediction_blocks
+from segtune.training.metrics import dice_table_rows
 
 _Metrics = list[dict[str, float]]  # metrics.csv, one row per epoch
 _SECTIONS = ("model", "loss", "optimizer", "scheduler", "augment", "data", "train")  # of the config table
@@ -51,12 +52,8 @@ def curve_blocks(runs: list[CurveRun], *, rows: Levels | None, cols: Levels | No
 # ----------------------------------------------------------------------------- a segmentation run
 
 def _segmentation_results(summary: dict[str, Any], config: dict[str, Any]) -> list[Block]:
-    names = summary["class_names"][1:]
     splits = [s for s in ("val", "test") if s in summary]
-    rows = [[n] + [summary[s]["dice_per_class"][n] for s in splits] + [summary[s]["iou_per_class"][n]
-                                                                      for s in splits] for n in names]
-    rows.append(["mean (foreground)"] + [summary[s]["dice_mean"] for s in splits]
-                + [summary[s]["iou_mean"] for s in splits])
+    rows = dice_table_rows({s: summary[s] for s in splits}, summary["class_names"])
     return [Text(f"Best epoch {summary['best_epoch']} of {summary['epochs_run']}"
                  f"{' (stopped early)' if summary.get('stopped_early') else ''}, "
                  f"{summary['seconds']:.0f} s, {summary.get('n_parameters', 0) / 1e6:.2f} M parameters."),

@@ -8,9 +8,11 @@ was there and nothing was predicted. ``dice_mean`` is the mean over the foregrou
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["confusion_counts", "dice_from_counts", "dice_per_class", "iou_from_counts", "summarize"]
+__all__ = ["confusion_counts", "dice_from_counts", "dice_per_class", "dice_table_rows", "iou_from_counts", "summarize"]
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -63,3 +65,14 @@ def summarize(counts: torch.Tensor, class_names: list[str]) -> dict:
         "dice_per_class": {n: float(d) for n, d in zip(class_names, dice)},
         "iou_per_class": {n: float(v) for n, v in zip(class_names, iou)},
     }
+
+
+def dice_table_rows(metrics: dict[str, dict[str, Any]], class_names: list[str]) -> list[list[Any]]:
+    """Rows ``[class, dice per split..., iou per split...]`` for each foreground class, then the
+    foreground mean, of ``metrics`` (split name -> ``dice_per_class``, ``iou_per_class``,
+    ``dice_mean``, ``iou_mean``); ``class_names`` has the background first."""
+    rows = [[name] + [m["dice_per_class"][name] for m in metrics.values()]
+            + [m["iou_per_class"][name] for m in metrics.values()] for name in class_names[1:]]
+    rows.append(["mean (foreground)"] + [m["dice_mean"] for m in metrics.values()]
+                + [m["iou_mean"] for m in metrics.values()])
+    return rows
