@@ -155,6 +155,13 @@ class TrainConfig(_Strict):
     # batch's loss (exploding training, e.g. SGD at lr 10); None checks NaN/inf only.
     divergence_factor: Annotated[float, Field(gt=1.0)] | None = 10.0
     val_every: Annotated[int, Field(ge=1)] = 1  # validate every n epochs (and at the last)
+    # Patch training: each training sample is a random crop of patch_size (H, W) of its image
+    # (padded where the image is smaller), and validation, test and predict run sliding windows of
+    # that size over whole images; None trains and predicts on whole images.
+    patch_size: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] | None = None
+    # The share of crops centred on a foreground pixel of a random class present in the image
+    # (nnU-Net's 0.33), so rare small structures are seen; the rest are placed uniformly.
+    foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
     # A wall-clock budget for the run's training, in minutes; None = no budget. It counts the
     # epochs' time (training and validation), which is what a user budgets, not the set-up
     # (data loading) or the final evaluation; a resumed run counts the epochs before the
