@@ -1,7 +1,7 @@
 """The ``segtune`` command line: parsing only; every command calls a public function.
 
 Each command group's module (:mod:`~segtune.cli.run`, :mod:`~segtune.cli.study`,
-:mod:`~segtune.cli.report`, :mod:`~segtune.cli.data`, :mod:`~segtune.cli.tools`) adds its
+:mod:`~segtune.cli.tune`, :mod:`~segtune.cli.report`, :mod:`~segtune.cli.data`, :mod:`~segtune.cli.tools`) adds its
 subcommands with ``register(subparsers)`` and sets each one's ``handler`` (its command function).
 
 A user error (bad config, bad data, unknown name) prints ``error: <message>`` and exits 2,
@@ -15,11 +15,11 @@ import sys
 from typing import Sequence
 
 from segtune import __version__
-from segtune.cli import data, report, run, study, tools
+from segtune.cli import data, report, run, study, tools, tune
 
 __all__ = ["GROUPS", "build_parser", "main"]
 
-GROUPS = (run, study, report, data, tools)  # the command groups, in the order of `segtune --help`
+GROUPS = (run, study, tune, report, data, tools)  # the command groups, in the order of `segtune --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

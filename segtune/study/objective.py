@@ -68,6 +68,8 @@ class Objective:
     storage: StudyStorage | None = None  # the worker's storage: its reserve is released on a full disk
     stopped_by: StorageError | None = None  # an error that fails every trial after it: the worker stops
     current: optuna.Trial | None = None  # the trial being run
+    # config changes of the run in a directory besides the trial's parameters (a tune's time budget)
+    run_changes: Callable[[Path], dict[str, Any]] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -155,13 +157,14 @@ class Objective:
                       replayed: set[int], resumed: dict[str, int]) -> RunRecord:
         """Train (or continue, or read the finished) repeat ``repeat`` of the trial."""
         seed = int(self.spec.base.get("seed", 0)) + repeat
+        directory = run_dir(self.study_dir, home, seed)
         extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
+        extra.update(self.run_changes(directory) if self.run_changes else {})
         config = config_for(self.spec.base, {**values, **extra}, seed=seed,
                             name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
         if repeat == 0:
             trial.set_user_attr(CONFIG, config.to_dict())
         reporter = self._reporter(trial, replayed) if repeat == 0 else None
-        directory = run_dir(self.study_dir, home, seed)
         started = (directory / "config.yaml").is_file()
         done = resumable_history(directory) if started else []
         for row in done if reporter else ():  # its curve up to the checkpoint, reported again

@@ -19,7 +19,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -190,20 +190,26 @@ def _print_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Non
 
 def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str | None = None,
                num_threads: int | None = None, seed: int | None = None, verbose: bool = False,
-               progress: bool = False, cache: DataCache | None = None) -> int:
+               progress: bool = False, cache: DataCache | None = None, may_start: Callable[[], bool] | None = None,
+               run_changes: Callable[[Path], dict[str, Any]] | None = None) -> int:
     """Run trials until the study is done; returns how many trials this worker ran.
 
     The study is done when the grid is covered (grid) or ``n_trials`` trials have finished or are
     running (random, tpe), no re-queued trial waits, and no other worker's trial still runs
     (a dead worker's trial turns stale after the grace period and is re-queued here).
+
+    ``may_start()``, asked before each trial, ends the worker when it says no (a time budget
+    spent); ``run_changes(run_dir)`` gives config changes of each run besides the trial's
+    parameters (the time that run may take).
     """
     backend = open_storage(spec, study_dir, storage)
     study = open_study(spec, space, backend, seed=seed)
     _check_run_dirs(study, study_dir)
     num_threads = study_threads(study, num_threads)
-    objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend)
+    objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend,
+                          run_changes=run_changes)
     try:
-        return _run_trials(spec, space, study, objective, progress)
+        return _run_trials(spec, space, study, objective, progress, may_start)
     except Exception as err:
         if objective.stopped_by is None and not objective.storage_failed(err):
             raise
@@ -215,7 +221,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
         raise objective.stopped_by from None
 
 
-def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: Objective, progress: bool) -> int:
+def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: Objective, progress: bool,
+                may_start: Callable[[], bool] | None) -> int:
     n_run = 0
     while True:
         fail_stale_trials(study)
@@ -223,6 +230,8 @@ def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: O
         _requeue_interrupted(study)
         start, running = _work_left(spec, space, study)
         running = running or orphans_pending
+        if start and may_start is not None and not may_start():
+            return n_run
         if start:
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,),

@@ -1,0 +1,413 @@
+"""``segtune tune DATA --budget 30m``: the data's own config, then a built-in study, within a wall-clock budget.
+
+The base is the config that ``segtune train --data DATA`` builds (:func:`segtune.config.data_config`),
+so the search starts from the data's plan. The study is ``segtune/configs/tune_study.yaml``
+(learning rate per optimizer, loss, augmentation strength, depth and width; TPE and median
+pruning), fitted to that base by :func:`fit_space`; trial 0 is the base itself, so a tune never
+ends below the default on validation.
+
+The budget (:class:`Budget`) is wall-clock for the whole tune, data loading included: no trial
+starts once it is spent, and each trial's ``train.max_minutes`` is what is left of it less a
+margin for the trial's end (:func:`trial_minutes`). A tune keeps the time it has spent in its
+study: the same command run again continues it with what is left of its budget (nothing, once
+spent), and a larger ``--budget`` extends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+import sqlalchemy.exc
+
+from segtune.config import Component, Config, data_config, read_yaml
+from segtune.errors import ConfigError
+from segtune.study.objective import DataCache
+from segtune.study.records import TRIALS_DIR, RunRecord, Status, TrialRecord, best_trial, study_records
+from segtune.study.space import Space, config_for
+from segtune.study.spec import StudySpec, parse_study
+from segtune.study.storage import open_storage
+from segtune.study.workers import open_study, run_worker
+from segtune.training.rundir import saved_config
+
+__all__ = ["BEST", "DEFAULT_MARGIN", "SPENT", "Budget", "BudgetGate", "TuneResult", "base_params", "default_tune_dir",
+           "fit_space", "format_duration", "link_best", "parse_budget", "run_costs", "run_tune", "trial_minutes",
+           "tune_spec", "tune_study_path"]
+
+SPENT = "tune_spent_seconds"  # study user attribute: the wall time all commands of this tune have spent
+BEST = "best"  # <study dir>/best: a link to the best trial's run directory, for predict and evaluate
+DEFAULT_MARGIN = 0.05  # share of the budget kept for a trial's end while no trial has ended to measure it
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 60.0}  # a number alone is minutes
+_MISSING = object()
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in a budget written ``90s``, ``30m``, ``1.5h`` or ``45`` (minutes).
+
+    Raises:
+        ConfigError: not a positive number with an optional unit s, m or h.
+
+    Example:
+        >>> parse_budget("1.5h"), parse_budget("45")
+        (5400.0, 2700.0)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"--budget {text!r}: give a positive duration with a unit, e.g. 90s, 30m or 1.5h "
+                          f"(a number alone is minutes: 45)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as a budget is read: ``42 s`` under two minutes, else ``12.5 min``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def tune_study_path() -> Path:
+    """The built-in study of ``segtune tune``, ``tune_study.yaml``, shipped beside ``demo_study.yaml``."""
+    return Path(str(resources.files("segtune") / "configs" / "tune_study.yaml"))
+
+
+def _value_at(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _holding(values: Any, value: Any) -> Any:
+    """``values`` (a list or a range) made to hold ``value``: joined to the list, or the range widened."""
+    if value is _MISSING:
+        return values
+    if isinstance(values, list):
+        return values if value in values else [value, *values]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(values, dict) and number and {"low", "high"} <= set(values):
+        return {**values, "low": min(values["low"], value), "high": max(values["high"], value)}
+    return values
+
+
+def _takes(base: dict[str, Any], path: str) -> bool:
+    """Whether the base's component of ``path``'s section has the option ``path`` names."""
+    section, _, option = path.partition(".")
+    field_ = Config.model_fields.get(section)
+    cls = field_.annotation if field_ is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Component)) or option in (cls.key, *cls.model_fields):
+        return True
+    name = _value_at(base, f"{section}.{cls.key}")
+    return name in cls.registry.names() and option in cls.registry.entry(name).options.model_fields
+
+
+def fit_space(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The space ``raw`` fitted to the ``base`` config tree, so that the base is one of its points.
+
+    The base's value joins every list and widens every range; cases of a conditional entry for
+    values its list lacks are left out (lr ranges of optimizers not searched); an entry the base's
+    component does not take (``model.channels`` of a ``unet``) is left out, with those that
+    depend on it.
+
+    Returns:
+        The fitted space and the paths left out.
+    """
+    space: dict[str, Any] = {}
+    left_out: list[str] = []
+    conditional = {p: v for p, v in raw.items() if isinstance(v, dict) and "when" in v}
+    for path, values in raw.items():
+        if path in conditional:
+            continue
+        if _takes(base, path):
+            space[path] = _holding(values, _value_at(base, path))
+        else:
+            left_out.append(path)
+    for path, entry in conditional.items():
+        when, cases = entry["when"], entry.get("cases")
+        root = space.get(when)
+        if when in left_out:
+            left_out.append(path)
+        elif not isinstance(root, list) or not isinstance(cases, dict):
+            space[path] = entry  # not a valid entry: Space says why
+        else:
+            kept = {case: values for case, values in cases.items() if case in root}
+            own = _value_at(base, when)
+            if own in kept:
+                kept[own] = _holding(kept[own], _value_at(base, path))
+            if kept:
+                space[path] = {**entry, "cases": kept}
+    return space, left_out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip(".-") or "data"
+
+
+def default_tune_dir(data: str | Path) -> Path:
+    """Where a tune of ``data`` goes unless told: ``runs/tune-<folder or config name>``; the same
+    command run again finds it there and continues."""
+    return Path("runs") / f"tune-{_safe(Path(data).expanduser().resolve().stem)}"
+
+
+def tune_spec(data: str | Path, overrides: Sequence[str] = (), *, seed: int = 0,
+              name: str | None = None) -> tuple[StudySpec, Space, list[str]]:
+    """The tune study of ``data``: the built-in study on the config ``segtune train --data`` builds.
+
+    Args:
+        data: a dataset folder (its layout names the source), or a YAML config file.
+        overrides: ``--set`` changes of the base config.
+        seed: the sampler's seed.
+        name: the study's name; default ``tune-<folder or config name>``.
+
+    Returns:
+        The validated spec, its space (fitted by :func:`fit_space`) and the paths left out of it.
+
+    Raises:
+        ConfigError, DataError: an unusable folder, config or override.
+    """
+    base = data_config(str(data), list(overrides)).to_dict()
+    tree = read_yaml(tune_study_path())
+    tree["space"], left_out = fit_space(tree["space"], base)
+    tree.update(base=base, seed=seed, name=name or f"tune-{_safe(Path(data).expanduser().resolve().stem)}")
+    spec, space = parse_study(tree, origin=f"{tune_study_path().name} on {data}")
+    return spec, space, left_out
+
+
+class _BaseAnswers:
+    """A stand-in trial that answers every suggestion of a space with the base config's value."""
+
+    def __init__(self, space: Space, base: dict[str, Any]) -> None:
+        self._params = {p.name: p for p in space.params}
+        self._base = base
+        self.answers: dict[str, Any] = {}  # Optuna name -> value as Optuna stores it
+
+    def _answer(self, name: str, value: Any) -> Any:
+        self.answers[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        param = self._params[name]
+        return self._answer(name, choices[param.choices.index(_value_at(self._base, param.path))])
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        return self._answer(name, float(_value_at(self._base, self._params[name].path)))
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        return self._answer(name, int(_value_at(self._base, self._params[name].path)))
+
+
+def base_params(space: Space, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base config as a point of ``space`` (fitted to it by :func:`fit_space`).
+
+    Returns:
+        ``(params, values)``: Optuna's parameters, to enqueue as the base trial, and the
+        ``{config path: value}`` a trial with them records.
+    """
+    answers = _BaseAnswers(space, base)
+    values = space.sample(answers)
+    return answers.answers, values
+
+
+@dataclass
+class Budget:
+    """The wall-clock budget of a tune: ``seconds`` in all, ``spent_before`` of them by earlier
+    commands; this command's time counts from the budget's creation, read off ``clock``."""
+
+    seconds: float
+    spent_before: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def spent(self, now: float | None = None) -> float:
+        """Seconds spent by this tune, earlier commands included, at ``now`` (default: the clock)."""
+        return self.spent_before + (self.clock() if now is None else now) - self.started
+
+
+def trial_minutes(left: float, margin: float, min_seconds: float = 0.0) -> float | None:
+    """The ``train.max_minutes`` of a trial starting with ``left`` seconds of the budget.
+
+    It is what is left less ``margin`` (the trial's end: the epoch that may overrun, the final
+    evaluation); None (no trial starts) when that is not more than ``min_seconds``.
+
+    Example:
+        >>> trial_minutes(600.0, 30.0), trial_minutes(20.0, 30.0)
+        (9.5, None)
+    """
+    room = left - margin
+    return room / 60.0 if room > max(min_seconds, 0.0) else None
+
+
+def run_costs(study_dir: Path) -> tuple[float | None, float]:
+    """What the finished runs of a study directory took besides their budgeted epochs.
+
+    Returns:
+        ``(margin, epoch)``: the longest end of a run (its set-up and final evaluation, outside
+        ``train.max_minutes``, plus one epoch, by which a run may overrun it), None when no run
+        has finished; and the longest mean epoch (0 when none).
+    """
+    margins, epochs = [], [0.0]
+    for path in (study_dir / TRIALS_DIR).glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        epoch = summary["train_seconds"] / max(1, summary["epochs_run"])
+        margins.append(summary["seconds"] - summary["train_seconds"] + epoch)
+        epochs.append(epoch)
+    return (max(margins) if margins else None), max(epochs)
+
+
+class BudgetGate:
+    """The budget as the worker loop asks it: called before each trial, whether it may start;
+    then :meth:`run_changes`, how long each of its runs may train.
+
+    Args:
+        budget: the tune's budget.
+        study: the study, where the time spent is kept (:data:`SPENT`) at every decision.
+        study_dir: its directory, whose finished runs say how long a trial's end takes (:func:`run_costs`).
+        min_epochs: no trial starts that cannot train this many epochs of the longest seen (the
+            pruner's first epoch: a shorter trial could not be told from the others).
+        progress: print the budget left before each trial.
+    """
+
+    def __init__(self, budget: Budget, study: optuna.Study, study_dir: Path, min_epochs: int, progress: bool) -> None:
+        self.budget, self.study, self.study_dir = budget, study, study_dir
+        self.min_epochs, self.progress = min_epochs, progress
+        self.minutes: float | None = None
+        self.refused = False
+
+    def __call__(self) -> bool:
+        spent = self.budget.spent()  # one reading of the clock per decision
+        self.study.set_user_attr(SPENT, spent)
+        margin, epoch = run_costs(self.study_dir)
+        margin = DEFAULT_MARGIN * self.budget.seconds if margin is None else margin
+        left = self.budget.seconds - spent
+        self.minutes = trial_minutes(left, margin, self.min_epochs * epoch)
+        self.refused = self.minutes is None
+        if self.progress:
+            then = ("no trial starts" if self.refused
+                    else f"the next trial may train {format_duration(60 * self.minutes)}")
+            print(f"budget: {format_duration(max(left, 0.0))} of {format_duration(self.budget.seconds)} left; {then}",
+                  flush=True)
+        return not self.refused
+
+    def run_changes(self, directory: Path) -> dict[str, Any]:
+        """The run's ``train.max_minutes``: a run continued (after Ctrl-C or a kill) keeps its own."""
+        if (directory / "config.yaml").is_file():
+            return {"train.max_minutes": saved_config(directory)["train"]["max_minutes"]}
+        return {"train.max_minutes": self.minutes}
+
+
+def link_best(study_dir: Path, record: TrialRecord) -> Path:
+    """Point ``<study dir>/best`` at the run directory of ``record``'s best repeat; returns the link.
+
+    ``segtune predict STUDY_DIR/best ...`` and ``segtune evaluate STUDY_DIR/best`` take it as a
+    run directory. Where the file system has no symbolic links, the run directory itself is returned.
+    """
+    best_run = max(record.runs, key=lambda r: r.value)
+    target = study_dir / TRIALS_DIR / best_run.run_dir.name  # a reused result's runs are its twin's
+    link, temporary = study_dir / BEST, study_dir / f".{BEST}.tmp"
+    try:
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(os.path.relpath(target, study_dir), target_is_directory=True)
+        os.replace(temporary, link)
+    except OSError:
+        return target
+    return link
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """A finished (or budget-ended) tune.
+
+    Attributes:
+        study: the Optuna study; study_dir: its directory (study.db, trials/, best).
+        budget: the budget in seconds; spent: seconds spent by all commands of this tune;
+            seconds: this command's wall time.
+        ended: ``budget`` (spent: no further trial fits) or ``done`` (the study ran all it holds).
+        left_out: paths of the built-in space left out for this base (see :func:`fit_space`).
+        base, best: the base trial (trial 0) and the best completed trial, or None.
+        best_run: the best repeat of ``best``; best_dir: ``<study dir>/best``, its run directory.
+    """
+
+    study: optuna.Study
+    study_dir: Path
+    budget: float
+    spent: float
+    seconds: float
+    ended: str
+    left_out: tuple[str, ...]
+    base: TrialRecord | None
+    best: TrialRecord | None
+    best_run: RunRecord | None
+    best_dir: Path | None
+
+
+def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | None = None,
+             overrides: Sequence[str] = (), seed: int = 0, num_threads: int | None = None, progress: bool = True,
+             verbose: bool = False, clock: Callable[[], float] = time.monotonic) -> TuneResult:
+    """Tune ``data`` within ``budget``: the base config first, then the built-in study.
+
+    Args:
+        data: a dataset folder (as ``segtune train --data``) or a YAML config file.
+        budget: wall-clock seconds, or a text :func:`parse_budget` reads (``"30m"``).
+        study_dir: the study directory; default :func:`default_tune_dir`. The same directory
+            again continues the tune with what is left of its budget.
+        overrides: ``--set`` changes of the base config.
+        seed: the sampler's seed.
+        num_threads: CPU threads per trial, fixed when the study is created (default: all cores).
+        progress: print the budget before each trial and one line per finished trial.
+        verbose: print every epoch.
+        clock: seconds, for the budget (tests give their own).
+
+    Returns:
+        A :class:`TuneResult`; ``<study dir>/best`` links to the best model's run directory.
+
+    Raises:
+        SegtuneError: a bad budget, folder, config or override, or an unusable study directory.
+
+    Example:
+        >>> result = run_tune("Dataset001_Heart", budget="30m")  # doctest: +SKIP
+        >>> result.best.value - result.base.value  # doctest: +SKIP
+    """
+    seconds = parse_budget(budget) if isinstance(budget, str) else float(budget)
+    if seconds <= 0:
+        raise ConfigError(f"the budget must be positive, got {seconds} s")
+    tune_budget = Budget(seconds, clock=clock)
+    spec, space, left_out = tune_spec(data, overrides, seed=seed)
+    study_dir = Path(study_dir) if study_dir is not None else default_tune_dir(data)
+    cache = DataCache()
+    cache.get(config_for(spec.base, {}))  # loaded once, on the budget's time, before the first trial's share
+    study = open_study(spec, space, open_storage(spec, study_dir), seed=spec.seed)
+    tune_budget.spent_before = float(study.user_attrs.get(SPENT, 0.0))
+    params, base_values = base_params(space, spec.base)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(params)
+    gate = BudgetGate(tune_budget, study, study_dir, int(spec.pruner.options.get("min_epochs", 1)), progress)
+    try:
+        run_worker(spec, space, study_dir=study_dir, num_threads=num_threads, seed=spec.seed, verbose=verbose,
+                   progress=progress, cache=cache, may_start=gate, run_changes=gate.run_changes)
+    finally:
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # the worker's own error says more
+            study.set_user_attr(SPENT, tune_budget.spent())
+    return _result(study, study_dir, tune_budget, gate.refused, left_out, base_values)
+
+
+def _result(study: optuna.Study, study_dir: Path, budget: Budget, refused: bool, left_out: list[str],
+            base_values: dict[str, Any]) -> TuneResult:
+    spent = float(study.user_attrs.get(SPENT, 0.0))
+    base = next((r for r in sorted(study_records(study, study_dir=study_dir), key=lambda r: r.number)
+                 if r.state == Status.COMPLETE and r.params == base_values), None)
+    best = best_trial(study)
+    best_run = max(best.runs, key=lambda r: r.value) if best is not None and best.runs else None
+    best_dir = link_best(study_dir, best) if best_run is not None else None
+    return TuneResult(study=study, study_dir=study_dir, budget=budget.seconds, spent=spent,
+                      seconds=spent - budget.spent_before, ended="budget" if refused else "done",
+                      left_out=tuple(left_out), base=base, best=best, best_run=best_run, best_dir=best_dir)
