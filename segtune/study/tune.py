@@ -1,16 +1,11 @@
 """``segtune tune DATA --budget 30m``: the data's own config, then a built-in study, within a wall-clock budget.
 
-The base is the config that ``segtune train --data DATA`` builds (:func:`segtune.config.data_config`),
-so the search starts from the data's plan. The study is ``segtune/configs/tune_study.yaml``
-(learning rate per optimizer, loss, augmentation strength, depth and width; TPE and median
-pruning), fitted to that base by :func:`fit_space`; trial 0 is the base itself, so a tune never
-ends below the default on validation.
-
-The budget (:class:`Budget`) is wall-clock for the whole tune, data loading included: no trial
-starts once it is spent, and each trial's ``train.max_minutes`` is what is left of it less a
-margin for the trial's end (:func:`trial_minutes`). A tune keeps the time it has spent in its
-study: the same command run again continues it with what is left of its budget (nothing, once
-spent), and a larger ``--budget`` extends it.
+The base is the config ``segtune train --data DATA`` builds (:func:`segtune.config.data_config`): the
+data's plan. The study, ``configs/tune_study.yaml``, is fitted to it (:func:`fit_space`); trial 0 is
+the base itself. The budget (:class:`Budget`) is wall-clock for the whole tune, data loading
+included: no trial starts once it is spent, and each trial's ``train.max_minutes`` is what is left
+less a margin for its end (:func:`trial_minutes`). The time spent is kept in the study: the same
+command again continues with what is left (nothing, once spent); a larger ``--budget`` extends it.
 """
 
 from __future__ import annotations
@@ -146,14 +141,14 @@ def fit_space(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any]
     return space, left_out
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip(".-") or "data"
+def _tune_name(data: str | Path) -> str:
+    return "tune-" + (re.sub(r"[^A-Za-z0-9_.-]", "-", Path(data).expanduser().resolve().stem).lstrip(".-") or "data")
 
 
 def default_tune_dir(data: str | Path) -> Path:
     """Where a tune of ``data`` goes unless told: ``runs/tune-<folder or config name>``; the same
     command run again finds it there and continues."""
-    return Path("runs") / f"tune-{_safe(Path(data).expanduser().resolve().stem)}"
+    return Path("runs") / _tune_name(data)
 
 
 def tune_spec(data: str | Path, overrides: Sequence[str] = (), *, seed: int = 0,
@@ -175,7 +170,7 @@ def tune_spec(data: str | Path, overrides: Sequence[str] = (), *, seed: int = 0,
     base = data_config(str(data), list(overrides)).to_dict()
     tree = read_yaml(tune_study_path())
     tree["space"], left_out = fit_space(tree["space"], base)
-    tree.update(base=base, seed=seed, name=name or f"tune-{_safe(Path(data).expanduser().resolve().stem)}")
+    tree.update(base=base, seed=seed, name=name or _tune_name(data))
     spec, space = parse_study(tree, origin=f"{tune_study_path().name} on {data}")
     return spec, space, left_out
 
@@ -184,8 +179,7 @@ class _BaseAnswers:
     """A stand-in trial that answers every suggestion of a space with the base config's value."""
 
     def __init__(self, space: Space, base: dict[str, Any]) -> None:
-        self._params = {p.name: p for p in space.params}
-        self._base = base
+        self._params, self._base = {p.name: p for p in space.params}, base
         self.answers: dict[str, Any] = {}  # Optuna name -> value as Optuna stores it
 
     def _answer(self, name: str, value: Any) -> Any:
@@ -211,7 +205,7 @@ def base_params(space: Space, base: dict[str, Any]) -> tuple[dict[str, Any], dic
         ``{config path: value}`` a trial with them records.
     """
     answers = _BaseAnswers(space, base)
-    values = space.sample(answers)
+    values = space.sample(answers)  # asks every entry that applies, in order
     return answers.answers, values
 
 
@@ -234,10 +228,8 @@ class Budget:
 
 
 def trial_minutes(left: float, margin: float, min_seconds: float = 0.0) -> float | None:
-    """The ``train.max_minutes`` of a trial starting with ``left`` seconds of the budget.
-
-    It is what is left less ``margin`` (the trial's end: the epoch that may overrun, the final
-    evaluation); None (no trial starts) when that is not more than ``min_seconds``.
+    """The ``train.max_minutes`` of a trial starting with ``left`` seconds of the budget: what is left
+    less ``margin`` (the trial's end); None (no trial starts) when that is not more than ``min_seconds``.
 
     Example:
         >>> trial_minutes(600.0, 30.0), trial_minutes(20.0, 30.0)
@@ -287,13 +279,12 @@ class BudgetGate:
         spent = self.budget.spent()  # one reading of the clock per decision
         self.study.set_user_attr(SPENT, spent)
         margin, epoch = run_costs(self.study_dir)
-        margin = DEFAULT_MARGIN * self.budget.seconds if margin is None else margin
         left = self.budget.seconds - spent
-        self.minutes = trial_minutes(left, margin, self.min_epochs * epoch)
+        self.minutes = trial_minutes(left, DEFAULT_MARGIN * self.budget.seconds if margin is None else margin,
+                                     self.min_epochs * epoch)
         self.refused = self.minutes is None
         if self.progress:
-            then = ("no trial starts" if self.refused
-                    else f"the next trial may train {format_duration(60 * self.minutes)}")
+            then = "no trial starts" if self.refused else f"a trial may train {format_duration(60 * self.minutes)}"
             print(f"budget: {format_duration(max(left, 0.0))} of {format_duration(self.budget.seconds)} left; {then}",
                   flush=True)
         return not self.refused
@@ -327,14 +318,11 @@ def link_best(study_dir: Path, record: TrialRecord) -> Path:
 class TuneResult:
     """A finished (or budget-ended) tune.
 
-    Attributes:
-        study: the Optuna study; study_dir: its directory (study.db, trials/, best).
-        budget: the budget in seconds; spent: seconds spent by all commands of this tune;
-            seconds: this command's wall time.
-        ended: ``budget`` (spent: no further trial fits) or ``done`` (the study ran all it holds).
-        left_out: paths of the built-in space left out for this base (see :func:`fit_space`).
-        base, best: the base trial (trial 0) and the best completed trial, or None.
-        best_run: the best repeat of ``best``; best_dir: ``<study dir>/best``, its run directory.
+    ``study`` and its ``study_dir`` (study.db, trials/, best); ``budget`` in seconds, ``spent`` by
+    all commands of the tune, ``seconds`` by this one; ``ended``: ``budget`` (no further trial fits)
+    or ``done`` (the study ran all it holds); ``left_out``: paths of the space left out for this
+    base (:func:`fit_space`); the ``base`` trial (trial 0) and the ``best`` completed one, or None;
+    ``best_run``, the best repeat of ``best``, and ``best_dir``, ``<study dir>/best`` linking to it.
     """
 
     study: optuna.Study
@@ -363,8 +351,7 @@ def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | N
         overrides: ``--set`` changes of the base config.
         seed: the sampler's seed.
         num_threads: CPU threads per trial, fixed when the study is created (default: all cores).
-        progress: print the budget before each trial and one line per finished trial.
-        verbose: print every epoch.
+        progress, verbose: print the budget and a line per trial; every epoch.
         clock: seconds, for the budget (tests give their own).
 
     Returns:
