@@ -20,8 +20,8 @@ and writes it to ``benchmarks/real_data.md``. The runs are kept under ``CACHE/ru
 
 Usage::
 
-    python benchmarks/real_data.py                         # 3 datasets x 3 methods, about 1.5 hours on 2 CPU cores
-    python benchmarks/real_data.py --quick --methods monai,default     # a smoke run, a few minutes
+    python benchmarks/real_data.py                         # 3 datasets x 3 methods: 1 to 1.5 hours on 2 idle CPU cores
+    python benchmarks/real_data.py --quick --methods monai,default     # a smoke run: 5 to 13 minutes on 2 CPU cores
     python benchmarks/real_data.py --datasets nuclei --epochs 20 --budget 5m --out /tmp/nuclei.md
 """
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks` and this checkout
 from benchmarks.real_datasets import DATASETS, DEFAULT_CACHE, build_dataset  # noqa: E402
 from segtune.config import data_config  # noqa: E402
 from segtune.training.evaluate import evaluate_split  # noqa: E402
-from segtune.training.runtime import load_data  # noqa: E402
+from segtune.training.runtime import load_data, resolve_device  # noqa: E402
 
 __all__ = ["METHODS", "Result", "main", "monai_baseline", "read_summary", "segtune_command"]
 
@@ -98,9 +98,9 @@ def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
     start = time.perf_counter()
     data = load_data(data_config(str(folder), [f"seed={seed}"]))  # segtune's split, images, normalisation
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator, device = torch.Generator().manual_seed(seed), resolve_device("auto")  # as train.device: auto
     net = PadToMultiple(UNet(spatial_dims=2, in_channels=data.in_channels, out_channels=data.n_classes,
-                             channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2))
+                             channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)).to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     best, best_state = -1.0, None
@@ -108,15 +108,15 @@ def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
         net.train()
         for index in torch.randperm(len(data.train), generator=generator).split(BASELINE_BATCH):
             x, y = _random_flips(data.train.images[index], data.train.masks[index], generator)
-            loss = loss_fn(net(x), y[:, None])
+            loss = loss_fn(net(x.to(device)), y[:, None].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        val = evaluate_split(net, data.val, data.class_names, batch_size=BASELINE_BATCH)["dice_mean"]
+        val = evaluate_split(net, data.val, data.class_names, batch_size=BASELINE_BATCH, device=device)["dice_mean"]
         if val > best:
             best, best_state = val, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
-    test = evaluate_split(net, data.test, data.class_names, batch_size=BASELINE_BATCH)
+    test = evaluate_split(net, data.test, data.class_names, batch_size=BASELINE_BATCH, device=device)
     return Result(folder.name, "monai", test, time.perf_counter() - start, f"best val epoch, val Dice {best:.3f}")
 
 
