@@ -61,9 +61,10 @@ def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
         records = []
         layout = read_layout(root, options.get("layout", "auto"))
         for case in layout.cases + layout.test_cases:
-            header = load_nifti(case.images[0]).header
-            records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in header.get_data_shape()[:3]),
-                            "spacing": tuple(round(float(z), 4) for z in header.get_zooms()[:3])})
+            header = load_nifti(case.images[0]).header  # a 2D file is one slice, as the source reads it
+            shape, zooms = (*header.get_data_shape()[:3], 1, 1)[:3], (*header.get_zooms()[:3], 1.0, 1.0)[:3]
+            records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in shape),
+                            "spacing": tuple(round(float(z), 4) for z in zooms)})
         return records
     folder = {"folder": root / "images", "oxford_pet": root / "images"}.get(source)
     if folder is None or not folder.is_dir():
