@@ -22,7 +22,6 @@ from pydantic import Field
 
 from segtune.components.augment import AUGMENTATIONS
 from segtune.data import SOURCES
-from segtune.data.fingerprint import detect_source
 from segtune.errors import ConfigError, DataError
 from segtune.components.losses import LOSSES
 from segtune.components.models import MODELS
@@ -82,8 +81,9 @@ class DataConfig(Component):
     source: str = "demo"
     train_fraction: Fraction = 1.0  # share of the training split used, drawn with the seed
     resize: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] | None = None
-    # zscore and minmax per image; zscore_dataset with the training split's mean and std per channel
-    normalize: Literal["zscore", "zscore_dataset", "minmax", "none"] = "zscore"
+    # zscore and minmax per image; zscore_dataset with the training split's mean and std per channel;
+    # ct clips to the training foreground's 0.5 / 99.5 percentiles and z-scores with its mean and std
+    normalize: Literal["zscore", "zscore_dataset", "ct", "minmax", "none"] = "zscore"
     color: Literal["grey", "rgb"] | None = None  # convert every image to 1 or 3 channels; None: as the source gives
     label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None  # e.g. {3: 1, 4: 0}
     # Merge foreground classes covering less than this share of the training pixels into background.
@@ -191,6 +191,9 @@ class Config(_Strict):
 
     name: SafeName = "run"
     seed: int = 0
+    # auto: the settings this config does not set are planned from the data's file headers
+    # (segtune.data.plan; sources that read files only); off: every unset setting keeps its default.
+    plan: Literal["auto", "off"] = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -198,6 +201,12 @@ class Config(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+
+    @pydantic.field_validator("plan", mode="before")
+    @classmethod
+    def _plan_off_in_yaml(cls, value: Any) -> Any:
+        # YAML reads an unquoted `plan: off` as false (and `on` as true)
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @pydantic.model_validator(mode="after")
     def _warmup_fits(self) -> "Config":
@@ -314,8 +323,26 @@ def apply_changes(tree: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[s
     return result
 
 
+def with_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with ``--set`` items applied (see :func:`apply_changes`)."""
+    changes = {}
+    for item in overrides:
+        path, value = parse_override(item)
+        changes[".".join(path)] = value
+    return apply_changes(raw, changes)
+
+
+def validate_tree(tree: dict[str, Any], origin: str) -> Config:
+    """``Config`` of ``tree``; a ConfigError names every problem (see :func:`format_errors`)."""
+    try:
+        return Config.model_validate(tree)
+    except pydantic.ValidationError as err:
+        raise ConfigError(format_errors(err, origin)) from None
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] = (), origin: str = "config") -> Config:
-    """Validate a config tree with ``--set`` style overrides applied.
+    """Validate a config tree with ``--set`` style overrides applied (no plan: see
+    :func:`segtune.planning.plan_config`).
 
     An override that switches a component (``optimizer.name=sgd``) leaves out the tree's options
     of the old one that the new one does not take (see :func:`apply_changes`).
@@ -323,14 +350,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] = (), origin: str = "
     Raises:
         ConfigError: with every problem, each naming its field path, value and rule.
     """
-    changes = {}
-    for item in overrides:
-        path, value = parse_override(item)
-        changes[".".join(path)] = value
-    try:
-        return Config.model_validate(apply_changes(raw, changes))
-    except pydantic.ValidationError as err:
-        raise ConfigError(format_errors(err, origin)) from None
+    return validate_tree(with_overrides(raw, overrides), origin)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -354,36 +374,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Load a YAML config and apply ``--set`` overrides (``["optimizer.lr=1e-3", ...]``).
+    """Load a YAML config, apply ``--set`` overrides (``["optimizer.lr=1e-3", ...]``) and fill in
+    the plan's value of every key neither sets (:func:`segtune.planning.plan_config`).
 
     Example:
         >>> cfg = load_config("configs/demo.yaml", ["optimizer.name=sgd"])  # doctest: +SKIP
     """
-    return build_config(read_yaml(path), overrides, origin=str(path))
+    from segtune.planning import plan_config  # the planning layer builds on this module
+
+    return plan_config(with_overrides(read_yaml(path), overrides), origin=str(path)).config
 
 
 def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
-    """A config whose ``data`` section says what to read (``segtune inspect --data SPEC``).
+    """The planned config whose ``data`` section says what to read (``segtune train --data DIR``,
+    ``segtune inspect --data SPEC``); see :func:`segtune.planning.data_plan`."""
+    from segtune.planning import data_plan
 
-    Args:
-        spec: a dataset folder, a YAML config file, or None (``overrides`` say it all).
-        overrides: ``--set`` items such as ``data.source=nifti`` or ``data.axis=0``.
-
-    Raises:
-        DataError: ``spec`` is neither a folder nor a file.
-    """
-    if spec is None:
-        return build_config({}, overrides, origin="--set")
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return build_config({"data": {"source": detect_source(path), "path": str(path)}}, overrides,
-                            origin=str(path))
-    if path.is_file():
-        return load_config(path, overrides)
-    raise DataError(f"{spec}: no such dataset folder or config file")
+    return data_plan(spec, overrides).config
 
 
 __all__ = ["AugmentConfig", "Component", "Config", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
            "OptimizerConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
-           "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml",
-           "set_path"]
+           "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml", "set_path",
+           "validate_tree", "with_overrides"]

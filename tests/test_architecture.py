@@ -16,7 +16,7 @@ LAYERS = [
     {"registry", "errors"},
     {"components"},
     {"data"},
-    {"config"},
+    {"config", "planning"},
     {"catalog"},
     {"training"},
     {"study"},

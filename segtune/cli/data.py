@@ -20,11 +20,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--mirror", help="base URL of a mirror holding the same archive files (https://, file://)")
     p.set_defaults(handler=cmd_download)
 
-    p = subparsers.add_parser("inspect", help="dataset fingerprint: sizes, spacings, intensities, class frequencies, "
-                                              "warnings and suggested settings")
+    p = subparsers.add_parser("inspect", help="dataset fingerprint (sizes, spacings, intensities, class frequencies, "
+                                              "warnings) and the settings planned from it, each with its reason")
     p.add_argument("--data", help="dataset folder (layout recognised) or YAML config; or give --set data.source=...")
     add_set(p)
-    p.add_argument("--json", action="store_true", help="print the fingerprint as JSON")
+    p.add_argument("--json", action="store_true", help="print the fingerprint and the plan as JSON")
     p.set_defaults(handler=cmd_inspect)
 
     p = subparsers.add_parser("list", help="every model, loss, optimizer, schedule, augmentation and data source, "
@@ -44,14 +44,19 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``segtune inspect``: print the dataset fingerprint, as text or JSON."""
+    """``segtune inspect``: print the dataset fingerprint and the plan a training would use, as text or JSON."""
     import json
 
-    from segtune.config import data_config
     from segtune.data.fingerprint import fingerprint, format_fingerprint
+    from segtune.data.plan import format_plan
+    from segtune.planning import data_plan
 
-    fp = fingerprint(data_config(args.data, args.set))
-    print(json.dumps(fp, indent=2) if args.json else format_fingerprint(fp))
+    planned = data_plan(args.data, args.set, explain=True)
+    fp = fingerprint(planned.config)
+    if args.json:
+        print(json.dumps({**fp, "plan": planned.report.to_dict()}, indent=2))
+    else:
+        print(format_fingerprint(fp) + "\n\n" + format_plan(planned.report))
     return 0
 
 

@@ -17,8 +17,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train one model from a YAML config, or from a dataset folder alone")
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("--data", metavar="DIR", help="instead of a config: a dataset folder (its layout names the "
-                   "source: dataset.json, images/ + masks/, annotations/trimaps); every other setting keeps "
-                   "its default or takes --set")
+                   "source: dataset.json, images/ + masks/, annotations/trimaps); the other settings are "
+                   "planned from the data (segtune inspect --data DIR shows them) or take --set")
     add_set(p)
     p.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")

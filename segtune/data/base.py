@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -17,8 +18,8 @@ from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
 
 __all__ = [
-    "COLOR_CHANNELS", "LUMA", "SOURCES", "ImageSize", "SegData", "Split", "Stats", "convert_channels",
-    "dataset_stats", "drop_empty_slices", "merge_rare_classes", "normalize_images", "prepare", "remap_labels",
+    "COLOR_CHANNELS", "DATASET_NORMALIZE", "LUMA", "SOURCES", "ImageSize", "SegData", "Split", "Stats", "convert_channels",
+    "dataset_stats", "drop_empty_slices", "foreground_stats", "merge_rare_classes", "normalize_images", "prepare", "remap_labels",
     "resize_split",
 ]
 
@@ -73,22 +74,32 @@ class SegData:
         return getattr(self, name)
 
 
-Stats = dict[str, list[float]]  # {"mean": [per channel], "std": [per channel]}
+Stats = dict[str, list[float]]  # {"mean": [per channel], "std": [per channel], ...}
+# The normalisations with training-set statistics, and the statistics each needs.
+DATASET_NORMALIZE = {"zscore_dataset": ("mean", "std"), "ct": ("mean", "std", "lower", "upper")}
 COLOR_CHANNELS = {"grey": 1, "rgb": 3}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for RGB to grey
 
 
 def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None) -> torch.Tensor:
-    """Normalise images: per image (``zscore``, ``minmax``), over the dataset or not at all.
+    """Normalise images: per image (``zscore``, ``minmax``), with training-set statistics or not at all.
 
     Args:
         images: ``(N, C, H, W)`` float tensor.
         how: ``zscore`` (each image to mean 0, std 1), ``zscore_dataset`` (each channel with the
-            training set's mean and std from ``stats``), ``minmax`` (each image to [0, 1]) or ``none``.
-        stats: for ``zscore_dataset``: ``{"mean": [...], "std": [...]}``, one value per channel.
+            training set's mean and std from ``stats``), ``ct`` (each channel clipped to
+            ``stats["lower"]`` / ``stats["upper"]``, then z-scored with ``stats["mean"]`` / ``["std"]``:
+            nnU-Net's CT scheme, statistics of the training foreground from :func:`foreground_stats`),
+            ``minmax`` (each image to [0, 1]) or ``none``.
+        stats: for ``zscore_dataset`` and ``ct``: one value per channel of each of their keys.
 
     Raises:
-        DataError: ``zscore_dataset`` without ``stats``.
+        DataError: ``zscore_dataset`` or ``ct`` without ``stats``.
+
+    Example:
+        >>> normalize_images(torch.tensor([[[[-2000.0, 40.0]]]]), "ct",
+        ...                  {"lower": [-100.0], "upper": [200.0], "mean": [50.0], "std": [50.0]})
+        tensor([[[[-3.0000, -0.2000]]]])
     """
     if how == "none":
         return images
@@ -97,13 +108,15 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
         mean = images.mean(dims, keepdim=True)
         std = images.std(dims, keepdim=True)
         return (images - mean) / std.clamp_min(1e-6)
-    if how == "zscore_dataset":
-        if stats is None:
-            raise DataError("data.normalize=zscore_dataset needs the training set's mean and std "
-                            "(SegData.info['normalize_stats'] of the prepared data)")
-        mean = torch.tensor(stats["mean"], dtype=images.dtype, device=images.device)[None, :, None, None]
-        std = torch.tensor(stats["std"], dtype=images.dtype, device=images.device)[None, :, None, None]
-        return (images - mean) / std.clamp_min(1e-6)
+    if how in DATASET_NORMALIZE:
+        if stats is None or not set(DATASET_NORMALIZE[how]) <= set(stats):
+            raise DataError(f"data.normalize={how} needs the training set's {', '.join(DATASET_NORMALIZE[how])} "
+                            f"(SegData.info['normalize_stats'] of data prepared with data.normalize={how})")
+        per_channel = {k: torch.tensor(v, dtype=images.dtype, device=images.device)[None, :, None, None]
+                       for k, v in stats.items()}
+        if how == "ct":
+            images = torch.maximum(torch.minimum(images, per_channel["upper"]), per_channel["lower"])
+        return (images - per_channel["mean"]) / per_channel["std"].clamp_min(1e-6)
     if how == "minmax":
         lo = images.amin(dims, keepdim=True)
         hi = images.amax(dims, keepdim=True)
@@ -115,6 +128,27 @@ def dataset_stats(images: torch.Tensor) -> Stats:
     """Mean and std of each channel over all images ``(N, C, H, W)`` (for ``zscore_dataset``)."""
     flat = images.transpose(0, 1).reshape(images.shape[1], -1).double()
     return {"mean": flat.mean(1).tolist(), "std": flat.std(1).tolist()}
+
+
+def foreground_stats(split: Split) -> Stats:
+    """Per channel, over the foreground pixels (label > 0) of ``split``: mean, std and the 0.5 / 99.5
+    percentiles as ``lower`` / ``upper`` (for ``ct``; nnU-Net's CT statistics: the mean and std are
+    of the unclipped values).
+
+    Raises:
+        DataError: the split has no foreground pixel.
+    """
+    foreground = split.masks > 0
+    if not bool(foreground.any()):
+        raise DataError("data.normalize=ct takes its statistics from the training split's foreground, but no "
+                        "training mask has a label > 0; use data.normalize=zscore")
+    stats: Stats = {"mean": [], "std": [], "lower": [], "upper": []}
+    for c in range(split.images.shape[1]):
+        values = split.images[:, c][foreground].double().numpy()
+        lower, upper = np.percentile(values, [0.5, 99.5])
+        for key, value in zip(stats, (values.mean(), values.std(), lower, upper)):
+            stats[key].append(float(value))
+    return stats
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -195,6 +229,10 @@ def drop_empty_slices(split: Split, min_foreground: float) -> Split:
     return split.subset(keep.nonzero()[:, 0])
 
 
+def _training_stats(train: Split, normalize: str) -> Stats:
+    return dataset_stats(train.images) if normalize == "zscore_dataset" else foreground_stats(train)
+
+
 def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | None, normalize: str, seed: int,
             color: str | None = None,
             label_map: dict[int, int] | None = None, min_class_fraction: float = 0.0,
@@ -211,8 +249,9 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     6. ``train_fraction``: keep this share of the training split, drawn with ``seed``; the same
        seed gives the same subset and a smaller fraction is a subset of a larger one.
     7. ``normalize``: see :func:`normalize_images`; ``zscore_dataset`` uses the mean and std of
-       the final training split, stored in ``info["normalize_stats"]``, or ``normalize_stats``
-       when given (a trained model evaluated on other data keeps its training set's statistics).
+       the final training split, ``ct`` the statistics of its foreground (:func:`foreground_stats`),
+       stored in ``info["normalize_stats"]``, or ``normalize_stats`` when given (a trained model
+       evaluated on other data keeps its training set's statistics).
 
     Raises:
         DataError: a step leaves a split empty, or cannot be applied to these images.
@@ -246,7 +285,7 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     for name in ("train", "val", "test"):
         if len(data.split(name)) == 0:
             raise DataError(f"the {name} split is empty; use more data or smaller validation/test shares")
-    stats = (normalize_stats or dataset_stats(data.train.images)) if normalize == "zscore_dataset" else None
+    stats = (normalize_stats or _training_stats(data.train, normalize)) if normalize in DATASET_NORMALIZE else None
     splits = {name: Split(normalize_images(data.split(name).images, normalize, stats), data.split(name).masks)
               for name in ("train", "val", "test")}
     info = data.info if stats is None else {**data.info, "normalize_stats": stats}

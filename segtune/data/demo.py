@@ -8,9 +8,11 @@ demo needs no download. Labels are derived per voxel:
 * inside the brain, the most probable of CSF (1), grey matter (2) and white matter (3), where
   p(CSF) = 1 - p(GM) - p(WM), clipped at 0.
 
-The volume is cropped to the brain, optionally resampled to 2 mm (T1 and probabilities averaged
-over 2x2x2 voxels before the argmax), cut into 2D slices along ``plane``, slices with little
-brain dropped, and split into train / val / test by contiguous blocks of slices chosen with
+The volume is optionally resampled to 2 mm (T1 and probabilities averaged over 2x2x2 voxels
+before the argmax), cut into 2D slices along ``plane`` and cropped in-plane to the head. Every
+slice of the volume is kept, the empty ones above the head included (``min_brain_fraction=0``):
+a model then learns them as background, and a prediction of the whole template puts no tissue
+there. The slices are split into train / val / test by contiguous blocks chosen with
 ``split_seed``, so no test slice is the direct neighbour of many training slices.
 """
 
@@ -63,15 +65,11 @@ def template_files() -> dict[str, Path]:
 
 @functools.lru_cache(maxsize=4)
 def load_volume(spacing: int) -> tuple[np.ndarray, np.ndarray]:
-    """T1 (float32, [0, 1]) and label volume (uint8) cropped to the brain, at ``spacing`` mm."""
+    """T1 (float32, [0, 1]) and label volume (uint8) of the whole template at ``spacing`` mm."""
     import nibabel as nib
 
     vol = {k: np.asarray(nib.load(p).dataobj, dtype=np.float32) / 255.0 for k, p in template_files().items()}
-    brain = vol["t1"] > 0.2
-    lo = np.argwhere(brain).min(0)
-    hi = np.argwhere(brain).max(0) + 1
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    stack = torch.from_numpy(np.stack([vol["t1"][box], vol["gm"][box], vol["wm"][box]]))
+    stack = torch.from_numpy(np.stack([vol["t1"], vol["gm"], vol["wm"]]))
     if spacing > 1:
         stack = F.avg_pool3d(stack[None], spacing, ceil_mode=True)[0]
     t1, gm, wm = stack.numpy()
@@ -79,6 +77,12 @@ def load_volume(spacing: int) -> tuple[np.ndarray, np.ndarray]:
     labels = (np.argmax(np.stack([csf, gm, wm]), 0) + 1).astype(np.uint8)
     labels[t1 <= 0.2] = 0
     return t1, labels
+
+
+def _crop_in_plane(slices: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` slices cut to the box of ``head`` in H and W; every slice is kept."""
+    rows, cols = np.nonzero(head.any(0))
+    return slices[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
 
 def _pad_to(a: np.ndarray, multiple: int) -> np.ndarray:
@@ -93,7 +97,8 @@ def demo(
     *,
     plane: Literal["axial", "coronal", "sagittal"] = "axial",
     spacing: Literal[1, 2] = 2,  # mm; 2 mm trains about 4x faster than 1 mm
-    min_brain_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05,  # drop emptier slices
+    # drop slices with less of the head than this; 0 keeps the volume's every slice, as a scan has them
+    min_brain_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
     n_blocks: Annotated[int, Field(ge=3, le=50)] = 20,  # contiguous blocks of slices (8 at 1 mm axial)
     val_blocks: Annotated[int, Field(ge=1)] = 4,
     test_blocks: Annotated[int, Field(ge=1)] = 4,
@@ -105,8 +110,8 @@ def demo(
                         f"less than n_blocks ({n_blocks}) to leave training slices")
     t1, labels = load_volume(spacing)
     axis = PLANE_AXIS[plane]
-    images = _pad_to(np.moveaxis(t1, axis, 0), 16)
-    masks = _pad_to(np.moveaxis(labels, axis, 0), 16)
+    images, masks = (_crop_in_plane(np.moveaxis(v, axis, 0), np.moveaxis(labels, axis, 0) > 0) for v in (t1, labels))
+    images, masks = _pad_to(images, 16), _pad_to(masks, 16)
     keep = (masks > 0).mean((1, 2)) >= min_brain_fraction
     images, masks = images[keep], masks[keep]
     blocks = np.array_split(np.arange(len(images)), n_blocks)

@@ -1,4 +1,4 @@
-"""``segtune inspect --data ...``: the dataset fingerprint, warnings and suggested settings.
+"""``segtune inspect --data ...``: the dataset fingerprint and its warnings; the plan made from it is :mod:`segtune.data.plan`.
 
 The data are given as a dataset folder (its layout is recognised: ``dataset.json`` is NIfTI,
 ``annotations/trimaps`` is Oxford-IIIT Pet, ``images/`` + ``masks/`` is a folder dataset), as a
@@ -8,19 +8,18 @@ Loading goes through the same sources as training, so every data error shows up 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from segtune.data.base import SOURCES, SegData
+from segtune.data.base import SOURCES, SegData, foreground_stats
 from segtune.data.folder import IMAGE_SUFFIXES
 from segtune.data.nifti import load_nifti
-from segtune.data.nifti_layout import read_layout
+from segtune.data.nifti_layout import read_dataset_json, read_layout
+from segtune.data.plan import common_size, slice_sizes
 from segtune.data.splits import describe_split
 from segtune.errors import DataError
 
@@ -28,14 +27,13 @@ if TYPE_CHECKING:  # for the annotation only: the config layer builds on this on
     from segtune.config import Config
 
 __all__ = [
-    "ANISOTROPY", "LARGE_SIDE", "RARE_CLASS_FRACTION", "SIZE_MULTIPLE", "class_frequencies", "detect_source",
-    "fingerprint", "format_fingerprint", "intensity_stats", "survey_files",
+    "ANISOTROPY", "RARE_CLASS_FRACTION", "SPACING_SPREAD", "class_frequencies", "detect_source", "fingerprint",
+    "format_fingerprint", "intensity_stats", "survey", "survey_files",
 ]
 
 RARE_CLASS_FRACTION = 0.01  # a foreground class below 1 % of the pixels counts as extreme imbalance
-ANISOTROPY = 3.0  # coarsest / finest voxel spacing above which slicing along the coarse axis is advised
-SIZE_MULTIPLE = 16  # a U-Net of depth 4 halves the size four times
-LARGE_SIDE = 256  # above this, training on CPU is slow: suggest downscaling
+ANISOTROPY = 3.0  # coarsest / finest voxel spacing above which slicing along the coarse axis matters most
+SPACING_SPREAD = 1.5  # largest / smallest in-plane spacing between cases above which a warning says to resample
 
 
 def detect_source(folder: Path) -> str:
@@ -63,9 +61,10 @@ def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
         records = []
         layout = read_layout(root, options.get("layout", "auto"))
         for case in layout.cases + layout.test_cases:
-            header = load_nifti(case.images[0]).header
-            records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in header.get_data_shape()[:3]),
-                            "spacing": tuple(round(float(z), 4) for z in header.get_zooms()[:3])})
+            header = load_nifti(case.images[0]).header  # a 2D file is one slice, as the source reads it
+            shape, zooms = (*header.get_data_shape()[:3], 1, 1)[:3], (*header.get_zooms()[:3], 1.0, 1.0)[:3]
+            records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in shape),
+                            "spacing": tuple(round(float(z), 4) for z in zooms)})
         return records
     folder = {"folder": root / "images", "oxford_pet": root / "images"}.get(source)
     if folder is None or not folder.is_dir():
@@ -78,17 +77,6 @@ def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
         except OSError as err:
             raise DataError(f"{path}: cannot read image ({err}); replace or remove the file") from None
     return records
-
-
-def _round_size(size: tuple[int, int]) -> tuple[int, int]:
-    side = [max(SIZE_MULTIPLE, int(round(s / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for s in size]
-    scale = min(1.0, LARGE_SIDE / max(side))
-    return tuple(max(SIZE_MULTIPLE, int(round(s * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for s in side)
-
-
-def _slice_size(record: dict[str, Any], source: str, axis: int) -> tuple[int, int]:
-    size = record["size"]
-    return tuple(s for i, s in enumerate(size) if i != axis) if source == "nifti" else tuple(size)
 
 
 def class_frequencies(data: SegData) -> dict[str, dict[str, Any]]:
@@ -117,67 +105,88 @@ def intensity_stats(images: torch.Tensor) -> list[dict[str, float]]:
     return stats
 
 
-@dataclass
-class _Advice:
-    """What the fingerprint warns about and the settings it suggests, each with its reason."""
-
-    warnings: list[str] = field(default_factory=list)
-    suggestions: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def suggest(self, key: str, value: Any, reason: str) -> None:
-        self.suggestions[key] = {"value": value, "reason": reason}
+def _modalities(source: str, options: dict[str, Any]) -> list[str]:
+    if source != "nifti":
+        return []
+    tree = read_dataset_json(Path(options.get("path") or ".").expanduser())
+    channels = tree.get("channel_names", tree.get("modality")) or {}
+    return [str(v) for _, v in sorted(channels.items(), key=lambda kv: int(kv[0]))] if isinstance(channels, dict) else []
 
 
-def _advise_mixed_sizes(records: list[dict[str, Any]], source: str, options: dict[str, Any], axis: int,
-                        advice: _Advice) -> None:
-    """Files of several sizes: the source is told to resize them on reading (``options["size"]`` is set)."""
-    slice_sizes = Counter(_slice_size(r, source, axis) for r in records)
-    if len(slice_sizes) <= 1 or options.get("size") is not None:
-        return
-    common = list(_round_size(slice_sizes.most_common(1)[0][0]))
-    advice.warnings.append(f"mixed sizes: {len(slice_sizes)} different (H, W) among {len(records)} files; "
-                           f"they are resized on reading to {common} for this report")
-    if "size" in SOURCES.defaults(source):
-        options["size"] = common
-        advice.suggest("data.size", common, "files differ in size; every file is resized to this on reading")
+def _spacing_warnings(spacings: list[tuple[float, ...]], axis: int) -> list[str]:
+    """Anisotropic voxels sliced along the wrong axis, and in-plane spacings that differ between cases."""
+    if not spacings:
+        return []
+    array = np.array(spacings, dtype=float)
+    median = np.median(array, 0)
+    warnings = []
+    coarse = int(np.argmax(median))
+    if median.max() / median.min() > ANISOTROPY and coarse != axis:
+        warnings.append(f"anisotropic voxels (median spacing {median.round(3).tolist()}): slicing along axis {axis} "
+                        f"mixes fine and coarse directions within a slice; data.axis={coarse} does not")
+    in_plane = np.delete(array, axis, 1)
+    spread = in_plane.max(0) / in_plane.min(0)
+    if spread.max() > SPACING_SPREAD:
+        lo, hi = in_plane.min(0).round(3).tolist(), in_plane.max(0).round(3).tolist()
+        warnings.append(f"in-plane spacings differ between cases (from {lo} to {hi}): the same structure is up to "
+                        f"{spread.max():.1f}x larger in pixels in some; segtune keeps each file's own spacing, so "
+                        f"resample the volumes to a common one (e.g. the median, "
+                        f"{np.delete(median, axis).round(3).tolist()}) before training")
+    return warnings
 
 
-def _advise_resize(height: int, width: int, advice: _Advice) -> None:
-    odd = height % SIZE_MULTIPLE or width % SIZE_MULTIPLE
-    if odd or max(height, width) > LARGE_SIDE:
-        advice.suggest("data.resize", list(_round_size((height, width))),
-                       f"{height}x{width} is not a multiple of {SIZE_MULTIPLE} on both sides" if odd
-                       else f"sides above {LARGE_SIDE} train slowly on a CPU")
+def survey(source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What the file headers (and ``dataset.json``) say, without reading a voxel: the input of :func:`plan`.
+
+    Args:
+        source: a data source name; sources that read no files (``demo``, ``synthetic``) give empty sizes.
+        options: the source's options (``path``, ``layout``, ``axis``).
+
+    Returns:
+        ``source``, ``path``, ``modalities`` (``dataset.json``'s channel names; empty for 2D
+        sources), ``sizes`` (``{"HxW" or "XxYxZ": number of files}``), ``spacings`` (the same for
+        voxel spacings), ``median_spacing`` (per voxel axis, or None) and ``warnings``.
+
+    Raises:
+        DataError: a file or ``dataset.json`` that cannot be read.
+    """
+    records = survey_files(source, options)
+    spacings = [r["spacing"] for r in records if r["spacing"]]
+    return {
+        "source": source,
+        "path": options.get("path", ""),
+        "modalities": _modalities(source, options),
+        "sizes": {"x".join(map(str, size)): n for size, n in Counter(r["size"] for r in records).most_common()},
+        "spacings": {"x".join(map(str, s)): n for s, n in Counter(spacings).most_common()},
+        "median_spacing": np.median(np.array(spacings), 0).round(4).tolist() if spacings else None,
+        "warnings": _spacing_warnings(spacings, options.get("axis", 2)),
+    }
 
 
-def _advise_axis(spacings: Counter, axis: int, advice: _Advice) -> None:
-    spacing = np.median(np.array(list(spacings.elements())), 0)
-    coarse = int(np.argmax(spacing))
-    if spacing.max() / spacing.min() > ANISOTROPY and coarse != axis:
-        advice.warnings.append(f"anisotropic voxels (median spacing {spacing.round(3).tolist()}): slicing along "
-                               f"axis {axis} mixes fine and coarse directions within a slice")
-        advice.suggest("data.axis", coarse, "slice across the coarsest spacing so each slice keeps full in-plane detail")
-
-
-def _advise_normalize(images: torch.Tensor, stats: list[dict[str, float]], advice: _Advice) -> None:
-    integer_8bit = all(s["min"] >= 0 and s["max"] <= 255 for s in stats) and bool((images == images.round()).all())
-    if integer_8bit:
-        advice.suggest("data.normalize", "minmax", "8-bit photographs: scale each image to [0, 1]")
-    else:
-        advice.suggest("data.normalize", "zscore", "scanner intensities have no fixed range: standardise each image")
-
-
-def _advise_classes(classes: dict[str, dict[str, Any]], class_names: list[str], advice: _Advice) -> None:
+def _class_warnings(classes: dict[str, dict[str, Any]], class_names: list[str]) -> list[str]:
+    warnings = []
     for split, entry in classes.items():
         missing = [n for n, v in entry["images_with"].items() if v == 0]
         if missing:
-            advice.warnings.append(f"class(es) {', '.join(missing)} missing from the {split} split: their Dice there "
-                                   f"is meaningless; change split_seed or the split shares")
+            warnings.append(f"class(es) {', '.join(missing)} missing from the {split} split: their Dice there "
+                            f"is meaningless; change split_seed or the split shares")
     train_fraction = classes["train"]["fraction"]
     rare = [n for n in class_names[1:] if 0 < train_fraction[n] < RARE_CLASS_FRACTION]
     if rare:
-        advice.warnings.append(f"extreme imbalance: {', '.join(rare)} cover less than {RARE_CLASS_FRACTION:.0%} of "
-                               f"the training pixels; prefer a Dice-based loss (loss.name=dice_ce) or class weights")
+        warnings.append(f"extreme imbalance: {', '.join(rare)} cover less than {RARE_CLASS_FRACTION:.0%} of the "
+                        f"training pixels; the plan's Dice + CE without background and foreground-centred crops "
+                        f"are meant for this: keep them (loss.name, train.foreground_oversample)")
+    return warnings
+
+
+def _size_to_load(head: dict[str, Any], source: str, options: dict[str, Any]) -> list[str]:
+    """Files of several sizes and no ``size`` to resize them to: ``options["size"]`` is set for this report."""
+    sizes = slice_sizes(head, options.get("axis", 2))
+    if len(sizes) <= 1 or options.get("size") is not None or "size" not in SOURCES.defaults(source):
+        return []
+    options["size"] = list(common_size(sizes))
+    return [f"mixed sizes: {len(sizes)} different (H, W) among {sum(head['sizes'].values())} files; they are "
+            f"resized on reading to {options['size']} for this report (set data.size, or leave it to the plan)"]
 
 
 def fingerprint(config: Config) -> dict[str, Any]:
@@ -188,46 +197,34 @@ def fingerprint(config: Config) -> dict[str, Any]:
             (:func:`segtune.config.data_config` makes one from a folder, a file or ``--set`` items).
 
     Returns:
-        A dict with ``source``, ``n_cases`` (volumes) and ``n_images`` per split, ``split`` (where
-        each split came from, and notes, as ``SegData.info["split"]``; None where the source has a
-        fixed split), ``sizes`` (file sizes and how many files have each), ``spacings``,
-        ``channels``, ``intensity`` (per channel), ``classes`` (per split: pixel fraction and
-        images holding each class), ``warnings`` and ``suggestions`` (config settings, each with its reason).
+        What :func:`survey` returns, and ``n_cases`` (volumes) and ``n_images`` per split,
+        ``split`` (where each split came from, and notes, as ``SegData.info["split"]``; None where
+        the source has a fixed split), ``slice_size``, ``channels``, ``intensity`` (per channel),
+        ``foreground_intensity`` (per channel, of the training foreground: what ``ct``
+        normalisation uses), ``classes`` (per split: pixel fraction and images holding each
+        class) and ``warnings``.
 
     Raises:
         DataError: any problem with the files, as training would raise it.
     """
     source, options = config.data.source, dict(config.data.options)
-    axis = options.get("axis", 2)
-    records = survey_files(source, options)
-    advice = _Advice()
-    _advise_mixed_sizes(records, source, options, axis, advice)
+    head = survey(source, options)
+    warnings = head["warnings"] + _size_to_load(head, source, options)
     data = SOURCES.build(source, options, config.seed)
-    height, width = data.train.images.shape[2:]
-    if not config.data.resize:
-        _advise_resize(height, width, advice)
-    spacings = Counter(r["spacing"] for r in records if r["spacing"])
-    if spacings:
-        _advise_axis(spacings, axis, advice)
-    stats = intensity_stats(data.train.images)
-    _advise_normalize(data.train.images, stats, advice)
     classes = class_frequencies(data)
-    _advise_classes(classes, data.class_names, advice)
+    foreground = foreground_stats(data.train) if bool((data.train.masks > 0).any()) else None
     return {
-        "source": source,
-        "path": options.get("path", ""),
+        **head,
         "n_cases": {k: len(data.info["cases"][k]) for k in classes} if "cases" in data.info else None,
         "n_images": {k: classes[k]["n_images"] for k in classes},
         "split": data.info.get("split"),
-        "sizes": {"x".join(map(str, size)): n for size, n in Counter(r["size"] for r in records).most_common()},
-        "slice_size": [height, width],
-        "spacings": {"x".join(map(str, s)): n for s, n in spacings.most_common()},
+        "slice_size": list(data.train.images.shape[2:]),
         "channels": data.in_channels,
-        "intensity": stats,
+        "intensity": intensity_stats(data.train.images),
+        "foreground_intensity": foreground,
         "class_names": data.class_names,
         "classes": classes,
-        "warnings": advice.warnings,
-        "suggestions": advice.suggestions,
+        "warnings": warnings + _class_warnings(classes, data.class_names),
     }
 
 
@@ -245,18 +242,21 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
         lines.append("file sizes  " + ", ".join(f"{s} ({n})" for s, n in list(fp["sizes"].items())[:5]))
     if fp["spacings"]:
         lines.append("spacings    " + ", ".join(f"{s} ({n})" for s, n in list(fp["spacings"].items())[:5]))
+        lines.append(f"median      spacing {fp['median_spacing']} (kept: volumes are not resampled)")
+    if fp["modalities"]:
+        lines.append(f"modalities  {', '.join(fp['modalities'])}")
     lines.append(f"slices      {fp['slice_size'][0]}x{fp['slice_size'][1]}, {fp['channels']} channel(s)")
     for c, s in enumerate(fp["intensity"]):
         lines.append(f"channel {c}   mean {s['mean']:.4g}  std {s['std']:.4g}  min {s['min']:.4g}  "
                      f"max {s['max']:.4g}  p0.5 {s['p0.5']:.4g}  p99.5 {s['p99.5']:.4g}")
+    if fp["foreground_intensity"]:
+        stats = fp["foreground_intensity"]
+        lines += [f"foreground  channel {c}: mean {m:.4g}  std {sd:.4g}  p0.5 {lo:.4g}  p99.5 {hi:.4g}"
+                  for c, (m, sd, lo, hi) in enumerate(zip(stats["mean"], stats["std"], stats["lower"], stats["upper"]))]
     lines.append("\nclass                " + "".join(f"{k + ' %':>10}{k + ' imgs':>12}" for k in fp["classes"]))
     for name in fp["class_names"]:
         lines.append(f"{name:<21}" + "".join(f"{100 * v['fraction'][name]:>10.2f}{v['images_with'][name]:>12}"
                                                for v in fp["classes"].values()))
     lines.append("\nwarnings" if fp["warnings"] else "\nwarnings: none")
     lines += [f"  - {w}" for w in fp["warnings"]]
-    lines.append("\nsuggested settings (--set ...)")
-    for key, entry in fp["suggestions"].items():
-        setting = f"{key}={json.dumps(entry['value'], separators=(',', ':')).strip(chr(34))}"
-        lines.append(f"  {setting:<28} # {entry['reason']}")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ import pydantic
 from pydantic import Field
 
 from segtune.config import Component, SafeName, apply_changes, format_errors, parse_override, read_yaml
+from segtune.planning import planned_tree
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 from segtune.study.space import Space, check_path, config_for
@@ -301,7 +302,7 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySp
         changes[".".join(keys)] = value
     for key in changes:
         check_path(key)
-    tree["base"] = apply_changes(tree["base"], changes)
+    tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return parse_study(tree, origin=str(path))
 

@@ -135,7 +135,7 @@ def test_evaluate_and_predict_on_a_damaged_checkpoint_say_so_safely(config_file,
 
 
 def test_train_from_a_dataset_folder_alone(tmp_path, capsys):
-    # `segtune train --data DIR`: the folder's layout names the source; every other setting is a default
+    # `segtune train --data DIR`: the folder's layout names the source; the other settings are planned from it
     from tests.data.writers import write_folder
 
     folder = write_folder(tmp_path / "cells", n=8, size=16)
@@ -143,6 +143,7 @@ def test_train_from_a_dataset_folder_alone(tmp_path, capsys):
     assert main(["train", "--data", str(folder), "--set", "train.epochs=1", "--out", str(run), "--quiet"]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["source"] == "folder" and config["data"]["path"] == str(folder)
+    assert config["train"]["patch_size"] == [16, 16] and config["model"]["norm"] == "instance"
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
 
 

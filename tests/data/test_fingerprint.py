@@ -1,4 +1,4 @@
-"""segtune inspect: layout detection, the fingerprint's numbers, warnings and suggestions."""
+"""segtune inspect: layout detection, the fingerprint's numbers and its warnings (the plan: test_plan.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.data.writers import write_folder, write_nnunet, write_nnunet_test
 from segtune.cli import main
 from segtune.config import build_config, data_config
 from segtune.errors import DataError
-from segtune.data.fingerprint import detect_source, fingerprint, format_fingerprint
+from segtune.data.fingerprint import detect_source, fingerprint, format_fingerprint, survey
 
 
 def test_layouts_are_recognised(tmp_path):
@@ -46,8 +46,9 @@ def test_nifti_fingerprint_counts_cases_spacings_and_classes(tmp_path):
     assert sum(fractions.values()) == pytest.approx(1.0)
     # the liver block is 3*4*4 = 48 of 384 voxels per case
     assert fractions["liver"] == pytest.approx(48 / 384)
-    assert fp["suggestions"]["data.normalize"]["value"] == "zscore"
-    assert fp["suggestions"]["data.resize"]["value"] == [16, 16]
+    assert fp["median_spacing"] == [1.5, 1.5, 3.0] and fp["modalities"] == ["mod0", "mod1"]
+    # the training foreground (liver and tumour blocks) is brighter than the background: 50 + 10 c per label
+    assert fp["foreground_intensity"]["mean"][1] > fp["intensity"][1]["mean"]
 
 
 def test_warnings_for_missing_class_imbalance_and_mixed_sizes(tmp_path):
@@ -60,23 +61,35 @@ def test_warnings_for_missing_class_imbalance_and_mixed_sizes(tmp_path):
         Image.fromarray(np.zeros((20, 16), np.uint8)).save(root / folder / "case5.png")
     (root / "splits.json").write_text(json.dumps(
         {"train": ["case0", "case1", "case2", "case3"], "val": ["case4"], "test": ["case5"]}))
-    fp = fingerprint(data_config(str(root), ["data.splits=splits.json"]))
+    # planned, data.size resizes the mixed sizes: the fingerprint of a plan: off config resizes for its report
+    assert data_config(str(root), ["data.splits=splits.json"]).data.options["size"] == (16, 16)
+    fp = fingerprint(data_config(str(root), ["data.splits=splits.json", "plan=off"]))
     text = "\n".join(fp["warnings"])
-    assert "mixed sizes: 2 different (H, W) among 6 files" in text
+    assert "mixed sizes: 2 different (H, W) among 6 files" in text and fp["slice_size"] == [16, 16]
     assert "class(es) class_2 missing from the val split" in text
     assert "extreme imbalance: class_2" in text
-    assert fp["suggestions"]["data.size"]["value"] == [16, 16]
-    assert fp["suggestions"]["data.normalize"]["value"] == "minmax"
 
 
-def test_anisotropic_volumes_suggest_the_coarse_axis(tmp_path):
+def test_anisotropic_volumes_are_planned_across_the_coarse_axis(tmp_path):
     root = write_nnunet(tmp_path, n_cases=4)
     for path in [*(root / "imagesTr").iterdir(), *(root / "labelsTr").iterdir()]:  # 1 x 1 x 4 mm voxels
         image = nib.load(path)
         nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([1.0, 1.0, 4.0, 1.0])), str(path))
     fp = fingerprint(data_config(str(root), ["data.axis=0"]))
-    assert fp["suggestions"]["data.axis"]["value"] == 2
-    assert "anisotropic voxels" in fp["warnings"][0]
+    assert "anisotropic voxels" in fp["warnings"][0] and "data.axis=2 does not" in fp["warnings"][0]
+    assert data_config(str(root)).data.options["axis"] == 2  # the plan's axis
+
+
+def test_in_plane_spacings_that_differ_between_cases_are_warned_about(tmp_path):
+    root = write_nnunet(tmp_path, n_cases=4)
+    for path in [root / "imagesTr" / "case_000_0000.nii.gz", root / "labelsTr" / "case_000.nii.gz"]:
+        image = nib.load(path)  # case 0 at 0.5 mm in plane, the others at 1.5 mm: 3x
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([0.5, 0.5, 3.0, 1.0])), str(path))
+    head = survey("nifti", {"path": str(root), "axis": 2})
+    assert head["median_spacing"] == [1.5, 1.5, 3.0]
+    assert len(head["warnings"]) == 1
+    assert "in-plane spacings differ between cases (from [0.5, 0.5] to [1.5, 1.5])" in head["warnings"][0]
+    assert "3.0x larger" in head["warnings"][0]
 
 
 def test_synthetic_source_and_report_text():
@@ -84,7 +97,7 @@ def test_synthetic_source_and_report_text():
                                             "size": 16}}))
     assert fp["n_images"] == {"train": 4, "val": 2, "test": 2} and fp["sizes"] == {}
     text = format_fingerprint(fp)
-    assert "class_2" in text and "suggested settings" in text
+    assert "class_2" in text and fp["median_spacing"] is None
 
 
 def test_cli_inspect_json_and_errors(tmp_path, capsys):

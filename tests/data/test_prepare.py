@@ -58,6 +58,47 @@ def test_normalisation(how):
         assert len(data.info["normalize_stats"]["mean"]) == 3
 
 
+def _ct_scan() -> SegData:
+    """Two training images of 10 pixels: air (-1000) as background, foreground 0..199 HU and one 3000 HU
+    streak; the val image holds -2000 and 5000."""
+    values = torch.tensor([[-1000.0] * 4 + [0.0, 50.0, 100.0, 150.0, 3000.0, -1000.0],
+                           [-1000.0] * 4 + [20.0, 60.0, 120.0, 199.0, 40.0, -1000.0]])
+    masks = torch.tensor([[0] * 4 + [1] * 5 + [0], [0] * 4 + [1] * 5 + [0]])
+    val = Split(torch.tensor([[-2000.0, 5000.0] * 5]).view(1, 1, 1, 10), torch.zeros(1, 1, 10, dtype=torch.long))
+    return SegData(Split(values.view(2, 1, 1, 10), masks.view(2, 1, 10)), val, val, ["background", "organ"])
+
+
+def test_ct_normalisation_clips_to_the_training_foreground_and_z_scores_with_its_statistics():
+    import numpy as np
+
+    data = prepare(_ct_scan(), **{**PLAIN, "normalize": "ct"})
+    foreground = np.array([0.0, 50.0, 100.0, 150.0, 3000.0, 20.0, 60.0, 120.0, 199.0, 40.0])
+    stats = data.info["normalize_stats"]  # the foreground's, the background's air left out
+    lower, upper = np.percentile(foreground, [0.5, 99.5])
+    assert stats["mean"] == pytest.approx([foreground.mean()]) and stats["std"] == pytest.approx([foreground.std()])
+    assert stats["lower"] == pytest.approx([lower]) and stats["upper"] == pytest.approx([upper])
+    assert upper < 3000 and lower > -1000  # the streak and the air are outside the foreground's range
+    expected = (np.clip([-1000.0, 0.0, 3000.0], lower, upper) - foreground.mean()) / foreground.std()
+    torch.testing.assert_close(data.train.images[0, 0, 0, [0, 4, 8]], torch.tensor(expected, dtype=torch.float32))
+    # val and test use the training statistics: -2000 and 5000 become the clipped bounds
+    assert data.val.images.min().item() == pytest.approx((lower - foreground.mean()) / foreground.std(), rel=1e-5)
+    assert data.val.images.max().item() == pytest.approx((upper - foreground.mean()) / foreground.std(), rel=1e-5)
+    # a trained model's statistics given: used instead of this training split's
+    given = {"mean": [0.0], "std": [100.0], "lower": [-100.0], "upper": [100.0]}
+    again = prepare(_ct_scan(), **{**PLAIN, "normalize": "ct"}, normalize_stats=given)
+    assert again.info["normalize_stats"] == given and again.train.images.max().item() == pytest.approx(1.0)
+
+
+def test_ct_normalisation_needs_foreground_and_its_own_statistics():
+    empty = _ct_scan()
+    empty = SegData(Split(empty.train.images, torch.zeros_like(empty.train.masks)), empty.val, empty.test,
+                    empty.class_names)
+    with pytest.raises(DataError, match="no training mask has a label > 0; use data.normalize=zscore"):
+        prepare(empty, **{**PLAIN, "normalize": "ct"})
+    with pytest.raises(DataError, match="needs the training set's mean, std, lower, upper"):
+        prepare(_ct_scan(), **{**PLAIN, "normalize": "ct"}, normalize_stats={"mean": [0.0], "std": [1.0]})
+
+
 def test_resize_keeps_labels():
     data = prepare(_raw(), **{**PLAIN, "resize": (9, 13)})
     assert data.train.images.shape[2:] == (9, 13) and data.test.masks.shape[1:] == (9, 13)

@@ -1,0 +1,46 @@
+"""The real-data benchmark script's pieces that run without data: padding, commands, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.real_data import PadToMultiple, read_summary, segtune_command
+
+
+def _summary(folder: Path, val: float, test: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps({"val": {"dice_mean": val}, "test": {"dice_mean": test}}))
+
+
+def test_padding_to_a_multiple_of_16_gives_logits_of_the_input_size():
+    seen = []
+    net = PadToMultiple(torch.nn.Conv2d(1, 2, 1))
+    net.net.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[-2:])))
+    assert net(torch.zeros(1, 1, 100, 72)).shape == (1, 2, 100, 72)
+    assert seen == [(112, 80)]
+
+
+def test_commands_of_the_segtune_methods(tmp_path):
+    default = segtune_command("default", tmp_path / "d", tmp_path / "out", epochs=7, budget="10m", seed=1)
+    assert default[-9:] == ["train", "--data", str(tmp_path / "d"), "--set", "train.epochs=7", "seed=1", "--out",
+                            str(tmp_path / "out"), "--quiet"]
+    tune = segtune_command("tune", tmp_path / "d", tmp_path / "out", epochs=7, budget="10m", seed=1)
+    assert tune[-8:] == ["tune", str(tmp_path / "d"), "--budget", "10m", "--out", str(tmp_path / "out"), "--seed",
+                         "1"]
+    with pytest.raises(ValueError, match="choose from monai, default, tune"):
+        segtune_command("grid", tmp_path, tmp_path, epochs=1, budget="1m", seed=0)
+
+
+def test_read_summary_prefers_the_run_then_best_then_the_highest_val_trial(tmp_path):
+    _summary(tmp_path / "trials" / "t0", val=0.5, test=0.1)
+    _summary(tmp_path / "trials" / "t1", val=0.7, test=0.2)  # highest val: chosen, whatever its test
+    _summary(tmp_path / "trials" / "t2", val=0.6, test=0.9)
+    assert read_summary(tmp_path) == ({"dice_mean": 0.2}, "trials/t1/summary.json (highest val Dice)")
+    _summary(tmp_path / "best", val=0.6, test=0.3)
+    assert read_summary(tmp_path) == ({"dice_mean": 0.3}, "best/summary.json")
+    with pytest.raises(FileNotFoundError, match="no summary.json with test metrics"):
+        read_summary(tmp_path / "trials" / "empty")
