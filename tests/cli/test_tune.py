@@ -3,6 +3,9 @@ best model are written, and ``segtune predict`` takes the best model as printed.
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import numpy as np
 import pytest
 import yaml
@@ -10,6 +13,7 @@ from PIL import Image
 from tests.conftest import tiny_tree
 
 from segtune.cli import main
+from segtune.study import tune
 
 
 @pytest.fixture
@@ -19,9 +23,17 @@ def tiny_file(tmp_path):
     return path
 
 
+def stepping_clock(step: float):
+    """A clock that moves ``step`` seconds each time it is read: the budget runs out after a fixed
+    number of decisions, however slow the machine (the first trial starts at 2 s of 5)."""
+    readings = itertools.count()
+    return lambda: step * next(readings)
+
+
 @pytest.mark.slow
 def test_a_tune_of_seconds_ends_on_its_budget_with_the_report_and_a_best_model_to_predict_with(tiny_file, tmp_path,
-                                                                                              capsys):
+                                                                                              capsys, monkeypatch):
+    monkeypatch.setattr(tune, "run_tune", functools.partial(tune.run_tune, clock=stepping_clock(2.0)))
     out = tmp_path / "tune"
     assert main(["tune", str(tiny_file), "--budget", "5s", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
