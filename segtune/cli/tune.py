@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     """``segtune tune DATA --budget B``: tune, then the leaderboard, the report and how to predict with the best."""
     from segtune.report import study_report
-    from segtune.study.tune import default_tune_dir, parse_budget, run_tune
+    from segtune.study.budget import parse_budget
+    from segtune.study.tune import default_tune_dir, run_tune
 
     budget = parse_budget(args.budget)  # a bad budget fails before any data is read
     out = args.out or str(default_tune_dir(args.data))
@@ -55,7 +56,7 @@ def print_tune_result(result: Any) -> None:
         result: a :class:`~segtune.study.tune.TuneResult`.
     """
     from segtune.study.records import leaderboard
-    from segtune.study.tune import format_duration as _minutes
+    from segtune.study.budget import format_duration as _minutes
 
     header, rows = leaderboard(result.study)
     ended = "the budget is spent" if result.ended == "budget" else "every trial of the study ran"

@@ -2,7 +2,7 @@
 
 The base is the config ``segtune train --data DATA`` builds (:func:`segtune.config.data_config`): the
 data's plan. The study, ``configs/tune_study.yaml``, is fitted to it (:func:`fit_space`); trial 0 is
-the base itself. The budget (:class:`Budget`) is wall-clock for the whole tune, data loading
+the base itself. The budget (:mod:`segtune.study.budget`) is wall-clock for the whole tune, data loading
 included: no trial starts once it is spent, and each trial's ``train.max_minutes`` is what is left
 less a margin for its end (:func:`trial_minutes`). The time spent is kept in the study: the same
 command again continues with what is left (nothing, once spent); a larger ``--budget`` extends it.
@@ -11,11 +11,11 @@ command again continues with what is left (nothing, once spent); a larger ``--bu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,46 +24,22 @@ import optuna
 import sqlalchemy.exc
 
 from segtune.config import Component, Config, data_config, read_yaml
-from segtune.errors import ConfigError
+from segtune.errors import ConfigError, TrainingDiverged
+from segtune.study.budget import (EPOCHS, PROBE_DIR, SPENT, TRIAL_SHARE, Budget, BudgetGate, format_duration,
+                                  parse_budget, run_costs, trial_epochs)
 from segtune.study.objective import DataCache
 from segtune.study.records import TRIALS_DIR, RunRecord, Status, TrialRecord, best_trial, study_records
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec, parse_study
 from segtune.study.storage import open_storage
 from segtune.study.workers import open_study, run_worker
-from segtune.training.rundir import saved_config
+from segtune.training.loop import train
 
-__all__ = ["BEST", "DEFAULT_MARGIN", "SPENT", "Budget", "BudgetGate", "TuneResult", "base_params", "default_tune_dir",
-           "fit_space", "format_duration", "link_best", "parse_budget", "run_costs", "run_tune", "trial_minutes",
+__all__ = ["BEST", "TuneResult", "base_params", "default_tune_dir", "fit_space", "link_best", "probe_epochs", "run_tune",
            "tune_spec", "tune_study_path"]
 
-SPENT = "tune_spent_seconds"  # study user attribute: the wall time all commands of this tune have spent
 BEST = "best"  # <study dir>/best: a link to the best trial's run directory, for predict and evaluate
-DEFAULT_MARGIN = 0.05  # share of the budget kept for a trial's end while no trial has ended to measure it
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 60.0}  # a number alone is minutes
 _MISSING = object()
-
-
-def parse_budget(text: str) -> float:
-    """Seconds in a budget written ``90s``, ``30m``, ``1.5h`` or ``45`` (minutes).
-
-    Raises:
-        ConfigError: not a positive number with an optional unit s, m or h.
-
-    Example:
-        >>> parse_budget("1.5h"), parse_budget("45")
-        (5400.0, 2700.0)
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(text).lower())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"--budget {text!r}: give a positive duration with a unit, e.g. 90s, 30m or 1.5h "
-                          f"(a number alone is minutes: 45)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` as a budget is read: ``42 s`` under two minutes, else ``12.5 min``."""
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def tune_study_path() -> Path:
@@ -209,91 +185,25 @@ def base_params(space: Space, base: dict[str, Any]) -> tuple[dict[str, Any], dic
     return answers.answers, values
 
 
-@dataclass
-class Budget:
-    """The wall-clock budget of a tune: ``seconds`` in all, ``spent_before`` of them by earlier
-    commands; this command's time counts from the budget's creation, read off ``clock``."""
-
-    seconds: float
-    spent_before: float = 0.0
-    clock: Callable[[], float] = time.monotonic
-    started: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.started = self.clock()
-
-    def spent(self, now: float | None = None) -> float:
-        """Seconds spent by this tune, earlier commands included, at ``now`` (default: the clock)."""
-        return self.spent_before + (self.clock() if now is None else now) - self.started
-
-
-def trial_minutes(left: float, margin: float, min_seconds: float = 0.0) -> float | None:
-    """The ``train.max_minutes`` of a trial starting with ``left`` seconds of the budget: what is left
-    less ``margin`` (the trial's end); None (no trial starts) when that is not more than ``min_seconds``.
-
-    Example:
-        >>> trial_minutes(600.0, 30.0), trial_minutes(20.0, 30.0)
-        (9.5, None)
-    """
-    room = left - margin
-    return room / 60.0 if room > max(min_seconds, 0.0) else None
-
-
-def run_costs(study_dir: Path) -> tuple[float | None, float]:
-    """What the finished runs of a study directory took besides their budgeted epochs.
-
-    Returns:
-        ``(margin, epoch)``: the longest end of a run (its set-up and final evaluation, outside
-        ``train.max_minutes``, plus one epoch, by which a run may overrun it), None when no run
-        has finished; and the longest mean epoch (0 when none).
-    """
-    margins, epochs = [], [0.0]
-    for path in (study_dir / TRIALS_DIR).glob("*/summary.json"):
-        summary = json.loads(path.read_text())
-        epoch = summary["train_seconds"] / max(1, summary["epochs_run"])
-        margins.append(summary["seconds"] - summary["train_seconds"] + epoch)
-        epochs.append(epoch)
-    return (max(margins) if margins else None), max(epochs)
-
-
-class BudgetGate:
-    """The budget as the worker loop asks it: called before each trial, whether it may start;
-    then :meth:`run_changes`, how long each of its runs may train.
-
-    Args:
-        budget: the tune's budget.
-        study: the study, where the time spent is kept (:data:`SPENT`) at every decision.
-        study_dir: its directory, whose finished runs say how long a trial's end takes (:func:`run_costs`).
-        min_epochs: no trial starts that cannot train this many epochs of the longest seen (the
-            pruner's first epoch: a shorter trial could not be told from the others).
-        progress: print the budget left before each trial.
-    """
-
-    def __init__(self, budget: Budget, study: optuna.Study, study_dir: Path, min_epochs: int, progress: bool) -> None:
-        self.budget, self.study, self.study_dir = budget, study, study_dir
-        self.min_epochs, self.progress = min_epochs, progress
-        self.minutes: float | None = None
-        self.refused = False
-
-    def __call__(self) -> bool:
-        spent = self.budget.spent()  # one reading of the clock per decision
-        self.study.set_user_attr(SPENT, spent)
-        margin, epoch = run_costs(self.study_dir)
-        left = self.budget.seconds - spent
-        self.minutes = trial_minutes(left, DEFAULT_MARGIN * self.budget.seconds if margin is None else margin,
-                                     self.min_epochs * epoch)
-        self.refused = self.minutes is None
-        if self.progress:
-            then = "no trial starts" if self.refused else f"a trial may train {format_duration(60 * self.minutes)}"
-            print(f"budget: {format_duration(max(left, 0.0))} of {format_duration(self.budget.seconds)} left; {then}",
-                  flush=True)
-        return not self.refused
-
-    def run_changes(self, directory: Path) -> dict[str, Any]:
-        """The run's ``train.max_minutes``: a run continued (after Ctrl-C or a kill) keeps its own."""
-        if (directory / "config.yaml").is_file():
-            return {"train.max_minutes": saved_config(directory)["train"]["max_minutes"]}
-        return {"train.max_minutes": self.minutes}
+def probe_epochs(spec: StudySpec, study_dir: Path, cache: DataCache, budget: float, min_epochs: int,
+                 progress: bool) -> int:
+    """The epochs of every trial (:func:`trial_epochs`), from one epoch of the base trained and timed
+    in ``<study dir>/probe`` (its set-up and end give the margin); the base's epochs when the
+    probe diverges, which the base trial will then report."""
+    epochs = int(spec.base["train"]["epochs"])
+    probe = config_for(spec.base, {"train.epochs": 1, "train.patience": 0, "train.max_minutes": None,
+                                   "scheduler.warmup_epochs": 0})
+    shutil.rmtree(study_dir / PROBE_DIR, ignore_errors=True)  # a probe cut off by a kill starts again
+    try:
+        train(probe, out_dir=study_dir / PROBE_DIR, data=cache.get(probe), verbose=False)
+    except TrainingDiverged:
+        return epochs
+    margin, epoch = run_costs(study_dir)
+    fitted = trial_epochs(budget, epoch, margin - epoch, epochs, min_epochs)
+    if progress:
+        print(f"an epoch of the base takes {format_duration(epoch)}: each trial trains {fitted} of its {epochs} "
+              f"epochs, so that a trial takes at most {TRIAL_SHARE:.0%} of the budget", flush=True)
+    return fitted
 
 
 def link_best(study_dir: Path, record: TrialRecord) -> Path:
@@ -377,7 +287,10 @@ def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | N
     params, base_values = base_params(space, spec.base)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(params)
-    gate = BudgetGate(tune_budget, study, study_dir, int(spec.pruner.options.get("min_epochs", 1)), progress)
+    min_epochs = int(spec.pruner.options.get("min_epochs", 1))
+    if EPOCHS not in study.user_attrs:
+        study.set_user_attr(EPOCHS, probe_epochs(spec, study_dir, cache, seconds, min_epochs, progress))
+    gate = BudgetGate(tune_budget, study, study_dir, min_epochs, progress)
     try:
         run_worker(spec, space, study_dir=study_dir, num_threads=num_threads, seed=spec.seed, verbose=verbose,
                    progress=progress, cache=cache, may_start=gate, run_changes=gate.run_changes)

@@ -14,8 +14,9 @@ from segtune.config import data_config
 from segtune.errors import ConfigError
 from segtune.study.records import CONFIG, PARAMS
 from segtune.study.space import Space
-from segtune.study.tune import (BEST, DEFAULT_MARGIN, SPENT, Budget, BudgetGate, base_params, fit_space,
-                                parse_budget, run_costs, run_tune, trial_minutes, tune_spec)
+from segtune.study.budget import (EPOCHS, PROBE_DIR, SPENT, Budget, BudgetGate, parse_budget, run_costs,
+                                  trial_epochs, trial_minutes)
+from segtune.study.tune import BEST, base_params, fit_space, run_tune, tune_spec
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -108,13 +109,15 @@ def test_a_run_continued_keeps_the_time_budget_it_started_with(tmp_path):
     import optuna
 
     study = optuna.create_study()
+    study.set_user_attr(EPOCHS, 12)
     gate = BudgetGate(Budget(600.0, clock=lambda: 0.0), study, tmp_path, min_epochs=4, progress=False)
     assert gate() is True
-    assert gate.run_changes(tmp_path / "new") == {"train.max_minutes": pytest.approx((600 - 30) / 60)}
+    assert gate.run_changes(tmp_path / "new") == {"train.max_minutes": pytest.approx((600 - 30) / 60),
+                                                  "train.epochs": 12}
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(
-        data_config(None, ["data.source=synthetic", "train.max_minutes=2.5"]).to_dict()))
-    assert gate.run_changes(tmp_path / "old") == {"train.max_minutes": 2.5}
+        data_config(None, ["data.source=synthetic", "train.max_minutes=2.5", "train.epochs=7"]).to_dict()))
+    assert gate.run_changes(tmp_path / "old") == {"train.max_minutes": 2.5, "train.epochs": 7}
     assert study.user_attrs[SPENT] == 0.0
 
 
@@ -135,6 +138,13 @@ def tiny_file(tmp_path):
     return path
 
 
+def test_trials_train_the_config_s_epochs_or_as_many_as_fit_a_quarter_of_the_budget():
+    assert trial_epochs(3600.0, 5.0, 10.0, 40, 4) == 40  # 178 epochs would fit: the config's 40
+    assert trial_epochs(600.0, 5.0, 10.0, 40, 4) == 28  # (150 s - 10 s) / 5 s
+    assert trial_epochs(60.0, 5.0, 10.0, 40, 4) == 4  # 1 fits, but the pruner's first epoch is 4
+    assert trial_epochs(60.0, 5.0, 10.0, 40, 0) == 1
+
+
 def _clock(step: float = 100.0):
     """A clock that moves ``step`` seconds at every reading: the budget reads it once when it is
     made, once before each trial and once at the end."""
@@ -152,9 +162,12 @@ def test_a_tune_starts_from_the_base_gives_each_trial_what_is_left_and_stops_whe
     assert trials[0].user_attrs[PARAMS] == result.base.params and result.base.number == 0
     assert result.base.params["optimizer.lr"] == 0.01 and result.base.params["loss.name"] == "dice_ce"
     minutes = [t.user_attrs[CONFIG]["train"]["max_minutes"] for t in trials]
-    assert minutes[0] == pytest.approx((350 - 100 - DEFAULT_MARGIN * 350) / 60)  # before any run ended
-    for left, given in zip((150.0, 50.0), minutes[1:]):  # less the measured end of a tiny run
+    # the probe (one epoch of the base, timed) ended before trial 0: every trial's margin is measured
+    assert (out / PROBE_DIR / "summary.json").is_file()
+    for left, given in zip((250.0, 150.0, 50.0), minutes):  # less the measured end of a tiny run
         assert (left - 45) / 60 < given < left / 60
+    assert result.study.user_attrs[EPOCHS] == 1  # the config's one epoch fits a quarter of the budget
+    assert [t.user_attrs[CONFIG]["train"]["epochs"] for t in trials] == [1, 1, 1]
     assert result.spent == 500.0 and result.seconds == 500.0 and result.study.user_attrs[SPENT] == 500.0
     assert (out / BEST).resolve() == (out / "trials" / f"{result.best.number:04d}-seed0").resolve()
     assert (out / BEST / "best.pt").is_file()
