@@ -199,7 +199,7 @@ def _fold_parts(tree: object, ids: list[str], file: Path, name: str, fold: int, 
                 split_seed: int, held_out_test: str | None) -> tuple[_Parts, _Origin]:
     parts = _folds_split(tree, ids, fold, file)
     name = f"fold {fold} of {name}"
-    if held_out_test or not test_fraction:
+    if held_out_test or round(len(ids) * test_fraction) == 0:  # too few cases for a test case: test on val
         return parts, {"train": name, "val": name}
     return (_cut_test_from_train(parts, len(ids), test_fraction, split_seed, file),
             {"train": f"{name}, less the test cases", "val": name,

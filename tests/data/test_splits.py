@@ -62,6 +62,16 @@ def test_splits_final_without_a_test_share_tests_on_val(tmp_path):
     assert "no test cases: test scores are those of the val split" in data.info["split"]["notes"]
 
 
+def test_splits_final_of_cases_too_few_for_a_test_share_tests_on_val_and_says_so(tmp_path):
+    # two cases, one train and one val: 15 % of 2 is no case, so the fold stays whole
+    root = write_nnunet(tmp_path, n_cases=2)
+    write_json([{"train": ["case_000"], "val": ["case_001"]}], root / "splits_final.json")
+    data = load("nifti", root)
+    assert case_ids(data) == {"train": ["case_000"], "val": ["case_001"], "test": ["case_001"]}
+    assert data.info["split"]["train"] == "fold 0 of splits_final.json"  # not "less the test cases"
+    assert "no test cases: test scores are those of the val split" in data.info["split"]["notes"]
+
+
 def test_a_folders_splits_json_is_used_without_naming_it(tmp_path):
     root = write_folder(tmp_path)
     write_json({"train": ["case0", "case1", "case2"], "val": ["case3"], "test": ["case4", "case5"]},
