@@ -132,14 +132,27 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(tmp_path
     assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 1 + full.summary["epochs_run"]
 
 
+def test_a_patch_trained_run_resumes_to_the_same_numbers(tmp_path):
+    # the crops are drawn from the run's generator, saved in last.pt: the resumed epochs see the same crops
+    cfg = build_config(tiny_tree(), OVERRIDES + ["train.patch_size=[16,16]", "train.foreground_oversample=0.5"])
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert resumed.summary["test"] == full.summary["test"]
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("patches", [[], ["train.patch_size=[16,16]"]], ids=["whole", "patches"])
+def test_sigkill_then_resume_from_the_command_line(tmp_path, patches):
     # a real kill -9 of `segtune train` mid-run; `--resume` finishes it with the uninterrupted numbers
     tree = tiny_tree()
     tree["data"].update(n_train=48)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tree))
-    args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0"]
+    args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0",
+            *patches]
     segtune = [sys.executable, "-m", "segtune"]
     subprocess.run(segtune + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
     run = tmp_path / "cut"
