@@ -156,11 +156,13 @@ class TrainConfig(_Strict):
     divergence_factor: Annotated[float, Field(gt=1.0)] | None = 10.0
     val_every: Annotated[int, Field(ge=1)] = 1  # validate every n epochs (and at the last)
     # Patch training: each training sample is a random crop of patch_size (H, W) of its image
-    # (padded where the image is smaller), and validation, test and predict run sliding windows of
-    # that size over whole images; None trains and predicts on whole images.
+    # (padded with 0, masks with background, where the image is smaller), and validation, test,
+    # evaluate and predict run gaussian-weighted sliding windows of that size (overlap 0.5) over
+    # whole images; None trains and predicts on whole images. See segtune/training/patches.py.
     patch_size: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] | None = None
-    # The share of crops centred on a foreground pixel of a random class present in the image
-    # (nnU-Net's 0.33), so rare small structures are seen; the rest are placed uniformly.
+    # The share of each batch's crops (its last B - round(B * (1 - share)), as nnU-Net) centred on
+    # a foreground pixel of a random class present in the image (nnU-Net's 0.33), so rare small
+    # structures are seen; the rest are placed uniformly. Used only with patch_size.
     foreground_oversample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.33
     # A wall-clock budget for the run's training, in minutes; None = no budget. It counts the
     # epochs' time (training and validation), which is what a user budgets, not the set-up

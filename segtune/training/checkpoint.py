@@ -70,12 +70,14 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
 
 
 def checkpoint_meta(config: Config, data: SegData, out_channels: int) -> dict[str, Any]:
-    """How to rebuild the trained network and prepare its input: a checkpoint's ``meta`` entry."""
+    """How to rebuild the trained network, prepare its input and predict: a checkpoint's ``meta`` entry
+    (``patch_size``: the sliding windows of a patch-trained network, None for whole images)."""
     # the weights file is not needed to rebuild the trained network, so it is left out
     model_options = {k: v for k, v in config.model.options.items() if k != "encoder_weights"}
     return {"model": config.model.name, "model_options": model_options, "in_channels": data.in_channels,
             "out_channels": out_channels, "class_names": data.class_names, "normalize": config.data.normalize,
-            "normalize_stats": data.info.get("normalize_stats"), "resize": config.data.resize}
+            "normalize_stats": data.info.get("normalize_stats"), "resize": config.data.resize,
+            "patch_size": list(config.train.patch_size) if config.train.patch_size else None}
 
 
 def write_best(path: str | Path, *, weights: dict[str, torch.Tensor], meta: dict[str, Any], epoch: int) -> None:

@@ -1,4 +1,9 @@
-"""Running a trained network on a split: predictions, loss and per-class metrics."""
+"""Running a trained network on a split: predictions, loss and per-class metrics.
+
+Every evaluation predicts whole images: with ``patch_size`` (a patch-trained run's
+``train.patch_size``) by sliding windows of that size (:func:`~segtune.training.patches.window_logits`),
+else by one forward pass of the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from torch import nn
 
 from segtune.data import Split
 from segtune.training.metrics import confusion_counts, summarize
+from segtune.training.patches import window_logits
 
-__all__ = ["autocast", "batches", "evaluate_split", "labels_from_logits", "memory_format", "predict_labels"]
+__all__ = ["autocast", "batches", "evaluate_split", "image_logits", "labels_from_logits", "memory_format",
+           "predict_labels"]
 
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -41,31 +48,45 @@ def batches(split: Split, batch_size: int, device: torch.device, channels_last: 
         yield x, split.masks[i:i + batch_size].to(device, non_blocking=True)
 
 
+def image_logits(model: nn.Module, images: torch.Tensor, *, patch_size: tuple[int, int] | None, batch_size: int,
+                 channels_last: bool = False) -> torch.Tensor:
+    """Float32 logits ``(B, K, H, W)`` of whole images ``(B, C, H, W)``: one forward pass, or with
+    ``patch_size`` sliding windows of it, ``batch_size`` windows a pass (call it under autocast)."""
+    if patch_size is None:
+        return model(images).float()
+    fmt = memory_format(channels_last)
+    return window_logits(lambda x: model(x.contiguous(memory_format=fmt)).float(), images, tuple(patch_size),
+                         batch_size=batch_size)
+
+
 @torch.inference_mode()
 def predict_labels(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
                    device: torch.device = torch.device("cpu"), precision: str = "fp32",
-                   channels_last: bool = False) -> torch.Tensor:
-    """Label maps ``(N, H, W)`` for images ``(N, C, H, W)``."""
+                   channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Label maps ``(N, H, W)`` for images ``(N, C, H, W)``; with ``patch_size``, by sliding windows."""
     model.eval()
     split = Split(images, torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long))
     out = []
     for x, _ in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
-            out.append(labels_from_logits(model(x).float()).cpu())
+            logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
+        out.append(labels_from_logits(logits).cpu())
     return torch.cat(out)
 
 
 @torch.inference_mode()
 def evaluate_split(model: nn.Module, split: Split, class_names: list[str], *, loss_fn: nn.Module | None = None,
                    batch_size: int = 32, device: torch.device = torch.device("cpu"),
-                   precision: str = "fp32", channels_last: bool = False) -> dict:
-    """Mean loss (if ``loss_fn``) and per-class Dice / IoU of ``model`` on ``split``."""
+                   precision: str = "fp32", channels_last: bool = False,
+                   patch_size: tuple[int, int] | None = None) -> dict:
+    """Mean loss (if ``loss_fn``) and per-class Dice / IoU of ``model`` on ``split``, both of whole
+    images (with ``patch_size``: of the sliding windows' blended logits) at the split's resolution."""
     model.eval()
     counts = torch.zeros(len(class_names), 3, dtype=torch.int64)
     total_loss, n = 0.0, 0
     for x, y in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
-            logits = model(x).float()
+            logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
         if loss_fn is not None:
             total_loss += float(loss_fn(logits, y)) * len(x)
             n += len(x)

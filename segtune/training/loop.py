@@ -42,9 +42,11 @@ from segtune.errors import TrainingDiverged
 from segtune.training.checkpoint import checkpoint_meta, restore_checkpoint, write_best, write_checkpoint
 from segtune.training.early_stopping import EarlyStopping
 from segtune.training.evaluate import evaluate_split
+from segtune.training.patches import TrainingSamples
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
 from segtune.training.runtime import (build_training, compiled, epoch_batches, epoch_order, evaluation_options,
-                                      grad_scaler, load_data, memory_format, setup_device, train_on_batches)
+                                      grad_scaler, load_data, memory_format, run_samples, setup_device,
+                                      train_on_batches)
 
 __all__ = ["EpochCallback", "train"]
 
@@ -98,8 +100,7 @@ class _Run:
     config: Config
     device: torch.device
     data: SegData
-    images: torch.Tensor  # the training split's, on the device
-    masks: torch.Tensor
+    samples: TrainingSamples  # the training split's whole images, or random crops of them (train.patch_size)
     run_dir: Path
     model: torch.nn.Module
     forward: torch.nn.Module  # the model, compiled with train.compile (validation runs eagerly)
@@ -150,8 +151,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
         if verbose:  # stopped before its first epoch ended: nothing to keep
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
     model, loss_fn, optimizer = build_training(config, data, device)
-    run = _Run(config=config, device=device, data=data, images=data.train.images.to(device),
-               masks=data.train.masks.to(device), run_dir=run_dir, model=model, started=started,
+    run = _Run(config=config, device=device, data=data, samples=run_samples(config, data, device),
+               run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
                                          n_epochs=cfg.epochs, warmup_epochs=config.scheduler.warmup_epochs),
@@ -160,7 +161,7 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
                meta=checkpoint_meta(config, data, model.out_channels),
                stopping=EarlyStopping(cfg.monitor, patience=cfg.patience, min_delta=cfg.min_delta),
                evaluate=functools.partial(evaluate_split, class_names=data.class_names, loss_fn=loss_fn,
-                                          **evaluation_options(cfg, device)))
+                                          patch_size=cfg.patch_size, **evaluation_options(cfg, device)))
     if resume:
         _resume(run)
     names = data.class_names
@@ -246,11 +247,12 @@ def _train_epoch(run: _Run, epoch: int, *, verbose: bool) -> dict[str, Any]:
 
 def _augmented_batches(run: _Run, index: torch.Tensor, flags: torch.Tensor,
                        parts: Iterable[slice]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches of ``index``, those flagged augmented, in the configured memory format."""
+    """The training batches of ``index`` (whole images or crops), those flagged augmented, in the configured
+    memory format."""
     fmt = memory_format(run.config.train.channels_last)
     for part in parts:
         idx, aug = index[part], flags[part]
-        x, y = run.images[idx], run.masks[idx]
+        x, y = run.samples(idx, run.generator)
         if aug.any():
             ax, ay = run.augment(x, y, run.generator)
             aug = aug.to(run.device)

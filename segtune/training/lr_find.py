@@ -34,12 +34,13 @@ import numpy as np
 import torch
 
 from segtune.config import Config, apply_changes, build_config
-from segtune.data import SegData, Split
+from segtune.data import SegData
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.registry import Registry
 from segtune.training.loop import train
-from segtune.training.runtime import (build_training, grad_scaler, load_data, memory_format, setup_device,
-                                      train_on_batches)
+from segtune.training.patches import TrainingSamples
+from segtune.training.runtime import (build_training, grad_scaler, load_data, memory_format, run_samples,
+                                      setup_device, train_on_batches)
 
 __all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "explain_rule", "find_lrs", "lr_range_test",
            "plot_range_tests", "refine_lr"]
@@ -173,7 +174,8 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
     device = setup_device(config.train)
     torch.manual_seed(config.seed)
     model, loss_fn, opt = build_training(config, data, device)
-    batches = _cycling_batches(data.train, min(config.train.batch_size, len(data.train)), device=device,
+    batches = _cycling_batches(run_samples(config, data, device), len(data.train),
+                               min(config.train.batch_size, len(data.train)),
                                generator=torch.Generator().manual_seed(config.seed),
                                channels_last=config.train.channels_last)
     growth = (end_lr / start_lr) ** (1 / (n_steps - 1))
@@ -190,16 +192,18 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
                      raw_losses=raw, seconds=time.perf_counter() - t0, stopped=stopped, suggestions=suggestions)
 
 
-def _cycling_batches(split: Split, batch: int, *, device: torch.device, generator: torch.Generator,
+def _cycling_batches(samples: TrainingSamples, n: int, batch: int, *, generator: torch.Generator,
                      channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``split`` without end: a fresh shuffle whenever fewer than ``batch`` samples are left."""
+    """The run's training samples (whole images or crops) of ``n`` images without end, ``batch`` at a
+    time: a fresh shuffle whenever fewer than ``batch`` images are left."""
     order = torch.empty(0, dtype=torch.long)
     fmt = memory_format(channels_last)
     while True:
         if len(order) < batch:
-            order = torch.randperm(len(split), generator=generator)
+            order = torch.randperm(n, generator=generator)
         idx, order = order[:batch], order[batch:]
-        yield split.images[idx].to(device).contiguous(memory_format=fmt), split.masks[idx].to(device)
+        x, y = samples(idx, generator)
+        yield x.contiguous(memory_format=fmt), y
 
 
 class _Diverged(Exception):

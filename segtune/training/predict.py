@@ -124,7 +124,7 @@ class _Evaluation:
         ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
         self.model = model_from_checkpoint(ckpt).to(device)
         self.data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-        self.options = evaluation_options(config.train, device)
+        self.options = {**evaluation_options(config.train, device), "patch_size": config.train.patch_size}
         if self.options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
             self.options["precision"] = "fp32"
 
@@ -173,7 +173,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     whole volume (every slice of the case), and the mean over cases, per class. Metrics are
     computed at the resolution the model sees, on every image of the split
     (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to train on),
-    normalised as in training (``zscore_dataset``: the training set's statistics).
+    normalised as in training (``zscore_dataset``: the training set's statistics); a
+    patch-trained run (``train.patch_size``) predicts whole images by sliding windows.
 
     Args:
         run: run directory (with ``config.yaml``) or a checkpoint file in it.
@@ -280,7 +281,8 @@ class _Predictor:
         if self.meta.get("resize"):
             images, _ = resize_slices(images, None, tuple(self.meta["resize"]))
         images = normalize_images(images.float(), self.meta["normalize"], self.meta.get("normalize_stats"))
-        labels = predict_labels(self.model, images, batch_size=self.batch_size, device=self.device)
+        labels = predict_labels(self.model, images, batch_size=self.batch_size, device=self.device,
+                                patch_size=self.meta.get("patch_size"))
         if tuple(labels.shape[1:]) != size:
             labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         return labels
@@ -327,8 +329,9 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
     slices along the axis the run was trained on, labelled, stacked back and written as
     ``out/<case>.nii.gz`` with the source affine and header; nnU-Net channel files
     ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` make one multi-channel case.
-    Inputs are prepared as in training (channels, resize, normalisation); labels are resized
-    back to the input's size with nearest neighbour. With ``postprocess``, the run's saved
+    Inputs are prepared as in training (channels, resize, normalisation) and, for a
+    patch-trained run (its checkpoint's ``patch_size``), predicted whole by sliding windows; labels
+    are resized back to the input's size with nearest neighbour. With ``postprocess``, the run's saved
     post-processing (:func:`saved_postprocessing`) is applied to each image or whole volume.
 
     Returns:

@@ -5,6 +5,7 @@
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
   optimizer steps; :func:`backward_step`: one step.
+- :func:`run_samples`: the training samples of a run (whole images, or crops with ``train.patch_size``).
 - :func:`evaluation_options`: how every validation of a run evaluates (batch size, device, precision).
 """
 
@@ -22,9 +23,11 @@ from segtune.config import Config, TrainConfig
 from segtune.data import SOURCES, SegData, prepare
 from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, memory_format
+from segtune.training.patches import TrainingSamples, training_samples
 
 __all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
-           "grad_scaler", "load_data", "memory_format", "resolve_device", "setup_device", "train_on_batches"]
+           "grad_scaler", "load_data", "memory_format", "resolve_device", "run_samples", "setup_device",
+           "train_on_batches"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +69,15 @@ def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData
                    normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
                    label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
                    min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
+
+
+def run_samples(config: Config, data: SegData, device: torch.device) -> TrainingSamples:
+    """The training samples of ``config``'s run on ``data``: its whole training images or, with
+    ``train.patch_size``, crops of them with ``train.foreground_oversample`` (see
+    :mod:`segtune.training.patches`); the training loop and the LR range test draw from it."""
+    return training_samples(data.train.images, data.train.masks, patch_size=config.train.patch_size,
+                            foreground_oversample=config.train.foreground_oversample, n_classes=data.n_classes,
+                            device=device)
 
 
 def grad_scaler(precision: str) -> torch.amp.GradScaler:

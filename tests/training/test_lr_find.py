@@ -160,3 +160,19 @@ def test_cli_refine_prints_every_training_and_the_total_cost(tmp_path, capsys):
     assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings", out)
     n = int(re.search(r"total cost: (\d+) trainings", out).group(1))
     assert 3 <= n <= 5  # 2 decades (+1 beyond a best end) and one bisection round of 1 or 2
+
+
+def test_the_range_test_of_a_patch_run_sweeps_on_its_crops(monkeypatch):
+    # the sweep trains on what the run trains on: 16 x 16 crops of the 32 x 32 images
+    from segtune.training.patches import PatchSampler
+
+    shapes, crop = [], PatchSampler.__call__
+
+    def recording(self, index, generator):
+        x, y = crop(self, index, generator)
+        shapes.append(tuple(x.shape[2:]))
+        return x, y
+
+    monkeypatch.setattr(PatchSampler, "__call__", recording)
+    curve = lr_range_test(build_config(tiny_tree(), ["train.patch_size=[16,16]"]), n_steps=12)
+    assert len(shapes) >= len(curve.raw_losses) >= 5 and set(shapes) == {(16, 16)}

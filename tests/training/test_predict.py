@@ -190,3 +190,49 @@ def test_predict_postprocess_chooses_it_first_when_none_is_saved(tmp_path):
     assert main(["predict", str(run), str(images), "--out", str(tmp_path / "masks"), "--postprocess"]) == 0
     assert (tmp_path / "masks" / "a.png").is_file()
     assert set(read_postprocessing(run)["keep_largest_component"]) == {"class_1", "class_2"}
+
+
+class WindowSpy:
+    """Records the image batches that the evaluation module predicts by sliding windows."""
+
+    def __init__(self, monkeypatch):
+        import segtune.training.evaluate as evaluate
+
+        self.calls, original = [], evaluate.window_logits
+
+        def spy(predictor, images, patch_size, *, batch_size):
+            self.calls.append((tuple(images.shape[2:]), tuple(patch_size)))
+            return original(predictor, images, patch_size, batch_size=batch_size)
+
+        monkeypatch.setattr(evaluate, "window_logits", spy)
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory):
+    tree = tiny_tree(train={"epochs": 1, "batch_size": 8, "patience": 0, "device": "cpu", "patch_size": [16, 16]})
+    tree["data"].update(size=32, n_classes=3)
+    result = train(build_config(tree), out_dir=tmp_path_factory.mktemp("patch") / "run", verbose=False)
+    return result.run_dir, result.summary
+
+
+def test_evaluate_of_a_patch_trained_run_slides_its_windows_and_scores_as_its_summary(patch_run, monkeypatch):
+    run, summary = patch_run
+    spy = WindowSpy(monkeypatch)
+    metrics, _ = evaluate_run(run, split="test")
+    assert spy.calls and set(spy.calls) == {((32, 32), (16, 16))}  # whole 32 x 32 images, 16 x 16 windows
+    assert metrics["dice_per_class"] == pytest.approx(summary["test"]["dice_per_class"])
+    assert torch.load(run / "best.pt", weights_only=True)["meta"]["patch_size"] == [16, 16]
+    n = len(spy.calls)
+    evaluate_run(run, split="test", postprocess=True)  # the post-processing is chosen on windowed val predictions
+    assert len(spy.calls) > n + 1
+
+
+def test_predict_of_a_patch_trained_run_slides_windows_over_an_image_of_any_size(patch_run, monkeypatch, tmp_path):
+    from PIL import Image
+
+    run, _ = patch_run
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40), dtype=np.uint8)).save(tmp_path / "a.png")
+    spy = WindowSpy(monkeypatch)
+    written, = predict_files(run, [tmp_path / "a.png"], tmp_path / "out")
+    assert spy.calls == [((24, 40), (16, 16))]
+    assert np.asarray(Image.open(written)).shape == (24, 40)

@@ -31,8 +31,11 @@ def crash_after(n):
     return on_epoch
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-    cfg = build_config(tiny_tree(), OVERRIDES)
+@pytest.mark.parametrize("patches", [[], ["train.patch_size=[16,16]", "train.foreground_oversample=0.5"]],
+                         ids=["whole", "patches"])
+def test_resume_matches_uninterrupted_run(tmp_path, patches):
+    # crops are drawn from the run's generator, saved in last.pt: the resumed epochs see the same crops
+    cfg = build_config(tiny_tree(), OVERRIDES + patches)
     full = train(cfg, out_dir=tmp_path / "full", verbose=False)
     with pytest.raises(Crash):
         train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(2)], verbose=False)
@@ -133,13 +136,15 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(tmp_path
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("patches", [[], ["train.patch_size=[16,16]"]], ids=["whole", "patches"])
+def test_sigkill_then_resume_from_the_command_line(tmp_path, patches):
     # a real kill -9 of `segtune train` mid-run; `--resume` finishes it with the uninterrupted numbers
     tree = tiny_tree()
     tree["data"].update(n_train=48)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tree))
-    args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0"]
+    args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0",
+            *patches]
     segtune = [sys.executable, "-m", "segtune"]
     subprocess.run(segtune + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
     run = tmp_path / "cut"
