@@ -179,7 +179,9 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
                                generator=torch.Generator().manual_seed(config.seed),
                                channels_last=config.train.channels_last)
     growth = (end_lr / start_lr) ** (1 / (n_steps - 1))
-    steps = zip((start_lr * growth**step for step in range(n_steps)), batches)
+    # geomspace ends on end_lr exactly: start_lr * growth ** (n_steps - 1) overshoots it by rounding
+    # (10.000000000000073), above the bound an optimizer's lr is validated against
+    steps = zip(np.geomspace(start_lr, end_lr, n_steps).tolist(), batches)
     t0 = time.perf_counter()
     lrs, raw, smooth, stopped = _sweep(model, loss_fn, opt, steps, smoothing=smoothing,
                                        divergence_factor=divergence_factor, device=device,

@@ -41,7 +41,6 @@ from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 
 __all__ = ["MAX_LOCATIONS", "WINDOW_OVERLAP", "ForegroundLocations", "PatchSampler", "TrainingSamples", "WholeImages",
            "foreground_locations", "oversampled", "pad_to", "training_samples", "window_logits"]
@@ -237,5 +236,9 @@ def window_logits(predictor: Callable[[torch.Tensor], torch.Tensor], images: tor
     if h <= patch_size[0] and w <= patch_size[1]:
         padded, (rows, cols) = pad_to(images, patch_size)
         return predictor(padded)[..., rows, cols]
+    # imported here: monai.inferers imports matplotlib.pyplot (through monai.utils.jupyter_utils),
+    # which a run that never slides a window, and a report's caller, should not pay for
+    from monai.inferers import sliding_window_inference
+
     return sliding_window_inference(images, roi_size=tuple(patch_size), sw_batch_size=batch_size,
                                     predictor=predictor, overlap=WINDOW_OVERLAP, mode="gaussian")
