@@ -325,6 +325,21 @@ def apply_changes(tree: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[s
     return result
 
 
+def component_takes(section: str, option: str, tree: Mapping[str, Any]) -> str | None:
+    """Why ``section.option`` is not a setting of the config ``tree``, or None where it is: always
+    one for a section that names no component and for the section's own fields; else when the
+    section's component (named in ``tree``, or the section's default) has that option."""
+    field_ = Config.model_fields.get(section)
+    cls = field_.annotation if field_ is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Component)) or option in (cls.key, *cls.model_fields):
+        return None
+    named = tree.get(section, {}) if isinstance(tree.get(section), Mapping) else {}
+    name = named.get(cls.key, cls.model_fields[cls.key].default)
+    if name in cls.registry.names() and option in cls.registry.entry(name).options.model_fields:
+        return None
+    return f"{section} {name} has no option {option}"
+
+
 def with_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of ``raw`` with ``--set`` items applied (see :func:`apply_changes`)."""
     changes = {}
@@ -395,7 +410,7 @@ def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
     return data_plan(spec, overrides).config
 
 
-__all__ = ["AugmentConfig", "Component", "Config", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
+__all__ = ["AugmentConfig", "Component", "Config", "component_takes", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
            "OptimizerConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
            "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml", "set_path",
            "validate_tree", "with_overrides"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from segtune.config import Component, Config, apply_changes, read_yaml, validate_tree, with_overrides
+from segtune.config import Config, apply_changes, component_takes, read_yaml, validate_tree, with_overrides
 from segtune.data.fingerprint import detect_source, survey
 from segtune.data.plan import DEPENDS_ON, PLAN_KEYS, PlanReport, fill_in, given, plan
 from segtune.errors import DataError
@@ -30,15 +30,7 @@ PLANNED_SOURCES = ("folder", "nifti", "oxford_pet")  # read files; demo and synt
 def _takes(tree: dict[str, Any], key: str, changes: dict[str, Any]) -> str | None:
     """None where the config (``tree`` with the planned ``changes``) takes ``key``, else why not."""
     section, option = key.split(".", 1)
-    cls = Config.model_fields[section].annotation
-    if not (isinstance(cls, type) and issubclass(cls, Component)) or option == cls.key or option in cls.model_fields:
-        return None
-    name_key = f"{section}.{cls.key}"
-    is_set, name = given(tree, name_key)
-    name = changes.get(name_key, name if is_set else cls.model_fields[cls.key].default)
-    if option in cls.registry.entry(name).options.model_fields:
-        return None
-    return f"{section} {name} has no option {option}"
+    return component_takes(section, option, apply_changes(tree, changes) if changes else tree)
 
 
 def _on_gpu(device: str) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import optuna
 import sqlalchemy.exc
 
-from segtune.config import Component, Config, data_config, read_yaml
+from segtune.config import component_takes, data_config, read_yaml
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.study.budget import (EPOCHS, PROBE_DIR, SPENT, TRIAL_SHARE, Budget, BudgetGate, format_duration,
                                   parse_budget, run_costs, trial_epochs)
@@ -68,17 +68,6 @@ def _holding(values: Any, value: Any) -> Any:
     return values
 
 
-def _takes(base: dict[str, Any], path: str) -> bool:
-    """Whether the base's component of ``path``'s section has the option ``path`` names."""
-    section, _, option = path.partition(".")
-    field_ = Config.model_fields.get(section)
-    cls = field_.annotation if field_ is not None else None
-    if not (isinstance(cls, type) and issubclass(cls, Component)) or option in (cls.key, *cls.model_fields):
-        return True
-    name = _value_at(base, f"{section}.{cls.key}")
-    return name in cls.registry.names() and option in cls.registry.entry(name).options.model_fields
-
-
 def fit_space(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The space ``raw`` fitted to the ``base`` config tree, so that the base is one of its points.
 
@@ -96,7 +85,8 @@ def fit_space(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any]
     for path, values in raw.items():
         if path in conditional:
             continue
-        if _takes(base, path):
+        section, _, option = path.partition(".")
+        if component_takes(section, option, base) is None:
             space[path] = _holding(values, _value_at(base, path))
         else:
             left_out.append(path)
