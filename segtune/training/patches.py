@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["MAX_LOCATIONS", "WINDOW_OVERLAP", "ForegroundLocations", "PatchSampler", "TrainingSamples", "WholeImages",
-           "foreground_locations", "oversampled", "pad_to", "training_samples", "window_logits"]
+           "foreground_locations", "oversampled", "pad_to", "window_logits"]
 
 MAX_LOCATIONS = 2000  # foreground pixels listed per image and class (nnU-Net: 10,000 per 3D case)
 WINDOW_OVERLAP = 0.5  # of adjacent sliding windows, per side (MONAI's default is 0.25; nnU-Net's step 0.5)
@@ -203,19 +203,6 @@ class PatchSampler:
         image = index.to(self.images.device)[:, None, None]
         x = self.images[image, :, rows, cols].permute(0, 3, 1, 2)  # advanced indices first: (B, ph, pw, C)
         return x.contiguous(), self.masks[image, rows, cols]
-
-
-def training_samples(images: torch.Tensor, masks: torch.Tensor, *, patch_size: tuple[int, int] | None,
-                     foreground_oversample: float, n_classes: int, device: torch.device) -> TrainingSamples:
-    """The training samples of a run: :class:`PatchSampler` crops with ``patch_size``, else :class:`WholeImages`.
-
-    The training loop and the LR range test both draw their batches from it, so the range
-    test sweeps on what the run trains on.
-    """
-    if patch_size is None:
-        return WholeImages(images, masks, device)
-    return PatchSampler(images, masks, patch_size=patch_size, foreground_oversample=foreground_oversample,
-                        n_classes=n_classes, device=device)
 
 
 def window_logits(predictor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,

@@ -23,7 +23,7 @@ from segtune.config import Config, TrainConfig
 from segtune.data import SOURCES, SegData, prepare
 from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, memory_format
-from segtune.training.patches import TrainingSamples, training_samples
+from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 
 __all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
            "grad_scaler", "load_data", "memory_format", "resolve_device", "run_samples", "setup_device",
@@ -75,9 +75,11 @@ def run_samples(config: Config, data: SegData, device: torch.device) -> Training
     """The training samples of ``config``'s run on ``data``: its whole training images or, with
     ``train.patch_size``, crops of them with ``train.foreground_oversample`` (see
     :mod:`segtune.training.patches`); the training loop and the LR range test draw from it."""
-    return training_samples(data.train.images, data.train.masks, patch_size=config.train.patch_size,
-                            foreground_oversample=config.train.foreground_oversample, n_classes=data.n_classes,
-                            device=device)
+    train = config.train
+    if train.patch_size is None:
+        return WholeImages(data.train.images, data.train.masks, device)
+    return PatchSampler(data.train.images, data.train.masks, patch_size=train.patch_size,
+                        foreground_oversample=train.foreground_oversample, n_classes=data.n_classes, device=device)
 
 
 def grad_scaler(precision: str) -> torch.amp.GradScaler:

@@ -8,9 +8,10 @@ from torch import nn
 
 from segtune.components.models import build_model
 from segtune.training.evaluate import evaluate_split, image_logits
-from segtune.training.patches import (PatchSampler, WholeImages, foreground_locations, oversampled, pad_to,
-                                      training_samples, window_logits)
-from segtune.data import Split
+from segtune.config import Config
+from segtune.training.patches import PatchSampler, WholeImages, foreground_locations, oversampled, pad_to, window_logits
+from segtune.training.runtime import run_samples
+from segtune.data import SegData, Split
 
 
 def ramp_images(n: int, h: int, w: int) -> torch.Tensor:
@@ -103,8 +104,9 @@ def test_foreground_locations_are_listed_per_image_and_class_and_evenly_thinned(
 
 def test_without_a_patch_size_the_samples_are_the_whole_images():
     images, masks = ramp_images(4, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long)
-    samples = training_samples(images, masks, patch_size=None, foreground_oversample=0.33, n_classes=2,
-                               device=torch.device("cpu"))
+    split = Split(images, masks)
+    data = SegData(train=split, val=split, test=split, class_names=["background", "a"])
+    samples = run_samples(Config(), data, torch.device("cpu"))  # train.patch_size: None
     assert isinstance(samples, WholeImages)
     x, _ = samples(torch.tensor([2, 0]), torch.Generator())
     assert torch.equal(x, images[[2, 0]])
