@@ -24,6 +24,7 @@ import optuna
 import sqlalchemy.exc
 
 from segtune.config import component_takes, data_config, read_yaml
+from segtune.data.plan import given
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.study.budget import (EPOCHS, PROBE_DIR, SPENT, TRIAL_SHARE, Budget, BudgetGate, format_duration,
                                   parse_budget, run_costs, trial_epochs)
@@ -48,12 +49,8 @@ def tune_study_path() -> Path:
 
 
 def _value_at(tree: dict[str, Any], path: str) -> Any:
-    node: Any = tree
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return _MISSING
-        node = node[key]
-    return node
+    is_set, value = given(tree, path)
+    return value if is_set else _MISSING
 
 
 def _holding(values: Any, value: Any) -> Any:
