@@ -19,7 +19,7 @@ import optuna
 import yaml
 
 from segtune.errors import ConfigError
-from segtune.report.stats import MeanCI, mean_ci
+from segtune.study.stats import MeanCI, mean_ci
 from segtune.study import storage
 from segtune.study.records import TrialRecord, study_records
 

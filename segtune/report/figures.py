@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from segtune.report.stats import MeanCI
+from segtune.study.stats import MeanCI
 
 _LINE_STYLES = ("-", "--", ":", "-.")
 # background black, then well-separated colours for the classes
@@ -185,7 +185,7 @@ def importance_chart(importance: dict[str, dict[str, float]]) -> Figure:
 
     Args:
         importance: evaluator name -> {hyperparameter: importance}, as
-            :func:`segtune.report.stats.importances` gives them.
+            :func:`segtune.study.stats.importances` gives them.
 
     Returns:
         The figure, the most important hyperparameter on top.

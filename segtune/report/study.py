@@ -24,7 +24,7 @@ from segtune.report.figures import CurveRun, importance_chart, level_label, marg
 from segtune.report.levels import BASE_LEVEL, Levels, grid_axes, varied_levels
 from segtune.report.predictions import prediction_blocks
 from segtune.report.run import curve_blocks
-from segtune.report.stats import MeanCI, importances, mean_ci, paired_comparison
+from segtune.study.stats import MeanCI, importances, mean_ci, paired_comparison
 from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
                                    objective_name)
 

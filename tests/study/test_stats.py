@@ -8,7 +8,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from segtune.report.stats import MeanCI, mean_ci, paired_comparison
+from segtune.study.stats import MeanCI, mean_ci, paired_comparison
 
 
 def test_mean_ci_is_the_t_interval():

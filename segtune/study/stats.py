@@ -1,4 +1,4 @@
-"""The statistics of a study report: confidence intervals, paired comparisons, importances.
+"""The statistics of a study (its report and its stage decisions): confidence intervals, paired comparisons, importances.
 
 Every number here is over the repeats of a configuration (one value per seed), so "the noise"
 is the spread between seeds of one configuration. The intervals are those of scipy's t-tests
