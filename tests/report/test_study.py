@@ -19,7 +19,8 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     # the leaderboard holds the pruned trial and the failed one with its reason
     assert "| pruned |" in md and "TrainingDiverged: diverged at epoch 1" in md
     # final test metrics per class, mean over seeds
-    assert "| trial | optimizer.name | scheduler.name | test loss | test Dice (mean) | Dice disc | Dice ring |" in md
+    assert ("| trial | optimizer.name | scheduler.name | test loss (own) | test Dice | test Dice disc | test Dice ring |"
+            in md)
     assert "| 0 | adam | none | 0.1900 | 0.8100 | 0.8100 | 0.5000 |" in md
     # the pivot table of the two hyperparameters, and importances
     assert "| optimizer.name \\ scheduler.name | none | cosine |" in md
@@ -54,5 +55,7 @@ def test_report_renders_in_chromium_with_no_errors(study_report):
     shot = study_report / "report.png"
     result = render(study_report / "report.html", shot, binary=binary)
     assert result["errors"] == []
-    assert len(result["images"]) == 7 and all(done and width > 0 for done, width in result["images"])
+    n_figures = len(list((study_report / "figures").glob("*.png")))
+    assert n_figures == 10 and len(result["images"]) == n_figures
+    assert all(done and width > 0 for done, width in result["images"])
     assert shot.stat().st_size > 10_000
