@@ -31,6 +31,7 @@ from typing import Sequence
 
 from segtune.report.data import load_report_study
 from segtune.report.levels import Levels, grid_axes, varied_levels
+from segtune.report.lr_find import is_lr_find_dir, lr_find_report
 from segtune.report.options import ReportOptions
 from segtune.report.predictions import prediction_blocks
 from segtune.report.run import curve_blocks, run_report
@@ -40,15 +41,17 @@ from segtune.report.study import study_report, write_trial_tables
 def write_report(path: str | Path | None = None, *, storage: str | None = None, study_name: str | None = None,
                  out: str | Path | None = None, layout: Sequence[str] | None = None,
                  options: ReportOptions | None = None) -> Path:
-    """The report of a study directory, a stored study or a single run directory.
+    """The report of a study directory, a stored study, a single run directory or an lr-find folder.
 
     Args:
-        path: a study directory (holding study.db) or a run directory (holding config.yaml);
-            with ``storage``, optionally the study directory holding the trials' runs.
+        path: a study directory (holding study.db), a run directory (holding config.yaml) or
+            the folder of ``segtune lr-find`` (holding lr_find.json); with ``storage``,
+            optionally the study directory holding the trials' runs.
         storage: an SQLAlchemy URL of a shared study storage instead of ``study.db``.
         study_name: the study in the storage (needed when it holds several).
-        out: the report folder; default ``<path>/report`` (for a storage with no path, the
-            study directory of the stored runs, else ``./<study name>-report``).
+        out: the report folder; default ``<path>/report`` (for an lr-find folder, the folder;
+            for a storage with no path, the study directory of the stored runs, else
+            ``./<study name>-report``).
         layout: the two hyperparameters laying out the curve grids (rows, columns).
         options: what a study's report shows and writes (:class:`ReportOptions`); a run's
             report takes its formats and number of images.
@@ -65,11 +68,14 @@ def write_report(path: str | Path | None = None, *, storage: str | None = None, 
     """
     path = Path(path) if path is not None else None
     options = options or ReportOptions(layout=layout)
-    if storage is None and path is not None and not (path / "study.db").is_file() and (path / "config.yaml").is_file():
-        return run_report(path, out or path / "report", n_images=options.n_images, formats=options.formats)
+    if storage is None and path is not None and not (path / "study.db").is_file():
+        if (path / "config.yaml").is_file():
+            return run_report(path, out or path / "report", n_images=options.n_images, formats=options.formats)
+        if is_lr_find_dir(path):
+            return lr_find_report(path, out, formats=options.formats)
     study = load_report_study(path, url=storage, study_name=study_name)
     return study_report(study, out, study_dir=path, layout=layout, options=options)
 
 
-__all__ = ["Levels", "ReportOptions", "curve_blocks", "grid_axes", "prediction_blocks", "run_report", "study_report",
-           "varied_levels", "write_report", "write_trial_tables"]
+__all__ = ["Levels", "ReportOptions", "curve_blocks", "grid_axes", "lr_find_report", "prediction_blocks", "run_report",
+           "study_report", "varied_levels", "write_report", "write_trial_tables"]

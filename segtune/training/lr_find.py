@@ -43,7 +43,7 @@ from segtune.training.runtime import (build_training, grad_scaler, load_data, me
                                       setup_device, train_on_batches)
 
 __all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "explain_rule", "find_lrs", "lr_range_test",
-           "plot_range_tests", "refine_lr"]
+           "plot_range_tests", "range_test_figure", "refine_lr"]
 
 LR_RULES = Registry("lr rule")
 
@@ -248,23 +248,28 @@ def _sweep(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.op
     return lrs, raw, smooth, "end_lr reached"
 
 
-def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
-    """One figure of every optimizer's smoothed loss against the lr (log scale), suggestions marked."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for curve in curves:
-        (line,) = ax.plot(curve.lrs, curve.losses, label=f"{curve.optimizer}: {curve.suggestion:.2g}")
+def range_test_figure(curves: list[RangeTest]) -> Any:
+    """One panel per optimizer: its smoothed loss against the lr (log scale), the suggestion marked,
+    the y axis clipped at the divergence (twice the loss at the start), so a blown-up curve leaves
+    the others readable. Returns a ``matplotlib.figure.Figure`` (no pyplot: the caller's backend stays)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(min(3.4 * len(curves), 14) + 0.6, 3.4))
+    for ax, curve in zip(fig.subplots(1, len(curves), squeeze=False)[0], curves):
+        ax.plot(curve.lrs, curve.losses, color="#4c72b0")
         at = int(np.argmin(np.abs(np.log(curve.lrs) - math.log(curve.suggestion))))
-        ax.plot([curve.suggestion], [curve.losses[at]], "o", color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
-    ax.set_title(f"LR range test; dots: suggestion ({curves[0].rule} rule)")
-    ax.legend()
+        ax.plot([curve.suggestion], [curve.losses[at]], "o", color="#c44e52", label=f"{curve.rule}: {curve.suggestion:.2g}")
+        low, start = min(curve.losses), curve.losses[0]
+        ax.set_ylim(low * 0.95 if low > 0 else low, 2 * start if start > 0 else max(curve.losses))
+        ax.set(xscale="log", xlabel="learning rate", title=f"{curve.optimizer} ({curve.stopped})")
+        ax.legend(fontsize=7, frameon=False)
+    fig.axes[0].set_ylabel("training loss (smoothed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
+    """:func:`range_test_figure` written as a PNG to ``path``."""
+    range_test_figure(curves).savefig(path, dpi=100)
     return Path(path)
 
 
