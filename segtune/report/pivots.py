@@ -43,7 +43,10 @@ def independent_pairs(varied: Sequence[Levels], space: Mapping[str, Any] | None)
 
 
 def reported_values(record: ReportedTrial) -> list[float]:
-    """The values a trial reported: each finished seed's objective, else its last reported value."""
+    """The values a completed or pruned trial reported: each finished seed's objective, else its last
+    reported value; none for a failed, stopped or running trial (its value is no result)."""
+    if record.state not in (Status.COMPLETE, Status.PRUNED):
+        return []
     if record.values:
         return list(record.values.values())
     return [record.value] if record.value is not None else []

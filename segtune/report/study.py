@@ -11,7 +11,6 @@ importances, the curves laid out by two hyperparameters, and predictions of the 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,10 +22,11 @@ from segtune.report.data import ReportedTrial, read_metrics, trial_records
 from segtune.report.document import Block, Heading, Table, Text, figure_block, section, write_document
 from segtune.report.figures import CurveRun, importance_chart, level_label, objective_bars
 from segtune.report.levels import BASE_LEVEL, Levels, grid_axes, varied_levels
+from segtune.report.options import ReportOptions
 from segtune.report.pivots import pivot_blocks
 from segtune.report.predictions import grid_blocks, prediction_blocks, worst_case_blocks
+from segtune.report.pretraining import pretraining_blocks
 from segtune.report.run import curve_blocks
-from segtune.report.options import ReportOptions
 from segtune.report.test_loss import common_test_losses
 from segtune.study.stats import importances, paired_comparison
 from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
@@ -286,6 +286,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     blocks += _test_table(records, varied, test_losses=test_losses, test_loss=options.test_loss)
     blocks += pivot_blocks(records, varied, objective=objective_name(study), space=space, metrics=options.metrics,
                            test_losses=test_losses)
+    blocks += pretraining_blocks(records, varied, objective=objective_name(study))
     blocks += _importance(study)
     blocks += _curves(records, rows, cols)
     blocks += _predictions(records, rows, cols, options)

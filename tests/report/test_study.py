@@ -27,7 +27,8 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     # a cell whose only finished trial was pruned shows where it stopped, not a blank
     assert re.search(r"\| sgd \| 0\.6117 ± [0-9.]+ \| pruned at epoch 1: 0\.3000 \|", md)
     assert "| fANOVA |" in md or "fANOVA" in md
-    for name in ("leaderboard", "marginals", "importance", "loss", "dice", "lr", "predictions"):
+    for name in ("leaderboard", "grouped", "marginals", "importance", "loss", "dice", "lr", "prediction-grid",
+                 "predictions", "worst"):
         assert (study_report / "figures" / f"{name}.png").stat().st_size > 1000, name
         assert f"](figures/{name}.png)" in md
 
