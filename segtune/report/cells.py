@@ -42,7 +42,7 @@ class Metric:
 
     header: str
     of_run: Callable[[_Run], float | None]
-    whole: bool = False  # a count or a time: its mean shown rounded (to 0.1, as an int where whole)
+    digits: int | None = None  # a count or a time: its mean rounded to these decimals (an int where whole)
 
 
 def _row(key: str) -> Callable[[_Run], float | None]:
@@ -64,8 +64,8 @@ METRICS: dict[str, Metric] = {
     "test_common_loss": Metric("test loss (common)", lambda run: run["test"].get("common_loss")),
     "test_dice": Metric("test Dice", lambda run: run["test"].get("dice_mean")),
     "test_classes": Metric("", lambda run: None),  # expanded to one column per class
-    "epochs": Metric("epochs", lambda run: run["epochs"], whole=True),
-    "seconds": Metric("seconds per run", lambda run: run["seconds"], whole=True),
+    "epochs": Metric("epochs", lambda run: run["epochs"], digits=1),
+    "seconds": Metric("seconds per run", lambda run: run["seconds"], digits=0),
 }
 DEFAULT_METRICS = ("train_loss", "val_loss", "train_dice", "val_dice", "test_dice", "test_classes", "epochs",
                    "seconds")
@@ -145,15 +145,14 @@ def metric_values(runs: Sequence[_Run], names: Sequence[str], classes: Sequence[
         if name == "test_classes":
             out += [_mean([run["test"].get("dice_per_class", {}).get(c) for run in runs]) for c in classes]
         else:
-            value = _mean([METRICS[name].of_run(run) for run in runs])
-            out.append(_rounded(value) if METRICS[name].whole else value)
+            metric = METRICS[name]
+            value = _mean([metric.of_run(run) for run in runs])
+            out.append(value if metric.digits is None or value is None else _rounded(value, metric.digits))
     return out
 
 
-def _rounded(value: float | None) -> float | int | None:
-    if value is None:
-        return None
-    value = round(value, 1)
+def _rounded(value: float, digits: int) -> float | int:
+    value = round(value, digits)
     return int(value) if value.is_integer() else value
 
 

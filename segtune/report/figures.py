@@ -131,12 +131,12 @@ def _bar_axis(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
     """A bar chart's y axis from zero (a bar's height is its value: no truncated axis), up to the
     highest interval, within the objective's possible values (Dice and IoU at most 1)."""
     highs = [ci.high if ci.high is not None else ci.mean for ci in cis]
-    lows = [ci.low if ci.low is not None else ci.mean for ci in cis]
     if not highs:
         return
-    ceiling = 1.0 if ("dice" in objective or "iou" in objective) else np.inf
-    top = min(max(max(highs), 0.0) * 1.08 or 1.0, ceiling + 0.02)
-    ax.set_ylim(min(0.0, min(lows) * 1.08), top)
+    bounded = "dice" in objective or "iou" in objective  # 0..1: an interval beyond is cut at the frame
+    lowest = min(ci.mean if bounded or ci.low is None else ci.low for ci in cis)
+    top = min(max(max(highs), 0.0) * 1.08 or 1.0, 1.02 if bounded else np.inf)
+    ax.set_ylim(min(0.0, lowest * 1.08), top)
 
 
 def _tick_labels(ax: Axes, labels: Sequence[str], x: Sequence[float] | None = None) -> None:
