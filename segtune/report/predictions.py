@@ -1,7 +1,10 @@
 """Prediction figures from checkpoints: validation image, ground truth and each run's prediction.
 
-Every run is drawn on the same fixed validation images (evenly spaced, with some foreground
-where there are enough), so the columns of a panel compare like with like.
+Every run is drawn on the same validation images (evenly spaced, with some foreground where
+there are enough, or the ones asked for), so the columns of a panel compare like with like.
+:func:`grid_blocks` lays runs out by (row, column), the image and its ground truth once per row;
+:func:`prediction_blocks` puts runs side by side; :func:`worst_case_blocks` shows the images one
+run segments worst.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 :func:`study_report` reads the trials of a stored study (and their run directories) and writes
 one page with: the question (what was varied, on what data, with what budget), the answer (the
 best configuration and a paired comparison over the seeds with the next ones), a leaderboard,
-the final test metrics, pivot tables of every pair of hyperparameters and their marginals,
-importances, the curves laid out by two hyperparameters, and predictions of the best trials;
-``trials.csv`` and ``runs.csv`` beside it.
+the final test metrics (with a common test loss if asked), the pivots, metrics per cell and
+averages of the hyperparameters (:mod:`segtune.report.pivots`), the pre-training section,
+importances, the curves laid out by two hyperparameters, and predictions (by setting, of the
+best trials, the worst cases of the best); ``trials.csv``, ``runs.csv`` and ``tables/`` beside it.
 """
 
 from __future__ import annotations
