@@ -70,7 +70,9 @@ def _predict(checkpoint: dict, images: Any) -> np.ndarray:
     from segtune.training.checkpoint import model_from_checkpoint
     from segtune.training.evaluate import predict_labels
 
-    return predict_labels(model_from_checkpoint(checkpoint), images).numpy()
+    patch = checkpoint["meta"].get("patch_size")  # a patch-trained run predicts by sliding windows, as `predict`
+    return predict_labels(model_from_checkpoint(checkpoint), images,
+                          patch_size=tuple(patch) if patch else None).numpy()
 
 
 def _group_data(group: dict[Any, tuple[dict, dict]]) -> Any:
