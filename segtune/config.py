@@ -131,9 +131,12 @@ class OptimizerConfig(Component):
 class SchedulerConfig(Component):
     registry: ClassVar[Registry] = SCHEDULERS
     name: str = "none"
-    # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup_epochs + 1) for e < warmup_epochs.
+    # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup + 1) for e < warmup, on the
+    # run's clock: warmup_epochs with train.epochs, warmup_steps with train.steps (the other stays 0).
     warmup_epochs: Annotated[int, Field(ge=0, description="epochs of linear warm-up; plateau counts validations "
                                                           "(= epochs when train.val_every is 1)")] = 0
+    warmup_steps: Annotated[int, Field(ge=0, description="optimizer steps of linear warm-up, with train.steps; "
+                                                         "plateau counts validations")] = 0
 
 
 class AugmentConfig(Component):
@@ -142,13 +145,24 @@ class AugmentConfig(Component):
     n_aug: Annotated[int, Field(ge=0, le=20)] = 0  # extra augmented copies of each image per epoch
 
 
+DEFAULT_EPOCHS = 40  # the budget of a config that sets neither train.epochs nor train.steps
+
+
 class TrainConfig(_Strict):
-    epochs: Annotated[int, Field(ge=1)] = 40
+    # The budget, one of the two: epochs (passes over the training images, validated every
+    # `val_every` epochs) or steps (optimizer steps, one per batch, validated every
+    # `val_every_steps` steps; None = once per epoch's worth of batches). The schedule's counts,
+    # the pruners' rungs and metrics.csv follow the budget's clock. Neither set: 40 epochs.
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    steps: Annotated[int, Field(ge=1)] | None = None
+    val_every_steps: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 16
-    # Early stopping: stop after `patience` epochs without an improvement larger than
-    # `min_delta` of `monitor`; 0 turns it off. The best weights are restored at the end.
+    # Early stopping: stop after `patience` validations without an improvement larger than
+    # `min_delta` of `monitor` (= epochs when train.val_every is 1); 0 turns it off. The best
+    # weights are restored at the end.
     monitor: Literal["val.dice_mean", "val.loss"] = "val.dice_mean"
-    patience: Annotated[int, Field(ge=0)] = 10
+    patience: Annotated[int, Field(ge=0, description="validations without improvement before the run stops "
+                                                     "(= epochs when train.val_every is 1); 0 = never")] = 10
     min_delta: Annotated[float, Field(ge=0.0)] = 0.0
     restore_best: bool = True
     # A run has diverged when a batch loss is NaN or inf, or exceeds this multiple of the first
@@ -178,6 +192,35 @@ class TrainConfig(_Strict):
     # seconds, cached on disk for later runs of the same model); needs a C++ compiler on CPU.
     compile: bool = False
     num_threads: Annotated[int, Field(ge=1)] | None = None  # CPU threads; None = all cores
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_budget(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        epochs, steps = data.get("epochs"), data.get("steps")
+        if epochs is not None and steps is not None:
+            raise ValueError(f"train.epochs={epochs} and train.steps={steps} are both set; a run's budget is one of "
+                             f"them: remove one (or set it to null, e.g. --set train.epochs=null)")
+        if steps is None:
+            if data.get("val_every_steps") is not None:
+                raise ValueError(f"train.val_every_steps={data['val_every_steps']} needs train.steps; with "
+                                 f"train.epochs validate every n epochs with train.val_every")
+            return {**data, "epochs": DEFAULT_EPOCHS if epochs is None else epochs}
+        if data.get("val_every", 1) != 1:
+            raise ValueError(f"train.val_every={data['val_every']} counts epochs and train.steps={steps} is set; "
+                             f"use train.val_every_steps")
+        return data
+
+    @property
+    def length(self) -> int:
+        """The budget on the run's clock: ``steps`` when set, else ``epochs``."""
+        return self.steps if self.steps is not None else self.epochs
+
+    @property
+    def unit(self) -> Literal["epoch", "step"]:
+        """The run's clock: ``"step"`` with ``train.steps``, else ``"epoch"``."""
+        return "step" if self.steps is not None else "epoch"
 
     @pydantic.field_validator("device")
     @classmethod
@@ -212,9 +255,14 @@ class Config(_Strict):
 
     @pydantic.model_validator(mode="after")
     def _warmup_fits(self) -> "Config":
-        if self.scheduler.warmup_epochs >= self.train.epochs:
-            raise ValueError(f"scheduler.warmup_epochs={self.scheduler.warmup_epochs} must be less than "
-                             f"train.epochs={self.train.epochs}; use fewer warm-up epochs or more epochs")
+        unit, other = ("steps", "epochs") if self.train.steps is not None else ("epochs", "steps")
+        warmup, length = getattr(self.scheduler, f"warmup_{unit}"), self.train.length
+        if getattr(self.scheduler, f"warmup_{other}"):
+            raise ValueError(f"scheduler.warmup_{other} counts {other} and the budget is train.{unit}; "
+                             f"use scheduler.warmup_{unit}")
+        if warmup >= length:
+            raise ValueError(f"scheduler.warmup_{unit}={warmup} must be less than train.{unit}={length}; "
+                             f"use fewer warm-up {unit} or more {unit}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
