@@ -1,8 +1,9 @@
 """One trial of a study: sample a configuration, train it ``repeats`` times, record the result.
 
 Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``) through
-:func:`segtune.training.loop.train`, reports the first repeat's validation objective every epoch
-(the pruners use it), and keeps its run directories under ``<study dir>/trials/``. What it
+:func:`segtune.training.loop.train`, reports the first repeat's validation objective at each
+validation (at its epoch, or its step with ``train.steps``: the pruners' rungs count on that
+clock), and keeps its run directories under ``<study dir>/trials/``. What it
 stores on the trial is listed in :mod:`segtune.study.records`.
 
 A trial run again after its worker died, or after Ctrl-C, trains in the run directories of the
@@ -225,16 +226,19 @@ class Objective:
         return lookup
 
     def _reporter(self, trial: optuna.Trial, replayed: set[int]) -> Callable[[int, dict[str, Any]], None]:
+        """The first repeat's callback: each validation's objective, reported at the run's clock (the
+        epoch, or with ``train.steps`` the step: the pruners' rungs count in it), and the prune."""
         key = self.spec.epoch_key
 
         def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-            trial.set_user_attr(EPOCHS, epoch)
+            unit, at = ("step", int(row["step"])) if "step" in row else ("epoch", int(row["epoch"]))
+            trial.set_user_attr(EPOCHS, row["epoch"])
             if key is None or key not in row:
                 return
-            if epoch not in replayed:  # the same value was reported from the twin's curve
-                trial.report(float(row[key]), epoch)
+            if at not in replayed:  # the same value was reported from the twin's curve
+                trial.report(float(row[key]), at)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
+                raise optuna.TrialPruned(f"pruned at {unit} {at} ({key}={row[key]:.4f})")
 
         return on_epoch
 
