@@ -231,6 +231,37 @@ class TrainConfig(_Strict):
         return value
 
 
+class PretrainConfig(_Strict):
+    """Autoencoder pre-training of the encoder before the run (:mod:`segtune.training.pretrain`).
+
+    A budget (``steps`` or ``epochs``) turns it on: the run's config, with these budget fields in
+    its ``train`` section and ``model`` / ``data`` merged onto its own (e.g. a deeper autoencoder,
+    ``model: {channels: [16, 32, 64, 128, 256, 512]}``, or ``data: {train_fraction: 1.0}``), is
+    pre-trained once per distinct setting, cached, and the run starts from its encoder
+    (``model.encoder_weights``). No budget: no pre-training.
+    """
+
+    steps: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    val_every_steps: Annotated[int, Field(ge=1)] | None = None
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="after")
+    def _one_budget(self) -> "PretrainConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"pretrain.epochs={self.epochs} and pretrain.steps={self.steps} are both set; the "
+                             f"pre-training's budget is one of them: remove one")
+        if self.val_every_steps is not None and self.steps is None:
+            raise ValueError(f"pretrain.val_every_steps={self.val_every_steps} needs pretrain.steps")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the run pre-trains its encoder first."""
+        return self.steps is not None or self.epochs is not None
+
+
 class Config(_Strict):
     """A full run: what to train, on what, and how."""
 
@@ -246,6 +277,7 @@ class Config(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @pydantic.field_validator("plan", mode="before")
     @classmethod
@@ -264,6 +296,34 @@ class Config(_Strict):
             raise ValueError(f"scheduler.warmup_{unit}={warmup} must be less than train.{unit}={length}; "
                              f"use fewer warm-up {unit} or more {unit}")
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _pretraining_valid(self) -> "Config":
+        if self.pretrain.active and self.model.options.get("encoder_weights"):
+            raise ValueError(f"pretrain.{'steps' if self.pretrain.steps else 'epochs'} pre-trains the encoder and "
+                             f"model.encoder_weights={self.model.options['encoder_weights']!r} gives one; remove one")
+        if self.pretrain.active:
+            try:
+                self.pretraining()
+            except ConfigError as err:  # its lines name the sections: say that they are the pre-training's
+                problems = "; ".join(f"pretrain.{line.strip()}" for line in str(err).splitlines()[1:])
+                raise ValueError(f"the pre-training config (the run's, with pretrain.*) is invalid: {problems}") from None
+        return self
+
+    def pretraining(self) -> "Config | None":
+        """The config of the autoencoder pre-training ``pretrain`` asks for; None without a budget."""
+        pre = self.pretrain
+        if not pre.active:
+            return None
+        # only what pre-training uses, so that runs differing in the rest (the loss, freezing) share one
+        run = self.to_dict()
+        model = {k: v for k, v in run["model"].items() if k not in ("freeze_encoder", "unfreeze_encoder_after")}
+        train = {k: run["train"][k] for k in ("batch_size", "device", "precision", "channels_last", "num_threads")}
+        tree = {"name": self.name, "seed": self.seed, "plan": "off", "data": run["data"], "model": model,
+                "optimizer": run["optimizer"], "train": {**train, "epochs": pre.epochs, "steps": pre.steps,
+                                                         "val_every_steps": pre.val_every_steps}}
+        changes = {f"model.{k}": v for k, v in pre.model.items()} | {f"data.{k}": v for k, v in pre.data.items()}
+        return build_config(apply_changes(tree, changes), origin="pretrain")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, every default filled in, as plain YAML-able values."""
@@ -459,6 +519,6 @@ def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
 
 
 __all__ = ["AugmentConfig", "Component", "Config", "component_takes", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
-           "OptimizerConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
+           "OptimizerConfig", "PretrainConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
            "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml", "set_path",
            "validate_tree", "with_overrides"]

@@ -28,8 +28,9 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, RESUMED,
-                                   RUNS, SAME_AS, SECONDS, SPREAD, WORKER, RunRecord, run_dir)
+from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, PRETRAIN_DIR,
+                                   PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RESUMED, RUNS, SAME_AS, SECONDS, SPREAD,
+                                   WORKER, RunRecord, run_dir)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault
@@ -161,8 +162,8 @@ class Objective:
         directory = run_dir(self.study_dir, home, seed)
         extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
         extra.update(self.run_changes(directory) if self.run_changes else {})
-        config = config_for(self.spec.base, {**values, **extra}, seed=seed,
-                            name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
+        config = self._pretrained(trial, config_for(self.spec.base, {**values, **extra}, seed=seed,
+                                                    name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial)))
         if repeat == 0:
             trial.set_user_attr(CONFIG, config.to_dict())
         reporter = self._reporter(trial, replayed) if repeat == 0 else None
@@ -224,6 +225,21 @@ class Objective:
             return found["lr"]
 
         return lookup
+
+    def _pretrained(self, trial: optuna.Trial, config: Config) -> Config:
+        """A ``pretrain`` budget: the config starting from its encoder, pre-trained once per distinct setting in
+        ``<study dir>/pretrain/`` and shared by every trial (and repeat) with it; the trial stores the
+        pre-training's run and validation reconstruction MSE and MAE."""
+        from segtune.training.pretrain import pretrained_config
+
+        if not config.pretrain.active:
+            return config
+        config, pre = pretrained_config(config, self.study_dir / PRETRAIN_DIR, data=self.cache.get(config),
+                                        verbose=self.verbose)
+        trial.set_user_attr(PRETRAIN_RUN, str(Path(pre["encoder"]).parent))
+        trial.set_user_attr(PRETRAIN_MSE, pre["val"]["mse"])
+        trial.set_user_attr(PRETRAIN_MAE, pre["val"]["mae"])
+        return config
 
     def _reporter(self, trial: optuna.Trial, replayed: set[int]) -> Callable[[int, dict[str, Any]], None]:
         """The first repeat's callback: each validation's objective, reported at the run's clock (the
@@ -288,7 +304,7 @@ def replay_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | 
     else:
         if pruned:
             return None
-    for key in (CONFIG, RUNS, SPREAD, EPOCHS):
+    for key in (CONFIG, RUNS, SPREAD, EPOCHS, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     trial.set_user_attr(SAME_AS, twin.number)

@@ -14,9 +14,10 @@ the pruners' rungs, early stopping's best and the schedules count in it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 from segtune.config import TrainConfig
+from segtune.training.runtime import epoch_batches
 
 __all__ = ["Clock"]
 
@@ -72,3 +73,14 @@ class Clock:
     def epochs(self, step: int) -> float:
         """The epochs ``step`` steps make (a fraction within an epoch)."""
         return round(step / self.per_epoch, 4)
+
+    def spans(self, start: int, end: int, n_samples: int, batch_size: int) -> Iterator[tuple[int, int, list[slice], int]]:
+        """The batches of steps ``start`` to ``end``, one epoch at a time: ``(epoch, first, parts, samples)``,
+        ``epoch`` counted from 0, ``first`` the index of its first batch in the epoch (0: the epoch starts,
+        draw its shuffle), ``parts`` the batches as slices of the epoch's ``n_samples``, ``samples`` their count."""
+        batches = epoch_batches(n_samples, batch_size)
+        while start < end:
+            epoch, first = divmod(start, self.per_epoch)
+            parts = batches[first:first + end - start]
+            yield epoch, first, parts, sum(min(p.stop, n_samples) - p.start for p in parts)
+            start += len(parts)

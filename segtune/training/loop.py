@@ -47,6 +47,7 @@ from segtune.training.checkpoint import checkpoint_meta, restore_checkpoint, wri
 from segtune.training.early_stopping import EarlyStopping
 from segtune.training.evaluate import evaluate_split
 from segtune.training.patches import TrainingSamples
+from segtune.training.pretrain import pretrained_config
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
 from segtune.training.runtime import (build_training, compiled, epoch_batches, epoch_order, evaluation_options,
                                       grad_scaler, load_data, memory_format, run_samples, setup_device,
@@ -88,7 +89,10 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
         >>> result.summary["test"]["dice_mean"]  # doctest: +SKIP
         0.83
     """
+    # a `pretrain` budget: the encoder pre-trained first (once per setting, cached beside the run directory)
+    config, pretrained = pretrained_config(config, _pretrain_cache(out_dir), data=data, verbose=verbose)
     run = _start(config, out_dir=out_dir, data=data, resume=resume, verbose=verbose)
+    run.pretrained = pretrained
     try:
         while run.steps < run.clock.total_steps and not (run.stopping.stopped or run.out_of_time):
             _run_period(run, callbacks=callbacks, verbose=verbose)
@@ -127,6 +131,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0  # optimizer steps done
     order: tuple[torch.Tensor, torch.Tensor] | None = None  # the current epoch's shuffle (index, augment?)
+    pretrained: dict[str, Any] | None = None  # the summary of the pre-training the run started from (pretrain.*)
 
     def progress(self) -> dict[str, Any]:
         """What a resumed run needs besides the weights (last.pt's ``progress``)."""
@@ -209,14 +214,13 @@ def _run_period(run: _Run, *, callbacks: Iterable[EpochCallback], verbose: bool)
     start, end = run.steps, clock.period_end(run.steps)
     per_step = clock.unit == "step" and not _steps_on_validation(run.scheduler)
     lr, total, count = run.optimizer.param_groups[0]["lr"], 0.0, 0
-    while run.steps < end:
-        epoch, first = divmod(run.steps, clock.per_epoch)
+    n_samples = len(run.data.train) * (1 + run.config.augment.n_aug)
+    for epoch, first, parts, _ in clock.spans(start, end, n_samples, run.config.train.batch_size):
         if first == 0 or run.order is None:  # an epoch starts: its shuffle, from the run's generator
             run.order = epoch_order(len(run.data.train), run.config.augment.n_aug, run.augment is not None,
                                     run.generator)
-        parts = epoch_batches(len(run.order[0]), run.config.train.batch_size)[first:first + end - run.steps]
         for chunk in ([p] for p in parts) if per_step else [parts]:  # a step schedule steps after each batch
-            n = sum(len(range(*p.indices(len(run.order[0])))) for p in chunk)
+            n = sum(min(p.stop, n_samples) - p.start for p in chunk)
             total += n * _train_epoch(run, epoch + 1, run.order, chunk, verbose=verbose and not per_step)
             count += n
             run.steps += len(chunk)
@@ -345,8 +349,15 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "val": run.evaluate(run.model, run.data.val),
         "test": run.evaluate(run.model, run.data.test),
     }
+    if run.pretrained is not None:  # the reconstruction errors of the encoder it started from
+        summary["pretrain"] = {k: run.pretrained[k] for k in ("encoder", "unit", "steps_run", "epochs_run", "val")}
     write_json_atomic(summary, run.run_dir / "summary.json")
     return RunResult(run_dir=run.run_dir, summary=summary, history=run.history)
+
+
+def _pretrain_cache(out_dir: str | Path | None) -> Path:
+    """Where a run's ``pretrain`` runs are cached: ``pretrain/`` beside its run directory (``runs/pretrain``)."""
+    return (Path(out_dir).parent if out_dir is not None else Path("runs")) / "pretrain"
 
 
 def _steps_on_validation(scheduler: Any) -> bool:
