@@ -152,8 +152,8 @@ class TrainConfig(_Strict):
     # The budget, one of the two: epochs (passes over the training images, validated every
     # `val_every` epochs) or steps (optimizer steps, one per batch, validated every
     # `val_every_steps` steps; None = once per epoch's worth of batches). The schedule's counts,
-    # the pruners' rungs and metrics.csv follow the budget's clock. Neither set: 40 epochs.
-    epochs: Annotated[int, Field(ge=1)] | None = None
+    # the pruners' rungs and metrics.csv follow the budget's clock. Steps set: epochs is None.
+    epochs: Annotated[int, Field(ge=1)] | None = DEFAULT_EPOCHS
     steps: Annotated[int, Field(ge=1)] | None = None
     val_every_steps: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 16
@@ -210,7 +210,7 @@ class TrainConfig(_Strict):
         if data.get("val_every", 1) != 1:
             raise ValueError(f"train.val_every={data['val_every']} counts epochs and train.steps={steps} is set; "
                              f"use train.val_every_steps")
-        return data
+        return {**data, "epochs": None}
 
     @property
     def length(self) -> int:
@@ -244,6 +244,9 @@ class PretrainConfig(_Strict):
     steps: Annotated[int, Field(ge=1)] | None = None
     epochs: Annotated[int, Field(ge=1)] | None = None
     val_every_steps: Annotated[int, Field(ge=1)] | None = None
+    # the pre-training's own seed, not the run's: the repeats of a setting (seeds 0, 1, ...) share one
+    # pre-training; vary pretrain.seed to repeat the pre-training itself
+    seed: int = 0
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
 
@@ -319,7 +322,7 @@ class Config(_Strict):
         run = self.to_dict()
         model = {k: v for k, v in run["model"].items() if k not in ("freeze_encoder", "unfreeze_encoder_after")}
         train = {k: run["train"][k] for k in ("batch_size", "device", "precision", "channels_last", "num_threads")}
-        tree = {"name": self.name, "seed": self.seed, "plan": "off", "data": run["data"], "model": model,
+        tree = {"name": self.name, "seed": pre.seed, "plan": "off", "data": run["data"], "model": model,
                 "optimizer": run["optimizer"], "train": {**train, "epochs": pre.epochs, "steps": pre.steps,
                                                          "val_every_steps": pre.val_every_steps}}
         changes = {f"model.{k}": v for k, v in pre.model.items()} | {f"data.{k}": v for k, v in pre.data.items()}

@@ -63,7 +63,9 @@ def train(config: Config, *, out_dir: str | Path | None = None, data: SegData | 
     """Train one model as ``config`` says and write its run directory.
 
     Args:
-        config: a validated :class:`~segtune.config.Config`.
+        config: a validated :class:`~segtune.config.Config`; with a ``pretrain`` budget its encoder is
+            pre-trained first, once per setting, in ``pretrain/`` beside the run directory
+            (:func:`~segtune.training.pretrain.pretrained_config`), and the run starts from it.
         out_dir: the run directory; default ``runs/<name>-<timestamp>``.
         data: already loaded data (a study loads it once for all trials); default: load it.
         callbacks: ``on_epoch(at, row)`` after each epoch (with ``train.steps``: each validation, ``at``

@@ -308,7 +308,7 @@ def pretrained_config(config: Config, cache_dir: str | Path, *, data: SegData | 
     # the encoder's levels must fit the run's model before anything is pre-trained
     _check_levels(pre, run_config, data)
     if not (folder / "summary.json").is_file():
-        same_data = data is not None and pre.data == config.data and pre.seed == config.seed
+        same_data = data is not None and pre.data == config.data and pre.seed == config.seed  # (the split is seeded)
         _pretrain_into(pre, folder, data=data if same_data else None, verbose=verbose)
     return run_config, json.loads((folder / "summary.json").read_text())
 

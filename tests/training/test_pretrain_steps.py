@@ -50,11 +50,12 @@ def test_a_deeper_encoder_loads_its_matching_levels(tmp_path):
 
 
 def test_a_pretrain_budget_pretrains_once_per_setting_and_starts_from_it(tmp_path):
-    # a 4-level autoencoder for a 3-level segmenter; the second run of the same setting reuses it
+    # a 4-level autoencoder for a 3-level segmenter; a run of the same setting with another seed
+    # and a frozen encoder reuses it (the pre-training has its own seed, pretrain.seed)
     tree = tiny_tree(model=SHALLOW, train={"steps": 2, "batch_size": 8, "num_threads": 1},
                      pretrain={"steps": 2, "model": {"channels": DEEP}})
     first = train(build_config(tree), out_dir=tmp_path / "a", verbose=False)
-    again = train(build_config(tree), out_dir=tmp_path / "b", verbose=False)
+    again = train(build_config(tree, ["seed=1", "model.freeze_encoder=true"]), out_dir=tmp_path / "b", verbose=False)
     cached = list((tmp_path / "pretrain").iterdir())
     assert [p.name.split("-")[0] for p in cached] == ["steps2"]
     pre = json.loads((cached[0] / "summary.json").read_text())
