@@ -184,8 +184,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     if resume:
         _resume(run)
     names = data.class_names
-    columns = (["step"] * (clock.unit == "step") + ["epoch", "train_loss", "val_loss", "val_dice_mean"] + [f"val_dice_{n}" for n in names[1:]]
-               + ["lr", "seconds"])
+    columns = (["step"] * (clock.unit == "step") + ["epoch", "train_loss", "val_loss", "val_dice_mean"]
+               + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
     run.log = MetricsLog(run_dir, columns, run.history)
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
