@@ -56,7 +56,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``segtune train CONFIG``: train, then print the best epoch and the val / test Dice."""
-    from segtune.config import data_config, load_config
     from segtune.errors import ConfigError
     from segtune.training.loop import train
 
@@ -66,12 +65,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise ConfigError(f"--data {args.data}: no such dataset folder; give the folder that holds dataset.json, "
                           f"images/ + masks/, or annotations/trimaps")
-    config = load_config(args.config, args.set) if args.config else data_config(args.data, args.set)
-    result = train(config, out_dir=args.out, verbose=not args.quiet, resume=args.resume)
+    config, auto = _train_config(args)
+    data = None
+    if auto:
+        config, data = _with_auto_lr(config, resumed=Path(args.out) if args.resume and args.out else None)
+    result = train(config, out_dir=args.out, data=data, verbose=not args.quiet, resume=args.resume)
     s = result.summary
-    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")
+    unit, best, ran = (("step", s["best_step"], s["steps_run"]) if s.get("unit") == "step"
+                       else ("epoch", s["best_epoch"], s["epochs_run"]))
+    print(f"\nbest {unit} {best} of {ran}, {s['seconds']:.1f} s -> {result.run_dir}")
     print_dice_table({"val": s["val"], "test": s["test"]}, s["class_names"])
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The run's config from its file (or ``--data`` folder) and ``--set``, and whether it asks for
+    ``optimizer.lr: auto``: then the optimizer's default lr stands in until the range test's is known."""
+    from segtune.config import data_config, parse_override, read_yaml, with_overrides
+    from segtune.planning import plan_config
+    from segtune.study.space import AUTO_LR
+
+    if args.config is None:
+        lrs = [value for path, value in map(parse_override, args.set) if path == ["optimizer", "lr"]]
+        auto = bool(lrs) and lrs[-1] == AUTO_LR
+        kept = [item for item in args.set if not auto or parse_override(item)[0] != ["optimizer", "lr"]]
+        return data_config(args.data, kept), auto
+    tree = with_overrides(read_yaml(args.config), args.set)  # as load_config, with auto taken out
+    optimizer = tree.get("optimizer")
+    auto = isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR
+    if auto:
+        del optimizer["lr"]
+    return plan_config(tree, origin=str(args.config)).config, auto
+
+
+def _with_auto_lr(config: Any, *, resumed: Path | None) -> tuple[Any, Any]:
+    """``optimizer.lr: auto``: the config with the lr of the LR range test (the one a study's ``auto`` runs),
+    and the data it loaded; a resumed run keeps the lr its config.yaml holds."""
+    from segtune.config import build_config
+    from segtune.training.lr_find import lr_range_test
+    from segtune.training.rundir import saved_config
+    from segtune.training.runtime import load_data
+
+    data = load_data(config)
+    saved = saved_config(resumed) if resumed is not None and (resumed / "config.yaml").is_file() else None
+    if saved is not None:
+        lr, how = saved["optimizer"]["lr"], f"as in {resumed / 'config.yaml'}"
+    else:
+        found = lr_range_test(config, data=data)
+        lr, how = found.suggestion, f"LR range test of {config.optimizer.name}, rule {found.rule}"
+    print(f"optimizer.lr: auto -> {lr:.3g} ({how})", flush=True)
+    return build_config(config.to_dict(), [f"optimizer.lr={lr!r}"], origin="optimizer.lr: auto"), data
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """One trial of a study: sample a configuration, train it ``repeats`` times, record the result.
 
 Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``) through
-:func:`segtune.training.loop.train`, reports the first repeat's validation objective every epoch
-(the pruners use it), and keeps its run directories under ``<study dir>/trials/``. What it
+:func:`segtune.training.loop.train`, reports the first repeat's validation objective at each
+validation (at its epoch, or its step with ``train.steps``: the pruners' rungs count on that
+clock), and keeps its run directories under ``<study dir>/trials/``. What it
 stores on the trial is listed in :mod:`segtune.study.records`.
 
 A trial run again after its worker died, or after Ctrl-C, trains in the run directories of the
@@ -27,8 +28,9 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, RESUMED,
-                                   RUNS, SAME_AS, SECONDS, SPREAD, WORKER, RunRecord, run_dir)
+from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, PRETRAIN_DIR,
+                                   PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RESUMED, RUNS, SAME_AS, SECONDS, SPREAD,
+                                   WORKER, RunRecord, run_dir)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault
@@ -160,8 +162,8 @@ class Objective:
         directory = run_dir(self.study_dir, home, seed)
         extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
         extra.update(self.run_changes(directory) if self.run_changes else {})
-        config = config_for(self.spec.base, {**values, **extra}, seed=seed,
-                            name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
+        config = self._pretrained(trial, config_for(self.spec.base, {**values, **extra}, seed=seed,
+                                                    name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial)))
         if repeat == 0:
             trial.set_user_attr(CONFIG, config.to_dict())
         reporter = self._reporter(trial, replayed) if repeat == 0 else None
@@ -224,17 +226,35 @@ class Objective:
 
         return lookup
 
+    def _pretrained(self, trial: optuna.Trial, config: Config) -> Config:
+        """A ``pretrain`` budget: the config starting from its encoder, pre-trained once per distinct setting in
+        ``<study dir>/pretrain/`` and shared by every trial (and repeat) with it; the trial stores the
+        pre-training's run and validation reconstruction MSE and MAE."""
+        from segtune.training.pretrain import pretrained_config
+
+        if not config.pretrain.active:
+            return config
+        config, pre = pretrained_config(config, self.study_dir / PRETRAIN_DIR, data=self.cache.get(config),
+                                        verbose=self.verbose)
+        trial.set_user_attr(PRETRAIN_RUN, str(Path(pre["encoder"]).parent))
+        trial.set_user_attr(PRETRAIN_MSE, pre["val"]["mse"])
+        trial.set_user_attr(PRETRAIN_MAE, pre["val"]["mae"])
+        return config
+
     def _reporter(self, trial: optuna.Trial, replayed: set[int]) -> Callable[[int, dict[str, Any]], None]:
+        """The first repeat's callback: each validation's objective, reported at the run's clock (the
+        epoch, or with ``train.steps`` the step: the pruners' rungs count in it), and the prune."""
         key = self.spec.epoch_key
 
         def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-            trial.set_user_attr(EPOCHS, epoch)
+            unit, at = ("step", int(row["step"])) if "step" in row else ("epoch", int(row["epoch"]))
+            trial.set_user_attr(EPOCHS, row["epoch"])
             if key is None or key not in row:
                 return
-            if epoch not in replayed:  # the same value was reported from the twin's curve
-                trial.report(float(row[key]), epoch)
+            if at not in replayed:  # the same value was reported from the twin's curve
+                trial.report(float(row[key]), at)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
+                raise optuna.TrialPruned(f"pruned at {unit} {at} ({key}={row[key]:.4f})")
 
         return on_epoch
 
@@ -284,7 +304,7 @@ def replay_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | 
     else:
         if pruned:
             return None
-    for key in (CONFIG, RUNS, SPREAD, EPOCHS):
+    for key in (CONFIG, RUNS, SPREAD, EPOCHS, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     trial.set_user_attr(SAME_AS, twin.number)

@@ -8,6 +8,9 @@ the CLI show. Trial user attributes:
 - ``runs``: per repeat, a :class:`RunRecord` as JSON (seed, value, epochs_run, best_epoch, run_dir,
   class_names, test metrics); ``spread`` (standard deviation over repeats); ``epochs`` (epochs run
   by the first repeat); ``seconds``; ``worker`` (host:pid);
+- ``pretrain_run``, ``pretrain_mse``, ``pretrain_mae``: with a ``pretrain`` budget, the cached
+  pre-training its runs started from (``<study dir>/pretrain/<budget>-<hash>``) and its validation
+  reconstruction errors (of the encoder kept, the best validation MSE);
 - ``home`` (the trial number of its run directories), ``resumed_after`` ({seed: epoch}),
   ``fail_reason``, ``interrupted``, ``requeued_from`` and ``same_as`` (a configuration sampled
   again takes its earlier trial's result without training) where they apply.
@@ -47,6 +50,10 @@ FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"
 REQUEUED_FROM = "requeued_from"  # a trial stopped by Ctrl-C (or a full disk) that this one runs again
 SAME_AS = "same_as"  # the earlier trial of the same configuration whose result was reused
+PRETRAIN_RUN = "pretrain_run"  # the pre-training run directory the trial's runs started from
+PRETRAIN_MSE = "pretrain_mse"  # its validation reconstruction MSE
+PRETRAIN_MAE = "pretrain_mae"  # and MAE
+PRETRAIN_DIR = "pretrain"  # <study dir>/pretrain/<budget>-<hash>/: the pre-training runs, one per setting
 # Optuna's system attribute on a dead worker's retry: the trial numbers it repeats
 RETRY_HISTORY = "retry_history"
 # study user attributes
@@ -262,8 +269,8 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
     return TrialRecord.from_trial(study.best_trial, trials=study.get_trials(deepcopy=False))
 
 
-__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REASON_WIDTH",
-           "REQUEUED_FROM", "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
+__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR", "PRETRAIN_MAE",
+           "PRETRAIN_MSE", "PRETRAIN_RUN", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
            "objective_name", "progress_line", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]

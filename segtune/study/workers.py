@@ -75,7 +75,8 @@ def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorag
     """Create the study or load it; a stored study made from a different study file is an error."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, seed)
-    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.epochs)
+    # the pruners' rungs count on the base's clock: epochs, or steps with train.steps
+    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.length)
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=spec.resolved_direction, load_if_exists=True)
     stored = study.user_attrs.get(SPEC)

@@ -105,7 +105,7 @@ def test_a_validation_mse_that_is_never_a_number_is_a_clear_error(tmp_path):
     config = build_config(tiny_tree(train={"epochs": 2, "batch_size": 8}))
     data = load_data(config)
     data.val.images[0, 0, 0, 0] = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"validation MSE was nan in every one of 2 epochs, never a number; "
+    with pytest.raises(TrainingDiverged, match=r"validation MSE was nan in every one of 2 validations, never a number; "
                                                r"lower optimizer.lr \(now 0.01\) or check the validation images"):
         pretrain(config, out_dir=tmp_path / "run", data=data, verbose=False)
     assert not (tmp_path / "run" / "summary.json").exists()
