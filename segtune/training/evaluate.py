@@ -18,8 +18,44 @@ from segtune.training.distances import DistanceSettings
 from segtune.training.metrics import case_means, confusion_counts, per_case_metrics, summarize
 from segtune.training.patches import window_logits
 
-__all__ = ["autocast", "batches", "evaluate_split", "final_distances", "image_logits", "labels_from_logits", "memory_format",
+__all__ = ["autocast", "batches", "case_scores", "evaluate_split", "final_distances", "image_logits",
+           "predict_probabilities", "score_labels", "labels_from_logits", "memory_format",
            "predict_labels"]
+
+
+def case_scores(pred: torch.Tensor, split: Split, class_names: list[str],
+                distances: DistanceSettings | None = None) -> dict:
+    """``per_case`` metrics of predicted labels ``(N, H, W)`` of a split with cases, and their means
+    (:func:`~segtune.training.metrics.case_means`)."""
+    per_case = per_case_metrics(pred, split.masks, split.cases, class_names, distances)
+    return {**case_means(per_case, class_names), "per_case": per_case}
+
+
+def score_labels(pred: torch.Tensor, split: Split, class_names: list[str],
+                 distances: DistanceSettings | None = None) -> dict:
+    """The metrics :func:`evaluate_split` gives (but the loss) of predicted labels ``(N, H, W)`` of ``split``."""
+    result = summarize(confusion_counts(pred, split.masks, len(class_names)), class_names)
+    return {**result, **case_scores(pred, split, class_names, distances)} if split.cases is not None else result
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+                          device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                          channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` float32 on the CPU for images ``(N, C, H, W)``: the softmax
+    of the logits, or for a one-channel model ``(1 - p, p)`` of its sigmoid (so that models can be averaged)."""
+    model.eval()
+    split = Split(images, torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long))
+    out = []
+    for x, _ in batches(split, batch_size, device, channels_last):
+        with autocast(device, precision):
+            logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits)
+            out.append(torch.cat([1 - p, p], 1).cpu())
+        else:
+            out.append(torch.softmax(logits, 1).cpu())
+    return torch.cat(out)
 
 
 def final_distances(config: Config) -> DistanceSettings | None:
@@ -111,8 +147,7 @@ def evaluate_split(model: nn.Module, split: Split, class_names: list[str], *, lo
             predicted.append(labels.to(torch.uint8 if len(class_names) <= 256 else torch.int64).cpu())
     result = summarize(counts, class_names)
     if split.cases is not None:
-        per_case = per_case_metrics(torch.cat(predicted).long(), split.masks, split.cases, class_names, distances)
-        result = {**result, **case_means(per_case, class_names), "per_case": per_case}
+        result = {**result, **case_scores(torch.cat(predicted).long(), split, class_names, distances)}
     if loss_fn is not None:
         result = {"loss": total_loss / max(n, 1), **result}
     return result
