@@ -44,12 +44,8 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size:
                           channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Class probabilities ``(N, K, H, W)`` float32 on the CPU for images ``(N, C, H, W)``: the softmax
     of the logits, or for a one-channel model ``(1 - p, p)`` of its sigmoid (so that models can be averaged)."""
-    model.eval()
-    split = Split(images, torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long))
     out = []
-    for x, _ in batches(split, batch_size, device, channels_last):
-        with autocast(device, precision):
-            logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
+    for logits in _logits_of(model, images, batch_size, device, precision, channels_last, patch_size):
         if logits.shape[1] == 1:
             p = torch.sigmoid(logits)
             out.append(torch.cat([1 - p, p], 1).cpu())
@@ -108,14 +104,19 @@ def predict_labels(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
                    device: torch.device = torch.device("cpu"), precision: str = "fp32",
                    channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Label maps ``(N, H, W)`` for images ``(N, C, H, W)``; with ``patch_size``, by sliding windows."""
+    return torch.cat([labels_from_logits(logits).cpu() for logits in
+                      _logits_of(model, images, batch_size, device, precision, channels_last, patch_size)])
+
+
+def _logits_of(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, precision: str,
+               channels_last: bool, patch_size: tuple[int, int] | None):
+    """Yield the logits of ``images`` batch by batch (call it under ``torch.inference_mode``)."""
     model.eval()
     split = Split(images, torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long))
-    out = []
     for x, _ in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
             logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
-        out.append(labels_from_logits(logits).cpu())
-    return torch.cat(out)
+        yield logits  # outside autocast: what the caller does with it is in float32
 
 
 @torch.inference_mode()
