@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.racing import race_call
+from segtune.study.racing import next_seed
 from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, RACE,
                                    RESUMED, RUNS, SAME_AS, SECONDS, SPREAD, WORKER, RunRecord, TrialRecord, per_seed,
                                    run_dir)
@@ -164,13 +164,11 @@ class Objective:
 
     def _race_on(self, trial: optuna.Trial, runs: list[RunRecord]) -> bool:
         """Whether the racing rule gives the trial another seed; the call is kept on the trial."""
-        maximize = self.spec.resolved_direction == "maximize"
-        done = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        done = [(t.number, t.value, per_seed(TrialRecord.from_trial(t).runs))
+                for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.number != trial.number and t.value is not None]
-        leader = (max if maximize else min)(done, key=lambda t: t.value, default=None)
-        call = race_call(per_seed(runs), None if leader is None else per_seed(TrialRecord.from_trial(leader).runs),
-                         leader_number=None if leader is None else leader.number, racing=self.spec.repeats,
-                         maximize=maximize)
+        call = next_seed(per_seed(runs), done, racing=self.spec.repeats,
+                         maximize=self.spec.resolved_direction == "maximize")
         trial.set_user_attr(RACE, call.reason)
         return call.more
 

@@ -21,12 +21,12 @@ assumes seeds are independent and their differences roughly normal, as the t-tes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from segtune.study.spec import Racing
 from segtune.study.stats import paired_comparison
 
-__all__ = ["RaceCall", "race_call", "look_confidence"]
+__all__ = ["RaceCall", "look_confidence", "next_seed", "race_call"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,14 @@ def race_call(ours: Mapping[int, float], leader: Mapping[int, float] | None, *, 
     side = "behind" if compared.difference.mean > 0 else "ahead of"
     return RaceCall(False, f"separated: {side} trial {leader_number} on {len(compared.seeds)} seeds "
                            f"({look_confidence(racing):.1%} interval of the difference excludes 0)")
+
+
+def next_seed(ours: Mapping[int, float], completed: Sequence[tuple[int, float, Mapping[int, float]]], *,
+              racing: Racing, maximize: bool) -> RaceCall:
+    """:func:`race_call` against the leader among ``completed``, the study's completed trials as
+    ``(number, mean objective, objective per seed)``: the one with the best mean (the lowest number
+    on a tie). The study's trials and the benchmark's replay both decide through here."""
+    ranked = sorted(completed, key=lambda t: (-t[1] if maximize else t[1], t[0]))
+    leader = ranked[0] if ranked else None
+    return race_call(ours, None if leader is None else leader[2], leader_number=None if leader is None else leader[0],
+                     racing=racing, maximize=maximize)

@@ -26,6 +26,7 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, 3).movedim(-1, 0)[None].float()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 def test_hd95_and_surface_dice_are_monai_s_at_the_spacing():
     pred, target = volume()
     spacing = (3.0, 1.0, 0.5)
