@@ -164,6 +164,10 @@ def _print_evaluation(metrics: dict, names: list[str], split: str) -> None:
         print_table(rows, ["case"] + list(names[1:]))
         print("\nall voxels of the split pooled:")
     print_dice_table({split: metrics}, names)
+    surface = [k for k in ("hd95_mean", "nsd_mean", "asd_mean", "avd_mean") if metrics.get(k) is not None]
+    if surface:  # means over cases and foreground classes; hd95 and asd in mm
+        print("\nsurface metrics, mean over cases and classes: "
+              + ", ".join(f"{k.removesuffix('_mean')} {metrics[k]:.3f}" for k in surface))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -65,3 +65,20 @@ def test_per_case_metrics_score_each_case_and_their_means():
     means = case_means(perfect, NAMES)
     assert means["hd95_mean"] == pytest.approx(perfect["shifted"]["hd95_mean"] / 2)
     assert means["hd95_per_class"]["b"] is None  # in no case: no mean
+
+
+def test_a_run_summary_keeps_every_case_of_val_and_test(tmp_path):
+    from segtune.config import Config
+    from segtune.training.loop import train
+
+    config = Config.model_validate({"plan": "off", "data": {"source": "synthetic", "n_train": 8, "n_val": 3,
+                                                            "n_test": 2, "size": 16},
+                                    "model": {"name": "unet", "depth": 2, "base": 4},
+                                    "train": {"epochs": 1, "batch_size": 8, "num_threads": 1}})
+    summary = train(config, out_dir=tmp_path / "run", verbose=False).summary
+    assert list(summary["val"]["per_case"]) == ["val_0000", "val_0001", "val_0002"]
+    assert len(summary["test"]["per_case"]) == 2
+    case = summary["test"]["per_case"]["test_0000"]
+    assert set(case) >= {"dice_mean", "dice_per_class", "hd95_per_class", "nsd_mean", "avd_mean"}
+    assert summary["test"]["case_dice_mean"] == pytest.approx(
+        sum(c["dice_mean"] for c in summary["test"]["per_case"].values()) / 2)
