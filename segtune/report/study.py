@@ -27,7 +27,7 @@ from segtune.report.run import curve_blocks
 from segtune.report.verdicts import answer_blocks, leader_metrics, seeds_text
 from segtune.study.stats import MeanCI, importances, mean_ci
 from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
-                                   objective_name)
+                                   objective_name, runs_cell)
 
 
 def _values_text(values: Any) -> str:
@@ -66,13 +66,6 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
     ]
 
 
-def _runs_cell(r: ReportedTrial) -> str | int:
-    """The finished runs of a trial; a pruned or unfinished one's run is counted as such, never as 0 seeds."""
-    if r.state == Status.COMPLETE:
-        return len(r.runs)
-    return f"{len(r.runs)} + 1 {r.state}" if r.runs else f"1 {r.state}"
-
-
 def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     header = ["trial"] + paths + [objective_name(study), "95% interval", "runs", "epochs", "state", "seconds", "reason"]
@@ -81,7 +74,7 @@ def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: 
         ci = r.ci
         interval = "–" if ci is None or ci.low is None else f"{ci.low:.4f} – {ci.high:.4f}"
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else BASE_LEVEL for p in paths]
-                    + [ci.mean if ci else r.value, interval, _runs_cell(r), r.epochs, r.state, round(r.seconds),
+                    + [ci.mean if ci else r.value, interval, runs_cell(r), r.epochs, r.state, round(r.seconds),
                        r.reason[:REASON_WIDTH]])
     bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == Status.COMPLETE else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(

@@ -253,6 +253,14 @@ def _show(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def runs_cell(record: TrialRecord) -> str:
+    """A trial's runs in a leaderboard: the finished ones; an unfinished trial's run in progress is
+    counted with its state (``1 pruned``, ``2 + 1 pruned``), never shown as 0 seeds."""
+    if record.state == Status.COMPLETE or record.same_as is not None:
+        return str(len(record.runs))
+    return f"{len(record.runs)} + 1 {record.state}" if record.runs else f"1 {record.state}"
+
+
 def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     """The trials, best first: parameters, objective mean and spread, epochs, state, seconds, reason.
 
@@ -262,7 +270,7 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     records = study_records(study)
     paths = sorted({p for r in records for p in r.params})
     rows = [[r.number] + [_show(r.params.get(p, "-")) for p in paths]
-            + ["-" if r.value is None else float(r.value), r.spread, f"{len(r.runs)}",
+            + ["-" if r.value is None else float(r.value), r.spread, runs_cell(r),
                "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:REASON_WIDTH]]
             for r in records]
     header = ["trial"] + paths + [objective_name(study), "spread", "runs", "epochs", "state", "seconds", "reason"]
@@ -289,5 +297,5 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "RACE", "REASON_WIDTH",
            "REQUEUED_FROM", "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
-           "objective_name", "per_seed", "progress_line", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
+           "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]
