@@ -107,3 +107,26 @@ def test_ranking_ties_the_level_and_orders_the_separated():
     text, steps = ranking([(4, {}, a), (7, {}, b), (2, {}, c)])
     assert text == "#4 = #7 > #2"
     assert [v.word for v in steps] == ["no difference", "better"]
+
+
+def test_a_racing_study_stops_the_clearly_worse_configuration_after_min_seeds(tmp_path, monkeypatch):
+    # training stands in: a run's objective is its lr's level plus a little noise by seed, so the
+    # two configurations are far apart whatever the order the grid draws them in
+    import types
+
+    import segtune.study.objective
+
+    level = {0.01: 0.9, 0.001: 0.3}
+
+    def train(config, **kwargs):
+        value = level[config.optimizer.options["lr"]] + 0.01 * ((config.seed * 7) % 3)
+        split = {"dice_mean": value, "per_case": {}}
+        return types.SimpleNamespace(summary={"val": split, "test": split, "epochs_run": 1, "best_epoch": 1,
+                                              "class_names": ["background", "a"]})
+
+    monkeypatch.setattr(segtune.study.objective, "train", train)
+    path = write_study(tmp_path, repeats={"min": 2, "max": 4})
+    first, second = sorted(run_study(path, study_dir=tmp_path / "out").get_trials(), key=lambda t: t.number)
+    # the first has no leader and trains every seed; the second is separated from it after min seeds
+    assert len(first.user_attrs["runs"]) == 4 and len(second.user_attrs["runs"]) == 2
+    assert second.user_attrs["race"].startswith("separated")
