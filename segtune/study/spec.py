@@ -223,6 +223,10 @@ class StudySpec(pydantic.BaseModel):
         if self.pruner.name != "none" and self.epoch_key is None:
             raise ValueError(f"pruner {self.pruner.name} needs a validation objective reported every epoch "
                              f"(val.dice_mean, val.loss, val.dice_per_class.CLASS), not {self.objective}")
+        surface = self.objective.split(".")[1] in {f"{m}_mean" for m in DISTANCE_METRICS}
+        if surface and (self.base.get("metrics") or {}).get("surface") is False:
+            raise ValueError(f"objective {self.objective} is a surface metric, but the base config sets "
+                             f"metrics.surface: false; remove that, or choose another objective")
         if self.cv and (self.base.get("data") or {}).get("folds") is not None:
             raise ValueError(f"cv: {self.cv} makes the folds of every trial, but the base config sets data.folds; "
                              f"remove data.folds (and data.fold) from the base, or remove cv")

@@ -130,3 +130,26 @@ def test_a_racing_study_stops_the_clearly_worse_configuration_after_min_seeds(tm
     # the first has no leader and trains every seed; the second is separated from it after min seeds
     assert len(first.user_attrs["runs"]) == 4 and len(second.user_attrs["runs"]) == 2
     assert second.user_attrs["race"].startswith("separated")
+
+
+@pytest.mark.parametrize("objective, direction", [("test.hd95_mean", "minimize"), ("val.avd_mean", "minimize"),
+                                                  ("test.nsd_mean", "maximize"), ("val.case_dice_mean", "maximize")])
+def test_surface_objectives_have_their_direction(objective, direction):
+    from tests.conftest import study_tree
+
+    from segtune.study.spec import parse_study
+
+    spec, _ = parse_study(study_tree(objective=objective))
+    assert spec.resolved_direction == direction and spec.epoch_key is None
+
+
+def test_a_surface_objective_needs_the_surface_metrics():
+    from tests.conftest import study_tree
+
+    from segtune.errors import ConfigError
+    from segtune.study.spec import parse_study
+
+    tree = study_tree(objective="test.hd95_mean")
+    tree["base"]["metrics"] = {"surface": False}
+    with pytest.raises(ConfigError, match="is a surface metric, but the base config sets metrics.surface: false"):
+        parse_study(tree)
