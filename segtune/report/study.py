@@ -2,7 +2,7 @@
 
 :func:`study_report` reads the trials of a stored study (and their run directories) and writes
 one page with: the question (what was varied, on what data, with what budget), the answer (the
-best configuration and a paired comparison over the seeds with the next ones), a leaderboard,
+best configuration, a ranking of the leaders with ties from paired verdicts: :mod:`.verdicts`), a leaderboard,
 the final test metrics, pivot tables of every pair of hyperparameters and their marginals,
 importances, the curves laid out by two hyperparameters, and predictions of the best trials;
 ``trials.csv`` and ``runs.csv`` beside it.

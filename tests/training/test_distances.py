@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 
 from segtune.data import CaseSpan
 from segtune.training.distances import DistanceSettings, case_distances
@@ -27,7 +27,7 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-def test_hd95_and_surface_dice_are_monai_s_at_the_spacing():
+def test_hd95_surface_dice_and_asd_are_monai_s_at_the_spacing():
     pred, target = volume()
     spacing = (3.0, 1.0, 0.5)
     got = case_distances(pred, target, NAMES, spacing, DistanceSettings(tolerance_mm=1.5))
@@ -35,6 +35,8 @@ def test_hd95_and_surface_dice_are_monai_s_at_the_spacing():
     nsd = compute_surface_dice(one_hot(pred), one_hot(target), [1.5, 1.5], spacing=list(spacing))
     assert got["hd95"]["a"] == pytest.approx(float(hd[0, 0]))
     assert got["nsd"]["a"] == pytest.approx(float(nsd[0, 0]))
+    asd = compute_average_surface_distance(one_hot(pred), one_hot(target), symmetric=True, spacing=list(spacing))
+    assert got["asd"]["a"] == pytest.approx(float(asd[0, 0]))
     assert 0.0 < got["nsd"]["a"] < 1.0 and got["hd95"]["a"] > 1.0
 
 
