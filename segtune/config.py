@@ -90,6 +90,33 @@ class DataConfig(Component):
     min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # Drop training images (slices) whose foreground covers less than this share (DeepNAT / QuickNAT).
     min_foreground_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # fixed: validate on the source's val split; rest: on the training images train_fraction leaves
+    # out (at train_fraction 1 nothing is left out, and the fixed val split is used)
+    val_from: Literal["fixed", "rest"] = "fixed"
+    # K-fold cross-validation by case: the train and val cases are dealt into `folds` folds (seeded
+    # by the source's split_seed) and fold `fold` is the val split; the test split is held out of
+    # every fold. None: the source's own split (`fold` then picks a fold of a splits_final.json).
+    folds: Annotated[int, Field(ge=2, le=20)] | None = None
+    fold: Annotated[int, Field(ge=0)] = 0
+    # (rows, columns) of a pixel in mm, for the surface distances of sources without a spacing of
+    # their own (image folders); None: 1 mm. NIfTI volumes take theirs from the headers.
+    pixel_spacing: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _fold_of_source(self) -> "DataConfig":
+        # a source with folds files of its own (nifti, folder) picks its fold from data.fold when
+        # segtune makes no folds; with data.folds its own split (fold 0) is the one re-dealt
+        if "fold" in self.options:
+            self.__pydantic_extra__["fold"] = self.fold if self.folds is None else 0
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold={self.fold}, but data.folds={self.folds} gives folds 0 to "
+                             f"{self.folds - 1}; set data.fold to one of them")
+        return self
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the source's split, which also deals the cross-validation folds."""
+        return int(self.options.get("split_seed", 0))
 
 
 class ModelConfig(Component):
@@ -265,6 +292,15 @@ class PretrainConfig(_Strict):
         return self.steps is not None or self.epochs is not None
 
 
+class MetricsConfig(_Strict):
+    """The surface metrics of a run's final val and test evaluations, per case and class, in mm
+    (segtune.training.distances: HD95, normalised surface Dice, ASD, volume difference)."""
+
+    surface: bool = True  # off: Dice and IoU only (the distance transforms cost time on large volumes)
+    tolerance_mm: Annotated[float, Field(ge=0.0)] = 1.0  # of the normalised surface Dice
+    percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 95.0  # of the Hausdorff distance
+
+
 class Config(_Strict):
     """A full run: what to train, on what, and how."""
 
@@ -281,6 +317,7 @@ class Config(_Strict):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @pydantic.field_validator("plan", mode="before")
     @classmethod

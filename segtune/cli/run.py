@@ -35,7 +35,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
     p = subparsers.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
-    p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
+    p.add_argument("run", nargs="+", help="run directory (holding config.yaml and best.pt); several (the folds "
+                                          "of a cross-validated trial, trials/0003-seed0-fold*): their ensemble "
+                                          "(mean softmax) next to each of them")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="all: every image or case once, e.g. a separate test set given with --set data.path=...")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -167,13 +169,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``segtune evaluate RUN``: per-class Dice / IoU of a run on one split (and per case for volumes)."""
     from segtune.training.predict import evaluate_run
 
-    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set,
+    if len(args.run) > 1:
+        return _evaluate_ensemble(args)
+    metrics, names = evaluate_run(args.run[0], split=args.split, checkpoint=args.checkpoint, overrides=args.set,
                                   postprocess=args.postprocess)
     _print_evaluation(metrics, names, args.split)
     if args.postprocess:
         kept = [n for n, keep in metrics["postprocessing"].items() if keep] or ["no class"]
         print(f"\nkeep the largest component (chosen on val): {', '.join(kept)}; with it:")
         _print_evaluation(metrics["postprocessed"], names, args.split)
+    return 0
+
+
+def _evaluate_ensemble(args: argparse.Namespace) -> int:
+    """``segtune evaluate RUN RUN ...``: the fold models' ensemble against each fold alone."""
+    from segtune.errors import ConfigError
+    from segtune.training.ensemble import evaluate_ensemble
+
+    if args.postprocess:
+        raise ConfigError("--postprocess scores one run; evaluate the runs of an ensemble without it")
+    result = evaluate_ensemble(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set)
+    keys = [k for k in ("dice_mean", "case_dice_mean", "hd95_mean", "nsd_mean", "asd_mean", "avd_mean")
+            if k in result["ensemble"]]
+    rows = [[Path(run).name] + [m.get(k) for k in keys] for run, m in result["runs"].items()]
+    rows.append(["mean of the runs"] + [result["mean_of_runs"].get(k) for k in keys])
+    rows.append([f"ensemble of {len(result['runs'])} (mean softmax)"] + [result["ensemble"].get(k) for k in keys])
+    print(f"{args.split} split: each run alone and their ensemble")
+    print_table(rows, ["model"] + keys)
     return 0
 
 
@@ -185,6 +207,10 @@ def _print_evaluation(metrics: dict, names: list[str], split: str) -> None:
         print_table(rows, ["case"] + list(names[1:]))
         print("\nall voxels of the split pooled:")
     print_dice_table({split: metrics}, names)
+    surface = [k for k in ("hd95_mean", "nsd_mean", "asd_mean", "avd_mean") if metrics.get(k) is not None]
+    if surface:  # means over cases and foreground classes; hd95 and asd in mm
+        print("\nsurface metrics, mean over cases and classes: "
+              + ", ".join(f"{k.removesuffix('_mean')} {metrics[k]:.3f}" for k in surface))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -2,11 +2,12 @@
 
 :func:`study_report` reads the trials of a stored study (and their run directories) and writes
 one page with: the question (what was varied, on what data, with what budget), the answer (the
-best configuration and a paired comparison over the seeds with the next ones), a leaderboard,
-the final test metrics (with a common test loss if asked), the pivots, metrics per cell and
-averages of the hyperparameters (:mod:`segtune.report.pivots`), the pre-training section,
-importances, the curves laid out by two hyperparameters, and predictions (by setting, of the
-best trials, the worst cases of the best); ``trials.csv``, ``runs.csv`` and ``tables/`` beside it.
+best configuration, a ranking of the leaders with ties from paired verdicts: :mod:`.verdicts`), a
+leaderboard, the final test metrics (with a common test loss if asked) and the leaders' metrics, the
+pivots, metrics per cell and averages of the hyperparameters (:mod:`segtune.report.pivots`), the
+pre-training section, importances, the curves laid out by two hyperparameters, and predictions (by
+setting, of the best trials, the worst cases of the best); ``trials.csv``, ``runs.csv`` and
+``tables/`` beside it.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ from segtune.report.predictions import grid_blocks, prediction_blocks, worst_cas
 from segtune.report.pretraining import pretraining_blocks
 from segtune.report.run import curve_blocks
 from segtune.report.test_loss import common_test_losses
-from segtune.study.stats import importances, paired_comparison
+from segtune.report.verdicts import answer_blocks, leader_metrics, seeds_text
+from segtune.study.stats import importances
 from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
-                                   objective_name)
-
-
-def _config_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={level_label(v)}" for k, v in params.items()) or "the base configuration"
+                                   objective_name, runs_cell)
 
 
 def _values_text(values: Any) -> str:
@@ -73,7 +71,7 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
         Text(f"**Data:** {data_text or 'the base config'}. **Model:** {_base_text(spec, 'model.name')}. "
              f"**Loss:** {_base_text(spec, 'loss.name')}."),
         Text(f"**Budget:** {base.get('train', {}).get('epochs', '?')} epochs per run, "
-             f"{spec.get('repeats', 1)} seed(s) per configuration, method {method.get('name', '?')}; "
+             f"{seeds_text(spec)} per configuration, method {method.get('name', '?')}; "
              f"{len(records)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), "
              f"{hours:.2f} hours of training in all."),
         Text(f"**Objective:** {objective_name(study)} ({'maximised' if maximizes(study) else 'minimised'}); "
@@ -81,50 +79,15 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
     ]
 
 
-def _answer(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
-    blocks: list[Block] = [Heading("The answer")]
-    done = [r for r in records if r.state == Status.COMPLETE and r.values]
-    if not done:
-        return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
-    best, objective = done[0], objective_name(study)
-    blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
-                       f"**{best.ci.text()}** over {best.ci.n} seed(s)."))
-    if best.ci.n < 2:
-        return blocks + [Text("Each configuration ran with one seed, so the noise between seeds is unknown and "
-                              "the ranking may be noise; set `repeats: 3` or more in the study file to know.")]
-    comparisons = [c for c in (paired_comparison(best.values, r.values, other_number=r.number,
-                                                 maximize=maximizes(study)) for r in done[1:5]) if c]
-    if not comparisons:
-        return blocks + [Text("No other completed trial shares two seeds with the best, so it cannot be compared.")]
-    tied = [c for c in comparisons if c.within_noise]
-    if tied:
-        numbers = ", ".join(str(c.other) for c in tied)
-        who = f"trial {numbers} differs" if len(tied) == 1 else f"trials {numbers} differ"
-        blocks.append(Text(f"**No clear winner:** {who} from the best by less than the noise "
-                           f"between seeds (the 95% interval of the paired difference contains 0), so the data do "
-                           f"not single one out; more seeds (`repeats`) would tell them apart."))
-    else:
-        c = comparisons[0]
-        blocks.append(Text(f"The best beats the runner-up, trial {c.other}, by {c.difference.mean:.4f} "
-                           f"(95% interval {c.difference.low:.4f} to {c.difference.high:.4f}) over the same "
-                           f"{len(c.seeds)} seeds."))
-    rows = [[c.other, len(c.seeds), c.difference.mean, c.difference.low, c.difference.high,
-             c.p_value, "within noise" if c.within_noise else "best is better"] for c in comparisons]
-    blocks.append(Table(["trial", "shared seeds", "difference", "95% low", "95% high", "p (paired t)", "verdict"],
-                        rows, caption=f"The best (trial {best.number}) against the next configurations, seed by "
-                                      f"seed; a positive difference favours the best."))
-    return blocks
-
-
 def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
-    header = ["trial"] + paths + [objective_name(study), "95% interval", "seeds", "epochs", "state", "seconds", "reason"]
+    header = ["trial"] + paths + [objective_name(study), "95% interval", "runs", "epochs", "state", "seconds", "reason"]
     rows = []
     for r in records:
         ci = r.ci
         interval = "–" if ci is None or ci.low is None else f"{ci.low:.4f} – {ci.high:.4f}"
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else BASE_LEVEL for p in paths]
-                    + [ci.mean if ci else r.value, interval, len(r.values) or "–", r.epochs, r.state, round(r.seconds),
+                    + [ci.mean if ci else r.value, interval, runs_cell(r), r.epochs, r.state, round(r.seconds),
                        r.reason[:REASON_WIDTH]])
     bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == Status.COMPLETE else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(
@@ -282,9 +245,10 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     test_losses = common_test_losses(records, options.test_loss) if options.test_loss else {}
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
-    blocks += _answer(study, records)
+    blocks += answer_blocks(study, records)
     blocks += _leaderboard(study, records, varied)
     blocks += _test_table(records, varied, test_losses=test_losses, test_loss=options.test_loss)
+    blocks += leader_metrics(records)
     blocks += pivot_blocks(records, varied, objective=objective_name(study), space=space, metrics=options.metrics,
                            test_losses=test_losses)
     blocks += pretraining_blocks(records, varied, objective=objective_name(study))

@@ -8,7 +8,9 @@
     objective: val.dice_mean        # a summary metric; direction: maximize (loss: minimize)
     method: tpe                     # grid | random | tpe, or {name: tpe, n_startup_trials: 5}
     n_trials: 20                    # ignored by grid (the grid's size)
-    repeats: 1                      # seeds per configuration: mean and spread of the objective
+    repeats: 1                      # seeds per configuration: mean and spread of the objective;
+                                    # or {min: 2, max: 5}: racing (see segtune.study.racing)
+    cv: 5                           # optional: k-fold cross-validation by case, every fold of every seed
     space: {...}                    # see segtune.study.space
     pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
 
@@ -33,6 +35,7 @@ from segtune.planning import planned_tree
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 from segtune.study.space import Space, check_path, config_for
+from segtune.training.distances import DISTANCE_METRICS, MINIMISED
 
 SAMPLERS = Registry("study method")
 PRUNERS = Registry("pruner")
@@ -149,7 +152,26 @@ class PrunerSection(Component):
 
 
 _SPLITS = ("val", "test")
-_METRICS = ("dice_mean", "iou_mean", "loss")
+# case_dice_mean: the mean over cases of each case's Dice; the surface metrics' means over cases and classes
+_METRICS = ("dice_mean", "iou_mean", "loss", "case_dice_mean", *(f"{m}_mean" for m in DISTANCE_METRICS))
+
+
+class Racing(pydantic.BaseModel):
+    """``repeats: {min: 2, max: 5, alpha: 0.05}``: adaptive repeats (see :mod:`segtune.study.racing`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    min: Annotated[int, Field(ge=1, le=99)] = 2
+    max: Annotated[int, Field(ge=2, le=100)] = 5
+    # the chance, per configuration, of stopping it as separated from the leader when the two are equal
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+    @pydantic.model_validator(mode="after")
+    def _min_below_max(self) -> "Racing":
+        if self.min >= self.max:
+            raise ValueError(f"repeats: min ({self.min}) must be less than max ({self.max}); for a fixed number "
+                             f"of seeds write repeats: {self.max}")
+        return self
 
 
 class StudySpec(pydantic.BaseModel):
@@ -163,7 +185,10 @@ class StudySpec(pydantic.BaseModel):
     direction: Literal["maximize", "minimize"] | None = None  # None: minimize losses, maximize the rest
     method: MethodSection = MethodSection()
     n_trials: Annotated[int, Field(ge=1)] | None = None  # required by random and tpe
-    repeats: Annotated[int, Field(ge=1, le=100)] = 1  # seeds base.seed, base.seed+1, ...
+    repeats: Annotated[int, Field(ge=1, le=100)] | Racing = 1  # seeds base.seed, base.seed+1, ...
+    # k-fold cross-validation by case: every seed trains every fold (data.folds, data.fold); the
+    # objective is the mean over folds and seeds, the pruners follow the first fold of the first seed
+    cv: Annotated[int, Field(ge=2, le=20)] | None = None
     seed: int = 0  # the sampler's seed
     space: dict[str, Any]
     pruner: PrunerSection = PrunerSection()
@@ -198,19 +223,42 @@ class StudySpec(pydantic.BaseModel):
         if self.pruner.name != "none" and self.epoch_key is None:
             raise ValueError(f"pruner {self.pruner.name} needs a validation objective reported every epoch "
                              f"(val.dice_mean, val.loss, val.dice_per_class.CLASS), not {self.objective}")
+        surface = self.objective.split(".")[1] in {f"{m}_mean" for m in DISTANCE_METRICS}
+        if surface and (self.base.get("metrics") or {}).get("surface") is False:
+            raise ValueError(f"objective {self.objective} is a surface metric, but the base config sets "
+                             f"metrics.surface: false; remove that, or choose another objective")
+        if self.cv and (self.base.get("data") or {}).get("folds") is not None:
+            raise ValueError(f"cv: {self.cv} makes the folds of every trial, but the base config sets data.folds; "
+                             f"remove data.folds (and data.fold) from the base, or remove cv")
         return self
 
     @property
     def resolved_direction(self) -> str:
-        """The direction in force: the one given, else minimize for a loss and maximize otherwise."""
-        return self.direction or ("minimize" if self.objective.endswith("loss") else "maximize")
+        """The direction in force: the one given, else minimize for a loss and a distance, maximize otherwise."""
+        lower = self.objective.endswith("loss") or self.objective.split(".")[1] in {f"{m}_mean" for m in MINIMISED}
+        return self.direction or ("minimize" if lower else "maximize")
+
+    @property
+    def min_repeats(self) -> int:
+        """The seeds every configuration gets (all of them without racing)."""
+        return self.repeats.min if isinstance(self.repeats, Racing) else self.repeats
+
+    @property
+    def max_repeats(self) -> int:
+        """The most seeds a configuration can get."""
+        return self.repeats.max if isinstance(self.repeats, Racing) else self.repeats
+
+    @property
+    def folds(self) -> list[int | None]:
+        """The cross-validation folds every seed trains: ``0..cv-1``, or ``[None]`` without ``cv``."""
+        return list(range(self.cv)) if self.cv else [None]
 
     @property
     def epoch_key(self) -> str | None:
         """The key of the objective in the per-epoch metrics row, or None if it is not there."""
         split, _, metric = self.objective.partition(".")
-        if split != "val" or metric.startswith("iou"):
-            return None
+        if split != "val" or not (metric in ("dice_mean", "loss") or metric.startswith("dice_per_class.")):
+            return None  # a metric of the final evaluation only (IoU, per-case means, surface distances)
         return "val_" + metric.replace("dice_per_class.", "dice_")
 
     @property
@@ -239,7 +287,8 @@ class StudySpec(pydantic.BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one."""
-        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
+                               | ({"cv"} if self.cv else set()))
 
 
 def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from segtune.errors import TrainingDiverged
 from segtune.training.clock import Clock
 from segtune.training.checkpoint import checkpoint_meta, restore_checkpoint, write_best, write_checkpoint
 from segtune.training.early_stopping import EarlyStopping
-from segtune.training.evaluate import evaluate_split
+from segtune.training.evaluate import evaluate_split, final_distances
 from segtune.training.patches import TrainingSamples
 from segtune.training.pretrain import pretrained_config
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
@@ -348,8 +348,8 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "device": str(run.device),
         "class_names": run.data.class_names,
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
-        "val": run.evaluate(run.model, run.data.val),
-        "test": run.evaluate(run.model, run.data.test),
+        "val": run.evaluate(run.model, run.data.val, distances=final_distances(run.config)),
+        "test": run.evaluate(run.model, run.data.test, distances=final_distances(run.config)),
     }
     if run.pretrained is not None:  # the reconstruction errors of the encoder it started from
         summary["pretrain"] = {k: run.pretrained[k] for k in ("encoder", "unit", "steps_run", "epochs_run", "val")}

@@ -20,7 +20,8 @@ from segtune.components.losses import LOSSES
 from segtune.components.models import build_model, set_encoder_trainable
 from segtune.components.optim import OPTIMIZERS
 from segtune.config import Config, TrainConfig
-from segtune.data import SOURCES, SegData, prepare
+from segtune.data import SOURCES, SegData
+from segtune.data.cases import prepare_cases
 from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, memory_format
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
@@ -65,7 +66,9 @@ def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData
     a trained model's ``zscore_dataset`` statistics, instead of this training split's)."""
     data_cfg = config.data
     raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
-    return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
+    return prepare_cases(raw, folds=data_cfg.folds, fold=data_cfg.fold, split_seed=data_cfg.split_seed,
+                   pixel_spacing=data_cfg.pixel_spacing, val_from=data_cfg.val_from,
+                   train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
                    normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
                    label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
                    min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)

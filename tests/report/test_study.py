@@ -15,7 +15,11 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     # the best, with its interval, and no crowned winner over trial 1 (within the noise)
     assert "**Best: trial 0**" in md and "0.8100 ± 0.0248" in md
     assert "**No clear winner:** trial 1 differs from the best by less than the noise" in md
-    assert "| 2 | 3 | 0.1983 | 0.1912 | 0.2055 |" in md and "best is better" in md
+    # the ranking with ties, and the paired verdict of each of its steps
+    assert "**#0 = #1 > #2**" in md
+    assert "| 0 | 2 | paired t over 3 seeds | 0.1983 | 0.1912 | 0.2055 |" in md and "| better |" in md
+    # a pruned trial's run is counted as pruned, not as "0 seeds"
+    assert "| 1 pruned |" in md
     # the leaderboard holds the pruned trial and the failed one with its reason
     assert "| pruned |" in md and "TrainingDiverged: diverged at epoch 1" in md
     # final test metrics per class, mean over seeds
