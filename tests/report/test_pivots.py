@@ -37,7 +37,7 @@ def test_every_pivot_cell_is_the_stored_trials_metric(study_report):
 
 def test_a_pruned_trial_shows_no_seeds_rather_than_zero(study_report):
     md = (study_report / "report.md").read_text()
-    assert "| 3 | sgd | cosine | 0.3000 | – | – | 1 | pruned |" in md  # leaderboard: interval and seeds unknown
+    assert "| 3 | sgd | cosine | 0.3000 | – | 1 pruned | 1 | pruned |" in md  # leaderboard: no interval, its run pruned
     pruned = [r for r in _table(study_report, "metrics-optimizer.name-scheduler.name") if r["state"] == "pruned"]
     assert [r["seeds"] for r in pruned] == ["–"] and "| 0 seeds" not in md and "0.0000 ±" not in md
 
