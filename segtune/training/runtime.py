@@ -1,6 +1,6 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count.
+- :func:`setup_device`: the configured device, checked, and the thread count (default: :func:`available_cpus`).
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -25,7 +28,7 @@ from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, memory_format
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 
-__all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
+__all__ = ["available_cpus", "backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
            "grad_scaler", "load_data", "memory_format", "resolve_device", "run_samples", "setup_device",
            "train_on_batches"]
 
@@ -55,9 +58,24 @@ def setup_device(train: TrainConfig) -> torch.device:
     device = resolve_device(train.device)
     if train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
-    if train.num_threads:
-        torch.set_num_threads(train.num_threads)
+    threads = train.num_threads or available_cpus()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     return device
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (a container's
+    ``--cpus``), at least 1. ``os.cpu_count()`` counts the machine's, which a container or ``taskset``
+    may not give; more threads than CPUs make each barrier wait for a descheduled thread."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(cpus, 1)
+    if quota != "max":
+        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(cpus, 1)
 
 
 def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:

@@ -27,6 +27,7 @@ from tests.conftest import run_killed_in_epoch, tiny_tree, unique_study_name, wr
 
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, load_existing_study, run_study, storage
+from segtune.study.workers import gpu_assignment
 
 TrialState = optuna.trial.TrialState
 
@@ -385,3 +386,12 @@ def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
     assert all(len(t.intermediate_values) in (1, 2, 3) for t in trials)
+
+
+@pytest.mark.parametrize("n_workers, per_gpu, visible, expected", [
+    (3, 1, [], [None, None, None]),                 # no GPU: every worker keeps the process's devices
+    (4, 1, ["0", "1"], ["0", "1", "0", "1"]),       # more workers than GPUs: round again
+    (4, 2, ["2", "5"], ["2", "2", "5", "5"]),       # two to a GPU, the visible GPUs' own names
+])
+def test_gpu_assignment(n_workers, per_gpu, visible, expected):
+    assert gpu_assignment(n_workers, per_gpu, visible) == expected
