@@ -8,7 +8,9 @@ This module never imports Optuna.
 A run writes its directory::
 
     config.yaml      the resolved config, every default filled in
-    metrics.csv      one row per epoch: losses, Dice per class and mean, lr, seconds
+    metrics.csv      one row per epoch: losses, Dice per class and mean, lr, seconds; the train Dice
+                     is that of the epoch's training batches as they were trained (augmented, with
+                     the weights of each batch's own step), counted on the device at no extra pass
     events.out.tfevents.*   the same as TensorBoard scalars
     last.pt, best.pt checkpoints (atomic writes; weights_only-loadable)
     summary.json     best epoch, epochs run, why it stopped, time, val and test metrics
@@ -44,9 +46,10 @@ from segtune.training.early_stopping import EarlyStopping
 from segtune.training.evaluate import evaluate_split
 from segtune.training.patches import TrainingSamples
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
-from segtune.training.runtime import (build_training, compiled, epoch_batches, epoch_order, evaluation_options,
-                                      grad_scaler, load_data, memory_format, run_samples, setup_device,
-                                      train_on_batches)
+from segtune.training.metrics import summarize
+from segtune.training.runtime import (EpochTally, build_training, compiled, epoch_batches, epoch_order,
+                                      evaluation_options, grad_scaler, load_data, memory_format, run_samples,
+                                      setup_device, train_on_batches)
 
 __all__ = ["EpochCallback", "train"]
 
@@ -165,8 +168,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     if resume:
         _resume(run)
     names = data.class_names
-    columns = (["epoch", "train_loss", "val_loss", "val_dice_mean"] + [f"val_dice_{n}" for n in names[1:]]
-               + ["lr", "seconds"])
+    columns = (["epoch", "train_loss", "train_dice_mean"] + [f"train_dice_{n}" for n in names[1:]]
+               + ["val_loss", "val_dice_mean"] + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
     run.log = MetricsLog(run_dir, columns, run.history)
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
@@ -232,17 +235,21 @@ def _train_epoch(run: _Run, epoch: int, *, verbose: bool) -> dict[str, Any]:
         set_encoder_trainable(run.model, True)
     run.model.train()
     lr = run.optimizer.param_groups[0]["lr"]
-
-    def check(loss: float) -> None:
-        run.first_loss = run.first_loss if run.first_loss is not None else loss
-        _check_divergence(loss, run.first_loss, cfg.divergence_factor, epoch, lr)
-
+    tally = EpochTally(run.data.n_classes, run.device, first_loss=run.first_loss,
+                       divergence_factor=cfg.divergence_factor)
     index, flags = epoch_order(len(run.data.train), config.augment.n_aug, run.augment is not None, run.generator)
     parts = _progress_bar(epoch_batches(len(index), cfg.batch_size), f"epoch {epoch}/{cfg.epochs}", verbose)
     loss = train_on_batches(_augmented_batches(run, index, flags, parts), model=run.forward, loss_fn=run.loss_fn,
                             optimizer=run.optimizer, scaler=run.scaler, device=run.device, precision=cfg.precision,
-                            check=check)
-    return {"epoch": epoch, "train_loss": loss, "lr": lr}
+                            tally=tally)
+    diverged = tally.diverged()  # checked once an epoch, on the device's record of every batch
+    if diverged is not None:
+        _check_divergence(*diverged, cfg.divergence_factor, epoch, lr)
+    if run.first_loss is None and tally.first is not None:
+        run.first_loss = float(tally.first)
+    train_dice = summarize(tally.counts(), run.data.class_names)
+    return {"epoch": epoch, "train_loss": loss, "train_dice_mean": train_dice["dice_mean"],
+            **{f"train_dice_{n}": train_dice["dice_per_class"][n] for n in run.data.class_names[1:]}, "lr": lr}
 
 
 def _augmented_batches(run: _Run, index: torch.Tensor, flags: torch.Tensor,
@@ -304,9 +311,16 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
         "val": run.evaluate(run.model, run.data.val),
         "test": run.evaluate(run.model, run.data.test),
+        "train_dice_mean": _train_dice_at_best(run),
     }
     write_json_atomic(summary, run.run_dir / "summary.json")
     return RunResult(run_dir=run.run_dir, summary=summary, history=run.history)
+
+
+def _train_dice_at_best(run: _Run) -> float | None:
+    """The train Dice of the best epoch (the last without one), over its batches as they were trained."""
+    rows = [r for r in run.history if r["epoch"] == run.stopping.best_epoch] or run.history[-1:]
+    return rows[0].get("train_dice_mean") if rows else None
 
 
 def _steps_on_validation(scheduler: Any) -> bool:

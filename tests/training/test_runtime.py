@@ -30,3 +30,22 @@ def test_import_sets_a_passive_openmp_wait_unless_the_user_set_one():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_epoch_tally_counts_as_confusion_counts_and_keeps_the_first_diverged_loss():
+    import torch
+
+    from segtune.training.evaluate import labels_from_logits
+    from segtune.training.metrics import confusion_counts
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)
+    tally = runtime.EpochTally(3, torch.device("cpu"), first_loss=None, divergence_factor=10.0)
+    for loss in (2.0, 5.0, 30.0, float("nan")):  # the first is the reference; 30 > 10 x 2 diverges first
+        tally.add(logits, labels, torch.tensor(loss))
+    expected = 4 * confusion_counts(labels_from_logits(logits), labels, 3)
+    assert torch.equal(tally.counts(), expected)
+    assert tally.diverged() == (30.0, 2.0)
+    calm = runtime.EpochTally(3, torch.device("cpu"), first_loss=2.0, divergence_factor=10.0)
+    calm.add(logits, labels, torch.tensor(19.0))  # below 10 x the run's first loss, 2.0
+    assert calm.diverged() is None
