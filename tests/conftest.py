@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -12,6 +14,9 @@ import yaml
 from segtune.config import build_config
 
 torch.set_num_threads(1)  # tiny models gain nothing from more; worker subprocesses get the cores
+# train.precision: auto caches its timings per machine and model shape: in a directory of the test
+# session (inherited by the subprocesses it starts), never in the user's cache
+os.environ.setdefault("SEGTUNE_CACHE_DIR", tempfile.mkdtemp(prefix="segtune-test-cache-"))
 
 
 def tiny_tree(**sections) -> dict:

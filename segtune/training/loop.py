@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -47,6 +47,7 @@ from segtune.training.evaluate import evaluate_split
 from segtune.training.patches import TrainingSamples
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
 from segtune.training.metrics import summarize
+from segtune.training.precision import Precision, resolve_precision
 from segtune.training.runtime import (EpochTally, build_training, compiled, epoch_batches, epoch_order,
                                       evaluation_options, grad_scaler, load_data, memory_format, run_samples,
                                       setup_device, train_on_batches)
@@ -123,6 +124,7 @@ class _Run:
     best_state: dict[str, torch.Tensor] | None = None
     first_loss: float | None = None  # the divergence check's reference
     history: list[dict[str, Any]] = field(default_factory=list)
+    precision: Precision | None = None  # how train.precision (auto: timed or cached) was decided
 
     def progress(self) -> dict[str, Any]:
         """What a resumed run needs besides the weights (last.pt's ``progress``)."""
@@ -148,13 +150,15 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
     if run_dir is None:
-        run_dir = create_run_dir(config, out_dir)
+        run_dir = create_run_dir(config, out_dir)  # config.yaml as given: train.precision auto stays auto
     elif not (run_dir / "last.pt").is_file():
         resume = False
         if verbose:  # stopped before its first epoch ended: nothing to keep
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
+    config, choice = resolve_precision(config, data, device)  # the run trains in a concrete precision
+    cfg = config.train
     model, loss_fn, optimizer = build_training(config, data, device)
-    run = _Run(config=config, device=device, data=data, samples=run_samples(config, data, device),
+    run = _Run(config=config, precision=choice, device=device, data=data, samples=run_samples(config, data, device),
                run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
@@ -173,7 +177,7 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     run.log = MetricsLog(run_dir, columns, run.history)
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
-              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}"
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {choice.describe()} -> {run_dir}"
               + (f", resumed after epoch {len(run.history)}" if resume else ""), flush=True)
     return run
 
@@ -307,6 +311,7 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "train_seconds": run.train_seconds(),
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
+        "precision": asdict(run.precision) if run.precision else None,  # what it trained in, and why
         "class_names": run.data.class_names,
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
         "val": run.evaluate(run.model, run.data.val),

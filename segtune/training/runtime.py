@@ -1,6 +1,6 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count (default: :func:`available_cpus`).
+- :func:`setup_device`: the configured device, checked, and the thread count (default: torch's, at most :func:`available_cpus`).
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
@@ -59,9 +59,10 @@ def setup_device(train: TrainConfig) -> torch.device:
     device = resolve_device(train.device)
     if train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
-    threads = train.num_threads or available_cpus()
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    elif torch.get_num_threads() > available_cpus():  # torch counts the machine's cores, not the quota's
+        torch.set_num_threads(available_cpus())
     return device
 
 
