@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,7 +18,9 @@ from segtune.config import build_config
 torch.set_num_threads(1)  # tiny models gain nothing from more; worker subprocesses get the cores
 # train.precision: auto caches its timings per machine and model shape: in a directory of the test
 # session (inherited by the subprocesses it starts), never in the user's cache
-os.environ.setdefault("SEGTUNE_CACHE_DIR", tempfile.mkdtemp(prefix="segtune-test-cache-"))
+if "SEGTUNE_CACHE_DIR" not in os.environ:
+    os.environ["SEGTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segtune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SEGTUNE_CACHE_DIR"], ignore_errors=True)
 
 
 def tiny_tree(**sections) -> dict:

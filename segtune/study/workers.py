@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from segtune.errors import USER_ERRORS, ConfigError
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
+from segtune.study.progress import EpochProgress
 from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
                                    progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
@@ -209,7 +210,9 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     _check_run_dirs(study, study_dir)
     num_threads = study_threads(study, num_threads)
     objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend,
-                          run_changes=run_changes)
+                          run_changes=run_changes,
+                          on_epoch=EpochProgress(min(spec.n_trials or math.inf, _n_configurations(space)))
+                          if progress and not verbose else None)
     try:
         return _run_trials(spec, space, study, objective, progress, may_start)
     except Exception as err:
