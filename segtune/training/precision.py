@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from segtune.config import Config
 from segtune.data import SegData
-from segtune.training.runtime import build_training, grad_scaler, run_samples, train_on_batches
+from segtune.training.runtime import build_training, cpu_model, grad_scaler, run_samples, train_on_batches
 
 __all__ = ["BF16_MARGIN", "CACHE_ENV", "Precision", "as_trained", "cache_path", "resolve_precision"]
 
@@ -112,19 +111,11 @@ def as_trained(config: Config, meta: dict[str, Any]) -> Config:
 
 def _machine_and_shape(config: Config, data: SegData) -> str:
     sample = tuple(config.train.patch_size or data.train.images.shape[2:])
-    machine = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     shape = {"model": config.model.name, "options": config.model.options, "in": data.in_channels,
              "classes": data.n_classes, "loss": config.loss.name, "sample": list(sample),
              "batch": min(config.train.batch_size, len(data.train))}
     return json.dumps({"machine": machine, "shape": shape}, sort_keys=True, default=str)
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _cached_or_timed(config: Config, data: SegData, device: torch.device) -> Precision:
@@ -132,8 +123,10 @@ def _cached_or_timed(config: Config, data: SegData, device: torch.device) -> Pre
     key, path = _machine_and_shape(config, data), cache_path()
     with _locked(path):  # workers of a study time one after the other, and the first choice stays
         entries = _read(path)
-        if key in entries:
-            return Precision(**{**entries[key], "source": "cached"})
+        cached = entries.get(key)
+        if isinstance(cached, dict) and (cached.get("precision"), cached.get("channels_last")) in CANDIDATES:
+            return Precision(cached["precision"], cached["channels_last"], "cached",
+                             dict(cached.get("seconds_per_step") or {}))
         timings = _time_candidates(config, data, device)
         best = min((t, p, cl) for (p, cl), t in timings.items() if p == "fp32")
         fast = min((t, p, cl) for (p, cl), t in timings.items())

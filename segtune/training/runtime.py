@@ -1,6 +1,7 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count (default: torch's, at most :func:`available_cpus`).
+- :func:`setup_device`: the configured device, checked, and the thread count (default: torch's, at
+  most :func:`available_cpus`); :func:`cpu_model`: the CPU's name, for figures and caches.
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
@@ -12,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import platform
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,9 +32,9 @@ from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, labels_from_logits, memory_format
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 
-__all__ = ["EpochTally", "available_cpus", "backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
-           "grad_scaler", "load_data", "memory_format", "resolve_device", "run_samples", "setup_device",
-           "train_on_batches"]
+__all__ = ["EpochTally", "available_cpus", "backward_step", "build_training", "compiled", "cpu_model", "epoch_batches",
+           "epoch_order", "evaluation_options", "grad_scaler", "load_data", "memory_format", "resolve_device",
+           "run_samples", "setup_device", "train_on_batches"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,6 +81,15 @@ def available_cpus() -> int:
     if quota != "max":
         cpus = min(cpus, math.ceil(int(quota) / int(period)))
     return max(cpus, 1)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC``, from /proc/cpuinfo), else what :mod:`platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:
