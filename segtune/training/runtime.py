@@ -218,7 +218,9 @@ def train_on_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, mo
             it stops the epoch (the LR range test's divergence).
         tally: adds each batch's outputs, targets and loss on the device (see :class:`EpochTally`).
     """
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    total = torch.zeros((), dtype=wide, device=device)
+    count = 0
     for x, y in batches:
         with autocast(device, precision):
             outputs = model(x).float()
