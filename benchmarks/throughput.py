@@ -348,11 +348,11 @@ def main() -> None:
         seconds, peak, test = demo
         dice = test["dice_per_class"]
         foreground = {k: v for k, v in list(dice.items())[1:]}
-        met = seconds <= 300 and test["dice_mean"] >= 0.90 and min(foreground.values()) >= 0.80
+        met = seconds <= 180 and test["dice_mean"] >= 0.90 and min(foreground.values()) >= 0.80
         lines.append(f"`segtune demo` (the study, with its report): {seconds:.0f} s wall, peak resident memory "
                      f"{peak:.0f} MiB; best trial's test Dice {test['dice_mean']:.3f} ("
                      + ", ".join(f"{k} {v:.3f}" for k, v in foreground.items())
-                     + "); the bars (at most 300 s, mean at least 0.90, each class at least 0.80) are "
+                     + "); the bars (at most 180 s, mean at least 0.90, each class at least 0.80) are "
                      + ("met" if met else "NOT met"))
     text = "\n".join(lines)
     print(text)

@@ -17,7 +17,7 @@ from tests.conftest import tiny_tree
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
 
-def test_auto_is_timed_once_then_read_from_the_cache_with_the_same_numbers(tmp_path, monkeypatch):
+def test_auto_is_timed_once_then_read_from_the_cache_and_trains_as_it_says(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     cfg = build_config(tiny_tree())  # precision left at its default, auto
     first = train(cfg, out_dir=tmp_path / "a", verbose=False).summary
@@ -30,20 +30,13 @@ def test_auto_is_timed_once_then_read_from_the_cache_with_the_same_numbers(tmp_p
     assert second["precision"]["precision"] == first["precision"]["precision"]
     assert second["test"] == first["test"]
     assert yaml_precision(tmp_path / "b") == "auto"  # config.yaml keeps what was asked
-
-
-def test_a_cached_choice_is_what_the_run_trains_in(tmp_path, monkeypatch):
-    # the cache entry of this machine and shape says bf16 without channels_last: the run takes it
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    cfg = build_config(tiny_tree())
-    train(cfg, out_dir=tmp_path / "a", verbose=False)
+    # the cache entry of this machine and shape, made to say bf16 without channels_last: the run takes it
     entries = json.loads(cache_path().read_text())
     (key,) = entries
     entries[key].update(precision="bf16", channels_last=False)
     cache_path().write_text(json.dumps(entries))
-    summary = train(cfg, out_dir=tmp_path / "b", verbose=False).summary
-    assert (summary["precision"]["precision"], summary["precision"]["channels_last"]) == ("bf16", False)
-    assert summary["precision"]["source"] == "cached"
+    third = train(cfg, out_dir=tmp_path / "c", verbose=False).summary["precision"]
+    assert (third["precision"], third["channels_last"], third["source"]) == ("bf16", False, "cached")
 
 
 def test_a_set_precision_is_used_as_given_and_an_evaluation_predicts_as_trained(tmp_path):

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 from segtune.training import runtime
 
@@ -22,6 +24,7 @@ def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(monkeypa
     assert runtime.available_cpus() == 4
 
 
+@pytest.mark.slow  # starts two interpreters that import segtune
 def test_import_sets_a_passive_openmp_wait_unless_the_user_set_one():
     code = "import segtune, os; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
