@@ -212,9 +212,11 @@ class TrainConfig(_Strict):
     # the last, so a run overruns by at most one epoch and ends as a finished one does.
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None
     device: str = "auto"  # auto = CUDA when present, else CPU; or cpu, cuda, cuda:1, mps
-    # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
+    # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only); auto: on a
+    # CPU the faster of fp32 and bf16, with or without channels_last, timed once per machine and
+    # model shape and cached (segtune.training.precision); on a GPU bf16 where supported, else fp16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores; auto times both
     # torch.compile the training forward pass: faster steps after a one-off compile (tens of
     # seconds, cached on disk for later runs of the same model); needs a C++ compiler on CPU.
     compile: bool = False

@@ -10,7 +10,9 @@ A run writes its directory::
 
     config.yaml      the resolved config, every default filled in
     metrics.csv      one row per epoch (with train.steps: per validation, with its step and
-                     epochs): losses, Dice per class and mean, lr, seconds
+                     epochs): losses, Dice per class and mean, lr, seconds; the train Dice is that
+                     of the period's training batches as they were trained (augmented, with the
+                     weights of each batch's own step), counted on the device at no extra pass
     events.out.tfevents.*   the same as TensorBoard scalars (at the epoch, or the step)
     last.pt, best.pt checkpoints (atomic writes; weights_only-loadable)
     summary.json     best epoch (and step), epochs (and steps) run, why it stopped, time, val and test metrics
@@ -29,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -49,9 +51,11 @@ from segtune.training.evaluate import evaluate_split, final_distances
 from segtune.training.patches import TrainingSamples
 from segtune.training.pretrain import pretrained_config
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
-from segtune.training.runtime import (build_training, compiled, epoch_batches, epoch_order, evaluation_options,
-                                      grad_scaler, load_data, memory_format, run_samples, setup_device,
-                                      train_on_batches)
+from segtune.training.metrics import summarize
+from segtune.training.precision import Precision, resolve_precision
+from segtune.training.runtime import (EpochTally, build_training, compiled, epoch_batches, epoch_order,
+                                      evaluation_options, grad_scaler, load_data, memory_format, run_samples,
+                                      setup_device, train_on_batches)
 
 __all__ = ["EpochCallback", "train"]
 
@@ -134,6 +138,7 @@ class _Run:
     steps: int = 0  # optimizer steps done
     order: tuple[torch.Tensor, torch.Tensor] | None = None  # the current epoch's shuffle (index, augment?)
     pretrained: dict[str, Any] | None = None  # the summary of the pre-training the run started from (pretrain.*)
+    precision: Precision | None = None  # how train.precision (auto: timed or cached) was decided
 
     def progress(self) -> dict[str, Any]:
         """What a resumed run needs besides the weights (last.pt's ``progress``)."""
@@ -161,16 +166,18 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
     if run_dir is None:
-        run_dir = create_run_dir(config, out_dir)
+        run_dir = create_run_dir(config, out_dir)  # config.yaml as given: train.precision auto stays auto
     elif not (run_dir / "last.pt").is_file():
         resume = False
         if verbose:  # stopped before its first epoch ended: nothing to keep
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
+    config, choice = resolve_precision(config, data, device)  # the run trains in a concrete precision
+    cfg = config.train
     model, loss_fn, optimizer = build_training(config, data, device)
     per_epoch = len(epoch_batches(len(data.train) * (1 + config.augment.n_aug), cfg.batch_size))
     clock = Clock.of(cfg, per_epoch)
     warmup = config.scheduler.warmup_steps if clock.unit == "step" else config.scheduler.warmup_epochs
-    run = _Run(config=config, device=device, data=data, samples=run_samples(config, data, device),
+    run = _Run(config=config, precision=choice, device=device, data=data, samples=run_samples(config, data, device),
                run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
@@ -184,12 +191,13 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     if resume:
         _resume(run)
     names = data.class_names
-    columns = (["step"] * (clock.unit == "step") + ["epoch", "train_loss", "val_loss", "val_dice_mean"]
+    columns = (["step"] * (clock.unit == "step") + ["epoch", "train_loss", "train_dice_mean"]
+               + [f"train_dice_{n}" for n in names[1:]] + ["val_loss", "val_dice_mean"]
                + [f"val_dice_{n}" for n in names[1:]] + ["lr", "seconds"])
     run.log = MetricsLog(run_dir, columns, run.history)
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
-              f"{len(data.train)} train / {len(data.val)} val images, {device}, {cfg.precision} -> {run_dir}"
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {choice.describe()} -> {run_dir}"
               + (f", resumed after {clock.unit} {clock.position(run.steps)}" if resume else ""), flush=True)
     return run
 
@@ -215,24 +223,32 @@ def _run_period(run: _Run, *, callbacks: Iterable[EpochCallback], verbose: bool)
     clock, t_period = run.clock, time.perf_counter()
     start, end = run.steps, clock.period_end(run.steps)
     per_step = clock.unit == "step" and not _steps_on_validation(run.scheduler)
-    lr, total, count = run.optimizer.param_groups[0]["lr"], 0.0, 0
+    lr, cfg = run.optimizer.param_groups[0]["lr"], run.config.train
+    # the period's loss sum, train Dice counts and divergence check, on the device: read once, at its end
+    tally = EpochTally(run.data.n_classes, run.device, first_loss=run.first_loss,
+                       divergence_factor=cfg.divergence_factor)
     n_samples = len(run.data.train) * (1 + run.config.augment.n_aug)
     for epoch, first, parts, _ in clock.spans(start, end, n_samples, run.config.train.batch_size):
         if first == 0 or run.order is None:  # an epoch starts: its shuffle, from the run's generator
             run.order = epoch_order(len(run.data.train), run.config.augment.n_aug, run.augment is not None,
                                     run.generator)
         for chunk in ([p] for p in parts) if per_step else [parts]:  # a step schedule steps after each batch
-            n = sum(min(p.stop, n_samples) - p.start for p in chunk)
-            total += n * _train_epoch(run, epoch + 1, run.order, chunk, verbose=verbose and not per_step)
-            count += n
+            _train_epoch(run, epoch + 1, run.order, chunk, tally, verbose=verbose and not per_step)
             run.steps += len(chunk)
             if per_step:
                 run.scheduler.step()
         if clock.unit == "epoch" and not _steps_on_validation(run.scheduler):
             run.scheduler.step()
     at = clock.position(end)
+    diverged = tally.diverged()  # checked once a period, on the device's record of every batch
+    if diverged is not None:
+        _check_divergence(*diverged, cfg.divergence_factor, math.ceil(clock.epochs(end)), lr)
+    if run.first_loss is None and tally.first is not None:
+        run.first_loss = float(tally.first)
+    train_dice = summarize(tally.counts(), run.data.class_names)
     row = ({"step": end, "epoch": clock.epochs(end)} if clock.unit == "step" else {"epoch": at})
-    row.update(train_loss=total / max(count, 1), lr=lr)
+    row.update(train_loss=tally.mean_loss(), train_dice_mean=train_dice["dice_mean"],
+               **{f"train_dice_{n}": train_dice["dice_per_class"][n] for n in run.data.class_names[1:]}, lr=lr)
     run.out_of_time = _over_budget(run, time.perf_counter() - t_period)  # then this period is the last: validated
     if clock.validates(end) or run.out_of_time:
         row.update(_validate(run, at))
@@ -265,26 +281,20 @@ def _stop_reason(run: _Run) -> str | None:
     return None
 
 
-def _train_epoch(run: _Run, epoch: int, order: tuple[torch.Tensor, torch.Tensor], parts: list[slice], *,
-                 verbose: bool) -> float:
+def _train_epoch(run: _Run, epoch: int, order: tuple[torch.Tensor, torch.Tensor], parts: list[slice],
+                 tally: EpochTally, *, verbose: bool) -> None:
     """The batches ``parts`` of epoch ``epoch``'s shuffle ``order`` (all of them: one pass over the
-    (augmented) training images); returns their mean loss per sample."""
+    (augmented) training images), each one step, added to the period's ``tally``."""
     config, cfg = run.config, run.config.train
     unfreeze_after = config.model.unfreeze_encoder_after
     if config.model.freeze_encoder and unfreeze_after is not None and epoch > unfreeze_after:
         set_encoder_trainable(run.model, True)
     run.model.train()
-    lr = run.optimizer.param_groups[0]["lr"]
-
-    def check(loss: float) -> None:
-        run.first_loss = run.first_loss if run.first_loss is not None else loss
-        _check_divergence(loss, run.first_loss, cfg.divergence_factor, epoch, lr)
-
     index, flags = order
     parts = _progress_bar(parts, f"epoch {epoch}" + (f"/{cfg.epochs}" if cfg.epochs else ""), verbose)
-    return train_on_batches(_augmented_batches(run, index, flags, parts), model=run.forward, loss_fn=run.loss_fn,
-                            optimizer=run.optimizer, scaler=run.scaler, device=run.device, precision=cfg.precision,
-                            check=check)
+    train_on_batches(_augmented_batches(run, index, flags, parts), model=run.forward, loss_fn=run.loss_fn,
+                     optimizer=run.optimizer, scaler=run.scaler, device=run.device, precision=cfg.precision,
+                     tally=tally)
 
 
 def _augmented_batches(run: _Run, index: torch.Tensor, flags: torch.Tensor,
@@ -346,10 +356,12 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "train_seconds": run.train_seconds(),
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
+        "precision": asdict(run.precision) if run.precision else None,  # what it trained in, and why
         "class_names": run.data.class_names,
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
         "val": run.evaluate(run.model, run.data.val, distances=final_distances(run.config)),
         "test": run.evaluate(run.model, run.data.test, distances=final_distances(run.config)),
+        "train_dice_mean": _train_dice_at_best(run),
     }
     if run.pretrained is not None:  # the reconstruction errors of the encoder it started from
         summary["pretrain"] = {k: run.pretrained[k] for k in ("encoder", "unit", "steps_run", "epochs_run", "val")}
@@ -360,6 +372,14 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
 def _pretrain_cache(out_dir: str | Path | None) -> Path:
     """Where a run's ``pretrain`` runs are cached: ``pretrain/`` beside its run directory (``runs/pretrain``)."""
     return (Path(out_dir).parent if out_dir is not None else Path("runs")) / "pretrain"
+
+
+def _train_dice_at_best(run: _Run) -> float | None:
+    """The train Dice of the best validation's period (the last without one), over its batches as trained."""
+    at = run.stopping.best_epoch
+    key = "step" if run.clock.unit == "step" else "epoch"
+    rows = [r for r in run.history if r.get(key) == at] or run.history[-1:]
+    return rows[0].get("train_dice_mean") if rows else None
 
 
 def _steps_on_validation(scheduler: Any) -> bool:

@@ -39,6 +39,7 @@ from segtune.errors import ConfigError, TrainingDiverged
 from segtune.registry import Registry
 from segtune.training.loop import train
 from segtune.training.patches import TrainingSamples
+from segtune.training.precision import resolve_precision
 from segtune.training.runtime import (build_training, grad_scaler, load_data, memory_format, run_samples,
                                       setup_device, train_on_batches)
 
@@ -172,6 +173,7 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
     config = _with_optimizer(config, name, {"optimizer.lr": min(start_lr, 10.0)})
     data = data if data is not None else load_data(config)
     device = setup_device(config.train)
+    config, _ = resolve_precision(config, data, device)  # train.precision auto: as the run would train
     torch.manual_seed(config.seed)
     model, loss_fn, opt = build_training(config, data, device)
     batches = _cycling_batches(run_samples(config, data, device), len(data.train),

@@ -26,6 +26,7 @@ from segtune.training.evaluate import case_scores, final_distances, predict_labe
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
 from segtune.training.postprocess import (apply_postprocessing, case_units, choose_postprocessing, mean_case_dice,
                                           postprocess_split, read_postprocessing, write_postprocessing)
+from segtune.training.precision import as_trained
 from segtune.training.runtime import evaluation_options, load_data, resolve_device
 
 __all__ = ["SPLITS", "choose_run_postprocessing", "collect_inputs", "evaluate_run", "group_channels", "is_volume",
@@ -125,7 +126,8 @@ class _Evaluation:
         self.model = model_from_checkpoint(ckpt).to(device)
         self.data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
         self.distances = final_distances(config)
-        self.options = {**evaluation_options(config.train, device), "patch_size": config.train.patch_size}
+        trained = as_trained(config, ckpt["meta"]).train  # train.precision auto: what the run chose
+        self.options = {**evaluation_options(trained, device), "patch_size": config.train.patch_size}
         if self.options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
             self.options["precision"] = "fp32"
 

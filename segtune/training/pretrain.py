@@ -54,6 +54,7 @@ from segtune.training.clock import Clock
 from segtune.training.early_stopping import EarlyStopping
 from segtune.training.evaluate import autocast, batches
 from segtune.training.rundir import MetricsLog, RunResult, create_run_dir, write_json_atomic
+from segtune.training.precision import resolve_precision
 from segtune.training.runtime import (epoch_batches, epoch_order, evaluation_options, grad_scaler, load_data,
                                       memory_format, setup_device, train_on_batches)
 
@@ -192,6 +193,8 @@ def pretrain(config: Config, *, out_dir: str | Path | None = None, data: SegData
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
     run_dir = create_run_dir(config, out_dir, suffix="-pretrain")
+    config, _ = resolve_precision(config, data, device)  # train.precision auto: the segmentation model's choice
+    cfg = config.train
     model = build_model(config.model.name, config.model.options, data.in_channels, data.n_classes)
     autoencoder = Autoencoder(model, data.in_channels).to(device).to(memory_format=memory_format(cfg.channels_last))
     optimizer = OPTIMIZERS.build(config.optimizer.name, config.optimizer.options, autoencoder.parameters())
