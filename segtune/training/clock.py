@@ -14,12 +14,12 @@ the pruners' rungs, early stopping's best and the schedules count in it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 from segtune.config import TrainConfig
 from segtune.training.runtime import epoch_batches
 
-__all__ = ["Clock"]
+__all__ = ["Clock", "budget_changes", "units_run"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,29 @@ class Clock:
             parts = batches[first:first + end - start]
             yield epoch, first, parts, sum(min(p.stop, n_samples) - p.start for p in parts)
             start += len(parts)
+
+
+def budget_changes(train: TrainConfig, length: int, unit: Literal["epoch", "step"] | None = None) -> dict[str, Any]:
+    """The changes (``--set`` paths) that give a run of ``train`` a budget of ``length`` units of ``unit``.
+
+    ``unit`` defaults to the run's own clock, so a caller that shortens a run (a probe, an lr search, a
+    trial sized to a time budget) keeps its clock; a change of clock clears the other clock's fields.
+
+    Example:
+        >>> budget_changes(TrainConfig(steps=5000, val_every_steps=50), 200)
+        {'train.steps': 200}
+        >>> budget_changes(TrainConfig(steps=5000, val_every_steps=50), 1, "epoch")
+        {'train.epochs': 1, 'train.steps': None, 'train.val_every_steps': None}
+    """
+    unit = unit or train.unit
+    if unit == train.unit:
+        return {f"train.{unit}s": length}
+    if unit == "epoch":
+        return {"train.epochs": length, "train.steps": None, "train.val_every_steps": None}
+    return {"train.steps": length, "train.epochs": None, "train.val_every": 1}
+
+
+def units_run(summary: Mapping[str, Any], unit: Literal["epoch", "step"]) -> float:
+    """How many units of ``unit`` a finished run trained, read off its ``summary.json`` whatever its own clock
+    (``steps_run``, or ``epochs_run``: fractions of an epoch under a step budget)."""
+    return float(summary["steps_run"] if unit == "step" else summary["epochs_run"])
