@@ -8,7 +8,8 @@ first batch is needed, as an epoch budget draws it). Both clocks are the same ru
 counts agree: ``steps = epochs x batches per epoch`` and ``val_every_steps = batches per epoch``.
 
 A position on the clock is an epoch (epoch budget) or a step (step budget): the loop's callbacks,
-the pruners' rungs, early stopping's best and the schedules count in it.
+the pruners' rungs, early stopping's best and the schedules count in it. Counts of periods (early
+stopping's patience, ``model.unfreeze_encoder_after`` under a step budget) count validations.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class Clock:
     def position(self, step: int) -> int:
         """``step`` on the clock: the epochs done (epoch budget) or ``step`` itself."""
         return step // self.per_epoch if self.unit == "epoch" else step
+
+    def periods(self, step: int) -> int:
+        """The periods ``step`` steps complete: epochs (epoch budget), or validations (step budget,
+        one every ``every`` steps). ``model.unfreeze_encoder_after`` counts in them, so that under a
+        step budget it counts validations as ``train.patience`` does."""
+        return step // (self.per_epoch if self.unit == "epoch" else self.every)
 
     def validates(self, step: int) -> bool:
         """Whether the period ending at ``step`` ends in a validation."""
