@@ -157,7 +157,7 @@ def test_cli_refine_prints_every_training_and_the_total_cost(tmp_path, capsys):
                  "--n-bisect", "1", "--epochs", "1", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0
-    assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings", out)
+    assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings of 1 epoch, ", out)
     n = int(re.search(r"total cost: (\d+) trainings", out).group(1))
     assert 3 <= n <= 5  # 2 decades (+1 beyond a best end) and one bisection round of 1 or 2
 
