@@ -63,8 +63,8 @@ def _register_lr_find(subparsers: Any) -> None:
     p.add_argument("--n-bisect", type=int, default=keep,
                    help=f"refine: bisection rounds, 2 trainings each ({_default(refine_lr, 'n_bisect')})")
     p.add_argument("--epochs", type=int, default=keep,
-                   help=f"refine: epochs per training (the config's budget: train.epochs, "
-                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them, or train.steps)")
+                   help=f"refine: epochs per training (the config's train.epochs, "
+                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them; or its train.steps)")
     p.add_argument("--quiet", action="store_true", help="refine: no per-epoch lines")
     p.set_defaults(handler=cmd_lr_find)
 

@@ -135,7 +135,7 @@ class BudgetGate:
         study: the study, where the time spent is kept (:data:`SPENT`) at every decision.
         study_dir: its directory, whose finished runs say how long a trial's end takes (:func:`run_costs`).
         min_epochs: no trial starts that cannot train this many epochs of the longest seen (the
-            pruner's first epoch: a shorter trial could not be told from the others); steps under ``unit`` step.
+            pruner's first epoch: a shorter trial could not be told from the others); steps under a step budget.
         progress: print the budget left before each trial.
         train: the base's ``train`` section: its clock (``train.epochs`` or ``train.steps``) is the trials'.
     """
