@@ -123,7 +123,8 @@ class ModelConfig(Component):
     registry: ClassVar[Registry] = MODELS
     name: str = "monai_unet"
     # Transfer learning (with the model option encoder_weights): train only the decoder, and
-    # optionally the whole network after unfreeze_encoder_after epochs (None = frozen to the end).
+    # optionally the whole network after unfreeze_encoder_after epochs (None = frozen to the end);
+    # under train.steps after that many validations, as train.patience counts them.
     freeze_encoder: bool = False
     unfreeze_encoder_after: Annotated[int, Field(ge=1)] | None = None
 

@@ -64,7 +64,7 @@ def _register_lr_find(subparsers: Any) -> None:
                    help=f"refine: bisection rounds, 2 trainings each ({_default(refine_lr, 'n_bisect')})")
     p.add_argument("--epochs", type=int, default=keep,
                    help=f"refine: epochs per training (the config's train.epochs, "
-                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them)")
+                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them; or its train.steps)")
     p.add_argument("--quiet", action="store_true", help="refine: no per-epoch lines")
     p.set_defaults(handler=cmd_lr_find)
 
@@ -133,7 +133,7 @@ def _refine(args: argparse.Namespace, config: Any, names: list[str], out: Path, 
                  for t in r.trials]
         total += r.seconds
         print(f"{name}: best lr {r.best_lr:.3g}, val Dice {r.best_dice:.4f}, {len(r.trials)} trainings of "
-              f"{r.epochs} epochs, {r.seconds:.0f} s", flush=True)
+              f"{r.budget}, {r.seconds:.0f} s", flush=True)
     print_table(rows, ["optimizer", "stage", "lr", "val dice", "seconds", "status"])
     print(f"\ntotal cost: {len(rows)} trainings, {total:.0f} s; run directories in {out}")
     print(f"report: {lr_find_report(out, refined=results)} (and report.md, figures/, tables/ beside it)")

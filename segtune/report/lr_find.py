@@ -63,9 +63,9 @@ def _refine_figure(results: Sequence[RefineResult]) -> Figure:
 def _refine_blocks(results: Sequence[RefineResult]) -> list[Block]:
     rows = [[r.optimizer, t["stage"], t["lr"], t["val_dice"], round(t["seconds"], 1), t["status"]]
             for r in results for t in r.trials]
-    best = [[r.optimizer, r.best_lr, r.best_dice, len(r.trials), r.epochs, round(r.seconds)] for r in results]
+    best = [[r.optimizer, r.best_lr, r.best_dice, len(r.trials), r.budget, round(r.seconds)] for r in results]
     return [Heading("Refine: trainings on validation Dice"),
-            Table(["optimizer", "best lr", "val Dice", "trainings", "epochs each", "seconds"], best, name="refine-best",
+            Table(["optimizer", "best lr", "val Dice", "trainings", "each training", "seconds"], best, name="refine-best",
                   caption="The best learning rate of each optimizer and what finding it cost."),
             Table(["optimizer", "stage", "lr", "val Dice", "seconds", "status"], rows, name="refine",
                   caption="Every training, in the order run: one per decade, then bisection around the best; a "

@@ -150,6 +150,17 @@ class PrunerSection(Component):
     registry: ClassVar[Registry] = PRUNERS
     name: str = "none"
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _min_rung(cls, data: Any) -> Any:
+        # min_rung: the clock's own name for min_epochs, the first rung (an epoch, or a step with train.steps)
+        if not isinstance(data, dict) or "min_rung" not in data:
+            return data
+        if "min_epochs" in data:
+            raise ValueError(f"pruner.min_rung={data['min_rung']} and pruner.min_epochs={data['min_epochs']} are "
+                             f"one setting (the first rung, on the budget's clock); keep one")
+        return {("min_epochs" if k == "min_rung" else k): v for k, v in data.items()}
+
 
 _SPLITS = ("val", "test")
 # case_dice_mean: the mean over cases of each case's Dice; the surface metrics' means over cases and classes

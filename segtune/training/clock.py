@@ -8,18 +8,19 @@ first batch is needed, as an epoch budget draws it). Both clocks are the same ru
 counts agree: ``steps = epochs x batches per epoch`` and ``val_every_steps = batches per epoch``.
 
 A position on the clock is an epoch (epoch budget) or a step (step budget): the loop's callbacks,
-the pruners' rungs, early stopping's best and the schedules count in it.
+the pruners' rungs, early stopping's best and the schedules count in it. Counts of periods (early
+stopping's patience, ``model.unfreeze_encoder_after`` under a step budget) count validations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 from segtune.config import TrainConfig
 from segtune.training.runtime import epoch_batches
 
-__all__ = ["Clock"]
+__all__ = ["Clock", "budget_changes", "units_run"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class Clock:
         """``step`` on the clock: the epochs done (epoch budget) or ``step`` itself."""
         return step // self.per_epoch if self.unit == "epoch" else step
 
+    def periods(self, step: int) -> int:
+        """The periods ``step`` steps complete: epochs (epoch budget), or validations (step budget,
+        one every ``every`` steps). ``model.unfreeze_encoder_after`` counts in them, so that under a
+        step budget it counts validations as ``train.patience`` does."""
+        return step // (self.per_epoch if self.unit == "epoch" else self.every)
+
     def validates(self, step: int) -> bool:
         """Whether the period ending at ``step`` ends in a validation."""
         at = self.position(step)
@@ -84,3 +91,29 @@ class Clock:
             parts = batches[first:first + end - start]
             yield epoch, first, parts, sum(min(p.stop, n_samples) - p.start for p in parts)
             start += len(parts)
+
+
+def budget_changes(train: TrainConfig, length: int, unit: Literal["epoch", "step"] | None = None) -> dict[str, Any]:
+    """The changes (``--set`` paths) that give a run of ``train`` a budget of ``length`` units of ``unit``.
+
+    ``unit`` defaults to the run's own clock, so a caller that shortens a run (a probe, an lr search, a
+    trial sized to a time budget) keeps its clock; a change of clock clears the other clock's fields.
+
+    Example:
+        >>> budget_changes(TrainConfig(steps=5000, val_every_steps=50), 200)
+        {'train.steps': 200}
+        >>> budget_changes(TrainConfig(steps=5000, val_every_steps=50), 1, "epoch")
+        {'train.epochs': 1, 'train.steps': None, 'train.val_every_steps': None}
+    """
+    unit = unit or train.unit
+    if unit == train.unit:
+        return {f"train.{unit}s": length}
+    if unit == "epoch":
+        return {"train.epochs": length, "train.steps": None, "train.val_every_steps": None}
+    return {"train.steps": length, "train.epochs": None, "train.val_every": 1}
+
+
+def units_run(summary: Mapping[str, Any], unit: Literal["epoch", "step"]) -> float:
+    """How many units of ``unit`` a finished run trained, read off its ``summary.json`` whatever its own clock
+    (``steps_run``, or ``epochs_run``: fractions of an epoch under a step budget)."""
+    return float(summary["steps_run"] if unit == "step" else summary["epochs_run"])

@@ -287,7 +287,7 @@ def _train_epoch(run: _Run, epoch: int, order: tuple[torch.Tensor, torch.Tensor]
     (augmented) training images), each one step, added to the period's ``tally``."""
     config, cfg = run.config, run.config.train
     unfreeze_after = config.model.unfreeze_encoder_after
-    if config.model.freeze_encoder and unfreeze_after is not None and epoch > unfreeze_after:
+    if config.model.freeze_encoder and unfreeze_after is not None and run.clock.periods(run.steps) >= unfreeze_after:
         set_encoder_trainable(run.model, True)
     run.model.train()
     index, flags = order

@@ -36,7 +36,7 @@ def test_lr_find_report_shows_the_rules_and_the_refine_trainings(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert html == tmp_path / "report.html" and "| optimizer | suggested lr (steepest) | " + " | ".join(
         LR_RULES.names()) in md
-    assert "| adam | decade | 0.0010 | 0.8000 | 3.0000 | ok |" in md and "| adam | 0.0010 | 0.8000 | 2 | 2 | 6 |" in md
+    assert "| adam | decade | 0.0010 | 0.8000 | 3.0000 | ok |" in md and "| adam | 0.0010 | 0.8000 | 2 | 2 epochs | 6 |" in md
     assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == {"lr_find", "refine"}
     # written again from the folder alone, as `segtune report FOLDER` does
     (tmp_path / "report.md").unlink()
