@@ -304,7 +304,8 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         keep = max(1, round(n * train_fraction))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         if val_from == "rest" and keep < n:
-            data = replace(data, val=train.subset(order[keep:].sort().values))
+            rest = order[keep:].sort().values  # named by these indices, so that two runs pair the same images
+            data = replace(data, val=train.subset(rest), info={**data.info, "val_from_rest": rest.tolist()})
         train = train.subset(order[:keep].sort().values)
     data = replace(data, train=train)
     for name in ("train", "val", "test"):

@@ -133,6 +133,8 @@ def prepare_cases(raw: SegData, *, folds: int | None = None, fold: int = 0, spli
         info = {**data.info, "split": {**data.info.get("split", {}), "val": "the training images data.train_fraction "
                                                                            "leaves out (data.val_from: rest)"}}
         cases = split_cases(data)
-        info["cases"] = {**cases, "val": [[f"val_{i:04d}", 1] for i in range(len(data.val))]}
+        # each image by its index among the training images, whatever the share and seed that left it out,
+        # so that per-case comparisons of two trials pair the same images
+        info["cases"] = {**cases, "val": [[f"train_image_{i:05d}", 1] for i in data.info["val_from_rest"]]}
         data = replace(data, info=info)
     return with_cases(data, pixel_spacing=pixel_spacing, source_size=tuple(raw.train.images.shape[2:]))

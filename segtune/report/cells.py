@@ -89,6 +89,14 @@ def _dir_of(record: ReportedTrial, stored: Path) -> Path:
     return next((d for d in record.run_dirs if d.name == Path(stored).name), Path(stored))
 
 
+def _at_best(row: dict[str, Any], run: Any) -> bool:
+    """Whether ``row`` of metrics.csv is ``run``'s best validation: by its step under a step budget
+    (several validations an epoch), else by its epoch."""
+    if run.best_step is not None and row.get("step") not in (None, ""):
+        return int(float(row["step"])) == run.best_step
+    return float(row.get("epoch", -1)) == float(run.best_epoch)
+
+
 def trial_runs(record: ReportedTrial, *, test_losses: dict[Path, float] | None = None) -> list[_Run]:
     """The numbers of each of ``record``'s runs that :data:`METRICS` read.
 
@@ -100,7 +108,7 @@ def trial_runs(record: ReportedTrial, *, test_losses: dict[Path, float] | None =
     for run in record.runs:
         folder = _dir_of(record, run.run_dir)
         rows = read_metrics(folder)
-        row = next((r for r in rows if int(r.get("epoch", -1)) == run.best_epoch), rows[-1] if rows else {})
+        row = next((r for r in rows if _at_best(r, run)), rows[-1] if rows else {})
         test = dict(run.test)
         if test_losses and folder in test_losses:
             test["common_loss"] = test_losses[folder]

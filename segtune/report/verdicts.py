@@ -75,8 +75,9 @@ def answer_blocks(study: optuna.Study, records: Sequence[ReportedTrial]) -> list
         return blocks + [Text("Each configuration ran with one seed and too few cases are shared to compare them "
                               "case by case, so the ranking may be noise; set `repeats: 3` or more in the study file.")]
     blocks.append(Text(f"**Ranking** (best mean first; `=` within the noise of the first of its group, `>` "
-                       f"separated at 95 %): **{text}**."))
-    tied = [v.b for v in itertools.takewhile(lambda v: v is None or v.sign != ">", steps) if v is not None]
+                       f"separated at 95 %, `<` better on the runs both share though its mean is lower): **{text}**."))
+    tied = [v.b for v in itertools.takewhile(lambda v: v is None or v.sign != ">", steps)
+            if v is not None and v.sign == "="]
     if tied:
         who = f"trial {tied[0]} differs" if len(tied) == 1 else f"trials {', '.join(map(str, tied))} differ"
         blocks.append(Text(f"**No clear winner:** {who} from the best by less than the noise (the 95% interval "

@@ -76,8 +76,8 @@ class Objective:
     current: optuna.Trial | None = None  # the trial being run
     # config changes of the run in a directory besides the trial's parameters (a tune's time budget)
     run_changes: Callable[[Path], dict[str, Any]] | None = None
-    # called after each epoch of a trial's first repeat as on_epoch(trial, epochs, epoch, row): the progress
-    on_epoch: Callable[[optuna.Trial, int, int, dict[str, Any]], None] | None = None
+    # called after each period of a trial's first run as on_epoch(trial, (unit, length), at, row): the progress
+    on_epoch: Callable[[optuna.Trial, tuple[str, int], int, dict[str, Any]], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -205,11 +205,12 @@ class Objective:
         return RunRecord(seed=seed, value=self.spec.objective_value(summary), epochs_run=summary["epochs_run"],
                          best_epoch=summary["best_epoch"], run_dir=directory,
                          class_names=tuple(summary["class_names"]), test=_metrics(summary["test"]), fold=fold,
-                         cases={split: _case_metrics(summary[split]) for split in ("val", "test")})
+                         cases={split: _case_metrics(summary[split]) for split in ("val", "test")},
+                         best_step=summary.get("best_step") if config.train.unit == "step" else None)
 
     def _callbacks(self, trial: optuna.Trial, config: Config, reporter: Callable | None) -> list[Callable]:
         """The epoch callbacks of a run: the pruning report (first repeat) and the progress lines."""
-        shown = functools.partial(self.on_epoch, trial, config.train.epochs) if self.on_epoch and reporter else None
+        shown = functools.partial(self.on_epoch, trial, (config.train.unit, config.train.length)) if self.on_epoch and reporter else None
         return [c for c in (shown, reporter) if c is not None]  # the line first: a pruned epoch shows too
 
     def _stop(self, trial: optuna.Trial | None, err: StorageError, t0: float | None = None) -> None:

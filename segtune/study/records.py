@@ -108,35 +108,45 @@ def run_dir(study_dir: Path, home: int, seed: int, fold: int | None = None) -> P
     return study_dir / TRIALS_DIR / (f"{home:04d}-seed{seed}" + ("" if fold is None else f"-fold{fold}"))
 
 
+def _count(value: Any) -> int | float:
+    """An epoch count as stored: an int when whole (epoch budgets), else the fraction a step budget spans."""
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """One finished repeat of a trial, as stored in its ``runs`` attribute."""
 
     seed: int
     value: float  # the objective
-    epochs_run: int
-    best_epoch: int
+    epochs_run: float  # whole epochs, or with train.steps the fraction of epochs its steps span
+    best_epoch: float
     run_dir: Path
     class_names: tuple[str, ...] = ()
     test: dict[str, Any] = field(default_factory=dict)  # test-split metrics
     fold: int | None = None  # the cross-validation fold (the study's cv), None without
     # {split: {case_id: {metric: value}}}: the per-case metrics of its final val and test evaluations
     cases: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    best_step: int | None = None  # with train.steps: the step of its best validation
 
     @classmethod
     def from_attr(cls, stored: dict[str, Any]) -> "RunRecord":
         """Read one entry of a trial's ``runs`` attribute."""
         fold = stored.get("fold")
-        return cls(seed=int(stored["seed"]), value=float(stored["value"]), epochs_run=int(stored["epochs_run"]),
-                   best_epoch=int(stored["best_epoch"]), run_dir=Path(stored["run_dir"]),
+        step = stored.get("best_step")
+        return cls(seed=int(stored["seed"]), value=float(stored["value"]), epochs_run=_count(stored["epochs_run"]),
+                   best_epoch=_count(stored["best_epoch"]), run_dir=Path(stored["run_dir"]),
                    class_names=tuple(stored.get("class_names", ())), test=dict(stored.get("test") or {}),
-                   fold=None if fold is None else int(fold), cases=dict(stored.get("cases") or {}))
+                   fold=None if fold is None else int(fold), cases=dict(stored.get("cases") or {}),
+                   best_step=None if step is None else int(step))
 
     def to_attr(self) -> dict[str, Any]:
         """The entry as stored (plain JSON values)."""
         return {"seed": self.seed, "value": self.value, "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
                 "run_dir": str(self.run_dir), "class_names": list(self.class_names), "test": self.test,
-                **({"fold": self.fold} if self.fold is not None else {}), **({"cases": self.cases} if self.cases else {})}
+                **({"fold": self.fold} if self.fold is not None else {}),
+                **({"best_step": self.best_step} if self.best_step is not None else {}), **({"cases": self.cases} if self.cases else {})}
 
 
 @dataclass(frozen=True)

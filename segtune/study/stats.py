@@ -222,6 +222,8 @@ def ranking(entries: Sequence[tuple[int, Mapping[int, float], Mapping[CaseKey, f
 
     Each trial is compared (:func:`verdict`) with the first trial of the current group: within
     the noise of it, it joins the group (``=``); separated from it, it starts the next group (``>``).
+    A lower mean that is better on the runs both share (racing gives trials different seeds) is
+    shown as ``<`` and stays in the group: the two disagree, so neither is put ahead.
 
     Args:
         entries: ``(trial number, objective per seed, per-case values)`` of each trial, best mean first.
@@ -241,7 +243,7 @@ def ranking(entries: Sequence[tuple[int, Mapping[int, float], Mapping[CaseKey, f
         steps.append(v)
         if v is not None and v.sign == ">":
             head = entry
-        text += f" {'?' if v is None else ('>' if v.sign == '>' else '=')} #{entry[0]}"
+        text += f" {'?' if v is None else v.sign} #{entry[0]}"  # '<': better on the runs both share
     return text, steps
 
 

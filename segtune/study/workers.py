@@ -212,7 +212,8 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     num_threads = study_threads(study, num_threads)
     objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend,
                           run_changes=run_changes,
-                          on_epoch=EpochProgress(min(spec.n_trials or math.inf, _n_configurations(space)))
+                          on_epoch=EpochProgress(min(spec.n_trials or math.inf, _n_configurations(space)),
+                                                 spec.max_repeats * len(spec.folds))
                           if progress and not verbose else None)
     try:
         return _run_trials(spec, space, study, objective, progress, may_start)

@@ -19,6 +19,7 @@ from segtune.errors import DataError
 from segtune.training.evaluate import final_distances, predict_probabilities, score_labels
 from segtune.training.predict import run_config
 from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
+from segtune.training.precision import as_trained
 from segtune.training.runtime import evaluation_options, load_data, resolve_device
 
 __all__ = ["evaluate_ensemble"]
@@ -33,7 +34,7 @@ def _fold_probabilities(run: Path, split: str, checkpoint: str, overrides: Seque
     ckpt = load_checkpoint(run / f"{checkpoint}.pt")
     model = model_from_checkpoint(ckpt).to(device)
     data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-    options = evaluation_options(config.train, device)
+    options = evaluation_options(as_trained(config, ckpt["meta"]).train, device)  # auto: what the run trained in
     if options["precision"] == "fp16" and device.type != "cuda":
         options["precision"] = "fp32"
     target = data.split(split)

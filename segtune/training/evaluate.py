@@ -73,6 +73,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """The autocast context for ``precision`` (``fp32`` = none) on ``device``."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):  # e.g. an unresolved "auto": never a silent fp16
+        raise ValueError(f"autocast: precision {precision!r} is not fp32, bf16 or fp16; resolve train.precision first")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -45,14 +45,15 @@ from segtune.config import Config
 from segtune.data import SegData, Split
 from segtune.errors import TrainingDiverged
 from segtune.training.clock import Clock
-from segtune.training.checkpoint import checkpoint_meta, restore_checkpoint, write_best, write_checkpoint
+from segtune.training.checkpoint import (checkpoint_meta, load_checkpoint, restore_checkpoint, write_best,
+                                         write_checkpoint)
 from segtune.training.early_stopping import EarlyStopping
 from segtune.training.evaluate import evaluate_split, final_distances
 from segtune.training.patches import TrainingSamples
 from segtune.training.pretrain import pretrained_config
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
 from segtune.training.metrics import summarize
-from segtune.training.precision import Precision, resolve_precision
+from segtune.training.precision import Precision, as_trained, resolve_precision
 from segtune.training.runtime import (EpochTally, build_training, compiled, epoch_batches, epoch_order,
                                       evaluation_options, grad_scaler, load_data, memory_format, run_samples,
                                       setup_device, train_on_batches)
@@ -171,7 +172,12 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
         resume = False
         if verbose:  # stopped before its first epoch ended: nothing to keep
             print(f"{run_dir} has no checkpoint yet (stopped in epoch 1): starting from epoch 1", flush=True)
-    config, choice = resolve_precision(config, data, device)  # the run trains in a concrete precision
+    if resume and config.train.precision == "auto":  # a resumed run keeps what its first part trained in
+        meta = load_checkpoint(run_dir / "last.pt")["meta"]
+        config = as_trained(config, meta)
+        choice = Precision(config.train.precision, config.train.channels_last, "resumed")
+    else:
+        config, choice = resolve_precision(config, data, device)  # the run trains in a concrete precision
     cfg = config.train
     model, loss_fn, optimizer = build_training(config, data, device)
     per_epoch = len(epoch_batches(len(data.train) * (1 + config.augment.n_aug), cfg.batch_size))

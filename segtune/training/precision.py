@@ -49,7 +49,8 @@ CANDIDATES = (("fp32", True), ("fp32", False), ("bf16", True), ("bf16", False))
 @dataclass(frozen=True)
 class Precision:
     """How a run trains: ``precision`` (fp32, bf16, fp16), ``channels_last``, and how that was decided
-    (``source``: ``set`` in the config, ``timed`` now, ``cached`` from an earlier timing, or ``device``:
+    (``source``: ``set`` in the config, ``timed`` now, ``cached`` from an earlier timing, ``env``
+    (``$SEGTUNE_PRECISION``), ``resumed`` (what the run trained in before its resume), or ``device``:
     the GPU's own); ``seconds_per_step``: the timing of each candidate, ``"bf16+channels_last": 0.21``."""
 
     precision: str

@@ -97,3 +97,17 @@ def test_val_from_rest_validates_on_what_train_fraction_leaves_out():
     assert len(fixed.val) == 3 and len(rest.val) == 4
     whole = load_data(Config.model_validate({"data": {**base, "train_fraction": 1.0, "val_from": "rest"}}))
     assert whole.val.images.equal(load_data(Config.model_validate({"data": {**base, "train_fraction": 1.0}})).val.images)
+
+
+def test_val_from_rest_names_each_image_alike_whatever_the_share_left_out():
+    # a case id is one image in every run: two shares' val splits agree on every id they share
+    base = {"source": "synthetic", "n_train": 10, "n_val": 3, "size": 16, "val_from": "rest"}
+    half = load_data(Config.model_validate({"data": {**base, "train_fraction": 0.5}}))
+    more = load_data(Config.model_validate({"data": {**base, "train_fraction": 0.3}}))
+    images = {c.case_id: half.val.images[i] for i, c in enumerate(half.val.cases)}  # one image a case
+    shared = 0
+    for i, case in enumerate(more.val.cases):
+        if case.case_id in images:
+            shared += 1
+            assert more.val.images[i].equal(images[case.case_id])
+    assert shared >= 3

@@ -78,3 +78,18 @@ def test_pivots_leave_out_pairs_where_one_is_set_per_value_of_the_other(study_re
     pairs = independent_pairs([name, sched, lr], space)
     assert [(a.path, b.path) for a, b in pairs] == [("optimizer.name", "scheduler.name"),
                                                     ("scheduler.name", "optimizer.momentum")]
+
+
+def test_a_step_budget_run_reads_the_row_of_its_best_validation_not_of_its_epoch():
+    # two validations an epoch: the best, at step 7 (epoch 3.5), is not the epoch's first row (step 6)
+    from segtune.report.cells import _at_best
+    from segtune.study.records import RunRecord
+
+    stored = {"seed": 0, "value": 0.8, "epochs_run": 4.0, "best_epoch": 3.5, "run_dir": "r", "best_step": 7}
+    run = RunRecord.from_attr(stored)
+    assert (run.best_epoch, run.epochs_run, run.best_step) == (3.5, 4, 7)
+    assert RunRecord.from_attr(run.to_attr()) == run
+    rows = [{"step": "6", "epoch": "3.0"}, {"step": "7", "epoch": "3.5"}, {"step": "8", "epoch": "4.0"}]
+    assert [r["step"] for r in rows if _at_best(r, run)] == ["7"]
+    by_epoch = RunRecord.from_attr({**stored, "best_epoch": 3, "best_step": None})
+    assert [r["epoch"] for r in [{"epoch": "2"}, {"epoch": "3"}] if _at_best(r, by_epoch)] == ["3"]

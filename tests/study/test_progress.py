@@ -21,8 +21,23 @@ def test_a_study_prints_a_line_per_epoch_of_each_trial_with_the_time_left(tmp_pa
 
 def test_the_estimates_count_the_epochs_left_at_the_mean_epoch_time():
     progress = EpochProgress(3)
-    progress.seconds, progress.epochs = 30.0, 3  # 10 s an epoch so far
-    line = progress.line(1, 10, 4, {"val_dice_mean": 0.5, "seconds": 9.0})
+    progress.seconds, progress.units = 30.0, 3  # 10 s an epoch so far
+    line = progress.line(1, ("epoch", 10), 4, {"val_dice_mean": 0.5, "seconds": 9.0})
     # this trial: 6 epochs left, 60 s; the study: those and one more trial of 10 epochs, 160 s
     assert line.endswith("~1 min left in this trial, at most ~3 min in the study")
-    assert "in the study" not in EpochProgress(float("inf")).line(0, 10, 4, {"seconds": 1.0})  # no end known
+    assert "in the study" not in EpochProgress(float("inf")).line(0, ("epoch", 10), 4, {"seconds": 1.0})
+    # two runs a trial (repeats x folds): this trial's second run and the next trial's two count too
+    two = EpochProgress(3, runs_per_trial=2)
+    two.seconds, two.units = 30.0, 3
+    assert two.line(1, ("epoch", 10), 4, {"seconds": 9.0}).endswith(
+        "~3 min left in this trial, at most ~6 min in the study")  # 160 s, then 160 + 200 s
+
+
+def test_a_study_on_a_step_budget_prints_its_steps(tmp_path, capsys):
+    # a step budget: the lines count steps, one per validation, and the trials complete
+    path = write_study(tmp_path, epochs=None, set={"train.steps": 4, "train.val_every_steps": 2})
+    study = run_study(path, study_dir=tmp_path / "study", progress=True)
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    shown = [tuple(map(int, re.search(r"trial +(\d+)  step +(\d+)/4", line).groups())) for line in lines]
+    assert shown == [(0, 2), (0, 4), (1, 2), (1, 4)]

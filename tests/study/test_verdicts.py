@@ -107,6 +107,9 @@ def test_ranking_ties_the_level_and_orders_the_separated():
     text, steps = ranking([(4, {}, a), (7, {}, b), (2, {}, c)])
     assert text == "#4 = #7 > #2"
     assert [v.word for v in steps] == ["no difference", "better"]
+    # listed first by a mean over other runs, but clearly worse on the cases both share: '<', never '='
+    text, steps = ranking([(2, {}, c), (4, {}, a)])
+    assert text == "#2 < #4" and steps[0].word == "worse"
 
 
 def test_a_racing_study_stops_the_clearly_worse_configuration_after_min_seeds(tmp_path, monkeypatch):

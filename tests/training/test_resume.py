@@ -195,3 +195,16 @@ def test_a_damaged_last_pt_is_a_clear_error_naming_it(tmp_path):
                                         r".*; re-run the training that wrote it, or delete it") as err:
         train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
     assert "weights_only" not in str(err.value)
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_trained_in(tmp_path, monkeypatch):
+    # the cache (or $SEGTUNE_PRECISION) says otherwise by the time of the resume: the run keeps its own
+    cfg = build_config(tiny_tree(), ["train.epochs=3"])
+    monkeypatch.setenv("SEGTUNE_PRECISION", "fp32")
+    full = train(cfg, out_dir=tmp_path / "full", verbose=False)
+    with pytest.raises(Crash):
+        train(cfg, out_dir=tmp_path / "cut", callbacks=[crash_after(1)], verbose=False)
+    monkeypatch.setenv("SEGTUNE_PRECISION", "bf16+channels_last")
+    resumed = train(cfg, out_dir=tmp_path / "cut", verbose=False, resume=True)
+    assert resumed.summary["precision"]["precision"] == "fp32" and resumed.summary["precision"]["source"] == "resumed"
+    assert resumed.summary["test"] == full.summary["test"]
