@@ -160,7 +160,7 @@ class Objective:
         directory = run_dir(self.study_dir, home, seed)
         extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
         extra.update(self.run_changes(directory) if self.run_changes else {})
-        config = config_for(self.spec.base, {**values, **extra}, seed=seed,
+        config = config_for(self.spec.base, {**self.space.changes(values), **extra}, seed=seed,
                             name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
         if repeat == 0:
             trial.set_user_attr(CONFIG, config.to_dict())

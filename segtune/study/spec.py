@@ -10,6 +10,7 @@
     n_trials: 20                    # ignored by grid (the grid's size)
     repeats: 1                      # seeds per configuration: mean and spread of the objective
     space: {...}                    # see segtune.study.space
+    variants: [{label: A, ...}]     # named joint settings, alone or crossed with the space
     pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
 
 ``base`` is looked up next to the study file, then in the current directory, then among the
@@ -165,7 +166,9 @@ class StudySpec(pydantic.BaseModel):
     n_trials: Annotated[int, Field(ge=1)] | None = None  # required by random and tpe
     repeats: Annotated[int, Field(ge=1, le=100)] = 1  # seeds base.seed, base.seed+1, ...
     seed: int = 0  # the sampler's seed
-    space: dict[str, Any]
+    space: dict[str, Any] = Field(default_factory=dict)
+    # named joint settings ({label, dotted path: value}), one categorical entry ``variant`` of the space
+    variants: list[dict[str, Any]] | None = None
     pruner: PrunerSection = PrunerSection()
     # Dead workers: a RUNNING trial whose heartbeat is older than grace_period seconds is marked
     # failed and re-queued with the same parameters (up to max_retry times).
@@ -239,7 +242,8 @@ class StudySpec(pydantic.BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one."""
-        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+        stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+        return {**stored, "variants": self.variants} if self.variants else stored  # unchanged without variants
 
 
 def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
@@ -255,37 +259,49 @@ def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
                       f"directory, or among segtune's configs (demo.yaml)")
 
 
-def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec, Space]:
+def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool = False,
+                errors: Sequence[str] = ()) -> tuple[StudySpec, Space]:
     """Validate a study tree whose ``base`` is already a config mapping.
+
+    Args:
+        tree: the study file's mapping, ``base`` resolved.
+        origin: the file, named in every message.
+        every_cell: build the config of every cell of a finite space (the dry run), not only of
+            each value and both ends of each range.
+        errors: problems found before (in ``set``), reported together with these.
 
     Returns:
         The spec and its parsed :class:`~segtune.study.space.Space`, whose every choice and range
         end builds a valid config.
 
     Raises:
-        ConfigError: every problem, naming the field, the value and the rule.
+        ConfigError: every problem found, at once, naming the field, the value and the rule.
     """
+    found = list(errors)
     try:
         spec = StudySpec.model_validate(tree)
     except pydantic.ValidationError as err:
-        raise ConfigError(format_errors(err, origin).replace("invalid config", "invalid study file")) from None
-    config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
-    space = Space(spec.space)
-    if spec.method.name == "grid":
-        space.grid()
-    space.validate_against(spec.base)
+        found.append(format_errors(err, origin).replace("invalid config", "invalid study file"))
+        raise ConfigError("\n".join(found)) from None
+    try:
+        config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
+        space = Space(spec.space, spec.variants)
+        if spec.method.name == "grid":
+            space.grid()
+    except ConfigError as err:
+        raise ConfigError("\n".join([*found, f"{origin}: {err}"])) from None
+    found += [f"{origin}: {e}" for e in space.invalid(spec.base, space.probes() if every_cell else None)]
+    if found:
+        raise ConfigError("\n".join(found))
     return spec, space
 
 
-def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySpec, Space]:
-    """Read and validate a study file (see the module doc for its keys).
+def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """A study file's mapping with its base resolved and ``set`` (then ``overrides``) applied.
 
-    Args:
-        path: the study file.
-        overrides: ``--set`` style changes of the base config, after the file's own ``set``.
-
-    Example:
-        >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
+    Returns:
+        The tree and the problems of its ``set`` paths (those changes left out), so that a caller
+        can report them with every other problem of the file.
     """
     path = Path(path)
     tree = read_yaml(path)
@@ -300,13 +316,42 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySp
         keys, value = parse_override(item)
         changes.pop(".".join(keys), None)  # a --set after the file's own set of the same path
         changes[".".join(keys)] = value
-    for key in changes:
-        check_path(key)
-    tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
+    errors = []
+    for key in list(changes):
+        try:
+            check_path(key)
+        except ConfigError as err:
+            errors.append(f"{path}: set: {err}")
+            del changes[key]
+    try:
+        tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
+    except ConfigError as err:
+        raise ConfigError("\n".join([*errors, str(err)])) from None
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
-    return parse_study(tree, origin=str(path))
+    return tree, errors
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = (), *, every_cell: bool = False) -> tuple[StudySpec, Space]:
+    """Read and validate a study file (see the module doc for its keys).
+
+    Args:
+        path: the study file.
+        overrides: ``--set`` style changes of the base config, after the file's own ``set``.
+        every_cell: build every cell's config (the dry run), see :func:`parse_study`.
+
+    Raises:
+        ConfigError: every problem of the file at once.
+
+    Example:
+        >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
+    """
+    tree, errors = read_study_tree(path, overrides)
+    if "stages" in tree:
+        raise ConfigError(f"{path}: a study with stages runs through segtune.study.stages (segtune study FILE "
+                          f"does it), not load_study")
+    return parse_study(tree, origin=str(path), every_cell=every_cell, errors=errors)
 
 
 __all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudySpec", "grid_sampler", "hyperband_pruner",
-           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "successive_halving_pruner",
-           "tpe_sampler"]
+           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "read_study_tree",
+           "successive_halving_pruner", "tpe_sampler"]
