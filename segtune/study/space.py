@@ -131,6 +131,9 @@ class Space:
             raise ConfigError("space: give at least one config path to vary, e.g. optimizer.name: [adam, sgd], "
                               "or a list of variants")
         self.variants = parse_variants(variants) if variants is not None else {}
+        # settings that follow the value of an entry where a trial does not set them itself: a
+        # stage's winners per value ({"optimizer.name": {"adam": {"optimizer.lr": 0.001}}})
+        self.follows: dict[str, dict[str, dict[str, Any]]] = {}
         self.params: list[Param] = []
         if self.variants:
             self.params.append(Param(path=VARIANT, name=VARIANT, choices=tuple(self.variants)))
@@ -181,11 +184,15 @@ class Space:
         return [p for p in self.params if p.when is None]
 
     def changes(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The dotted config changes of a trial's ``values``: its variant's settings in place of its label."""
-        if VARIANT not in values or not self.variants:
-            return dict(values)
-        rest = {k: v for k, v in values.items() if k != VARIANT}
-        return {**self.variants[values[VARIANT]], **rest}
+        """The dotted config changes of a trial's ``values``: its variant's settings in place of its
+        label, then the settings that follow its values (:attr:`follows`) that it does not set."""
+        changes = dict(values)
+        if VARIANT in values and self.variants:
+            changes = {**self.variants[values[VARIANT]], **{k: v for k, v in values.items() if k != VARIANT}}
+        for path, table in self.follows.items():
+            for key, value in table.get(str(changes.get(path)), {}).items() if path in changes else ():
+                changes.setdefault(key, value)
+        return changes
 
     def _dependents_now(self, values: dict[str, Any], root: Param) -> list[Param]:
         """The conditional entries whose conditions ``values`` meets, with ``root`` the last one chosen."""

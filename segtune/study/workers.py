@@ -273,6 +273,16 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
             or ``num_threads`` other than the study's.
     """
     spec, space = load_study(path, overrides)
+    return run_loaded(spec, space, path, study_dir=study_dir, storage=storage, n_workers=n_workers,
+                      num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress)
+
+
+def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: str | Path | None = None,
+               storage: str | None = None, n_workers: int = 1, num_threads: int | None = None,
+               overrides: Sequence[str] = (), verbose: bool = False, progress: bool = False,
+               worker_args: Sequence[str] = ()) -> optuna.Study:
+    """:func:`run_study` of a study already loaded from ``path`` (a stage of a staged study);
+    ``worker_args`` are added to each spawned worker's command line (``--stage N``)."""
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
@@ -289,7 +299,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
                    seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
     else:
         _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
-                              num_threads=num_threads, overrides=overrides, progress=progress)
+                              num_threads=num_threads, overrides=overrides, progress=progress,
+                              worker_args=worker_args)
     return study
 
 
@@ -309,9 +320,11 @@ def _note_threads(num_threads: int, n_workers: int, progress: bool) -> None:
 
 
 def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | None, n_workers: int,
-                          num_threads: int, overrides: Sequence[str], progress: bool) -> None:
+                          num_threads: int, overrides: Sequence[str], progress: bool,
+                          worker_args: Sequence[str] = ()) -> None:
     """Run ``n_workers`` worker processes (``segtune study --worker``) and wait for them all."""
-    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
+    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir),
+               *worker_args]
     command += ["--set", *overrides] if overrides else []
     command += ["--progress"] if progress else []
     command += ["--threads", str(num_threads)]
@@ -325,4 +338,4 @@ def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | N
         raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")
 
 
-__all__ = ["MAX_DRAWS", "open_study", "run_study", "run_worker", "study_threads"]
+__all__ = ["MAX_DRAWS", "open_study", "run_loaded", "run_study", "run_worker", "study_threads"]
