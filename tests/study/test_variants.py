@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import study_tree, write_study
 
 from segtune.errors import ConfigError
-from segtune.study import run_study, study_records
+from segtune.study import dry_run, run_study, study_records
 from segtune.study.spec import parse_study
 
 VARIANTS = [
@@ -80,10 +80,12 @@ def test_a_variant_study_trains_each_label_with_its_settings(tmp_path):
     # the trial records its label as one parameter; its config carries the variant's settings
     variants = [{"label": "adam-fast", "optimizer.name": "adam", "optimizer.lr": 0.01},
                 {"label": "sgd-slow", "optimizer.name": "sgd", "optimizer.lr": 0.001}]
-    study = run_study(write_study(tmp_path, space={}, variants=variants), study_dir=tmp_path / "out")
+    path = write_study(tmp_path, space={"train.batch_size": [8]}, variants=variants)
+    study = run_study(path, study_dir=tmp_path / "out")
+    assert dry_run(path, timing=False).studies[0].n_trials == len(study.trials) == 2  # the dry run's count
     records = {r.params["variant"]: r for r in study_records(study)}
-    assert sorted(records) == ["adam-fast", "sgd-slow"]
-    assert all(set(r.params) == {"variant"} for r in records.values())
+    assert sorted(records) == ["adam-fast", "sgd-slow"]  # a label and a batch size per trial
+    assert all(set(r.params) == {"variant", "train.batch_size"} for r in records.values())
     trials = {t.user_attrs["params"]["variant"]: t.user_attrs["config"] for t in study.trials}
     assert trials["sgd-slow"]["optimizer"]["name"] == "sgd" and trials["sgd-slow"]["optimizer"]["lr"] == 0.001
     assert trials["adam-fast"]["optimizer"]["lr"] == 0.01
