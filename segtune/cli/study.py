@@ -133,5 +133,5 @@ def print_dry_run(plan: Any) -> None:
     line = f"in all: {len(plan.studies)} stage(s), {runs} run(s), at most {plan.epochs} epochs"
     if plan.minutes is not None:
         line += (f", about {plan.minutes:.0f} minutes at {plan.seconds_per_epoch:.1f} s per epoch of the base "
-                 f"(one timed batch; pruning and early stopping end runs sooner)")
+                 f"(timed batches; pruning and early stopping end runs sooner)")
     print(line + "; nothing was trained")

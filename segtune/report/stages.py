@@ -64,8 +64,9 @@ def path_blocks(staged: Staged, decisions: Sequence[Decision]) -> list[Block]:
 
 
 def staged_report(staged: Staged, decisions: Sequence[Decision], root: str | Path, *,
-                  storage: str | None = None) -> Path:
-    """Write ``<root>/report/`` for a staged study, and each stage's own report; returns report.html."""
+                  storage: str | None = None, stage_reports: bool = True) -> Path:
+    """Write ``<root>/report/`` for a staged study, and each stage's own report (``stage_reports``:
+    figures and predictions, the slow part); returns report.html."""
     from segtune.report.study import study_report
 
     root = Path(root)
@@ -76,13 +77,13 @@ def staged_report(staged: Staged, decisions: Sequence[Decision], root: str | Pat
         if study is None:
             blocks.append(Text("Not started."))
             continue
-        report = study_report(study, study_dir=stage_dir(root, i, stage))
+        report = study_report(study, study_dir=stage_dir(root, i, stage)) if stage_reports else None
         d = decisions[i] if i < len(decisions) else None
         lr = [] if stage.lr is None else ["optimizer.lr (auto)" if stage.lr == "auto" else "optimizer.lr"]
         varied = ", ".join([*stage.space, *(["variant"] if stage.variants else []), *lr]) or "nothing"
         blocks.append(Text(f"Varied: {varied}. " + (f"Fixed: {_settings(d.changes)}; {_evidence(d)}. "
                                                     if d else "Not finished. ")
-                           + f"Full report: `{report.relative_to(root)}`."))
+                           + (f"Full report: `{report.relative_to(root)}`." if report else "")))
     return write_document(blocks, root / "report", title=f"Staged study {staged.name}")
 
 

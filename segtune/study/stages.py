@@ -277,9 +277,10 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
     Returns:
         The staged study and the decision of every stage.
     """
+    from segtune.study.objective import DataCache
     from segtune.study.workers import run_loaded
 
-    staged = load_stages(path, overrides)
+    staged, cache = load_stages(path, overrides), DataCache()  # the data loaded once for every stage
     root = Path(study_dir) if study_dir else Path("runs") / staged.name
     decisions, base, follows = walk(staged, root)
     for i in range(len(decisions), len(staged.stages)):
@@ -290,7 +291,7 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
             print(f"stage {i + 1}/{len(staged.stages)}: {stage.name}", flush=True)
         study = run_loaded(spec, space, staged.path, study_dir=directory, storage=storage, n_workers=n_workers,
                            num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress,
-                           worker_args=["--stage", str(i + 1)])
+                           worker_args=["--stage", str(i + 1)], cache=cache)
         decision = decide(study_records(study, study_dir=directory), maximize=spec.resolved_direction == "maximize",
                           tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
                           base=base, index=i, name=stage.name, per=stage.per)

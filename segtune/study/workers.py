@@ -280,13 +280,14 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
 def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: str | Path | None = None,
                storage: str | None = None, n_workers: int = 1, num_threads: int | None = None,
                overrides: Sequence[str] = (), verbose: bool = False, progress: bool = False,
-               worker_args: Sequence[str] = ()) -> optuna.Study:
+               worker_args: Sequence[str] = (), cache: DataCache | None = None) -> optuna.Study:
     """:func:`run_study` of a study already loaded from ``path`` (a stage of a staged study);
-    ``worker_args`` are added to each spawned worker's command line (``--stage N``)."""
+    ``worker_args`` are added to each spawned worker's command line (``--stage N``), and ``cache``
+    holds data loaded before (by an earlier stage)."""
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
-    cache = DataCache()
+    cache = cache or DataCache()
     if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
         spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
