@@ -6,6 +6,7 @@ import pytest
 from tests.conftest import study_tree, write_study
 
 from segtune.errors import ConfigError
+from segtune.report import study_report
 from segtune.study import dry_run, run_study, study_records
 from segtune.study.spec import parse_study
 
@@ -89,3 +90,6 @@ def test_a_variant_study_trains_each_label_with_its_settings(tmp_path):
     trials = {t.user_attrs["params"]["variant"]: t.user_attrs["config"] for t in study.trials}
     assert trials["sgd-slow"]["optimizer"]["name"] == "sgd" and trials["sgd-slow"]["optimizer"]["lr"] == 0.001
     assert trials["adam-fast"]["optimizer"]["lr"] == 0.01
+    # the report names the trials by label: one setting, in the file's order
+    text = study_report(study, study_dir=tmp_path / "out").with_suffix(".md").read_text()
+    assert "**Varied:** variant ∈ {adam-fast, sgd-slow}" in text and "| trial | variant |" in text
