@@ -47,6 +47,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     path = args.target[-1]
     if args.dry_run:
         print_dry_run(st.dry_run(path, args.set))
+    elif status and st.is_staged(path):
+        _print_staged_status(args, path)
     elif status:
         print_study_results(st.load_existing_study(path, study_dir=args.out, storage=args.storage))
     elif args.worker:
@@ -119,6 +121,23 @@ def _run_staged(args: argparse.Namespace, path: str) -> None:
                                       progress=not args.quiet, on_stage_done=done)
     root = args.out or f"runs/{staged.name}"
     print(f"\nreport: {staged_report(staged, decisions, root, storage=args.storage)}")
+
+
+def _print_staged_status(args: argparse.Namespace, path: str) -> None:
+    from pathlib import Path
+
+    from segtune import study as st
+    from segtune.study.stages import read_decision, stage_dir, stage_studies
+
+    staged = st.load_stages(path, args.set)
+    root = Path(args.out or f"runs/{staged.name}")
+    for i, (stage, study) in enumerate(zip(staged.stages, stage_studies(staged, root, args.storage))):
+        decision = read_decision(stage_dir(root, i, stage))
+        state = (f"decided ({decision.rule}): fixed {decision.changes or 'nothing'}" if decision
+                 else "not started" if study is None else "running or stopped: run the command again to resume")
+        print(f"stage {i + 1} ({stage.name}): {state}")
+        if study is not None and decision is None:
+            print_study_results(study)
 
 
 def print_dry_run(plan: Any) -> None:

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from tests.conftest import tiny_tree
 
+from segtune.cli import main
 from segtune.errors import ConfigError
 from segtune.study import dry_run, load_stages, run_stages
 from segtune.study.records import Status, TrialRecord
@@ -73,7 +74,7 @@ class _Stop(Exception):
     pass
 
 
-def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_finished_one(tmp_path):
+def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_finished_one(tmp_path, capsys):
     path, out = _staged_file(tmp_path), tmp_path / "out"
 
     def stop_after_first(decision):
@@ -98,6 +99,8 @@ def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_fini
     assert {t.user_attrs["config"]["optimizer"]["lr"] for t in studies[2].trials} == {0.003}  # the stage's own lr
     # the dry run counts the trials that the run made
     assert [s.n_trials for s in dry_run(path, timing=False).studies] == [len(s.trials) for s in studies] == [2, 2, 2]
+    assert main(["study", "status", str(path), "--out", str(out)]) == 0
+    assert "stage 3 (decay): decided (untested): fixed {'optimizer.weight_decay'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change, message", [
