@@ -61,7 +61,10 @@ def _planned(spec: StudySpec, space: Space, name: str) -> PlannedStudy:
         cells = list(space.cells())
     except ConfigError:  # a range without a step: the sampler draws n_trials
         cells = []
-    n = len(cells) if spec.method.name == "grid" else min(spec.n_trials, len(cells) or spec.n_trials)
+    if spec.method.name == "grid":
+        n = len(cells)
+    else:  # as the worker loop counts: distinct configurations, at most the space's (reuse_results)
+        n = min(spec.n_trials, len(cells)) if cells and spec.reuse_results else spec.n_trials
     header = list(dict.fromkeys(k for c in cells for k in c))
     rows = [[c.get(k, "-") for k in header] for c in cells]
     epochs = int(config_for(spec.base, {}).train.epochs)

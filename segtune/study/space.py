@@ -266,7 +266,8 @@ class Space:
         """``roots`` with every conditional entry that applies to them at its centre."""
         return {**roots, **{p.path: p.centre() for p in self.params if p.when and p.applies(roots)}}
 
-    def _probes(self) -> Iterator[dict[str, Any]]:
+    def edge_probes(self) -> Iterator[dict[str, Any]]:
+        """Each choice and each end of a range, the other entries at their centre."""
         # each choice and each end of a range, the other entries at their centre: the ends of two
         # ranges together (tversky's alpha = beta = 0) are a corner no draw reaches
         first = {root.path: root.centre() for root in self.roots}
@@ -286,12 +287,12 @@ class Space:
         try:
             return list(self.cells())
         except ConfigError:
-            return list(self._probes())
+            return list(self.edge_probes())
 
-    def invalid(self, base: dict[str, Any], probes: Sequence[dict[str, Any]] | None = None) -> list[str]:
-        """The error of every probe (default: :meth:`probes`) whose config is invalid, one line each."""
+    def invalid(self, base: dict[str, Any], probes: Sequence[dict[str, Any]]) -> list[str]:
+        """The error of every probe whose config is invalid, one line each."""
         errors = []
-        for probe in self.probes() if probes is None else probes:
+        for probe in probes:
             try:
                 config_for(base, self.changes(probe))
             except ConfigError as err:
@@ -308,7 +309,7 @@ class Space:
         Raises:
             ConfigError: naming the values that make an invalid config, and the config's error.
         """
-        probes = list(self._probes())
+        probes = list(self.edge_probes())
         errors = self.invalid(base, probes)
         if errors:
             raise ConfigError(errors[0])

@@ -290,7 +290,8 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
             space.grid()
     except ConfigError as err:
         raise ConfigError("\n".join([*found, f"{origin}: {err}"])) from None
-    found += [f"{origin}: {e}" for e in space.invalid(spec.base, space.probes() if every_cell else None)]
+    found += [f"{origin}: {e}" for e in space.invalid(spec.base, space.probes() if every_cell
+                                                      else list(space.edge_probes()))]
     if found:
         raise ConfigError("\n".join(found))
     return spec, space

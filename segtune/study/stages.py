@@ -103,6 +103,7 @@ class Decision:
     runner_up: dict[str, Any] | None = None
     difference: dict[str, Any] | None = None  # {mean, low, high, seeds, p_value}: best minus runner-up
     follows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per: {value: settings}
+    study: dict[str, Any] = field(default_factory=dict)  # the stage's study as decided (its fingerprint)
 
 
 def is_staged(path: str | Path) -> bool:
@@ -199,9 +200,16 @@ def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Deci
     the settings that follow; stops at the first stage without a decision."""
     base, follows, decisions = staged.top["base"], {}, []
     for i, stage in enumerate(staged.stages[:upto]):
-        decision = read_decision(stage_dir(root, i, stage))
+        directory = stage_dir(root, i, stage)
+        decision = read_decision(directory)
         if decision is None:
             break
+        now = json.loads(json.dumps(stage_study(staged, i, base, follows)[0].fingerprint()))
+        if decision.study and decision.study != now:
+            changed = ", ".join(sorted(k for k in now if now[k] != decision.study.get(k)))
+            raise ConfigError(f"stage {i + 1} ({stage.name}) was decided on another definition ({changed} "
+                              f"differ) and is never run again; restore the study file, or move {directory} "
+                              f"aside to run that stage and the ones after it again")
         decisions.append(decision)
         base = decision.base_after
         follows.update(decision.follows)
@@ -295,6 +303,7 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
         decision = decide(study_records(study, study_dir=directory), maximize=spec.resolved_direction == "maximize",
                           tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
                           base=base, index=i, name=stage.name, per=stage.per)
+        decision.study = json.loads(json.dumps(spec.fingerprint()))
         _write_decision(directory, decision)
         decisions.append(decision)
         base, follows = decision.base_after, {**follows, **decision.follows}

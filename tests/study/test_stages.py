@@ -117,3 +117,15 @@ def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_fini
 def test_every_problem_of_a_staged_file_is_named_at_once(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         load_stages(_staged_file(tmp_path, **change))
+
+
+def test_a_decided_stage_whose_definition_changed_is_an_error_not_a_silent_reuse(tmp_path):
+    path, out = _staged_file(tmp_path), tmp_path / "out"
+    tree = yaml.safe_load(path.read_text())
+    tree["stages"] = tree["stages"][:1]
+    path.write_text(yaml.safe_dump(tree))
+    run_stages(path, study_dir=out)
+    tree["stages"][0]["space"]["optimizer.lr"]["cases"]["sgd"] = 0.05
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="stage 1 \\(lr\\) was decided on another definition \\(space differ"):
+        run_stages(path, study_dir=out)
