@@ -71,9 +71,15 @@ def _planned(spec: StudySpec, space: Space, name: str) -> PlannedStudy:
     return PlannedStudy(name, spec.method.name, n, spec.repeats, epochs, header, rows)
 
 
-def _data_errors(studies: Sequence[tuple[str, StudySpec, Space]], data: Any) -> list[str]:
-    """Problems that only the data shows, for every cell: a missing objective class, a loss that
-    does not fit the class count; each message once."""
+def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], data: Any, *, every_cell: bool = True) -> list[str]:
+    """Problems that only the data shows: a missing objective class, a loss that does not fit the
+    class count (a sigmoid loss on multi-class data, class weights of another length); each once.
+
+    Args:
+        studies: ``(origin, spec, space)`` of each study or stage, ``origin`` named in the messages.
+        data: the loaded data of the base config.
+        every_cell: check every cell of a finite space (else each value and both ends of each range).
+    """
     from segtune.components.losses import LOSSES
 
     errors: list[str] = []
@@ -82,7 +88,7 @@ def _data_errors(studies: Sequence[tuple[str, StudySpec, Space]], data: Any) -> 
             spec.check_objective_class(data.class_names, origin=origin)
         except ConfigError as err:
             errors.append(str(err))
-        for cell in space.probes():
+        for cell in space.probes() if every_cell else space.edge_probes():
             config = config_for(spec.base, space.changes(cell))
             try:
                 LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
@@ -142,7 +148,7 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
         studies = [(str(path), *load_study(path, overrides, every_cell=True))]
     base_spec = studies[0][1]
     data = DataCache().get(config_for(base_spec.base, {}))
-    errors = _data_errors(studies, data)
+    errors = data_errors(studies, data)
     if errors:
         raise ConfigError("\n".join(errors))
     plan = DryRun([_planned(spec, space, spec.name) for _, spec, space in studies])
@@ -151,4 +157,4 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
     return plan
 
 
-__all__ = ["DryRun", "PlannedStudy", "dry_run"]
+__all__ = ["DryRun", "PlannedStudy", "data_errors", "dry_run"]

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from segtune.errors import USER_ERRORS, ConfigError
+from segtune.study.dry_run import data_errors
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
 from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
                                    progress_line, requeued_on_resume, status_of)
@@ -288,8 +289,10 @@ def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: st
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
     cache = cache or DataCache()
-    if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
-        spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
+    # checked once, before the first trial trains to a missing class or builds a loss the data cannot take
+    errors = data_errors([(str(path), spec, space)], cache.get(config_for(spec.base, {})), every_cell=False)
+    if errors:
+        raise ConfigError("\n".join(errors))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     _check_run_dirs(study, study_dir)
     _note_small_space(spec, space)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from tests.conftest import study_tree
 
 from segtune.cli import main
+from segtune.errors import ConfigError
+from segtune.study import run_study
 
 
 def _write(tmp_path, tree) -> str:
@@ -45,3 +48,11 @@ def test_the_dry_run_finds_what_only_the_data_shows(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the data has no class 'tumour'" in err
     assert "the cell loss.name=bce: loss 'bce' uses one sigmoid output and needs a binary task" in err
+
+
+def test_a_run_checks_what_the_data_shows_before_any_trial(tmp_path):
+    # a sigmoid loss on 3 classes: the study stops before its first trial, naming the value and the fix
+    path = _write(tmp_path, study_tree(space={"loss.name": ["dice", "bce"]}))
+    with pytest.raises(ConfigError, match="loss.name=bce: loss 'bce' uses one sigmoid output(.|\n)*use loss.name="):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "trials").exists()
