@@ -7,6 +7,9 @@ trials in one or more workers (:mod:`~segtune.study.workers`) on an Optuna stora
 configuration and records its result under the keys of :mod:`~segtune.study.records`, whose
 :class:`~segtune.study.records.TrialRecord` the leaderboard, the report and the CLI read.
 ``optuna-dashboard <storage>`` shows the stored attributes as they are.
+:func:`run_stages` runs a staged study (:mod:`~segtune.study.stages`), each stage a study started
+from the previous winner; :func:`dry_run` (:mod:`~segtune.study.dry_run`) checks and plans a study
+file without training.
 """
 
 from segtune.study.objective import DataCache, replay_twin
