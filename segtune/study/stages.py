@@ -167,6 +167,8 @@ def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[
         follows = {p: {v: {k: x for k, x in s.items() if k != "optimizer.lr"} for v, s in t.items()}
                    for p, t in follows.items()}
     elif stage.lr is not None:
+        if "optimizer.lr" in space:
+            raise ConfigError(f"stage {stage.name}: lr and space: optimizer.lr both set the lr; give one of them")
         space["optimizer.lr"] = stage.lr
     tree.update(base=base, space=space, variants=stage.variants)
     spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell)

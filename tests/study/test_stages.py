@@ -113,6 +113,7 @@ def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_fini
      "(?=.*stage 1 \\(a\\).*did you mean 'lr')"),
     ({"stages": [{"name": "a", "space": {"optimizer.lr": [0.1]}, "per": "optimizer.name"}]},
      "per: 'optimizer.name' must name a list entry"),
+    ({"stages": [{"name": "a", "space": {"optimizer.lr": [0.1]}, "lr": [0.01]}]}, "both set the lr"),
 ])
 def test_every_problem_of_a_staged_file_is_named_at_once(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
