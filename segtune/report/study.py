@@ -46,19 +46,12 @@ def _values_text(values: Any) -> str:
     return json.dumps(values)
 
 
-def _space_with_variants(spec: dict[str, Any]) -> dict[str, Any]:
-    """The stored space, with the variants as one entry ``variant`` whose values are their labels
-    (in the file's order): one setting in the report, not one per path the variants set."""
-    labels = [v["label"] for v in spec.get("variants") or []]
-    return {**({"variant": labels} if labels else {}), **spec.get("space", {})}
-
-
 def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
     spec = study.user_attrs.get(SPEC, {})
     base = spec.get("base", {})
     data = base.get("data", {})
     data_text = ", ".join(f"{k}={v}" for k, v in data.items() if k != "options" and not isinstance(v, dict))
-    varied = [f"{p} {_values_text(v)}" for p, v in _space_with_variants(spec).items()]
+    varied = [f"{p} {_values_text(v)}" for p, v in spec.get("space", {}).items()]
     method = spec.get("method", {})
     counts = {s: sum(r.state == s for r in records) for s in Status}
     hours = sum(r.seconds for r in records) / 3600
@@ -301,7 +294,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     out_dir = Path(out_dir) if out_dir else (study_dir / "report" if study_dir else Path(f"{study.study_name}-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
     records = trial_records(study, study_dir=study_dir)
-    varied = varied_levels(records, space=_space_with_variants(study.user_attrs.get(SPEC, {})))
+    varied = varied_levels(records, space=study.user_attrs.get(SPEC, {}).get("space"))
     rows, cols = grid_axes(varied, layout=layout, records=records)
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)

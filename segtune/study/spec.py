@@ -33,7 +33,7 @@ from segtune.config import Component, SafeName, apply_changes, format_errors, pa
 from segtune.planning import planned_tree
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
-from segtune.study.space import Space, check_path, config_for
+from segtune.study.space import VARIANT, Space, check_path, config_for
 
 SAMPLERS = Registry("study method")
 PRUNERS = Registry("pruner")
@@ -243,7 +243,12 @@ class StudySpec(pydantic.BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one."""
         stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
-        return {**stored, "variants": self.variants} if self.variants else stored  # unchanged without variants
+        if not self.variants:
+            return stored  # as before variants existed: older studies resume
+        # the variants also as one list entry of the space, by label in the file's order: the
+        # report reads the stored space, and shows them as one setting
+        labels = [v["label"] for v in self.variants]
+        return {**stored, "space": {VARIANT: labels, **stored["space"]}, "variants": self.variants}
 
 
 def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
