@@ -18,7 +18,8 @@ from segtune.study.stages import Decision, Staged, stage_dir, stage_studies
 
 _RULES = {
     "best_mean": "the best mean, separable from the runner-up",
-    "kept_base": "best and runner-up within the noise: the stage's starting configuration is kept",
+    "kept_base": "best and runner-up within the noise: the stage's starting configuration is kept "
+                 "(with the best settings of its own `per` value, where the stage has one)",
     "tie_best_mean": "the best mean, within the noise of the runner-up (tie: best_mean)",
     "untested": "the best mean (one seed: no paired test possible)",
     "no_result": "no trial completed: nothing fixed",

@@ -24,7 +24,8 @@ difference holds 0), the stage keeps the configuration it started from (``tie: k
 default), since the data cannot tell the two apart; ``tie: best_mean`` takes the best mean
 anyway. With one seed no comparison is possible: the best mean wins, and the path says so.
 ``per: PATH`` also keeps the best settings of each value of ``PATH`` (by mean): later trials with
-that value take them wherever they do not set the paths themselves.
+that value take them wherever they do not set the paths themselves, and the next base takes those
+of its own value (a kept base too).
 
 Each stage is a study of its own in ``<study dir>/stages/<n>-<name>/``; its decision is written
 to ``decision.json`` there once it is complete. Running the command again resumes the first stage
@@ -218,6 +219,13 @@ def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Deci
     return decisions, base, follows
 
 
+def _value_at(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
 def _summary(record: TrialRecord) -> dict[str, Any]:
     return {"number": record.number, "params": record.params, "mean": record.value, "seeds": record.values}
 
@@ -255,6 +263,9 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
             settings = changes_of(r)
             table.setdefault(str(settings.get(per)), {k: v for k, v in settings.items() if k != per})
         follows = {per: table}
+        # the next base takes the best settings of its own value of `per` too (a kept base included)
+        own = _value_at(apply_changes(base, changes), per)
+        changes = {**table.get(str(own), {}), **changes}
     difference = None if comparison is None else {
         "mean": comparison.difference.mean, "low": comparison.difference.low, "high": comparison.difference.high,
         "seeds": list(comparison.seeds), "p_value": comparison.p_value}

@@ -53,6 +53,9 @@ def test_per_keeps_each_values_best_settings():
     decision = decide(records, maximize=True, tie="keep_base", changes_of=lambda r: dict(r.params), base=BASE,
                       per="optimizer.name")
     assert decision.follows == {"optimizer.name": {"adam": {"optimizer.lr": 1e-3}, "sgd": {"optimizer.lr": 0.1}}}
+    # two seeds: the runner-up (sgd) is within the noise, so the adam base is kept, at adam's best lr
+    assert decision.rule == "kept_base" and decision.changes == {"optimizer.lr": 1e-3}
+    assert decision.base_after["optimizer"] == {"name": "adam", "weight_decay": 0.0, "lr": 1e-3}
 
 
 def _staged_file(tmp_path, **top):
