@@ -90,13 +90,41 @@ class DataConfig(Component):
     min_class_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # Drop training images (slices) whose foreground covers less than this share (DeepNAT / QuickNAT).
     min_foreground_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # fixed: validate on the source's val split; rest: on the training images train_fraction leaves
+    # out (at train_fraction 1 nothing is left out, and the fixed val split is used)
+    val_from: Literal["fixed", "rest"] = "fixed"
+    # K-fold cross-validation by case: the train and val cases are dealt into `folds` folds (seeded
+    # by the source's split_seed) and fold `fold` is the val split; the test split is held out of
+    # every fold. None: the source's own split (`fold` then picks a fold of a splits_final.json).
+    folds: Annotated[int, Field(ge=2, le=20)] | None = None
+    fold: Annotated[int, Field(ge=0)] = 0
+    # (rows, columns) of a pixel in mm, for the surface distances of sources without a spacing of
+    # their own (image folders); None: 1 mm. NIfTI volumes take theirs from the headers.
+    pixel_spacing: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _fold_of_source(self) -> "DataConfig":
+        # a source with folds files of its own (nifti, folder) picks its fold from data.fold when
+        # segtune makes no folds; with data.folds its own split (fold 0) is the one re-dealt
+        if "fold" in self.options:
+            self.__pydantic_extra__["fold"] = self.fold if self.folds is None else 0
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold={self.fold}, but data.folds={self.folds} gives folds 0 to "
+                             f"{self.folds - 1}; set data.fold to one of them")
+        return self
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the source's split, which also deals the cross-validation folds."""
+        return int(self.options.get("split_seed", 0))
 
 
 class ModelConfig(Component):
     registry: ClassVar[Registry] = MODELS
     name: str = "monai_unet"
     # Transfer learning (with the model option encoder_weights): train only the decoder, and
-    # optionally the whole network after unfreeze_encoder_after epochs (None = frozen to the end).
+    # optionally the whole network after unfreeze_encoder_after epochs (None = frozen to the end);
+    # under train.steps after that many validations, as train.patience counts them.
     freeze_encoder: bool = False
     unfreeze_encoder_after: Annotated[int, Field(ge=1)] | None = None
 
@@ -131,9 +159,12 @@ class OptimizerConfig(Component):
 class SchedulerConfig(Component):
     registry: ClassVar[Registry] = SCHEDULERS
     name: str = "none"
-    # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup_epochs + 1) for e < warmup_epochs.
+    # Linear warm-up in front of any schedule: lr = base * (e + 1) / (warmup + 1) for e < warmup, on the
+    # run's clock: warmup_epochs with train.epochs, warmup_steps with train.steps (the other stays 0).
     warmup_epochs: Annotated[int, Field(ge=0, description="epochs of linear warm-up; plateau counts validations "
                                                           "(= epochs when train.val_every is 1)")] = 0
+    warmup_steps: Annotated[int, Field(ge=0, description="optimizer steps of linear warm-up, with train.steps; "
+                                                         "plateau counts validations")] = 0
 
 
 class AugmentConfig(Component):
@@ -142,13 +173,24 @@ class AugmentConfig(Component):
     n_aug: Annotated[int, Field(ge=0, le=20)] = 0  # extra augmented copies of each image per epoch
 
 
+DEFAULT_EPOCHS = 40  # the budget of a config that sets neither train.epochs nor train.steps
+
+
 class TrainConfig(_Strict):
-    epochs: Annotated[int, Field(ge=1)] = 40
+    # The budget, one of the two: epochs (passes over the training images, validated every
+    # `val_every` epochs) or steps (optimizer steps, one per batch, validated every
+    # `val_every_steps` steps; None = once per epoch's worth of batches). The schedule's counts,
+    # the pruners' rungs and metrics.csv follow the budget's clock. Steps set: epochs is None.
+    epochs: Annotated[int, Field(ge=1)] | None = DEFAULT_EPOCHS
+    steps: Annotated[int, Field(ge=1)] | None = None
+    val_every_steps: Annotated[int, Field(ge=1)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 16
-    # Early stopping: stop after `patience` epochs without an improvement larger than
-    # `min_delta` of `monitor`; 0 turns it off. The best weights are restored at the end.
+    # Early stopping: stop after `patience` validations without an improvement larger than
+    # `min_delta` of `monitor` (= epochs when train.val_every is 1); 0 turns it off. The best
+    # weights are restored at the end.
     monitor: Literal["val.dice_mean", "val.loss"] = "val.dice_mean"
-    patience: Annotated[int, Field(ge=0)] = 10
+    patience: Annotated[int, Field(ge=0, description="validations without improvement before the run stops "
+                                                     "(= epochs when train.val_every is 1); 0 = never")] = 10
     min_delta: Annotated[float, Field(ge=0.0)] = 0.0
     restore_best: bool = True
     # A run has diverged when a batch loss is NaN or inf, or exceeds this multiple of the first
@@ -171,13 +213,44 @@ class TrainConfig(_Strict):
     # the last, so a run overruns by at most one epoch and ends as a finished one does.
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None
     device: str = "auto"  # auto = CUDA when present, else CPU; or cpu, cuda, cuda:1, mps
-    # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only).
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
+    # bf16: autocast to bfloat16 (CPU and GPU); fp16: autocast + grad scaler (GPU only); auto: on a
+    # CPU the faster of fp32 and bf16, with or without channels_last, timed once per machine and
+    # model shape and cached (segtune.training.precision); on a GPU bf16 where supported, else fp16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores; auto times both
     # torch.compile the training forward pass: faster steps after a one-off compile (tens of
     # seconds, cached on disk for later runs of the same model); needs a C++ compiler on CPU.
     compile: bool = False
     num_threads: Annotated[int, Field(ge=1)] | None = None  # CPU threads; None = all cores
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_budget(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        epochs, steps = data.get("epochs"), data.get("steps")
+        if epochs is not None and steps is not None:
+            raise ValueError(f"train.epochs={epochs} and train.steps={steps} are both set; a run's budget is one of "
+                             f"them: remove one (or set it to null, e.g. --set train.epochs=null)")
+        if steps is None:
+            if data.get("val_every_steps") is not None:
+                raise ValueError(f"train.val_every_steps={data['val_every_steps']} needs train.steps; with "
+                                 f"train.epochs validate every n epochs with train.val_every")
+            return {**data, "epochs": DEFAULT_EPOCHS if epochs is None else epochs}
+        if data.get("val_every", 1) != 1:
+            raise ValueError(f"train.val_every={data['val_every']} counts epochs and train.steps={steps} is set; "
+                             f"use train.val_every_steps")
+        return {**data, "epochs": None}
+
+    @property
+    def length(self) -> int:
+        """The budget on the run's clock: ``steps`` when set, else ``epochs``."""
+        return self.steps if self.steps is not None else self.epochs
+
+    @property
+    def unit(self) -> Literal["epoch", "step"]:
+        """The run's clock: ``"step"`` with ``train.steps``, else ``"epoch"``."""
+        return "step" if self.steps is not None else "epoch"
 
     @pydantic.field_validator("device")
     @classmethod
@@ -186,6 +259,49 @@ class TrainConfig(_Strict):
         if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
         return value
+
+
+class PretrainConfig(_Strict):
+    """Autoencoder pre-training of the encoder before the run (:mod:`segtune.training.pretrain`).
+
+    A budget (``steps`` or ``epochs``) turns it on: the run's config, with these budget fields in
+    its ``train`` section and ``model`` / ``data`` merged onto its own (e.g. a deeper autoencoder,
+    ``model: {channels: [16, 32, 64, 128, 256, 512]}``, or ``data: {train_fraction: 1.0}``), is
+    pre-trained once per distinct setting, cached, and the run starts from its encoder
+    (``model.encoder_weights``). No budget: no pre-training.
+    """
+
+    steps: Annotated[int, Field(ge=1)] | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    val_every_steps: Annotated[int, Field(ge=1)] | None = None
+    # the pre-training's own seed, not the run's: the repeats of a setting (seeds 0, 1, ...) share one
+    # pre-training; vary pretrain.seed to repeat the pre-training itself
+    seed: int = 0
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="after")
+    def _one_budget(self) -> "PretrainConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"pretrain.epochs={self.epochs} and pretrain.steps={self.steps} are both set; the "
+                             f"pre-training's budget is one of them: remove one")
+        if self.val_every_steps is not None and self.steps is None:
+            raise ValueError(f"pretrain.val_every_steps={self.val_every_steps} needs pretrain.steps")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the run pre-trains its encoder first."""
+        return self.steps is not None or self.epochs is not None
+
+
+class MetricsConfig(_Strict):
+    """The surface metrics of a run's final val and test evaluations, per case and class, in mm
+    (segtune.training.distances: HD95, normalised surface Dice, ASD, volume difference)."""
+
+    surface: bool = True  # off: Dice and IoU only (the distance transforms cost time on large volumes)
+    tolerance_mm: Annotated[float, Field(ge=0.0)] = 1.0  # of the normalised surface Dice
+    percentile: Annotated[float, Field(gt=0.0, le=100.0)] = 95.0  # of the Hausdorff distance
 
 
 class Config(_Strict):
@@ -203,6 +319,8 @@ class Config(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @pydantic.field_validator("plan", mode="before")
     @classmethod
@@ -212,10 +330,43 @@ class Config(_Strict):
 
     @pydantic.model_validator(mode="after")
     def _warmup_fits(self) -> "Config":
-        if self.scheduler.warmup_epochs >= self.train.epochs:
-            raise ValueError(f"scheduler.warmup_epochs={self.scheduler.warmup_epochs} must be less than "
-                             f"train.epochs={self.train.epochs}; use fewer warm-up epochs or more epochs")
+        unit, other = ("steps", "epochs") if self.train.steps is not None else ("epochs", "steps")
+        warmup, length = getattr(self.scheduler, f"warmup_{unit}"), self.train.length
+        if getattr(self.scheduler, f"warmup_{other}"):
+            raise ValueError(f"scheduler.warmup_{other} counts {other} and the budget is train.{unit}; "
+                             f"use scheduler.warmup_{unit}")
+        if warmup >= length:
+            raise ValueError(f"scheduler.warmup_{unit}={warmup} must be less than train.{unit}={length}; "
+                             f"use fewer warm-up {unit} or more {unit}")
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _pretraining_valid(self) -> "Config":
+        if self.pretrain.active and self.model.options.get("encoder_weights"):
+            raise ValueError(f"pretrain.{'steps' if self.pretrain.steps else 'epochs'} pre-trains the encoder and "
+                             f"model.encoder_weights={self.model.options['encoder_weights']!r} gives one; remove one")
+        if self.pretrain.active:
+            try:
+                self.pretraining()
+            except ConfigError as err:  # its lines name the sections: say that they are the pre-training's
+                problems = "; ".join(f"pretrain.{line.strip()}" for line in str(err).splitlines()[1:])
+                raise ValueError(f"the pre-training config (the run's, with pretrain.*) is invalid: {problems}") from None
+        return self
+
+    def pretraining(self) -> "Config | None":
+        """The config of the autoencoder pre-training ``pretrain`` asks for; None without a budget."""
+        pre = self.pretrain
+        if not pre.active:
+            return None
+        # only what pre-training uses, so that runs differing in the rest (the loss, freezing) share one
+        run = self.to_dict()
+        model = {k: v for k, v in run["model"].items() if k not in ("freeze_encoder", "unfreeze_encoder_after")}
+        train = {k: run["train"][k] for k in ("batch_size", "device", "precision", "channels_last", "num_threads")}
+        tree = {"name": self.name, "seed": pre.seed, "plan": "off", "data": run["data"], "model": model,
+                "optimizer": run["optimizer"], "train": {**train, "epochs": pre.epochs, "steps": pre.steps,
+                                                         "val_every_steps": pre.val_every_steps}}
+        changes = {f"model.{k}": v for k, v in pre.model.items()} | {f"data.{k}": v for k, v in pre.data.items()}
+        return build_config(apply_changes(tree, changes), origin="pretrain")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, every default filled in, as plain YAML-able values."""
@@ -411,6 +562,6 @@ def data_config(spec: str | None, overrides: list[str] = ()) -> Config:
 
 
 __all__ = ["AugmentConfig", "Component", "Config", "component_takes", "DataConfig", "Fraction", "LossConfig", "ModelConfig",
-           "OptimizerConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
+           "OptimizerConfig", "PretrainConfig", "SafeName", "SchedulerConfig", "TrainConfig", "apply_changes", "build_config", "data_config",
            "format_errors", "leave_old_component_options", "load_config", "parse_override", "read_yaml", "set_path",
            "validate_tree", "with_overrides"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -12,6 +16,14 @@ import yaml
 from segtune.config import build_config
 
 torch.set_num_threads(1)  # tiny models gain nothing from more; worker subprocesses get the cores
+# train.precision: auto caches its timings per machine and model shape: in a directory of the test
+# session (inherited by the subprocesses it starts), never in the user's cache
+# train.precision auto trains in fp32 in the tests: a timed choice would make their numbers depend on
+# the machine's load when the suite started (tests/training/test_precision.py times it on purpose)
+os.environ.setdefault("SEGTUNE_PRECISION", "fp32")
+if "SEGTUNE_CACHE_DIR" not in os.environ:
+    os.environ["SEGTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segtune-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SEGTUNE_CACHE_DIR"], ignore_errors=True)
 
 
 def tiny_tree(**sections) -> dict:

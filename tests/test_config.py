@@ -47,7 +47,7 @@ def test_option_the_optimizer_lacks_is_an_error():
 @pytest.mark.parametrize("override, message", [
     ("data.train_fraction=1.5", r"data.train_fraction: Input should be less than or equal to 1"),
     ("optimizer.lr=-1", r"lr=-1: Input should be greater than 0"),
-    ("train.precision=fp8", r"train.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+    ("train.precision=fp8", r"train.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
     ("train.device=tpu", r"device must be auto, cpu, cuda, cuda:N or mps"),
     ("train.device=cuda:x", r"device must be auto, cpu, cuda, cuda:N or mps, not .cuda:x."),
     ("train.batch_size=many", r"train.batch_size: Input should be a valid integer"),

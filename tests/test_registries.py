@@ -62,7 +62,7 @@ def one_step(data: SegData, *, model: str = "unet", loss: str = "dice_ce", optim
     out_channels = 1 if getattr(loss_fn, "single_channel", False) else data.n_classes
     net = build_model(model, TINY_MODELS[model], data.in_channels, out_channels)
     opt = OPTIMIZERS.build(optimizer, optimizer_options or {}, net.parameters())
-    sched = build_scheduler(scheduler, {}, opt, n_epochs=3)
+    sched = build_scheduler(scheduler, {}, opt, length=3)
     images, masks = data.train.images[:4], data.train.masks[:4]
     aug = AUGMENTATIONS.build(augment, {})
     if aug is not None:

@@ -35,7 +35,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
     p = subparsers.add_parser("evaluate", help="per-class Dice / IoU of a trained run on one split")
-    p.add_argument("run", help="run directory (holding config.yaml and best.pt)")
+    p.add_argument("run", nargs="+", help="run directory (holding config.yaml and best.pt); several (the folds "
+                                          "of a cross-validated trial, trials/0003-seed0-fold*): their ensemble "
+                                          "(mean softmax) next to each of them")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="all: every image or case once, e.g. a separate test set given with --set data.path=...")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -56,7 +58,6 @@ def register(subparsers: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``segtune train CONFIG``: train, then print the best epoch and the val / test Dice."""
-    from segtune.config import data_config, load_config
     from segtune.errors import ConfigError
     from segtune.training.loop import train
 
@@ -66,12 +67,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).expanduser().is_dir():
         raise ConfigError(f"--data {args.data}: no such dataset folder; give the folder that holds dataset.json, "
                           f"images/ + masks/, or annotations/trimaps")
-    config = load_config(args.config, args.set) if args.config else data_config(args.data, args.set)
-    result = train(config, out_dir=args.out, verbose=not args.quiet, resume=args.resume)
+    config, auto = _train_config(args)
+    data = None
+    if auto:
+        config, data = _with_auto_lr(config, resumed=Path(args.out) if args.resume and args.out else None)
+    result = train(config, out_dir=args.out, data=data, verbose=not args.quiet, resume=args.resume)
     s = result.summary
-    print(f"\nbest epoch {s['best_epoch']} of {s['epochs_run']}, {s['seconds']:.1f} s -> {result.run_dir}")
+    unit, best, ran = (("step", s["best_step"], s["steps_run"]) if s.get("unit") == "step"
+                       else ("epoch", s["best_epoch"], s["epochs_run"]))
+    print(f"\nbest {unit} {best} of {ran}, {s['seconds']:.1f} s -> {result.run_dir}")
     print_dice_table({"val": s["val"], "test": s["test"]}, s["class_names"])
     return 0
+
+
+def _train_config(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The run's config from its file (or ``--data`` folder) and ``--set``, and whether it asks for
+    ``optimizer.lr: auto``: then the optimizer's default lr stands in until the range test's is known."""
+    from segtune.config import data_config, parse_override, read_yaml, with_overrides
+    from segtune.planning import plan_config
+    from segtune.study.space import AUTO_LR
+
+    if args.config is None:
+        lrs = [value for path, value in map(parse_override, args.set) if path == ["optimizer", "lr"]]
+        auto = bool(lrs) and lrs[-1] == AUTO_LR
+        kept = [item for item in args.set if not auto or parse_override(item)[0] != ["optimizer", "lr"]]
+        return data_config(args.data, kept), auto
+    tree = with_overrides(read_yaml(args.config), args.set)  # as load_config, with auto taken out
+    optimizer = tree.get("optimizer")
+    auto = isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR
+    if auto:
+        del optimizer["lr"]
+    return plan_config(tree, origin=str(args.config)).config, auto
+
+
+def _with_auto_lr(config: Any, *, resumed: Path | None) -> tuple[Any, Any]:
+    """``optimizer.lr: auto``: the config with the lr of the LR range test (the one a study's ``auto`` runs),
+    and the data it loaded; a resumed run keeps the lr its config.yaml holds."""
+    from segtune.config import build_config
+    from segtune.training.lr_find import lr_range_test
+    from segtune.training.rundir import saved_config
+    from segtune.training.runtime import load_data
+
+    data = load_data(config)
+    saved = saved_config(resumed) if resumed is not None and (resumed / "config.yaml").is_file() else None
+    if saved is not None:
+        lr, how = saved["optimizer"]["lr"], f"as in {resumed / 'config.yaml'}"
+    else:
+        found = lr_range_test(config, data=data)
+        lr, how = found.suggestion, f"LR range test of {config.optimizer.name}, rule {found.rule}"
+    print(f"optimizer.lr: auto -> {lr:.3g} ({how})", flush=True)
+    return build_config(config.to_dict(), [f"optimizer.lr={lr!r}"], origin="optimizer.lr: auto"), data
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -124,13 +169,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``segtune evaluate RUN``: per-class Dice / IoU of a run on one split (and per case for volumes)."""
     from segtune.training.predict import evaluate_run
 
-    metrics, names = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set,
+    if len(args.run) > 1:
+        return _evaluate_ensemble(args)
+    metrics, names = evaluate_run(args.run[0], split=args.split, checkpoint=args.checkpoint, overrides=args.set,
                                   postprocess=args.postprocess)
     _print_evaluation(metrics, names, args.split)
     if args.postprocess:
         kept = [n for n, keep in metrics["postprocessing"].items() if keep] or ["no class"]
         print(f"\nkeep the largest component (chosen on val): {', '.join(kept)}; with it:")
         _print_evaluation(metrics["postprocessed"], names, args.split)
+    return 0
+
+
+def _evaluate_ensemble(args: argparse.Namespace) -> int:
+    """``segtune evaluate RUN RUN ...``: the fold models' ensemble against each fold alone."""
+    from segtune.errors import ConfigError
+    from segtune.training.ensemble import evaluate_ensemble
+
+    if args.postprocess:
+        raise ConfigError("--postprocess scores one run; evaluate the runs of an ensemble without it")
+    result = evaluate_ensemble(args.run, split=args.split, checkpoint=args.checkpoint, overrides=args.set)
+    keys = [k for k in ("dice_mean", "case_dice_mean", "hd95_mean", "nsd_mean", "asd_mean", "avd_mean")
+            if k in result["ensemble"]]
+    rows = [[Path(run).name] + [m.get(k) for k in keys] for run, m in result["runs"].items()]
+    rows.append(["mean of the runs"] + [result["mean_of_runs"].get(k) for k in keys])
+    rows.append([f"ensemble of {len(result['runs'])} (mean softmax)"] + [result["ensemble"].get(k) for k in keys])
+    print(f"{args.split} split: each run alone and their ensemble")
+    print_table(rows, ["model"] + keys)
     return 0
 
 
@@ -142,6 +207,10 @@ def _print_evaluation(metrics: dict, names: list[str], split: str) -> None:
         print_table(rows, ["case"] + list(names[1:]))
         print("\nall voxels of the split pooled:")
     print_dice_table({split: metrics}, names)
+    surface = [k for k in ("hd95_mean", "nsd_mean", "asd_mean", "avd_mean") if metrics.get(k) is not None]
+    if surface:  # means over cases and foreground classes; hd95 and asd in mm
+        print("\nsurface metrics, mean over cases and classes: "
+              + ", ".join(f"{k.removesuffix('_mean')} {metrics[k]:.3f}" for k in surface))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("target", nargs="+", metavar="[status] STUDY",
                    help="the study YAML file; `status STUDY` prints its leaderboard")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--workers-per-gpu", type=int, default=1,
+                   help="with --workers on a machine with GPUs: workers sharing each GPU (default 1)")
     p.add_argument("--storage", help="shared Optuna storage URL, e.g. postgresql://user@host:5432/db, the password "
                                      "from PGPASSWORD or ~/.pgpass (default: SQLite file study.db in the study directory)")
     p.add_argument("--worker", action="store_true", help="run as one worker of the study, no leaderboard "
@@ -59,8 +61,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         from segtune.report import study_report
 
         study = st.run_study(path, study_dir=args.out, storage=args.storage, n_workers=args.workers,
-                             num_threads=args.threads, overrides=args.set, verbose=args.verbose,
-                             progress=not args.quiet)
+                             workers_per_gpu=args.workers_per_gpu, num_threads=args.threads, overrides=args.set,
+                             verbose=args.verbose, progress=not args.quiet)
         print_study_results(study)
         print(f"\nreport: {study_report(study, study_dir=args.out)}")
     return 0

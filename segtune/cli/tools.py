@@ -64,7 +64,7 @@ def _register_lr_find(subparsers: Any) -> None:
                    help=f"refine: bisection rounds, 2 trainings each ({_default(refine_lr, 'n_bisect')})")
     p.add_argument("--epochs", type=int, default=keep,
                    help=f"refine: epochs per training (the config's train.epochs, "
-                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them)")
+                        f"{TrainConfig.model_fields['epochs'].default} unless it sets them; or its train.steps)")
     p.add_argument("--quiet", action="store_true", help="refine: no per-epoch lines")
     p.set_defaults(handler=cmd_lr_find)
 
@@ -105,6 +105,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def _range_tests(args: argparse.Namespace, config: Any, names: list[str], out: Path, data: Any) -> None:
+    from segtune.report import lr_find_report
     from segtune.training.lr_find import explain_rule, find_lrs
 
     options = {k: getattr(args, k) for k in RANGE_TEST_OPTIONS if hasattr(args, k)}
@@ -116,20 +117,24 @@ def _range_tests(args: argparse.Namespace, config: Any, names: list[str], out: P
     rule = curves[0].rule
     print(f"\nrule {rule}: {explain_rule(rule)}")
     print(f"curves: {out / 'lr_find.png'}, table: {out / 'lr_find.csv'}")
+    print(f"report: {lr_find_report(out, curves=curves)} (and report.md, figures/, tables/ beside it)")
 
 
 def _refine(args: argparse.Namespace, config: Any, names: list[str], out: Path, data: Any) -> None:
+    from segtune.report import lr_find_report
     from segtune.training.lr_find import refine_lr
 
     options = {k: getattr(args, k) for k in REFINE_OPTIONS if hasattr(args, k)}
-    rows, total = [], 0.0
+    rows, total, results = [], 0.0, []
     for name in names:
         r = refine_lr(config, out_dir=out, data=data, optimizer=name, verbose=not args.quiet, **options)
+        results.append(r)
         rows += [[name, t["stage"], f"{t['lr']:.3g}", t["val_dice"], f"{t['seconds']:.1f}", t["status"]]
                  for t in r.trials]
         total += r.seconds
         print(f"{name}: best lr {r.best_lr:.3g}, val Dice {r.best_dice:.4f}, {len(r.trials)} trainings of "
-              f"{r.epochs} epochs, {r.seconds:.0f} s", flush=True)
+              f"{r.budget}, {r.seconds:.0f} s", flush=True)
     print_table(rows, ["optimizer", "stage", "lr", "val dice", "seconds", "status"])
     print(f"\ntotal cost: {len(rows)} trainings, {total:.0f} s; run directories in {out}")
+    print(f"report: {lr_find_report(out, refined=results)} (and report.md, figures/, tables/ beside it)")
 

@@ -11,8 +11,9 @@ on the padded border.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -282,19 +283,45 @@ def set_encoder_trainable(model: nn.Module, trainable: bool) -> None:
 def load_pretrained_encoder(net: nn.Module, path: str | Path) -> nn.Module:
     """Load an encoder file written by ``segtune pretrain`` into the encoder of ``net``; returns ``net``.
 
+    The file may come from a deeper network of the same model (an autoencoder of 6 levels for a
+    segmenter of 3): each level of ``net``'s encoder (``encoder_modules``, shallow to deep) takes
+    the same level of the file's; the deepest level of ``net`` (its bottom, which has no
+    down-sampling in a deeper net's place) keeps its random start when it does not fit, with a
+    warning. Any other level that does not fit is an error naming it.
+
     Raises:
-        DataError: unreadable file, or entries that do not fit this network's encoder (another
-            model or other options than at pre-training).
+        DataError: unreadable file, or levels whose entries do not fit this network's encoder
+            (another model, other channels or residual units than at pre-training).
     """
     path = Path(path).expanduser()
     state = _read_weights(path, "write one with `segtune pretrain`")
     want = encoder_state(net)
     have = state if isinstance(state, dict) else {}
-    bad = sorted(k for k in want if k not in have or tuple(have[k].shape) != tuple(want[k].shape))
-    extra = sorted(set(have) - set(want))
-    if bad or extra:
-        raise DataError(f"{path}: does not fit the encoder of this {type(net).__name__} ({len(bad)} entries missing "
-                        f"or of another shape, e.g. {(bad or extra)[0]!r}); pre-train with the same model.name and "
-                        f"model options as the segmentation run")
+    levels = _unfit_levels(encoder_modules(net), want, have)
+    deeper = bool(set(have) - set(want))  # entries this encoder has no place for: a deeper network's levels
+    if levels and not (deeper and levels == [len(encoder_modules(net)) - 1]):
+        names = encoder_modules(net)
+        shown = ", ".join(f"{i + 1} ({names[i]})" for i in levels)
+        key = next(k for k in want if k.startswith(f"{names[levels[0]]}."))
+        found = tuple(have[key].shape) if key in have else "missing"
+        raise DataError(f"{path}: levels {shown} of this {type(net).__name__}'s {len(names)}-level encoder do not fit "
+                        f"the pre-trained weights (e.g. {key!r}: {tuple(want[key].shape)} here, {found} in the "
+                        f"file); pre-train with the same model.name and model options as the segmentation run for "
+                        f"these levels (a deeper autoencoder is fine)")
+    if levels:
+        warnings.warn(f"{path}: from a deeper network; encoder levels 1-{len(encoder_modules(net)) - 1} loaded, the "
+                      f"bottom ({encoder_modules(net)[-1]}) starts at random", UserWarning, stacklevel=2)
+        have = {k: v for k, v in have.items() if k in want and not k.startswith(f"{encoder_modules(net)[-1]}.")}
+    else:
+        have = {k: v for k, v in have.items() if k in want}
     net.load_state_dict(have, strict=False)
     return net
+
+
+def _unfit_levels(names: list[str], want: dict[str, torch.Tensor], have: dict[str, Any]) -> list[int]:
+    """The indices of the encoder levels ``names`` whose entries of ``want`` are missing from ``have`` or of
+    another shape there."""
+    def fits(key: str) -> bool:
+        return key in have and isinstance(have[key], torch.Tensor) and tuple(have[key].shape) == tuple(want[key].shape)
+
+    return [i for i, name in enumerate(names) if not all(fits(k) for k in want if k.startswith(f"{name}."))]

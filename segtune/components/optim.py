@@ -3,15 +3,19 @@
 Optimizers are built as ``OPTIMIZERS.build(name, options, params)``; each builder declares only
 the options its optimizer has, so setting one it lacks (``momentum`` for Adam) is a config error.
 
-Schedules are built with :func:`build_scheduler` and stepped once per epoch, after it;
-``plateau`` is stepped with the monitored validation value (larger is better). Every schedule
-except ``plateau`` is a multiplier of the base lr as a function of the epoch, written in closed
-form below and applied by ``torch.optim.lr_scheduler.LambdaLR``. A linear warm-up of
-``warmup_epochs`` epochs can go in front of any schedule (for ``plateau``, which is stepped after
-each validation, warm-up and ``patience`` count validations: = epochs when ``train.val_every`` is 1)::
+Schedules are built with :func:`build_scheduler` and stepped on the run's clock: once per epoch,
+after it, with a budget in ``train.epochs``; once per optimizer step with ``train.steps``. Their
+counts (``step_size``, ``milestones``, ``restart_every``, the warm-up, the horizon of ``cosine``
+and ``poly``) are in that clock's unit: epochs, or steps. ``plateau`` is stepped with the
+monitored validation value (larger is better) after each validation, whatever the clock. Every
+schedule except ``plateau`` is a multiplier of the base lr as a function of the clock ``e``
+(epochs or steps done), written in closed form below and applied by
+``torch.optim.lr_scheduler.LambdaLR``. A linear warm-up of ``warmup`` ticks
+(``scheduler.warmup_epochs``, or ``scheduler.warmup_steps`` with ``train.steps``) can go in front
+of any schedule (for ``plateau`` warm-up and ``patience`` count validations)::
 
     lr(e) = base * (e + 1) / (warmup + 1)           for e < warmup
-    lr(e) = schedule(e - warmup), over epochs - warmup epochs, after it
+    lr(e) = schedule(e - warmup), over length - warmup ticks, after it
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def adadelta(params: Params, /, *, lr: LR = 1.0, rho: Beta = 0.9,
 
 PLATEAU_PATIENCE = "validations without improvement before the lr drops (= epochs when train.val_every is 1)"
 
-Multiplier = Callable[[int, float], float]  # (epoch after warm-up, base lr) -> lr
+Multiplier = Callable[[int, float], float]  # (epochs or steps after warm-up, base lr) -> lr
 
 
 def _per_epoch(optimizer: torch.optim.Optimizer, warmup_epochs: int, lr_at: Multiplier) -> torch.optim.lr_scheduler.LambdaLR:
@@ -222,26 +226,30 @@ def plateau(optimizer: torch.optim.Optimizer, n_epochs: int, warmup_epochs: int,
     return scheduler
 
 
-def build_scheduler(name: str, options: dict[str, Any], optimizer: torch.optim.Optimizer, *, n_epochs: int,
-                    warmup_epochs: int = 0) -> torch.optim.lr_scheduler.LRScheduler | WarmupPlateau:
-    """Build a registered schedule, with ``warmup_epochs`` of linear warm-up in front.
+def build_scheduler(name: str, options: dict[str, Any], optimizer: torch.optim.Optimizer, *, length: int,
+                    warmup: int = 0, unit: str = "epochs") -> torch.optim.lr_scheduler.LRScheduler | WarmupPlateau:
+    """Build a registered schedule, with ``warmup`` ticks of linear warm-up in front.
+
+    A tick is the run's clock: an epoch (``train.epochs``) or an optimizer step (``train.steps``);
+    the caller steps the schedule once per tick.
 
     Args:
         name: a registered schedule (``segtune list`` shows them).
-        options: its options.
+        options: its options, their counts in ticks.
         optimizer: the optimizer whose lr it sets; its current lr is the base lr.
-        n_epochs: length of the run; ``cosine`` and ``poly`` end there.
-        warmup_epochs: epochs of linear warm-up, ``lr = base * (e + 1) / (warmup + 1)``.
+        length: length of the run in ticks; ``cosine`` and ``poly`` end there.
+        warmup: ticks of linear warm-up, ``lr = base * (e + 1) / (warmup + 1)``.
+        unit: the tick's name in messages, ``"epochs"`` or ``"steps"``.
 
     Raises:
-        ConfigError: the warm-up leaves no epochs for the schedule.
+        ConfigError: the warm-up leaves no ticks for the schedule.
         RegistryError: unknown name or option.
 
     Example:
         >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-        >>> sched = build_scheduler("poly", {}, opt, n_epochs=10, warmup_epochs=2)
+        >>> sched = build_scheduler("poly", {}, opt, length=10, warmup=2)
     """
-    if warmup_epochs >= n_epochs:
-        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} leaves no epochs of train.epochs={n_epochs}; "
-                          f"use fewer warm-up epochs or more epochs")
-    return SCHEDULERS.build(name, options, optimizer, n_epochs, warmup_epochs)
+    if warmup >= length:
+        raise ConfigError(f"scheduler.warmup_{unit}={warmup} leaves no {unit} of train.{unit}={length}; "
+                          f"use fewer warm-up {unit} or more {unit}")
+    return SCHEDULERS.build(name, options, optimizer, length, warmup)

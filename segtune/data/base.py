@@ -18,9 +18,9 @@ from segtune.errors import ConfigError, DataError
 from segtune.registry import Registry
 
 __all__ = [
-    "COLOR_CHANNELS", "DATASET_NORMALIZE", "LUMA", "SOURCES", "ImageSize", "SegData", "Split", "Stats", "convert_channels",
-    "dataset_stats", "drop_empty_slices", "foreground_stats", "merge_rare_classes", "normalize_images", "prepare", "remap_labels",
-    "resize_split",
+    "COLOR_CHANNELS", "DATASET_NORMALIZE", "LUMA", "SOURCES", "CaseSpan", "ImageSize", "SegData", "Split", "Stats",
+    "convert_channels", "dataset_stats", "drop_empty_slices", "foreground_stats",
+    "merge_rare_classes", "normalize_images", "prepare", "remap_labels", "resize_split",
 ]
 
 # An image size (H, W) to resize to on reading; 8 pixels is the least any network here can take.
@@ -30,11 +30,28 @@ SOURCES = Registry("data source")
 
 
 @dataclass(frozen=True)
+class CaseSpan:
+    """One case of a split: its id, how many consecutive images (slices) it has, and their spacing.
+
+    ``spacing`` is in mm, ``(between slices, rows, columns)``; a 2D image case has ``n == 1``.
+    """
+
+    case_id: str
+    n: int
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
 class Split:
-    """Images ``(N, C, H, W)`` float32 and label maps ``(N, H, W)`` int64 of one split."""
+    """Images ``(N, C, H, W)`` float32 and label maps ``(N, H, W)`` int64 of one split.
+
+    ``cases`` (set by :func:`prepare` for val and test, and for train while it is whole) says which
+    consecutive images make up each case, so that evaluations can score every case on its own.
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
+    cases: tuple[CaseSpan, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.masks.ndim != 3:
@@ -42,6 +59,9 @@ class Split:
                             f"and {tuple(self.masks.shape)}")
         if self.images.shape[0] != self.masks.shape[0] or self.images.shape[2:] != self.masks.shape[1:]:
             raise DataError(f"images {tuple(self.images.shape)} and masks {tuple(self.masks.shape)} differ")
+        if self.cases is not None and sum(c.n for c in self.cases) != self.images.shape[0]:
+            raise DataError(f"the cases of a split count {sum(c.n for c in self.cases)} images, but it has "
+                            f"{self.images.shape[0]}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -236,7 +256,8 @@ def _training_stats(train: Split, normalize: str) -> Stats:
 def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | None, normalize: str, seed: int,
             color: str | None = None,
             label_map: dict[int, int] | None = None, min_class_fraction: float = 0.0,
-            min_foreground_fraction: float = 0.0, normalize_stats: Stats | None = None) -> SegData:
+            min_foreground_fraction: float = 0.0, normalize_stats: Stats | None = None,
+            val_from: str = "fixed") -> SegData:
     """Apply the source-independent steps to every split, in this order.
 
     1. ``color``: ``grey`` (1 channel, BT.601 luminance) or ``rgb`` (3 channels, grey repeated);
@@ -247,7 +268,9 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     5. ``min_foreground_fraction``: drop training images whose foreground share is below it
        (near-empty slices, as DeepNAT / QuickNAT preprocessing does); val and test keep them.
     6. ``train_fraction``: keep this share of the training split, drawn with ``seed``; the same
-       seed gives the same subset and a smaller fraction is a subset of a larger one.
+       seed gives the same subset and a smaller fraction is a subset of a larger one. With
+       ``val_from="rest"`` the training images left out become the val split (the fixed val
+       split is not used); at a fraction of 1 nothing is left out and the fixed val split stays.
     7. ``normalize``: see :func:`normalize_images`; ``zscore_dataset`` uses the mean and std of
        the final training split, ``ct`` the statistics of its foreground (:func:`foreground_stats`),
        stored in ``info["normalize_stats"]``, or ``normalize_stats`` when given (a trained model
@@ -280,6 +303,8 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         n = len(train)
         keep = max(1, round(n * train_fraction))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        if val_from == "rest" and keep < n:
+            data = replace(data, val=train.subset(order[keep:].sort().values))
         train = train.subset(order[:keep].sort().values)
     data = replace(data, train=train)
     for name in ("train", "val", "test"):

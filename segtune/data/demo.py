@@ -13,7 +13,8 @@ before the argmax), cut into 2D slices along ``plane`` and cropped in-plane to t
 slice of the volume is kept, the empty ones above the head included (``min_brain_fraction=0``):
 a model then learns them as background, and a prediction of the whole template puts no tissue
 there. The slices are split into train / val / test by contiguous blocks chosen with
-``split_seed``, so no test slice is the direct neighbour of many training slices.
+``split_seed``, so no test slice is the direct neighbour of many training slices. Each block is
+a case (``info["cases"]``): cross-validation folds (``data.folds``) deal whole blocks.
 """
 
 from __future__ import annotations
@@ -121,12 +122,15 @@ def demo(
         "test": order[val_blocks : val_blocks + test_blocks],
         "train": order[val_blocks + test_blocks :],
     }
-    splits, slices = {}, {}
+    splits, slices, cases = {}, {}, {}
     for name, block_ids in chosen.items():
         index = np.sort(np.concatenate([blocks[b] for b in block_ids]))
         slices[name] = index.tolist()
+        cases[name] = [[f"block{b:02d}", len(blocks[b])] for b in sorted(block_ids)]  # a block is a case
         splits[name] = Split(torch.from_numpy(images[index][:, None].copy()),
                              torch.from_numpy(masks[index].astype(np.int64)))
     # slices: the index of each split's slices among the kept slices of the plane, in order
-    info = {"source": "demo", "plane": plane, "spacing_mm": spacing, "copyright": COPYRIGHT, "slices": slices}
+    # cases: the blocks of each split, in order; spacing: every voxel is spacing mm on each side
+    info = {"source": "demo", "plane": plane, "spacing_mm": spacing, "copyright": COPYRIGHT, "slices": slices,
+            "cases": cases, "spacing": [float(spacing)] * 3}
     return SegData(class_names=list(CLASS_NAMES), info=info, **splits)

@@ -120,6 +120,17 @@ def read_case(case: Case, layout: Layout, axis: int, size: tuple[int, int] | Non
     return Split(images, masks)
 
 
+def _slice_spacing(case: Case, axis: int, read: Split) -> list[float]:
+    """The header's voxel spacing (mm) of a case as ``[between slices, rows, columns]`` of its slices
+    as read (a resize on reading scales the in-plane spacing)."""
+    header = load_nifti(case.images[0]).header
+    zooms = ([float(z) for z in header.get_zooms()] + [1.0] * 3)[:3]  # a 2D file: 1 mm between "slices"
+    shape = (list(header.get_data_shape()) + [1] * 3)[:3]
+    rest = [a for a in range(3) if a != axis]
+    h, w = read.images.shape[2:]
+    return [zooms[axis], zooms[rest[0]] * shape[rest[0]] / h, zooms[rest[1]] * shape[rest[1]] / w]
+
+
 def _concat(parts: list[Split]) -> Split:
     return Split(torch.cat([p.images for p in parts]), torch.cat([p.masks for p in parts]))
 
@@ -162,5 +173,6 @@ def nifti(
     data = {name: _concat([slices[c] for c in listed]) for name, listed in cases.items()}
     info = {"source": "nifti", "path": str(root), "layout": found.kind, "axis": axis,
             "cases": {name: [[c, len(slices[c])] for c in listed] for name, listed in cases.items()},
+            "spacing": {case.case_id: _slice_spacing(case, axis, slices[case.case_id]) for case in every},
             "split": chosen.info(found.notes)}
     return SegData(class_names=found.class_names, info=info, **data)

@@ -25,7 +25,7 @@ import torch
 from segtune.errors import ConfigError, DataError
 
 __all__ = [
-    "FOLDS_FILE", "SPLITS_FILE", "SPLIT_NAMES", "TEST_FRACTION", "VAL_FRACTION", "CaseSplit", "choose_split",
+    "FOLDS_FILE", "SPLITS_FILE", "SPLIT_NAMES", "TEST_FRACTION", "VAL_FRACTION", "CaseSplit", "case_folds", "choose_split",
     "describe_split", "random_split", "read_folds_file", "read_json", "read_splits_file",
 ]
 
@@ -280,3 +280,22 @@ def describe_split(split: dict[str, Any], counts: dict[str, int], unit: str = "c
     """
     return "; ".join(f"{name}: {split[name]} ({counts[name]} {unit if counts[name] != 1 else unit[:-1]})"
                      for name in ("test", "val", "train"))
+
+
+def case_folds(n: int, folds: int, split_seed: int, where: str = "data.folds") -> list[list[int]]:
+    """Positions ``0..n-1`` of cases dealt into ``folds`` folds of near-equal size, shuffled with ``split_seed``.
+
+    Every case is in exactly one fold; the same ``n``, ``folds`` and ``split_seed`` give the same folds.
+
+    Raises:
+        ConfigError: fewer cases than folds.
+
+    Example:
+        >>> sorted(i for f in case_folds(7, 3, 0) for i in f)
+        [0, 1, 2, 3, 4, 5, 6]
+    """
+    if n < folds:
+        raise ConfigError(f"{where}={folds}, but only {n} case(s) are outside the test split; use at most "
+                          f"{n} folds, or more data")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
+    return [sorted(order[k::folds]) for k in range(folds)]

@@ -60,6 +60,23 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             "metrics": read_metrics(run_dir)}
 
 
+def run_data(config: dict[str, Any], cache: dict[str, Any] | None = None) -> Any:
+    """The data a run trained on (its config's ``data`` and ``seed``), loaded once per setting in ``cache``."""
+    from segtune.config import build_config
+    from segtune.training.runtime import load_data
+
+    cache = {} if cache is None else cache
+    key = data_key(config)
+    if key not in cache:
+        cache[key] = load_data(build_config(config))
+    return cache[key]
+
+
+def data_key(config: dict[str, Any]) -> str:
+    """What decides a run's data: its config's ``data`` and ``seed``, as one string."""
+    return json.dumps({"data": config.get("data"), "seed": config.get("seed")}, sort_keys=True)
+
+
 def load_report_study(study_dir: str | Path | None = None, *, url: str | None = None,
                       study_name: str | None = None) -> optuna.Study:
     """Open a stored study: the SQLite ``study.db`` of ``study_dir``, or a storage URL.
@@ -102,4 +119,4 @@ def trial_records(study: optuna.Study, *, study_dir: str | Path | None = None) -
     return [ReportedTrial(**vars(r)) for r in records if r.same_as is None]
 
 
-__all__ = ["ReportedTrial", "load_report_study", "read_metrics", "read_run", "trial_records"]
+__all__ = ["ReportedTrial", "data_key", "load_report_study", "read_metrics", "read_run", "run_data", "trial_records"]

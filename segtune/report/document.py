@@ -2,7 +2,9 @@
 
 Blocks are headings, paragraphs, tables and figures. :func:`write_document` renders the same
 blocks twice: ``report.html`` with every figure embedded as a base64 PNG (one file, readable
-offline) and ``report.md`` with the figures as PNG files in ``figures/`` beside it.
+offline) and ``report.md`` with the figures as PNG files in ``figures/`` beside it; for a paper,
+every table also as ``tables/<name>.csv`` and ``.tex`` and every figure also as PDF or SVG
+(``formats``, see :mod:`segtune.report.export`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 from matplotlib.figure import Figure as MplFigure
+
+from segtune.report.export import DEFAULT_FORMATS, cell_text, check_formats, table_csv, table_latex
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Table:
     rows: list[list[Any]]
     caption: str = ""
     bold: frozenset[tuple[int, int]] = frozenset()  # (row, column) cells to emphasise
+    name: str = ""  # file stem of its CSV and LaTeX export; default: its section's heading
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Figure:
     name: str  # file stem, unique in the report
     png: bytes
     caption: str = ""
+    source: MplFigure | None = field(default=None, compare=False, repr=False)  # for the vector formats
 
 
 Block = Union[Heading, Text, Table, Figure]
@@ -66,7 +73,7 @@ def figure_block(fig: MplFigure, name: str, caption: str = "", *, dpi: int = 110
     """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    return Figure(name, buf.getvalue(), caption)
+    return Figure(name, buf.getvalue(), caption, source=fig)
 
 
 def section(heading: str, blocks: list[Block], *, level: int = 2) -> list[Block]:
@@ -77,20 +84,6 @@ def section(heading: str, blocks: list[Block], *, level: int = 2) -> list[Block]
         []
     """
     return [Heading(heading, level)] + blocks if blocks else []
-
-
-def cell_text(value: Any) -> str:
-    """A table cell: floats with 4 decimals (4 significant digits below 0.001), None as a dash.
-
-    Example:
-        >>> cell_text(0.81234), cell_text(0.0000123), cell_text(None)
-        ('0.8123', '1.23e-05', '–')
-    """
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
-    return str(value)
 
 
 def _inline_html(text: str) -> str:
@@ -183,23 +176,52 @@ def to_html(blocks: list[Block], *, title: str) -> str:
     return "\n".join(out)
 
 
-def write_document(blocks: list[Block], out_dir: str | Path, *, title: str) -> Path:
-    """Write ``report.html``, ``report.md`` and ``figures/*.png`` into ``out_dir``.
+def _export(blocks: list[Block], out_dir: Path, formats: Sequence[str]) -> None:
+    """Every figure as ``figures/<name>.<png|pdf|svg>`` and every table as ``tables/<name>.<csv|tex>``."""
+    figure_dir, table_dir = out_dir / "figures", out_dir / "tables"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    used: dict[str, int] = {}
+    heading = "table"
+    for b in blocks:
+        if isinstance(b, Heading):
+            heading = "-".join(re.findall(r"[a-z0-9]+", b.text.lower())) or "table"
+        elif isinstance(b, Figure):
+            (figure_dir / f"{b.name}.png").write_bytes(b.png)
+            for fmt in ("pdf", "svg"):
+                if fmt in formats and b.source is not None:
+                    b.source.savefig(figure_dir / f"{b.name}.{fmt}", format=fmt)
+        elif isinstance(b, Table) and {"csv", "tex"} & set(formats):
+            table_dir.mkdir(exist_ok=True)
+            stem = b.name or heading  # an unnamed table is named after its section
+            used[stem] = used.get(stem, 0) + 1
+            stem += f"-{used[stem]}" if used[stem] > 1 else ""
+            if "csv" in formats:
+                (table_dir / f"{stem}.csv").write_text(table_csv(b.header, b.rows), encoding="utf-8")
+            if "tex" in formats:
+                (table_dir / f"{stem}.tex").write_text(table_latex(b.header, b.rows, caption=b.caption, bold=b.bold),
+                                                      encoding="utf-8")
+
+
+def write_document(blocks: list[Block], out_dir: str | Path, *, title: str,
+                   formats: Sequence[str] = DEFAULT_FORMATS) -> Path:
+    """Write ``report.html``, ``report.md``, ``figures/`` and ``tables/`` into ``out_dir``.
 
     Args:
         blocks: the report's content, in order.
         out_dir: the report folder (made if missing).
         title: the HTML page's title.
+        formats: the export formats (:data:`segtune.report.export.FORMATS`); PNG figures are
+            always written (the Markdown shows them).
 
     Returns:
         The path of ``report.html``.
+
+    Raises:
+        ConfigError: an unknown format.
     """
+    formats = check_formats(formats)
     out_dir = Path(out_dir)
-    figure_dir = out_dir / "figures"
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for b in blocks:
-        if isinstance(b, Figure):
-            (figure_dir / f"{b.name}.png").write_bytes(b.png)
+    _export(blocks, out_dir, formats)
     (out_dir / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     path = out_dir / "report.html"
     path.write_text(to_html(blocks, title=title), encoding="utf-8")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Sequence
 
 import matplotlib
@@ -116,6 +117,34 @@ def curve_grid(runs: Sequence[CurveRun], *, keys: Sequence[str], rows: Sequence[
     return fig
 
 
+def _bars(ax: Axes, x: Sequence[float], cis: Sequence[MeanCI], *, width: float = 0.8, **style: Any) -> None:
+    """Bars at ``x`` of the means of ``cis``, with error bars only where there is an interval (one
+    seed has none: no bar of zero width pretends to be one)."""
+    ax.bar(x, [ci.mean for ci in cis], width=width, **style)
+    known = [(xi, ci) for xi, ci in zip(x, cis) if ci.half_width is not None]
+    if known:
+        ax.errorbar([xi for xi, _ in known], [ci.mean for _, ci in known], yerr=[ci.half_width for _, ci in known],
+                    fmt="none", ecolor="#222", capsize=3, lw=1)
+
+
+def _bar_axis(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
+    """A bar chart's y axis from zero (a bar's height is its value: no truncated axis), up to the
+    highest interval, within the objective's possible values (Dice and IoU at most 1)."""
+    highs = [ci.high if ci.high is not None else ci.mean for ci in cis]
+    if not highs:
+        return
+    bounded = "dice" in objective or "iou" in objective  # 0..1: an interval beyond is cut at the frame
+    lowest = min(ci.mean if bounded or ci.low is None else ci.low for ci in cis)
+    top = min(max(max(highs), 0.0) * 1.08 or 1.0, 1.02 if bounded else np.inf)
+    ax.set_ylim(min(0.0, lowest * 1.08), top)
+
+
+def _tick_labels(ax: Axes, labels: Sequence[str], x: Sequence[float] | None = None) -> None:
+    long = max(map(len, labels), default=0) > 6
+    ax.set_xticks(list(x) if x is not None else range(len(labels)), labels, rotation=30 if long else 0,
+                  ha="right" if long else "center", fontsize=8)
+
+
 def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective: str) -> Figure:
     """One panel per hyperparameter: the objective per value, mean and 95% interval as error bars.
 
@@ -124,37 +153,58 @@ def marginal_chart(marginals: dict[str, list[tuple[str, MeanCI]]], *, objective:
         objective: the objective's name, the y label; a Dice or IoU keeps the y axis in 0..1.
 
     Returns:
-        The figure, the y axis zoomed to the bars and their intervals.
+        The figure; every y axis starts at zero, each bar says over how many values it is.
     """
     n = max(len(marginals), 1)
-    fig = Figure(figsize=(min(3.6 * n, 16), 3.0))
+    fig = Figure(figsize=(min(3.6 * n, 16), 3.2))
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (param, levels) in zip(axes[0], marginals.items()):
-        labels = [lab for lab, _ in levels]
-        means = [ci.mean for _, ci in levels]
-        errors = [ci.half_width or 0.0 for _, ci in levels]
-        ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0", alpha=0.85)
-        ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 6 else 0,
-                      ha="right" if max(map(len, labels)) > 6 else "center", fontsize=8)
+        cis = [ci for _, ci in levels]
+        _bars(ax, range(len(levels)), cis, color="#4c72b0", alpha=0.85)
+        for k, ci in enumerate(cis):
+            ax.text(k, ci.mean / 2, f"n={ci.n}", ha="center", va="center", fontsize=7, color="white")
+        _tick_labels(ax, [lab for lab, _ in levels])
         ax.set_title(param, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(objective, fontsize=8)
-    _zoom_to_bars(axes[0][0], [ci for levels in marginals.values() for _, ci in levels], objective)
+    _bar_axis(axes[0][0], [ci for levels in marginals.values() for _, ci in levels], objective)
     fig.tight_layout()
     return fig
 
 
-def _zoom_to_bars(ax: Axes, cis: Sequence[MeanCI], objective: str) -> None:
-    """Limit the y axis to the bars and their intervals, so small differences show, within the
-    objective's possible values (Dice and IoU in 0..1, a loss above 0)."""
-    lows = [ci.low if ci.low is not None else ci.mean for ci in cis]
-    highs = [ci.high if ci.high is not None else ci.mean for ci in cis]
-    if not lows:
-        return
-    floor, ceiling = (0.0, 1.0) if ("dice" in objective or "iou" in objective) else (0.0, np.inf)
-    lo, hi = max(min(lows), floor), min(max(highs), ceiling)
-    pad = (hi - lo) * 0.1 or abs(hi) * 0.05 or 0.05
-    ax.set_ylim(max(lo - pad, floor), min(hi + pad, ceiling + 0.02))
+def grouped_bars(groups: dict[str, dict[str, MeanCI]], *, group_title: str, bar_title: str,
+                 objective: str) -> Figure:
+    """Bars of the objective by one hyperparameter, grouped by another, with 95% intervals.
+
+    Args:
+        groups: group level (the x axis) -> {bar level: objective over its runs}.
+        group_title: the hyperparameter of the groups; bar_title: that of the bars (the legend).
+        objective: the y label.
+
+    Returns:
+        The figure, its y axis from zero.
+
+    Example:
+        >>> fig = grouped_bars({"adam": {"dice": mean_ci([0.8, 0.82])}}, group_title="optimizer.name",
+        ...                    bar_title="loss.name", objective="val.dice_mean")  # doctest: +SKIP
+    """
+    bar_levels = list(dict.fromkeys(b for bars in groups.values() for b in bars))
+    colours = matplotlib.colormaps["tab10"].colors
+    width = 0.8 / max(len(bar_levels), 1)
+    fig = Figure(figsize=(min(1.2 + len(groups) * (0.5 + 0.3 * len(bar_levels)), 16), 3.4))
+    ax = fig.subplots()
+    for k, level in enumerate(bar_levels):
+        here = [(g, bars[level]) for g, (_, bars) in enumerate(groups.items()) if level in bars]
+        _bars(ax, [g - 0.4 + width * (k + 0.5) for g, _ in here], [ci for _, ci in here], width=width,
+              color=colours[k % len(colours)], label=level)
+    _tick_labels(ax, list(groups))
+    ax.set_xlabel(group_title, fontsize=8)
+    ax.set_ylabel(objective, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title=bar_title, fontsize=7, title_fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    _bar_axis(ax, [ci for bars in groups.values() for ci in bars.values()], objective)
+    fig.tight_layout()
+    return fig
 
 
 def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: str) -> Figure:
@@ -166,16 +216,15 @@ def objective_bars(labels: Sequence[str], cis: Sequence[MeanCI], *, objective: s
         objective: the objective's name, the y label.
 
     Returns:
-        The figure.
+        The figure, its y axis from zero.
     """
     fig = Figure(figsize=(min(0.45 * len(labels) + 2.5, 16), 3.2))
     ax = fig.subplots()
-    ax.bar(range(len(labels)), [c.mean for c in cis], yerr=[c.half_width or 0.0 for c in cis], capsize=3,
-           color="#55a868")
+    _bars(ax, range(len(labels)), cis, color="#55a868")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(objective, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _zoom_to_bars(ax, cis, objective)
+    _bar_axis(ax, cis, objective)
     fig.tight_layout()
     return fig
 
@@ -214,33 +263,49 @@ def _display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return img, (None if img.ndim == 3 else "gray")
 
 
-def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], *,
-                     class_names: Sequence[str]) -> Figure:
-    """Rows of image / ground truth / each prediction, with per-class colours and a legend.
+@dataclass(frozen=True)
+class PanelRow:
+    """One row of a prediction panel: an image, its ground truth (drawn once) and predictions of it."""
+
+    title: str  # left of the row, e.g. "optimizer.name = adam\nimage 12"
+    image: np.ndarray  # (C, H, W) network input
+    truth: np.ndarray  # (H, W) labels
+    predictions: dict[str, np.ndarray]  # column title -> (H, W) labels; a missing column stays blank
+    notes: dict[str, str] = dataclass_field(default_factory=dict)  # column title -> text under the panel
+
+
+def prediction_grid(rows: Sequence[PanelRow], columns: Sequence[str], *, class_names: Sequence[str]) -> Figure:
+    """Rows of image, ground truth and the prediction of each column, per-class colours and a legend.
 
     Args:
-        images: ``(N, C, H, W)`` network inputs; truths: ``(N, H, W)`` labels.
-        predictions: column title -> ``(N, H, W)`` predicted labels.
+        rows: the rows, top to bottom.
+        columns: the prediction columns, left to right (after image and ground truth).
         class_names: the label of each class index (index 0 the background).
 
     Returns:
-        The figure, one row per image and a legend of the class colours.
+        The figure; a column a row has no prediction for says "no trial".
     """
     n_classes = len(class_names)
     colours = [_CLASS_COLOURS[i % len(_CLASS_COLOURS)] for i in range(n_classes)]
     cmap = ListedColormap(colours)
-    columns = [("image", None), ("ground truth", truths)] + list(predictions.items())
-    n = images.shape[0]
-    fig = Figure(figsize=(1.9 * len(columns), 1.9 * n + 0.7))
-    axes = fig.subplots(n, len(columns), squeeze=False)
-    for i in range(n):
-        for j, (title, labels) in enumerate(columns):
+    titles = ["image", "ground truth", *columns]
+    n = len(rows)
+    fig = Figure(figsize=(1.9 * len(titles) + 0.6, 1.9 * n + 0.7))
+    axes = fig.subplots(n, len(titles), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, title in enumerate(titles):
             ax = axes[i][j]
-            if labels is None:
-                img, cm = _display_image(images[i])
+            labels = row.truth if j == 1 else row.predictions.get(title)
+            if j == 0:
+                img, cm = _display_image(row.image)
                 ax.imshow(img, cmap=cm, interpolation="nearest")
+                ax.set_ylabel(row.title, fontsize=7)
+            elif labels is None:
+                ax.text(0.5, 0.5, "no trial", ha="center", va="center", transform=ax.transAxes, color="#999")
             else:
-                ax.imshow(labels[i], cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest")
+                ax.imshow(labels, cmap=cmap, vmin=-0.5, vmax=n_classes - 0.5, interpolation="nearest")
+            if title in row.notes:
+                ax.set_xlabel(row.notes[title], fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -249,6 +314,19 @@ def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[s
     fig.legend(handles=handles, loc="lower center", ncol=min(n_classes, 6), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.35 / (1.9 * n + 0.7) + 0.03, 1, 1))
     return fig
+
+
+def prediction_panel(images: np.ndarray, truths: np.ndarray, predictions: dict[str, np.ndarray], *,
+                     class_names: Sequence[str]) -> Figure:
+    """Rows of image / ground truth / each prediction (:func:`prediction_grid`, one row per image).
+
+    Args:
+        images: ``(N, C, H, W)`` network inputs; truths: ``(N, H, W)`` labels.
+        predictions: column title -> ``(N, H, W)`` predicted labels.
+        class_names: the label of each class index (index 0 the background).
+    """
+    rows = [PanelRow("", images[i], truths[i], {t: p[i] for t, p in predictions.items()}) for i in range(len(images))]
+    return prediction_grid(rows, list(predictions), class_names=class_names)
 
 
 def level_label(value: Any) -> str:
@@ -263,5 +341,5 @@ def level_label(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["CurveRun", "curve_grid", "importance_chart", "level_label", "marginal_chart", "objective_bars",
-           "prediction_panel"]
+__all__ = ["CurveRun", "PanelRow", "curve_grid", "grouped_bars", "importance_chart", "level_label", "marginal_chart",
+           "objective_bars", "prediction_grid", "prediction_panel"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from segtune.report.data import read_run
 from segtune.report.document import Block, Figure, Heading, Table, Text, figure_block, section, write_document
+from segtune.report.export import DEFAULT_FORMATS
 from segtune.report.figures import CurveRun, curve_grid
 from segtune.report.levels import Levels
 from segtune.report.predictions import prediction_blocks
@@ -124,7 +125,8 @@ def _config_table(config: dict[str, Any]) -> Table:
         for s in _SECTIONS if isinstance(config.get(s), dict)])
 
 
-def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -> Path:
+def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4,
+               formats: Sequence[str] = DEFAULT_FORMATS) -> Path:
     """Write the report of one run directory: its configuration, results, curves and predictions
     (for a pre-training run: reconstruction errors, their curves and the reconstructions).
 
@@ -132,12 +134,13 @@ def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -
         run_dir: the run directory (config.yaml; summary.json, metrics.csv and best.pt where written).
         out_dir: where report.html, report.md and figures/ go.
         n_images: validation images in the prediction panel.
+        formats: the export formats (:data:`segtune.report.export.FORMATS`).
 
     Returns:
         The path of report.html.
 
     Raises:
-        ConfigError: ``run_dir`` holds no config.yaml.
+        ConfigError: ``run_dir`` holds no config.yaml, or an unknown format.
 
     Example:
         >>> run_report("runs/tiny-20250101-120000", "runs/tiny-20250101-120000/report")  # doctest: +SKIP
@@ -156,7 +159,7 @@ def run_report(run_dir: str | Path, out_dir: str | Path, *, n_images: int = 4) -
     blocks += section("Curves", kind.curves(metrics) if metrics else [])
     blocks += section(kind.pictures_heading, kind.pictures(run_dir, n_images))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return write_document(blocks, out_dir, title=f"{kind.title} {name}")
+    return write_document(blocks, out_dir, title=f"{kind.title} {name}", formats=formats)
 
 
 __all__ = ["curve_blocks", "run_report"]

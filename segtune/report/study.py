@@ -2,35 +2,38 @@
 
 :func:`study_report` reads the trials of a stored study (and their run directories) and writes
 one page with: the question (what was varied, on what data, with what budget), the answer (the
-best configuration and a paired comparison over the seeds with the next ones), a leaderboard,
-the final test metrics, pivot tables of every pair of hyperparameters and their marginals,
-importances, the curves laid out by two hyperparameters, and predictions of the best trials;
-``trials.csv`` and ``runs.csv`` beside it.
+best configuration, a ranking of the leaders with ties from paired verdicts: :mod:`.verdicts`), a
+leaderboard, the final test metrics (with a common test loss if asked) and the leaders' metrics, the
+pivots, metrics per cell and averages of the hyperparameters (:mod:`segtune.report.pivots`), the
+pre-training section, importances, the curves laid out by two hyperparameters, and predictions (by
+setting, of the best trials, the worst cases of the best); ``trials.csv``, ``runs.csv`` and
+``tables/`` beside it.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
 
+from segtune.report.cells import class_names, metric_headers, metric_values, trial_runs
 from segtune.report.data import ReportedTrial, read_metrics, trial_records
 from segtune.report.document import Block, Heading, Table, Text, figure_block, section, write_document
-from segtune.report.figures import CurveRun, importance_chart, level_label, marginal_chart, objective_bars
+from segtune.report.figures import CurveRun, importance_chart, level_label, objective_bars
 from segtune.report.levels import BASE_LEVEL, Levels, grid_axes, varied_levels
-from segtune.report.predictions import prediction_blocks
+from segtune.report.options import ReportOptions
+from segtune.report.pivots import pivot_blocks
+from segtune.report.predictions import grid_blocks, prediction_blocks, worst_case_blocks
+from segtune.report.pretraining import pretraining_blocks
 from segtune.report.run import curve_blocks
-from segtune.study.stats import MeanCI, importances, mean_ci, paired_comparison
+from segtune.report.test_loss import common_test_losses
+from segtune.report.verdicts import answer_blocks, leader_metrics, seeds_text
+from segtune.study.stats import importances
 from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
-                                   objective_name)
-
-
-def _config_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={level_label(v)}" for k, v in params.items()) or "the base configuration"
+                                   objective_name, runs_cell)
 
 
 def _values_text(values: Any) -> str:
@@ -46,6 +49,13 @@ def _values_text(values: Any) -> str:
     return json.dumps(values)
 
 
+def _base_text(spec: dict[str, Any], path: str) -> str:
+    """A setting of the base config in the header; a varied one says so and names its base value."""
+    section_name, key = path.split(".", 1)
+    value = spec.get("base", {}).get(section_name, {}).get(key, "?")
+    return f"varied (base {value})" if path in spec.get("space", {}) else str(value)
+
+
 def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
     spec = study.user_attrs.get(SPEC, {})
     base = spec.get("base", {})
@@ -58,10 +68,10 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
     return [
         Heading("The question"),
         Text("**Varied:** " + ("; ".join(varied) or "nothing") + "."),
-        Text(f"**Data:** {data_text or 'the base config'}. **Model:** {base.get('model', {}).get('name', '?')}. "
-             f"**Loss:** {base.get('loss', {}).get('name', '?')}."),
+        Text(f"**Data:** {data_text or 'the base config'}. **Model:** {_base_text(spec, 'model.name')}. "
+             f"**Loss:** {_base_text(spec, 'loss.name')}."),
         Text(f"**Budget:** {base.get('train', {}).get('epochs', '?')} epochs per run, "
-             f"{spec.get('repeats', 1)} seed(s) per configuration, method {method.get('name', '?')}; "
+             f"{seeds_text(spec)} per configuration, method {method.get('name', '?')}; "
              f"{len(records)} trials ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}), "
              f"{hours:.2f} hours of training in all."),
         Text(f"**Objective:** {objective_name(study)} ({'maximised' if maximizes(study) else 'minimised'}); "
@@ -69,50 +79,15 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
     ]
 
 
-def _answer(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
-    blocks: list[Block] = [Heading("The answer")]
-    done = [r for r in records if r.state == Status.COMPLETE and r.values]
-    if not done:
-        return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
-    best, objective = done[0], objective_name(study)
-    blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
-                       f"**{best.ci.text()}** over {best.ci.n} seed(s)."))
-    if best.ci.n < 2:
-        return blocks + [Text("Each configuration ran with one seed, so the noise between seeds is unknown and "
-                              "the ranking may be noise; set `repeats: 3` or more in the study file to know.")]
-    comparisons = [c for c in (paired_comparison(best.values, r.values, other_number=r.number,
-                                                 maximize=maximizes(study)) for r in done[1:5]) if c]
-    if not comparisons:
-        return blocks + [Text("No other completed trial shares two seeds with the best, so it cannot be compared.")]
-    tied = [c for c in comparisons if c.within_noise]
-    if tied:
-        numbers = ", ".join(str(c.other) for c in tied)
-        who = f"trial {numbers} differs" if len(tied) == 1 else f"trials {numbers} differ"
-        blocks.append(Text(f"**No clear winner:** {who} from the best by less than the noise "
-                           f"between seeds (the 95% interval of the paired difference contains 0), so the data do "
-                           f"not single one out; more seeds (`repeats`) would tell them apart."))
-    else:
-        c = comparisons[0]
-        blocks.append(Text(f"The best beats the runner-up, trial {c.other}, by {c.difference.mean:.4f} "
-                           f"(95% interval {c.difference.low:.4f} to {c.difference.high:.4f}) over the same "
-                           f"{len(c.seeds)} seeds."))
-    rows = [[c.other, len(c.seeds), c.difference.mean, c.difference.low, c.difference.high,
-             c.p_value, "within noise" if c.within_noise else "best is better"] for c in comparisons]
-    blocks.append(Table(["trial", "shared seeds", "difference", "95% low", "95% high", "p (paired t)", "verdict"],
-                        rows, caption=f"The best (trial {best.number}) against the next configurations, seed by "
-                                      f"seed; a positive difference favours the best."))
-    return blocks
-
-
 def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
-    header = ["trial"] + paths + [objective_name(study), "95% interval", "seeds", "epochs", "state", "seconds", "reason"]
+    header = ["trial"] + paths + [objective_name(study), "95% interval", "runs", "epochs", "state", "seconds", "reason"]
     rows = []
     for r in records:
         ci = r.ci
         interval = "–" if ci is None or ci.low is None else f"{ci.low:.4f} – {ci.high:.4f}"
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else BASE_LEVEL for p in paths]
-                    + [ci.mean if ci else r.value, interval, len(r.values), r.epochs, r.state, round(r.seconds),
+                    + [ci.mean if ci else r.value, interval, runs_cell(r), r.epochs, r.state, round(r.seconds),
                        r.reason[:REASON_WIDTH]])
     bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == Status.COMPLETE else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(
@@ -128,73 +103,23 @@ def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: 
     return blocks
 
 
-def _test_table(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, n_rows: int = 10) -> list[Block]:
-    """Final test loss and Dice per class of the best completed trials, mean over their seeds."""
+def _test_table(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, test_losses: dict[Path, float],
+                test_loss: str | None, n_rows: int = 10) -> list[Block]:
+    """Final test losses and Dice per class of the best completed trials, mean over their seeds."""
     done = [r for r in records if r.state == Status.COMPLETE and r.test][:n_rows]
-    classes = list(dict.fromkeys(c for r in done for t in r.test for c in t.get("dice_per_class", {})))[1:]
+    classes = class_names(done)
     if not done or not classes:
         return []
-
-    def mean_of(r: ReportedTrial, get) -> float | None:
-        values = [v for v in (get(t) for t in r.test) if v is not None]
-        return sum(values) / len(values) if values else None
-
-    rows = [[r.number] + [lv.of(r) for lv in varied]
-            + [mean_of(r, lambda t: t.get("loss")), mean_of(r, lambda t: t.get("dice_mean"))]
-            + [mean_of(r, lambda t, c=c: t.get("dice_per_class", {}).get(c)) for c in classes] for r in done]
-    header = ["trial"] + [lv.path for lv in varied] + ["test loss", "test Dice (mean)"] + [f"Dice {c}" for c in classes]
-    return [Heading("Final test metrics"), Table(header, rows, caption="Held-out test split, best weights of each run, mean over seeds: the final "
-                                        "loss, the mean foreground Dice and the Dice of each class.")]
-
-
-def _cell_ci(records: Sequence[ReportedTrial]) -> MeanCI | None:
-    values = [v for r in records for v in r.values.values()]
-    return mean_ci(values) if values else None
-
-
-def _pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence[ReportedTrial],
-           objective: str) -> Table:
-    """Rows ``a``, columns ``b``: the best trial of each cell, else its furthest pruned one; the
-    study's best in bold."""
-    rows, bold = [], set()
-    for i, la in enumerate(a.labels):
-        row: list[Any] = [la]
-        for j, lb in enumerate(b.labels):
-            here = [r for r in done if a.of(r) == la and b.of(r) == lb]  # ranked: the first is the cell's best
-            stopped = max((r for r in pruned if a.of(r) == la and b.of(r) == lb),
-                          key=lambda r: r.epochs or 0, default=None)
-            if here:
-                row.append(here[0].ci.text())
-            elif stopped is not None:
-                row.append(f"pruned at epoch {stopped.epochs}: {stopped.value:.4f}")
-            else:
-                row.append("–")
-            if here and here[0] is done[0]:
-                bold.add((i, j + 1))
-        rows.append(row)
-    return Table([f"{a.path} \\ {b.path}"] + b.labels, rows, bold=frozenset(bold), caption=(
-        f"{objective} of the best trial in each cell (mean ± 95% half-width over seeds); a cell whose "
-        f"trials were all pruned shows the one that got furthest, with its last reported value; "
-        f"rows {a.path}, columns {b.path}."))
-
-
-def _pivots_and_marginals(study: optuna.Study, records: Sequence[ReportedTrial],
-                          varied: Sequence[Levels]) -> list[Block]:
-    done = [r for r in records if r.state == Status.COMPLETE and r.values]
-    if not done or not varied:
-        return []
-    objective = objective_name(study)
-    blocks: list[Block] = [Heading("Hyperparameters: pairs and marginals")]
-    pruned = [r for r in records if r.state == Status.PRUNED and r.value is not None]
-    blocks += [_pivot(a, b, done, pruned, objective) for a, b in itertools.combinations(varied, 2)]
-    marginals = {}
-    for lv in varied:
-        pairs = [(label, _cell_ci([r for r in done if lv.of(r) == label])) for label in lv.labels]
-        marginals[lv.path] = [(label, ci) for label, ci in pairs if ci is not None]
-    fig = marginal_chart(marginals, objective=objective)
-    blocks.append(figure_block(fig, "marginals", f"{objective} per value of each hyperparameter: mean and 95% "
-                                                 f"interval over every completed run (all seeds) with that value."))
-    return blocks
+    names = ["test_loss"] + (["test_common_loss"] if test_loss or any("dice_loss" in t for r in done for t in r.test)
+                             else []) + ["test_dice", "test_classes"]
+    rows = [[r.number] + [lv.of(r) for lv in varied] + metric_values(trial_runs(r, test_losses=test_losses), names,
+                                                                     classes) for r in done]
+    common = f"; test loss (common): the {test_loss or 'dice'} loss of every trial's predictions, so it compares " \
+             f"across losses" if "test_common_loss" in names else ""
+    return [Heading("Final test metrics"), Table(
+        ["trial"] + [lv.path for lv in varied] + metric_headers(names, classes), rows, name="test",
+        caption=f"Held-out test split, best weights of each run, mean over seeds: the run's own loss (its training "
+                f"loss, not comparable across losses){common}, the mean foreground Dice and the Dice of each class.")]
 
 
 def _importance(study: optuna.Study) -> list[Block]:
@@ -221,10 +146,27 @@ def _curves(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels 
     return [Heading("Curves")] + curve_blocks(runs, rows=rows, cols=cols)
 
 
-def _predictions(records: Sequence[ReportedTrial], *, n_best: int, n_images: int) -> list[Block]:
-    best = [r for r in records if r.state == Status.COMPLETE and r.run_dirs][:n_best]
-    return section("Predictions of the best trials",
-                   prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in best}, n_images=n_images))
+def _predictions(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels | None,
+                 options: ReportOptions) -> list[Block]:
+    """The best trial of every (rows, cols) cell, the best trials side by side, the best one's worst cases."""
+    done = [r for r in records if r.state == Status.COMPLETE and r.run_dirs]
+    shown = dict(n_images=options.n_images, images=options.images)
+    blocks: list[Block] = []
+    if cols is not None:
+        cells: dict[tuple[str, str], Path] = {}
+        for r in done:  # ranked: the first of a cell is its best
+            row = f"{rows.path} = {rows.of(r)}" if rows else ""
+            cells.setdefault((row, f"{cols.path} = {cols.of(r)}"), r.run_dirs[0])
+        where = f"rows {rows.path}, columns {cols.path}" if rows else f"columns {cols.path}"
+        blocks += section("Predictions by setting", grid_blocks(cells, name="prediction-grid", **shown,
+                                                               what=f"the best trial of each cell ({where})"))
+    best = done[:options.n_best]
+    blocks += section("Predictions of the best trials",
+                      prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in best}, **shown))
+    if done:
+        blocks += section(f"Worst cases of the best trial ({done[0].number})",
+                          worst_case_blocks(f"trial {done[0].number}", done[0].run_dirs[0], n_images=options.n_images))
+    return blocks
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -259,6 +201,9 @@ def write_trial_tables(study: optuna.Study, records: Sequence[ReportedTrial], ou
 
 # ----------------------------------------------------------------------------- public entry points
 
+_FILES_TEXT = ("trials.csv: one row per trial; runs.csv: one row per trial and seed; figures/: every figure as PNG "
+               "(and PDF/SVG with --format pdf svg); tables/: every table as CSV and as a LaTeX booktabs tabular.")
+
 def _stored_study_dir(study: optuna.Study) -> Path | None:
     """The study directory of the run directories stored on the trials, where it exists here."""
     for t in study.get_trials(deepcopy=False):
@@ -270,7 +215,7 @@ def _stored_study_dir(study: optuna.Study) -> Path | None:
 
 
 def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, study_dir: str | Path | None = None,
-                 layout: Sequence[str] | None = None, n_best: int = 3, n_images: int = 4) -> Path:
+                 layout: Sequence[str] | None = None, options: ReportOptions | None = None) -> Path:
     """Write the report of ``study`` into ``out_dir``.
 
     Args:
@@ -279,10 +224,9 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
             ``<study_dir>/report`` (``./<study name>-report`` when the study directory is unknown).
         study_dir: the study directory holding ``trials/`` (the run directories); default the
             one of the run directories stored on the trials.
-        layout: the two hyperparameters (rows, columns) of the curve grids; default the two
-            varied ones with the fewest levels.
-        n_best: trials shown in the prediction panel.
-        n_images: validation images in the prediction panel.
+        layout: the two hyperparameters (rows, columns) of the curve grids and the prediction
+            grid (the same as ``options.layout``); default the pair that fills the grid best.
+        options: what else to show and write (:class:`segtune.report.options.ReportOptions`).
 
     Returns:
         The path of report.html.
@@ -293,22 +237,27 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     study_dir = Path(study_dir) if study_dir is not None else _stored_study_dir(study)
     out_dir = Path(out_dir) if out_dir else (study_dir / "report" if study_dir else Path(f"{study.study_name}-report"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = options or ReportOptions(layout=layout)
     records = trial_records(study, study_dir=study_dir)
-    varied = varied_levels(records, space=study.user_attrs.get(SPEC, {}).get("space"))
-    rows, cols = grid_axes(varied, layout=layout, records=records)
+    space = study.user_attrs.get(SPEC, {}).get("space")
+    varied = varied_levels(records, space=space)
+    rows, cols = grid_axes(varied, layout=layout or options.layout, records=records)
+    test_losses = common_test_losses(records, options.test_loss) if options.test_loss else {}
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
-    blocks += _answer(study, records)
+    blocks += answer_blocks(study, records)
     blocks += _leaderboard(study, records, varied)
-    blocks += _test_table(records, varied)
-    blocks += _pivots_and_marginals(study, records, varied)
+    blocks += _test_table(records, varied, test_losses=test_losses, test_loss=options.test_loss)
+    blocks += leader_metrics(records)
+    blocks += pivot_blocks(records, varied, objective=objective_name(study), space=space, metrics=options.metrics,
+                           test_losses=test_losses)
+    blocks += pretraining_blocks(records, varied, objective=objective_name(study))
     blocks += _importance(study)
     blocks += _curves(records, rows, cols)
-    blocks += _predictions(records, n_best=n_best, n_images=n_images)
-    blocks += [Heading("Data files"), Text("trials.csv: one row per trial; runs.csv: one row per trial and seed; "
-                                           "figures/: every figure as PNG.")]
+    blocks += _predictions(records, rows, cols, options)
+    blocks += [Heading("Data files"), Text(_FILES_TEXT)]
     write_trial_tables(study, records, out_dir)
-    return write_document(blocks, out_dir, title=f"Study {study.study_name}")
+    return write_document(blocks, out_dir, title=f"Study {study.study_name}", formats=options.formats)
 
 
 __all__ = ["study_report", "write_trial_tables"]

@@ -3,7 +3,9 @@
 A budget (:class:`Budget`) counts the wall time of every command of one tune. Before each trial
 the :class:`BudgetGate` decides whether it may start, and with how many minutes
 (:func:`trial_minutes`: what is left less the measured end of a run, :func:`run_costs`); every
-trial trains the epochs that fit a share of the budget (:func:`trial_epochs`).
+trial trains the epochs that fit a share of the budget (:func:`trial_epochs`). Under a step budget
+(``train.steps``) every count here is in optimizer steps instead: the trials' length, the pruner's
+first rung and the measured cost of one unit.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any, Callable
 
 import optuna
 
+from segtune.config import TrainConfig
 from segtune.errors import ConfigError
 from segtune.study.records import TRIALS_DIR
+from segtune.training.clock import budget_changes, units_run
 from segtune.training.rundir import saved_config
 
 __all__ = ["DEFAULT_MARGIN", "EPOCHS", "PROBE_DIR", "SPENT", "TRIAL_SHARE", "Budget", "BudgetGate", "format_duration",
@@ -27,7 +31,8 @@ __all__ = ["DEFAULT_MARGIN", "EPOCHS", "PROBE_DIR", "SPENT", "TRIAL_SHARE", "Bud
 SPENT = "tune_spent_seconds"  # study user attribute: the wall time all commands of this tune have spent
 DEFAULT_MARGIN = 0.05  # share of the budget kept for a trial's end while no trial has ended to measure it
 TRIAL_SHARE = 0.25  # a trial trains for at most this share of the budget: at least four trials fit
-EPOCHS = "tune_trial_epochs"  # study user attribute: the epochs every trial trains (fitted once, by a probe)
+EPOCHS = "tune_trial_epochs"  # study user attribute: the epochs (steps, under train.steps) every trial trains,
+# fitted once, by a probe
 PROBE_DIR = "probe"  # <study dir>/probe: the one-epoch run of the base that times an epoch
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "": 60.0}  # a number alone is minutes
 
@@ -87,7 +92,8 @@ def trial_minutes(left: float, margin: float, min_seconds: float = 0.0) -> float
 def trial_epochs(budget: float, epoch: float, margin: float, epochs: int, min_epochs: int) -> int:
     """The epochs of every trial: the config's ``epochs``, or fewer, so that a trial (``epoch``
     seconds each, plus ``margin`` for its set-up and end) takes at most :data:`TRIAL_SHARE` of the
-    budget; never fewer than ``min_epochs`` (the pruner's first epoch) or than 1.
+    budget; never fewer than ``min_epochs`` (the pruner's first epoch) or than 1. Under a step
+    budget the same in steps: ``epoch`` seconds a step, ``epochs`` and ``min_epochs`` steps.
 
     Example:
         >>> trial_epochs(600.0, 5.0, 10.0, 40, 4), trial_epochs(3600.0, 5.0, 10.0, 40, 4)
@@ -97,21 +103,27 @@ def trial_epochs(budget: float, epoch: float, margin: float, epochs: int, min_ep
     return max(1, min(epochs, max(min_epochs, fits)))
 
 
-def run_costs(study_dir: Path) -> tuple[float | None, float]:
+def run_costs(study_dir: Path, unit: str = "epoch") -> tuple[float | None, float]:
     """What the finished runs of a study directory took besides their budgeted epochs.
 
+    Args:
+        study_dir: the study directory (its trials' and its probe's runs).
+        unit: the clock the costs are counted on: ``epoch``, or ``step`` under a step budget.
+
     Returns:
-        ``(margin, epoch)``: the longest end of a run (its set-up and final evaluation, outside
-        ``train.max_minutes``, plus one epoch, by which a run may overrun it), None when no run
-        has finished; and the longest mean epoch (0 when none).
+        ``(margin, unit seconds)``: the longest end of a run (its set-up and final evaluation,
+        outside ``train.max_minutes``, plus one period, an epoch or the steps up to a validation,
+        by which a run may overrun it), None when no run has finished; and the longest mean epoch
+        (or step) (0 when none).
     """
-    margins, epochs = [], [0.0]
+    margins, costs = [], [0.0]
     for path in [*(study_dir / TRIALS_DIR).glob("*/summary.json"), *(study_dir / PROBE_DIR).glob("summary.json")]:
         summary = json.loads(path.read_text())
-        epoch = summary["train_seconds"] / max(1, summary["epochs_run"])
-        margins.append(summary["seconds"] - summary["train_seconds"] + epoch)
-        epochs.append(epoch)
-    return (max(margins) if margins else None), max(epochs)
+        metrics = path.with_name("metrics.csv")  # a row per period
+        periods = len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else summary["epochs_run"]
+        margins.append(summary["seconds"] - summary["train_seconds"] + summary["train_seconds"] / max(1, periods))
+        costs.append(summary["train_seconds"] / max(1e-9, units_run(summary, unit)))
+    return (max(margins) if margins else None), max(costs)
 
 
 class BudgetGate:
@@ -123,20 +135,22 @@ class BudgetGate:
         study: the study, where the time spent is kept (:data:`SPENT`) at every decision.
         study_dir: its directory, whose finished runs say how long a trial's end takes (:func:`run_costs`).
         min_epochs: no trial starts that cannot train this many epochs of the longest seen (the
-            pruner's first epoch: a shorter trial could not be told from the others).
+            pruner's first epoch: a shorter trial could not be told from the others); steps under a step budget.
         progress: print the budget left before each trial.
+        train: the base's ``train`` section: its clock (``train.epochs`` or ``train.steps``) is the trials'.
     """
 
-    def __init__(self, budget: Budget, study: optuna.Study, study_dir: Path, min_epochs: int, progress: bool) -> None:
+    def __init__(self, budget: Budget, study: optuna.Study, study_dir: Path, min_epochs: int, progress: bool, *,
+                 train: TrainConfig) -> None:
         self.budget, self.study, self.study_dir = budget, study, study_dir
-        self.min_epochs, self.progress = min_epochs, progress
+        self.min_epochs, self.progress, self.train = min_epochs, progress, train
         self.minutes: float | None = None
         self.refused = False
 
     def __call__(self) -> bool:
         spent = self.budget.spent()  # one reading of the clock per decision
         self.study.set_user_attr(SPENT, spent)
-        margin, epoch = run_costs(self.study_dir)
+        margin, epoch = run_costs(self.study_dir, self.train.unit)
         left = self.budget.seconds - spent
         self.minutes = trial_minutes(left, DEFAULT_MARGIN * self.budget.seconds if margin is None else margin,
                                      self.min_epochs * epoch)
@@ -148,8 +162,9 @@ class BudgetGate:
         return not self.refused
 
     def run_changes(self, directory: Path) -> dict[str, Any]:
-        """The run's ``train.max_minutes``: a run continued (after Ctrl-C or a kill) keeps its own."""
+        """The run's ``train.max_minutes`` and budget: a run continued (after Ctrl-C or a kill) keeps its own."""
         if (directory / "config.yaml").is_file():
             saved = saved_config(directory)["train"]
-            return {"train.max_minutes": saved["max_minutes"], "train.epochs": saved["epochs"]}
-        return {"train.max_minutes": self.minutes, "train.epochs": self.study.user_attrs[EPOCHS]}
+            return {"train.max_minutes": saved["max_minutes"],
+                    **budget_changes(self.train, saved[f"{self.train.unit}s"])}
+        return {"train.max_minutes": self.minutes, **budget_changes(self.train, self.study.user_attrs[EPOCHS])}

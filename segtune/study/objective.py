@@ -1,8 +1,10 @@
 """One trial of a study: sample a configuration, train it ``repeats`` times, record the result.
 
-Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``) through
-:func:`segtune.training.loop.train`, reports the first repeat's validation objective every epoch
-(the pruners use it), and keeps its run directories under ``<study dir>/trials/``. What it
+Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``; with racing,
+``min`` seeds and more while :mod:`segtune.study.racing` says so), each seed on every fold of a
+``cv`` study, through :func:`segtune.training.loop.train`, reports the first run's validation
+objective at each validation (at its epoch, or its step with ``train.steps``: the pruners' rungs
+count on that clock), and keeps its run directories under ``<study dir>/trials/``. What it
 stores on the trial is listed in :mod:`segtune.study.records`.
 
 A trial run again after its worker died, or after Ctrl-C, trains in the run directories of the
@@ -12,6 +14,7 @@ takes the result of its earlier trial without training (``reuse_results``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,12 +30,15 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, RESUMED,
-                                   RUNS, SAME_AS, SECONDS, SPREAD, WORKER, RunRecord, run_dir)
+from segtune.study.racing import next_seed
+from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, PRETRAIN_DIR,
+                                   PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RACE, RESUMED, RUNS, SAME_AS, SECONDS,
+                                   SPREAD, WORKER, RunRecord, TrialRecord, per_seed, run_dir)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault
 from segtune.training.checkpoint import resumable_history
+from segtune.training.distances import DISTANCE_METRICS
 from segtune.training.loop import train
 from segtune.training.rundir import saved_config
 from segtune.training.runtime import load_data
@@ -70,6 +76,8 @@ class Objective:
     current: optuna.Trial | None = None  # the trial being run
     # config changes of the run in a directory besides the trial's parameters (a tune's time budget)
     run_changes: Callable[[Path], dict[str, Any]] | None = None
+    # called after each epoch of a trial's first repeat as on_epoch(trial, epochs, epoch, row): the progress
+    on_epoch: Callable[[optuna.Trial, int, int, dict[str, Any]], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
@@ -115,9 +123,9 @@ class Objective:
             trial.set_user_attr(SECONDS, time.perf_counter() - t0)
             raise
         trial.set_user_attr(SECONDS, time.perf_counter() - t0)
-        scores = [r.value for r in runs]
+        scores = list(per_seed(runs).values()) or [r.value for r in runs]  # each seed: the mean over its folds
         trial.set_user_attr(SPREAD, statistics.stdev(scores) if len(scores) > 1 else 0.0)
-        return statistics.fmean(scores)
+        return statistics.fmean(r.value for r in runs)
 
     def _start(self, trial: optuna.Trial) -> tuple[dict[str, Any], int]:
         """Sample the trial's configuration and record it; returns it and the trial's home."""
@@ -145,26 +153,44 @@ class Objective:
 
     def _train_repeats(self, trial: optuna.Trial, values: dict[str, Any], home: int,
                        replayed: set[int]) -> list[RunRecord]:
+        """Train every fold of each seed: ``repeats`` seeds, or with racing ``min`` seeds and then
+        one more while :func:`~segtune.study.racing.race_call` says so."""
         runs: list[RunRecord] = []
         resumed: dict[str, int] = {}
         trial.set_user_attr(RUNS, [])
-        for repeat in range(self.spec.repeats):
-            runs.append(self._train_repeat(trial, values, home, repeat, replayed, resumed))
-            trial.set_user_attr(RUNS, [r.to_attr() for r in runs])
+        for repeat in range(self.spec.max_repeats):
+            if repeat >= self.spec.min_repeats and not self._race_on(trial, runs):
+                break
+            for fold in self.spec.folds:
+                runs.append(self._train_repeat(trial, values, home, repeat, fold, replayed, resumed))
+                trial.set_user_attr(RUNS, [r.to_attr() for r in runs])
         return runs
 
-    def _train_repeat(self, trial: optuna.Trial, values: dict[str, Any], home: int, repeat: int,
+    def _race_on(self, trial: optuna.Trial, runs: list[RunRecord]) -> bool:
+        """Whether the racing rule gives the trial another seed; the call is kept on the trial."""
+        done = [(t.number, t.value, per_seed(TrialRecord.from_trial(t).runs))
+                for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.number != trial.number and t.value is not None]
+        call = next_seed(per_seed(runs), done, racing=self.spec.repeats,
+                         maximize=self.spec.resolved_direction == "maximize")
+        trial.set_user_attr(RACE, call.reason)
+        return call.more
+
+    def _train_repeat(self, trial: optuna.Trial, values: dict[str, Any], home: int, repeat: int, fold: int | None,
                       replayed: set[int], resumed: dict[str, int]) -> RunRecord:
-        """Train (or continue, or read the finished) repeat ``repeat`` of the trial."""
+        """Train (or continue, or read the finished) repeat ``repeat`` of the trial, on ``fold``."""
         seed = int(self.spec.base.get("seed", 0)) + repeat
-        directory = run_dir(self.study_dir, home, seed)
+        directory = run_dir(self.study_dir, home, seed, fold)
         extra = {"train.num_threads": self.num_threads} if self.num_threads else {}
+        if fold is not None:
+            extra.update({"data.folds": self.spec.cv, "data.fold": fold})
         extra.update(self.run_changes(directory) if self.run_changes else {})
-        config = config_for(self.spec.base, {**self.space.changes(values), **extra}, seed=seed,
-                            name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial))
-        if repeat == 0:
+        config = self._pretrained(trial, config_for(self.spec.base, {**self.space.changes(values), **extra}, seed=seed,
+                                                    name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial)))
+        first = repeat == 0 and not fold
+        if first:
             trial.set_user_attr(CONFIG, config.to_dict())
-        reporter = self._reporter(trial, replayed) if repeat == 0 else None
+        reporter = self._reporter(trial, replayed) if first else None  # the pruners follow the first run
         started = (directory / "config.yaml").is_file()
         done = resumable_history(directory) if started else []
         for row in done if reporter else ():  # its curve up to the checkpoint, reported again
@@ -175,10 +201,16 @@ class Objective:
                 resumed[str(seed)] = len(done)
                 trial.set_user_attr(RESUMED, resumed)
             summary = train(config, out_dir=directory, data=self.cache.get(config), resume=started,
-                            callbacks=[reporter] if reporter else [], verbose=self.verbose).summary
+                            callbacks=self._callbacks(trial, config, reporter), verbose=self.verbose).summary
         return RunRecord(seed=seed, value=self.spec.objective_value(summary), epochs_run=summary["epochs_run"],
                          best_epoch=summary["best_epoch"], run_dir=directory,
-                         class_names=tuple(summary["class_names"]), test=_metrics(summary["test"]))
+                         class_names=tuple(summary["class_names"]), test=_metrics(summary["test"]), fold=fold,
+                         cases={split: _case_metrics(summary[split]) for split in ("val", "test")})
+
+    def _callbacks(self, trial: optuna.Trial, config: Config, reporter: Callable | None) -> list[Callable]:
+        """The epoch callbacks of a run: the pruning report (first repeat) and the progress lines."""
+        shown = functools.partial(self.on_epoch, trial, config.train.epochs) if self.on_epoch and reporter else None
+        return [c for c in (shown, reporter) if c is not None]  # the line first: a pruned epoch shows too
 
     def _stop(self, trial: optuna.Trial | None, err: StorageError, t0: float | None = None) -> None:
         """Stop the worker with ``err``; the trial is failed with it and run again on resume."""
@@ -224,17 +256,35 @@ class Objective:
 
         return lookup
 
+    def _pretrained(self, trial: optuna.Trial, config: Config) -> Config:
+        """A ``pretrain`` budget: the config starting from its encoder, pre-trained once per distinct setting in
+        ``<study dir>/pretrain/`` and shared by every trial (and repeat) with it; the trial stores the
+        pre-training's run and validation reconstruction MSE and MAE."""
+        from segtune.training.pretrain import pretrained_config
+
+        if not config.pretrain.active:
+            return config
+        config, pre = pretrained_config(config, self.study_dir / PRETRAIN_DIR, data=self.cache.get(config),
+                                        verbose=self.verbose)
+        trial.set_user_attr(PRETRAIN_RUN, str(Path(pre["encoder"]).parent))
+        trial.set_user_attr(PRETRAIN_MSE, pre["val"]["mse"])
+        trial.set_user_attr(PRETRAIN_MAE, pre["val"]["mae"])
+        return config
+
     def _reporter(self, trial: optuna.Trial, replayed: set[int]) -> Callable[[int, dict[str, Any]], None]:
+        """The first repeat's callback: each validation's objective, reported at the run's clock (the
+        epoch, or with ``train.steps`` the step: the pruners' rungs count in it), and the prune."""
         key = self.spec.epoch_key
 
         def on_epoch(epoch: int, row: dict[str, Any]) -> None:
-            trial.set_user_attr(EPOCHS, epoch)
+            unit, at = ("step", int(row["step"])) if "step" in row else ("epoch", int(row["epoch"]))
+            trial.set_user_attr(EPOCHS, row["epoch"])
             if key is None or key not in row:
                 return
-            if epoch not in replayed:  # the same value was reported from the twin's curve
-                trial.report(float(row[key]), epoch)
+            if at not in replayed:  # the same value was reported from the twin's curve
+                trial.report(float(row[key]), at)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({key}={row[key]:.4f})")
+                raise optuna.TrialPruned(f"pruned at {unit} {at} ({key}={row[key]:.4f})")
 
         return on_epoch
 
@@ -284,7 +334,7 @@ def replay_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | 
     else:
         if pruned:
             return None
-    for key in (CONFIG, RUNS, SPREAD, EPOCHS):
+    for key in (CONFIG, RUNS, SPREAD, EPOCHS, RACE, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     trial.set_user_attr(SAME_AS, twin.number)
@@ -309,8 +359,15 @@ def _finished_summary(directory: Path, config: Config) -> dict[str, Any] | None:
 
 
 def _metrics(split: dict[str, Any]) -> dict[str, Any]:
-    keep = ("dice_mean", "iou_mean", "dice_per_class", "iou_per_class", "loss")
+    keep = ("dice_mean", "iou_mean", "dice_per_class", "iou_per_class", "loss", "case_dice_mean",
+            *(f"{m}_{how}" for m in DISTANCE_METRICS for how in ("mean", "per_class")))
     return {k: split[k] for k in keep if k in split}
+
+
+def _case_metrics(split: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Each case's means (Dice, and the surface metrics where measured): what paired tests compare."""
+    keep = ("dice_mean", *(f"{m}_mean" for m in DISTANCE_METRICS))
+    return {case: {k: entry[k] for k in keep if k in entry} for case, entry in split.get("per_case", {}).items()}
 
 
 __all__ = ["ORPHAN_FIX", "DataCache", "Objective", "replay_twin"]

@@ -5,9 +5,12 @@ loop reads them) and read back through :class:`TrialRecord`, which the leaderboa
 the CLI show. Trial user attributes:
 
 - ``params`` ({config path: value}), ``config`` (the resolved config of its first repeat);
-- ``runs``: per repeat, a :class:`RunRecord` as JSON (seed, value, epochs_run, best_epoch, run_dir,
-  class_names, test metrics); ``spread`` (standard deviation over repeats); ``epochs`` (epochs run
+- ``runs``: per repeat (and cross-validation fold), a :class:`RunRecord` as JSON (seed, fold, value,
+  epochs_run, best_epoch, run_dir, class_names, test metrics, per-case metrics of val and test); ``spread`` (standard deviation over repeats); ``epochs`` (epochs run
   by the first repeat); ``seconds``; ``worker`` (host:pid);
+- ``pretrain_run``, ``pretrain_mse``, ``pretrain_mae``: with a ``pretrain`` budget, the cached
+  pre-training its runs started from (``<study dir>/pretrain/<budget>-<hash>``) and its validation
+  reconstruction errors (of the encoder kept, the best validation MSE);
 - ``home`` (the trial number of its run directories), ``resumed_after`` ({seed: epoch}),
   ``fail_reason``, ``interrupted``, ``requeued_from`` and ``same_as`` (a configuration sampled
   again takes its earlier trial's result without training) where they apply.
@@ -47,6 +50,11 @@ FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"
 REQUEUED_FROM = "requeued_from"  # a trial stopped by Ctrl-C (or a full disk) that this one runs again
 SAME_AS = "same_as"  # the earlier trial of the same configuration whose result was reused
+PRETRAIN_RUN = "pretrain_run"  # the pre-training run directory the trial's runs started from
+PRETRAIN_MSE = "pretrain_mse"  # its validation reconstruction MSE
+PRETRAIN_MAE = "pretrain_mae"  # and MAE
+PRETRAIN_DIR = "pretrain"  # <study dir>/pretrain/<budget>-<hash>/: the pre-training runs, one per setting
+RACE = "race"  # with racing repeats: why the trial stopped at the seeds it has (segtune.study.racing)
 # Optuna's system attribute on a dead worker's retry: the trial numbers it repeats
 RETRY_HISTORY = "retry_history"
 # study user attributes
@@ -95,9 +103,9 @@ def maximizes(study: optuna.Study) -> bool:
     return study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
-def run_dir(study_dir: Path, home: int, seed: int) -> Path:
-    """Where repeat ``seed`` of the trial numbered ``home`` trains."""
-    return study_dir / TRIALS_DIR / f"{home:04d}-seed{seed}"
+def run_dir(study_dir: Path, home: int, seed: int, fold: int | None = None) -> Path:
+    """Where repeat ``seed`` (of cross-validation fold ``fold``) of the trial numbered ``home`` trains."""
+    return study_dir / TRIALS_DIR / (f"{home:04d}-seed{seed}" + ("" if fold is None else f"-fold{fold}"))
 
 
 @dataclass(frozen=True)
@@ -111,18 +119,24 @@ class RunRecord:
     run_dir: Path
     class_names: tuple[str, ...] = ()
     test: dict[str, Any] = field(default_factory=dict)  # test-split metrics
+    fold: int | None = None  # the cross-validation fold (the study's cv), None without
+    # {split: {case_id: {metric: value}}}: the per-case metrics of its final val and test evaluations
+    cases: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
 
     @classmethod
     def from_attr(cls, stored: dict[str, Any]) -> "RunRecord":
         """Read one entry of a trial's ``runs`` attribute."""
+        fold = stored.get("fold")
         return cls(seed=int(stored["seed"]), value=float(stored["value"]), epochs_run=int(stored["epochs_run"]),
                    best_epoch=int(stored["best_epoch"]), run_dir=Path(stored["run_dir"]),
-                   class_names=tuple(stored.get("class_names", ())), test=dict(stored.get("test") or {}))
+                   class_names=tuple(stored.get("class_names", ())), test=dict(stored.get("test") or {}),
+                   fold=None if fold is None else int(fold), cases=dict(stored.get("cases") or {}))
 
     def to_attr(self) -> dict[str, Any]:
         """The entry as stored (plain JSON values)."""
         return {"seed": self.seed, "value": self.value, "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
-                "run_dir": str(self.run_dir), "class_names": list(self.class_names), "test": self.test}
+                "run_dir": str(self.run_dir), "class_names": list(self.class_names), "test": self.test,
+                **({"fold": self.fold} if self.fold is not None else {}), **({"cases": self.cases} if self.cases else {})}
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,8 @@ class TrialRecord:
     state: Status | str
     params: dict[str, Any]
     value: float | None  # the objective (mean over repeats; an unfinished trial's last report)
-    values: dict[int, float] = field(default_factory=dict)  # objective per seed, finite finished repeats only
+    # objective per seed (the mean over its cross-validation folds), finite finished repeats only
+    values: dict[int, float] = field(default_factory=dict)
     epochs: int | None = None  # epochs run by the first repeat
     seconds: float = 0.0
     reason: str = ""  # why it ended as it did (see trial_reason)
@@ -146,6 +161,14 @@ class TrialRecord:
     resumed_after: dict[str, int] = field(default_factory=dict)
     worker: str | None = None
     config: dict[str, Any] | None = None
+
+    def case_values(self, objective: str) -> dict[tuple[int, int | None, str], float]:
+        """The per-case values of the objective (``val.dice_mean``, ``test.hd95_mean``, ...) of its
+        runs, keyed by (seed, fold, case id); empty for an objective with no per-case value (a loss)."""
+        split, _, metric = objective.partition(".")
+        metric = "dice_mean" if metric == "case_dice_mean" else metric
+        return {(r.seed, r.fold, case): float(v[metric]) for r in self.runs
+                for case, v in r.cases.get(split, {}).items() if v.get(metric) is not None}
 
     @property
     def test(self) -> list[dict[str, Any]]:
@@ -168,11 +191,19 @@ class TrialRecord:
         home = int(attrs.get(HOME, trial.number))
         return cls(number=trial.number, state=status_of(trial), params=dict(attrs.get(PARAMS, {})),
                    value=trial.value if trial.value is not None else _last_value(trial),
-                   values={r.seed: r.value for r in runs if math.isfinite(r.value)},
+                   values=per_seed(runs),
                    epochs=attrs.get(EPOCHS), seconds=float(attrs.get(SECONDS, 0.0)), reason=trial_reason(trial, trials),
                    runs=runs, spread=float(attrs.get(SPREAD, 0.0)), run_dirs=_run_dirs(trial, runs, home, study_dir),
                    home=home, same_as=attrs.get(SAME_AS), requeued_from=attrs.get(REQUEUED_FROM),
                    resumed_after=dict(attrs.get(RESUMED, {})), worker=attrs.get(WORKER), config=attrs.get(CONFIG))
+
+
+def per_seed(runs: Sequence[RunRecord]) -> dict[int, float]:
+    """The objective of each seed of ``runs``: the mean over its folds; seeds with a non-finite value are left out."""
+    by_seed: dict[int, list[float]] = {}
+    for r in runs:
+        by_seed.setdefault(r.seed, []).append(r.value)
+    return {s: math.fsum(v) / len(v) for s, v in by_seed.items() if all(math.isfinite(x) for x in v)}
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
@@ -190,9 +221,9 @@ def _run_dirs(trial: FrozenTrial, runs: Sequence[RunRecord], home: int, study_di
     return [r.run_dir for r in runs if r.run_dir.is_dir()]
 
 
-def _seed_of(path: Path) -> int:
-    seed = path.name.rsplit("seed", 1)[1]
-    return int(seed) if seed.isdigit() else 0
+def _seed_of(path: Path) -> tuple[int, int]:
+    seed, _, fold = path.name.rsplit("seed", 1)[1].partition("-fold")
+    return (int(seed) if seed.isdigit() else 0, int(fold) if fold.isdigit() else -1)
 
 
 def trial_reason(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> str:
@@ -229,6 +260,14 @@ def _show(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def runs_cell(record: TrialRecord) -> str:
+    """A trial's runs in a leaderboard: the finished ones; an unfinished trial's run in progress is
+    counted with its state (``1 pruned``, ``2 + 1 pruned``), never shown as 0 seeds."""
+    if record.state == Status.COMPLETE or record.same_as is not None:
+        return str(len(record.runs))
+    return f"{len(record.runs)} + 1 {record.state}" if record.runs else f"1 {record.state}"
+
+
 def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     """The trials, best first: parameters, objective mean and spread, epochs, state, seconds, reason.
 
@@ -238,10 +277,10 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     records = study_records(study)
     paths = sorted({p for r in records for p in r.params})
     rows = [[r.number] + [_show(r.params.get(p, "-")) for p in paths]
-            + ["-" if r.value is None else float(r.value), r.spread, f"{len(r.runs)}",
+            + ["-" if r.value is None else float(r.value), r.spread, runs_cell(r),
                "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:REASON_WIDTH]]
             for r in records]
-    header = ["trial"] + paths + [objective_name(study), "spread", "repeats", "epochs", "state", "seconds", "reason"]
+    header = ["trial"] + paths + [objective_name(study), "spread", "runs", "epochs", "state", "seconds", "reason"]
     return header, rows
 
 
@@ -262,8 +301,9 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
     return TrialRecord.from_trial(study.best_trial, trials=study.get_trials(deepcopy=False))
 
 
-__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "REASON_WIDTH",
-           "REQUEUED_FROM", "RESUMED", "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
+__all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
+           "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED",
+           "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
-           "objective_name", "progress_line", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
+           "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]

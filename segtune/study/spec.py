@@ -8,7 +8,9 @@
     objective: val.dice_mean        # a summary metric; direction: maximize (loss: minimize)
     method: tpe                     # grid | random | tpe, or {name: tpe, n_startup_trials: 5}
     n_trials: 20                    # ignored by grid (the grid's size)
-    repeats: 1                      # seeds per configuration: mean and spread of the objective
+    repeats: 1                      # seeds per configuration: mean and spread of the objective;
+                                    # or {min: 2, max: 5}: racing (see segtune.study.racing)
+    cv: 5                           # optional: k-fold cross-validation by case, every fold of every seed
     space: {...}                    # see segtune.study.space
     variants: [{label: A, ...}]     # named joint settings, alone or crossed with the space
     pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
@@ -20,8 +22,6 @@ configs shipped with segtune (``demo.yaml``).
 from __future__ import annotations
 
 import hashlib
-import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal, Sequence
 
@@ -29,11 +29,12 @@ import optuna
 import pydantic
 from pydantic import Field
 
-from segtune.config import Component, SafeName, apply_changes, format_errors, parse_override, read_yaml
-from segtune.planning import planned_tree
+from segtune.config import Component, SafeName, format_errors
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
-from segtune.study.space import VARIANT, Space, check_path, config_for
+from segtune.study.files import read_study_tree
+from segtune.study.space import VARIANT, Space, config_for
+from segtune.training.distances import DISTANCE_METRICS, MINIMISED
 
 SAMPLERS = Registry("study method")
 PRUNERS = Registry("pruner")
@@ -148,9 +149,39 @@ class PrunerSection(Component):
     registry: ClassVar[Registry] = PRUNERS
     name: str = "none"
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _min_rung(cls, data: Any) -> Any:
+        # min_rung: the clock's own name for min_epochs, the first rung (an epoch, or a step with train.steps)
+        if not isinstance(data, dict) or "min_rung" not in data:
+            return data
+        if "min_epochs" in data:
+            raise ValueError(f"pruner.min_rung={data['min_rung']} and pruner.min_epochs={data['min_epochs']} are "
+                             f"one setting (the first rung, on the budget's clock); keep one")
+        return {("min_epochs" if k == "min_rung" else k): v for k, v in data.items()}
+
 
 _SPLITS = ("val", "test")
-_METRICS = ("dice_mean", "iou_mean", "loss")
+# case_dice_mean: the mean over cases of each case's Dice; the surface metrics' means over cases and classes
+_METRICS = ("dice_mean", "iou_mean", "loss", "case_dice_mean", *(f"{m}_mean" for m in DISTANCE_METRICS))
+
+
+class Racing(pydantic.BaseModel):
+    """``repeats: {min: 2, max: 5, alpha: 0.05}``: adaptive repeats (see :mod:`segtune.study.racing`)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    min: Annotated[int, Field(ge=1, le=99)] = 2
+    max: Annotated[int, Field(ge=2, le=100)] = 5
+    # the chance, per configuration, of stopping it as separated from the leader when the two are equal
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+
+    @pydantic.model_validator(mode="after")
+    def _min_below_max(self) -> "Racing":
+        if self.min >= self.max:
+            raise ValueError(f"repeats: min ({self.min}) must be less than max ({self.max}); for a fixed number "
+                             f"of seeds write repeats: {self.max}")
+        return self
 
 
 class StudySpec(pydantic.BaseModel):
@@ -164,7 +195,10 @@ class StudySpec(pydantic.BaseModel):
     direction: Literal["maximize", "minimize"] | None = None  # None: minimize losses, maximize the rest
     method: MethodSection = MethodSection()
     n_trials: Annotated[int, Field(ge=1)] | None = None  # required by random and tpe
-    repeats: Annotated[int, Field(ge=1, le=100)] = 1  # seeds base.seed, base.seed+1, ...
+    repeats: Annotated[int, Field(ge=1, le=100)] | Racing = 1  # seeds base.seed, base.seed+1, ...
+    # k-fold cross-validation by case: every seed trains every fold (data.folds, data.fold); the
+    # objective is the mean over folds and seeds, the pruners follow the first fold of the first seed
+    cv: Annotated[int, Field(ge=2, le=20)] | None = None
     seed: int = 0  # the sampler's seed
     space: dict[str, Any] = Field(default_factory=dict)
     # named joint settings ({label, dotted path: value}), one categorical entry ``variant`` of the space
@@ -201,19 +235,42 @@ class StudySpec(pydantic.BaseModel):
         if self.pruner.name != "none" and self.epoch_key is None:
             raise ValueError(f"pruner {self.pruner.name} needs a validation objective reported every epoch "
                              f"(val.dice_mean, val.loss, val.dice_per_class.CLASS), not {self.objective}")
+        surface = self.objective.split(".")[1] in {f"{m}_mean" for m in DISTANCE_METRICS}
+        if surface and (self.base.get("metrics") or {}).get("surface") is False:
+            raise ValueError(f"objective {self.objective} is a surface metric, but the base config sets "
+                             f"metrics.surface: false; remove that, or choose another objective")
+        if self.cv and (self.base.get("data") or {}).get("folds") is not None:
+            raise ValueError(f"cv: {self.cv} makes the folds of every trial, but the base config sets data.folds; "
+                             f"remove data.folds (and data.fold) from the base, or remove cv")
         return self
 
     @property
     def resolved_direction(self) -> str:
-        """The direction in force: the one given, else minimize for a loss and maximize otherwise."""
-        return self.direction or ("minimize" if self.objective.endswith("loss") else "maximize")
+        """The direction in force: the one given, else minimize for a loss and a distance, maximize otherwise."""
+        lower = self.objective.endswith("loss") or self.objective.split(".")[1] in {f"{m}_mean" for m in MINIMISED}
+        return self.direction or ("minimize" if lower else "maximize")
+
+    @property
+    def min_repeats(self) -> int:
+        """The seeds every configuration gets (all of them without racing)."""
+        return self.repeats.min if isinstance(self.repeats, Racing) else self.repeats
+
+    @property
+    def max_repeats(self) -> int:
+        """The most seeds a configuration can get."""
+        return self.repeats.max if isinstance(self.repeats, Racing) else self.repeats
+
+    @property
+    def folds(self) -> list[int | None]:
+        """The cross-validation folds every seed trains: ``0..cv-1``, or ``[None]`` without ``cv``."""
+        return list(range(self.cv)) if self.cv else [None]
 
     @property
     def epoch_key(self) -> str | None:
         """The key of the objective in the per-epoch metrics row, or None if it is not there."""
         split, _, metric = self.objective.partition(".")
-        if split != "val" or metric.startswith("iou"):
-            return None
+        if split != "val" or not (metric in ("dice_mean", "loss") or metric.startswith("dice_per_class.")):
+            return None  # a metric of the final evaluation only (IoU, per-case means, surface distances)
         return "val_" + metric.replace("dice_per_class.", "dice_")
 
     @property
@@ -242,26 +299,14 @@ class StudySpec(pydantic.BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one."""
-        stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"})
+        stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
+                                 | ({"cv"} if self.cv else set()))
         if not self.variants:
             return stored  # as before variants existed: older studies resume
         # the variants also as one list entry of the space, by label in the file's order: the
         # report reads the stored space, and shows them as one setting
         labels = [v["label"] for v in self.variants]
         return {**stored, "space": {VARIANT: labels, **stored["space"]}, "variants": self.variants}
-
-
-def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
-    if isinstance(base, dict):
-        return base
-    if not isinstance(base, str):
-        raise ConfigError(f"{study_path}: base must be a config file name or an inline config mapping, got {base!r}")
-    packaged = Path(str(resources.files("segtune") / "configs" / base))
-    for candidate in (study_path.parent / base, Path(base), packaged):
-        if candidate.is_file():
-            return read_yaml(candidate)
-    raise ConfigError(f"{study_path}: base config {base!r} not found next to the study file, in the current "
-                      f"directory, or among segtune's configs (demo.yaml)")
 
 
 def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool = False,
@@ -300,41 +345,6 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
     if found:
         raise ConfigError("\n".join(found))
     return spec, space
-
-
-def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
-    """A study file's mapping with its base resolved and ``set`` (then ``overrides``) applied.
-
-    Returns:
-        The tree and the problems of its ``set`` paths (those changes left out), so that a caller
-        can report them with every other problem of the file.
-    """
-    path = Path(path)
-    tree = read_yaml(path)
-    if "base" not in tree:
-        raise ConfigError(f"{path}: missing base: a config file (e.g. demo.yaml) or an inline config")
-    tree["base"] = _resolve_base(tree["base"], path)
-    fixed = tree.pop("set", None) or {}
-    if not isinstance(fixed, dict):
-        raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
-    changes = {str(key): value for key, value in fixed.items()}
-    for item in overrides:
-        keys, value = parse_override(item)
-        changes.pop(".".join(keys), None)  # a --set after the file's own set of the same path
-        changes[".".join(keys)] = value
-    errors = []
-    for key in list(changes):
-        try:
-            check_path(key)
-        except ConfigError as err:
-            errors.append(f"{path}: set: {err}")
-            del changes[key]
-    try:
-        tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
-    except ConfigError as err:
-        raise ConfigError("\n".join([*errors, str(err)])) from None
-    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
-    return tree, errors
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = (), *, every_cell: bool = False) -> tuple[StudySpec, Space]:

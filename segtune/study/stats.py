@@ -1,9 +1,17 @@
 """The statistics of a study (its report and its stage decisions): confidence intervals, paired comparisons, importances.
 
-Every number here is over the repeats of a configuration (one value per seed), so "the noise"
+Most numbers here are over the repeats of a configuration (one value per seed), so "the noise"
 is the spread between seeds of one configuration. The intervals are those of scipy's t-tests
 (``ttest_1samp`` for a mean, ``ttest_rel`` for a paired difference), read from their results'
 ``confidence_interval()``.
+
+The verdicts between two trials (:func:`verdict`, :func:`ranking`) pair what both ran. Where they
+share at least :data:`MIN_CASES` cases, they compare case by case: each case's difference is the
+mean over the seeds and folds both ran it in, the interval of the mean difference is a bootstrap
+one over cases (no normality assumed: per-case Dice is bounded and skewed) and the test is
+Wilcoxon's signed-rank test on the per-case differences (robust to the few failed cases that
+dominate a mean). With fewer cases (the demo's validation blocks, a handful of test volumes) a
+rank test has too little to rank, and the verdict is the paired t-test over the shared seeds.
 """
 
 from __future__ import annotations
@@ -11,12 +19,16 @@ from __future__ import annotations
 import statistics
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 import optuna
 from scipy import stats
 
 CONFIDENCE = 0.95  # the level of every interval in a report
+MIN_CASES = 10  # shared cases from which verdicts compare case by case (Wilcoxon), not seed by seed
+N_BOOTSTRAP = 4000  # resamples of the bootstrap interval of a mean per-case difference
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,122 @@ def paired_comparison(best: dict[int, float], other: dict[int, float], *, other_
     return PairedComparison(other_number, seeds, _with_interval(diffs, result, confidence), p_value)
 
 
+CaseKey = tuple[int, "int | None", str]  # (seed, fold, case id): one evaluation of one case
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Trial ``a`` against trial ``b`` on what both ran; ``difference`` is oriented so that a
+    positive value favours ``a`` (for a minimised objective: ``b - a``)."""
+
+    a: int
+    b: int
+    test: str  # "Wilcoxon signed-rank over N cases" or "paired t over N seeds"
+    n: int  # the cases (or seeds) compared
+    difference: MeanCI
+    p_value: float | None
+    confidence: float = CONFIDENCE
+
+    @property
+    def separated(self) -> bool:
+        """Whether the interval of the difference excludes 0 (and the test's p is below 1 - confidence)."""
+        d = self.difference
+        if d.low is None or d.low <= 0.0 <= d.high:
+            return False
+        return self.p_value is None or self.p_value < 1 - self.confidence
+
+    @property
+    def sign(self) -> str:
+        """``>`` (a is better), ``<`` (a is worse) or ``=`` (within the noise)."""
+        return "=" if not self.separated else (">" if self.difference.mean > 0 else "<")
+
+    @property
+    def word(self) -> str:
+        """``better``, ``worse`` or ``no difference``, of ``a``."""
+        return {">": "better", "<": "worse", "=": "no difference"}[self.sign]
+
+
+def _case_differences(a: Mapping[CaseKey, float], b: Mapping[CaseKey, float], maximize: bool) -> list[float]:
+    """One difference per case shared by ``a`` and ``b``: the mean over the (seed, fold) both ran it in."""
+    by_case: dict[str, list[float]] = {}
+    for key in sorted(set(a) & set(b), key=str):
+        diff = a[key] - b[key] if maximize else b[key] - a[key]
+        by_case.setdefault(key[2], []).append(diff)
+    return [statistics.fmean(v) for v in by_case.values()]
+
+
+def bootstrap_mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE) -> MeanCI:
+    """The mean of ``values`` and its bootstrap (BCa, :data:`N_BOOTSTRAP` resamples, seed 0) interval."""
+    if statistics.pstdev(values) == 0:
+        return MeanCI(statistics.fmean(values), values[0], values[0], len(values))
+    result = stats.bootstrap((np.asarray(values),), np.mean, confidence_level=confidence, n_resamples=N_BOOTSTRAP,
+                             random_state=np.random.default_rng(0))
+    interval = result.confidence_interval
+    return MeanCI(statistics.fmean(values), float(interval.low), float(interval.high), len(values))
+
+
+def verdict(a: int, b: int, *, seeds: tuple[Mapping[int, float], Mapping[int, float]],
+            cases: tuple[Mapping[CaseKey, float], Mapping[CaseKey, float]] = ({}, {}), maximize: bool = True,
+            confidence: float = CONFIDENCE) -> Verdict | None:
+    """Compare trial ``a`` with trial ``b``: case by case where they share :data:`MIN_CASES` cases, else seed by seed.
+
+    Args:
+        a, b: the trial numbers.
+        seeds: the objective per seed of ``a`` and of ``b``.
+        cases: the objective's per-case value of ``a`` and of ``b``, keyed by (seed, fold, case id).
+        maximize: the study's direction.
+        confidence: the level of the interval (and 1 - the test's threshold).
+
+    Returns:
+        The :class:`Verdict`, or None when they share fewer than two seeds and too few cases.
+
+    Example:
+        >>> verdict(1, 2, seeds=({0: 0.90, 1: 0.91, 2: 0.90}, {0: 0.70, 1: 0.71, 2: 0.71})).word
+        'better'
+    """
+    diffs = _case_differences(*cases, maximize)
+    if len(diffs) >= MIN_CASES:
+        nonzero = [d for d in diffs if d != 0]
+        p = float(_quiet(stats.wilcoxon, nonzero).pvalue) if len(nonzero) >= 1 else 1.0
+        return Verdict(a, b, f"Wilcoxon signed-rank over {len(diffs)} cases", len(diffs),
+                       bootstrap_mean_ci(diffs, confidence=confidence), p, confidence)
+    compared = paired_comparison(dict(seeds[0]), dict(seeds[1]), other_number=b, maximize=maximize,
+                                 confidence=confidence)
+    if compared is None:
+        return None
+    return Verdict(a, b, f"paired t over {len(compared.seeds)} seeds", len(compared.seeds), compared.difference,
+                   compared.p_value, confidence)
+
+
+def ranking(entries: Sequence[tuple[int, Mapping[int, float], Mapping[CaseKey, float]]], *,
+            maximize: bool = True, confidence: float = CONFIDENCE) -> tuple[str, list[Verdict | None]]:
+    """A ranking with ties, ``#3 = #1 > #5``, of trials given best first.
+
+    Each trial is compared (:func:`verdict`) with the first trial of the current group: within
+    the noise of it, it joins the group (``=``); separated from it, it starts the next group (``>``).
+
+    Args:
+        entries: ``(trial number, objective per seed, per-case values)`` of each trial, best mean first.
+        maximize, confidence: as :func:`verdict`.
+
+    Returns:
+        The ranking text, and the verdict behind each step (None where the two could not be compared,
+        shown as ``?``).
+    """
+    if not entries:
+        return "", []
+    text, steps = f"#{entries[0][0]}", []
+    head = entries[0]
+    for entry in entries[1:]:
+        v = verdict(head[0], entry[0], seeds=(head[1], entry[1]), cases=(head[2], entry[2]), maximize=maximize,
+                    confidence=confidence)
+        steps.append(v)
+        if v is not None and v.sign == ">":
+            head = entry
+        text += f" {'?' if v is None else ('>' if v.sign == '>' else '=')} #{entry[0]}"
+    return text, steps
+
+
 def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str | None]:
     """Hyperparameter importances of the completed trials by fANOVA and mean decrease in impurity.
 
@@ -145,4 +273,5 @@ def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str |
     return result, None
 
 
-__all__ = ["CONFIDENCE", "MeanCI", "PairedComparison", "importances", "mean_ci", "paired_comparison"]
+__all__ = ["CONFIDENCE", "MIN_CASES", "N_BOOTSTRAP", "CaseKey", "MeanCI", "PairedComparison", "Verdict",
+           "bootstrap_mean_ci", "importances", "mean_ci", "paired_comparison", "ranking", "verdict"]

@@ -34,6 +34,7 @@ from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec, parse_study
 from segtune.study.storage import open_storage
 from segtune.study.workers import open_study, run_worker
+from segtune.training.clock import budget_changes
 from segtune.training.loop import train
 
 __all__ = ["BEST", "TuneResult", "base_params", "default_tune_dir", "fit_space", "link_best", "probe_epochs", "run_tune",
@@ -176,20 +177,22 @@ def probe_epochs(spec: StudySpec, study_dir: Path, cache: DataCache, budget: flo
                  progress: bool) -> int:
     """The epochs of every trial (:func:`trial_epochs`), from one epoch of the base trained and timed
     in ``<study dir>/probe`` (its set-up and end give the margin); the base's epochs when the
-    probe diverges, which the base trial will then report."""
-    epochs = int(spec.base["train"]["epochs"])
-    probe = config_for(spec.base, {"train.epochs": 1, "train.patience": 0, "train.max_minutes": None,
-                                   "scheduler.warmup_epochs": 0})
+    probe diverges, which the base trial will then report. Under a step budget the probe is one
+    epoch too, and the trials' steps are fitted from its time per step."""
+    base = config_for(spec.base, {}).train
+    probe = config_for(spec.base, {**budget_changes(base, 1, "epoch"), "train.patience": 0, "train.max_minutes": None,
+                                   "scheduler.warmup_epochs": 0, "scheduler.warmup_steps": 0})
     shutil.rmtree(study_dir / PROBE_DIR, ignore_errors=True)  # a probe cut off by a kill starts again
     try:
         train(probe, out_dir=study_dir / PROBE_DIR, data=cache.get(probe), verbose=False)
     except TrainingDiverged:
-        return epochs
-    margin, epoch = run_costs(study_dir)
-    fitted = trial_epochs(budget, epoch, margin - epoch, epochs, min_epochs)
+        return base.length
+    margin, cost = run_costs(study_dir, base.unit)
+    _, epoch = run_costs(study_dir, "epoch")
+    fitted = trial_epochs(budget, cost, margin - epoch, base.length, min_epochs)
     if progress:
-        print(f"an epoch of the base takes {format_duration(epoch)}: each trial trains {fitted} of its {epochs} "
-              f"epochs, so that a trial takes at most {TRIAL_SHARE:.0%} of the budget", flush=True)
+        print(f"an epoch of the base takes {format_duration(epoch)}: each trial trains {fitted} of its {base.length} "
+              f"{base.unit}s, so that a trial takes at most {TRIAL_SHARE:.0%} of the budget", flush=True)
     return fitted
 
 
@@ -277,7 +280,7 @@ def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | N
     min_epochs = int(spec.pruner.options.get("min_epochs", 1))
     if EPOCHS not in study.user_attrs:
         study.set_user_attr(EPOCHS, probe_epochs(spec, study_dir, cache, seconds, min_epochs, progress))
-    gate = BudgetGate(tune_budget, study, study_dir, min_epochs, progress)
+    gate = BudgetGate(tune_budget, study, study_dir, min_epochs, progress, train=config_for(spec.base, {}).train)
     try:
         run_worker(spec, space, study_dir=study_dir, num_threads=num_threads, seed=spec.seed, verbose=verbose,
                    progress=progress, cache=cache, may_start=gate, run_changes=gate.run_changes)

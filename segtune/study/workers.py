@@ -22,17 +22,20 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from segtune.errors import USER_ERRORS, ConfigError
 from segtune.study.dry_run import data_errors
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
+from segtune.study.progress import EpochProgress
 from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
                                    progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
                                    storage_fault)
+from segtune.training.runtime import available_cpus
 
 MAX_DRAWS = 10  # a random or TPE study ends after MAX_DRAWS x n_trials trials, however few were new
 
@@ -49,7 +52,7 @@ def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1
     """
     stored = study.user_attrs.get(THREADS)
     if stored is None:
-        stored = requested or max(1, (os.cpu_count() or 1) // n_workers)
+        stored = requested or max(1, available_cpus() // n_workers)
         study.set_user_attr(THREADS, stored)
     elif requested is not None and requested != stored:
         raise ConfigError(f"study {study.study_name!r} trains every trial with {stored} CPU thread(s), fixed when it "
@@ -76,7 +79,8 @@ def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorag
     """Create the study or load it; a stored study made from a different study file is an error."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, seed)
-    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.epochs)
+    # the pruners' rungs count on the base's clock: epochs, or steps with train.steps
+    pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, config_for(spec.base, {}).train.length)
     study = optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=spec.resolved_direction, load_if_exists=True)
     stored = study.user_attrs.get(SPEC)
@@ -208,7 +212,9 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     _check_run_dirs(study, study_dir)
     num_threads = study_threads(study, num_threads)
     objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend,
-                          run_changes=run_changes)
+                          run_changes=run_changes,
+                          on_epoch=EpochProgress(min(spec.n_trials or math.inf, _n_configurations(space)))
+                          if progress and not verbose else None)
     try:
         return _run_trials(spec, space, study, objective, progress, may_start)
     except Exception as err:
@@ -251,7 +257,7 @@ def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: O
 
 def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage: str | None = None,
               n_workers: int = 1, num_threads: int | None = None, overrides: Sequence[str] = (),
-              verbose: bool = False, progress: bool = False) -> optuna.Study:
+              verbose: bool = False, progress: bool = False, workers_per_gpu: int = 1) -> optuna.Study:
     """Run (or resume, or join) the study of a study file with ``n_workers`` local workers.
 
     Args:
@@ -264,6 +270,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         overrides: ``--set`` style changes of the base config (``["data.spacing=2"]``).
         verbose: print every epoch of every trial.
         progress: print one line per finished trial.
+        workers_per_gpu: with several workers on a machine with GPUs, each worker process sees one
+            GPU (``CUDA_VISIBLE_DEVICES``), ``workers_per_gpu`` workers to a GPU (see :func:`gpu_assignment`).
 
     Returns:
         The Optuna study, finished.
@@ -275,19 +283,23 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     """
     spec, space = load_study(path, overrides)
     return run_loaded(spec, space, path, study_dir=study_dir, storage=storage, n_workers=n_workers,
-                      num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress)
+                      num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress,
+                      workers_per_gpu=workers_per_gpu)
 
 
 def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: str | Path | None = None,
                storage: str | None = None, n_workers: int = 1, num_threads: int | None = None,
                overrides: Sequence[str] = (), verbose: bool = False, progress: bool = False,
-               worker_args: Sequence[str] = (), cache: DataCache | None = None) -> optuna.Study:
+               workers_per_gpu: int = 1, worker_args: Sequence[str] = (),
+               cache: DataCache | None = None) -> optuna.Study:
     """:func:`run_study` of a study already loaded from ``path`` (a stage of a staged study);
     ``worker_args`` are added to each spawned worker's command line (``--stage N``), and ``cache``
     holds data loaded before (by an earlier stage)."""
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
+    if workers_per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
     cache = cache or DataCache()
     # checked once, before the first trial trains to a missing class or builds a loss the data cannot take
     errors = data_errors([(str(path), spec, space)], cache.get(config_for(spec.base, {})), every_cell=False)
@@ -304,6 +316,7 @@ def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: st
     else:
         _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
                               num_threads=num_threads, overrides=overrides, progress=progress,
+                              gpus=gpu_assignment(n_workers, workers_per_gpu, _visible_gpus()),
                               worker_args=worker_args)
     return study
 
@@ -318,15 +331,17 @@ def _note_small_space(spec: StudySpec, space: Space) -> None:
 def _note_threads(num_threads: int, n_workers: int, progress: bool) -> None:
     if progress:
         print(f"{num_threads} CPU thread(s) per trial (the study's own, fixed when it was created)", flush=True)
-    if num_threads * n_workers > (os.cpu_count() or 1):
-        print(f"note: {n_workers} worker(s) x {num_threads} thread(s), the study's count, exceed this machine's "
-              f"{os.cpu_count()} cores: trials run slower than with fewer workers", file=sys.stderr, flush=True)
+    if num_threads * n_workers > available_cpus():
+        print(f"note: {n_workers} worker(s) x {num_threads} thread(s), the study's count, exceed the "
+              f"{available_cpus()} CPUs this process may use: trials run slower than with fewer workers",
+              file=sys.stderr, flush=True)
 
 
 def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | None, n_workers: int,
                           num_threads: int, overrides: Sequence[str], progress: bool,
-                          worker_args: Sequence[str] = ()) -> None:
-    """Run ``n_workers`` worker processes (``segtune study --worker``) and wait for them all."""
+                          gpus: list[str | None], worker_args: Sequence[str] = ()) -> None:
+    """Run ``n_workers`` worker processes (``segtune study --worker``), worker ``i`` on GPU ``gpus[i]``
+    (None: the GPUs of this process), and wait for them all; ``worker_args`` are added to each command."""
     command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir),
                *worker_args]
     command += ["--set", *overrides] if overrides else []
@@ -336,10 +351,34 @@ def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | N
     # their command line (every user's `ps` shows it)
     env = {k: v for k, v in os.environ.items() if k != STORAGE_ENV}
     env.update({STORAGE_ENV: storage} if storage else {})
-    procs = [subprocess.Popen(command, env=env) for _ in range(n_workers)]
+    if any(gpus):
+        print("GPUs: " + ", ".join(f"worker {i + 1} -> GPU {gpu}" for i, gpu in enumerate(gpus)), flush=True)
+    procs = [subprocess.Popen(command, env={**env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu else {})})
+             for gpu in gpus]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise ConfigError(f"worker processes exited with codes {codes}; re-run the same command to resume")
 
 
-__all__ = ["MAX_DRAWS", "open_study", "run_loaded", "run_study", "run_worker", "study_threads"]
+def gpu_assignment(n_workers: int, workers_per_gpu: int, visible: list[str]) -> list[str | None]:
+    """The GPU each of ``n_workers`` worker processes gets: ``workers_per_gpu`` consecutive workers to each
+    of the ``visible`` GPUs (their ``CUDA_VISIBLE_DEVICES`` names), round again when there are more
+    workers than places; all None without GPUs.
+
+    Example:
+        >>> gpu_assignment(5, 2, ["0", "1"])
+        ['0', '0', '1', '1', '0']
+    """
+    if not visible:
+        return [None] * n_workers
+    return [visible[(i // workers_per_gpu) % len(visible)] for i in range(n_workers)]
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs worker processes may be given: those of ``CUDA_VISIBLE_DEVICES`` where it is set, else all."""
+    count = torch.cuda.device_count()
+    listed = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return listed[:count] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(count)]
+
+
+__all__ = ["MAX_DRAWS", "gpu_assignment", "open_study", "run_loaded", "run_study", "run_worker", "study_threads"]

@@ -77,7 +77,8 @@ def checkpoint_meta(config: Config, data: SegData, out_channels: int) -> dict[st
     return {"model": config.model.name, "model_options": model_options, "in_channels": data.in_channels,
             "out_channels": out_channels, "class_names": data.class_names, "normalize": config.data.normalize,
             "normalize_stats": data.info.get("normalize_stats"), "resize": config.data.resize,
-            "patch_size": list(config.train.patch_size) if config.train.patch_size else None}
+            "patch_size": list(config.train.patch_size) if config.train.patch_size else None,
+            "precision": config.train.precision, "channels_last": config.train.channels_last}  # as trained
 
 
 def write_best(path: str | Path, *, weights: dict[str, torch.Tensor], meta: dict[str, Any], epoch: int) -> None:

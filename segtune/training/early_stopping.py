@@ -9,16 +9,18 @@ __all__ = ["EarlyStopping"]
 
 
 class EarlyStopping:
-    """Tracks the best value of ``monitor`` and stops after ``patience`` epochs without improving it.
+    """Tracks the best value of ``monitor`` and stops after ``patience`` validations without improving it.
 
     A value improves on the best when it is better by more than ``min_delta`` (larger for
-    ``mode="max"``, smaller for ``"min"``); a NaN never improves. Epochs are counted, not
-    validations: with validation every ``n`` epochs, each validation that does not improve adds ``n``.
+    ``mode="max"``, smaller for ``"min"``); a NaN never improves. Validations are counted, whatever
+    the run's clock: "validate every 50 steps, patience 5" stops 250 steps after the best, and with
+    a validation every epoch patience counts epochs. The position of each value (``at``: an epoch or
+    a step) is only recorded, as :attr:`best_epoch`.
 
     Args:
         monitor: the metric's name (``val.dice_mean``, ``val.loss``, ...), for messages.
         mode: ``"max"`` or ``"min"``; default ``"max"`` for a Dice, else ``"min"``.
-        patience: epochs without improvement before stopping; 0 never stops.
+        patience: validations without improvement before stopping; 0 never stops.
         min_delta: the least change that counts as an improvement.
 
     Example:
@@ -38,12 +40,12 @@ class EarlyStopping:
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.sign = 1.0 if mode == "max" else -1.0
         self.best = -self.sign * math.inf  # in the monitor's own units
-        self.best_epoch = 0  # 0: no value improved yet
-        self.stale = 0  # epochs since the best
+        self.best_epoch = 0  # the epoch (or step) of the best value; 0: no value improved yet
+        self.stale = 0  # validations since the best
         self.stopped = False
 
-    def step(self, value: float, *, epoch: int, epochs: int = 1) -> bool:
-        """Record ``value`` of ``epoch``, ``epochs`` after the previous one; returns whether it is a new best.
+    def step(self, value: float, *, epoch: int | float) -> bool:
+        """Record ``value`` of the validation at ``epoch`` (an epoch, or a step); returns whether it is a new best.
 
         After it, :attr:`stopped` says whether the run should stop.
         """
@@ -51,7 +53,7 @@ class EarlyStopping:
         if improved:
             self.best, self.best_epoch, self.stale = value, epoch, 0
         else:
-            self.stale += epochs
+            self.stale += 1
         self.stopped = bool(self.patience and self.stale >= self.patience)
         return improved
 

@@ -12,19 +12,61 @@ import contextlib
 import torch
 from torch import nn
 
+from segtune.config import Config
 from segtune.data import Split
-from segtune.training.metrics import confusion_counts, summarize
+from segtune.training.distances import DistanceSettings
+from segtune.training.metrics import case_means, confusion_counts, per_case_metrics, summarize
 from segtune.training.patches import window_logits
 
-__all__ = ["autocast", "batches", "evaluate_split", "image_logits", "labels_from_logits", "memory_format",
+__all__ = ["autocast", "batches", "case_scores", "evaluate_split", "final_distances", "image_logits",
+           "predict_probabilities", "score_labels", "labels_from_logits", "memory_format",
            "predict_labels"]
+
+
+def case_scores(pred: torch.Tensor, split: Split, class_names: list[str],
+                distances: DistanceSettings | None = None) -> dict:
+    """``per_case`` metrics of predicted labels ``(N, H, W)`` of a split with cases, and their means
+    (:func:`~segtune.training.metrics.case_means`)."""
+    per_case = per_case_metrics(pred, split.masks, split.cases, class_names, distances)
+    return {**case_means(per_case, class_names), "per_case": per_case}
+
+
+def score_labels(pred: torch.Tensor, split: Split, class_names: list[str],
+                 distances: DistanceSettings | None = None) -> dict:
+    """The metrics :func:`evaluate_split` gives (but the loss) of predicted labels ``(N, H, W)`` of ``split``."""
+    result = summarize(confusion_counts(pred, split.masks, len(class_names)), class_names)
+    return {**result, **case_scores(pred, split, class_names, distances)} if split.cases is not None else result
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+                          device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                          channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` float32 on the CPU for images ``(N, C, H, W)``: the softmax
+    of the logits, or for a one-channel model ``(1 - p, p)`` of its sigmoid (so that models can be averaged)."""
+    out = []
+    for logits in _logits_of(model, images, batch_size, device, precision, channels_last, patch_size):
+        if logits.shape[1] == 1:
+            p = torch.sigmoid(logits)
+            out.append(torch.cat([1 - p, p], 1).cpu())
+        else:
+            out.append(torch.softmax(logits, 1).cpu())
+    return torch.cat(out)
+
+
+def final_distances(config: Config) -> DistanceSettings | None:
+    """The surface metrics' settings of a run's final evaluations (``config.metrics``), None when off."""
+    metrics = config.metrics
+    return DistanceSettings(metrics.tolerance_mm, metrics.percentile) if metrics.surface else None
 
 
 def labels_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` logits to ``(B, H, W)`` labels: argmax, or ``logit > 0`` for one channel."""
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
-    return logits.argmax(1)
+    # argmax over a contiguous last dimension: on a CPU 8x faster than over dim 1 of an NCHW tensor
+    # (170 against 20 ms for 16 x 4 x 160 x 192), the same labels (ties: the first class)
+    return logits.movedim(1, -1).contiguous().argmax(-1)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -64,34 +106,51 @@ def predict_labels(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
                    device: torch.device = torch.device("cpu"), precision: str = "fp32",
                    channels_last: bool = False, patch_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Label maps ``(N, H, W)`` for images ``(N, C, H, W)``; with ``patch_size``, by sliding windows."""
+    return torch.cat([labels_from_logits(logits).cpu() for logits in
+                      _logits_of(model, images, batch_size, device, precision, channels_last, patch_size)])
+
+
+def _logits_of(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, precision: str,
+               channels_last: bool, patch_size: tuple[int, int] | None):
+    """Yield the logits of ``images`` batch by batch (call it under ``torch.inference_mode``)."""
     model.eval()
     split = Split(images, torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.long))
-    out = []
     for x, _ in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
             logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
-        out.append(labels_from_logits(logits).cpu())
-    return torch.cat(out)
+        yield logits  # outside autocast: what the caller does with it is in float32
 
 
 @torch.inference_mode()
 def evaluate_split(model: nn.Module, split: Split, class_names: list[str], *, loss_fn: nn.Module | None = None,
                    batch_size: int = 32, device: torch.device = torch.device("cpu"),
                    precision: str = "fp32", channels_last: bool = False,
-                   patch_size: tuple[int, int] | None = None) -> dict:
+                   patch_size: tuple[int, int] | None = None, distances: DistanceSettings | None = None) -> dict:
     """Mean loss (if ``loss_fn``) and per-class Dice / IoU of ``model`` on ``split``, both of whole
-    images (with ``patch_size``: of the sliding windows' blended logits) at the split's resolution."""
+    images (with ``patch_size``: of the sliding windows' blended logits) at the split's resolution.
+
+    A split with cases (``split.cases``) also gets each case's metrics under ``per_case``, with
+    their means (:func:`~segtune.training.metrics.case_means`); with ``distances``, the surface
+    metrics (HD95, NSD, ASD, volume difference) too: a run's final evaluation asks for them, its
+    per-epoch validations do not (they cost a distance transform per case and class).
+    """
     model.eval()
     counts = torch.zeros(len(class_names), 3, dtype=torch.int64)
     total_loss, n = 0.0, 0
+    predicted = []
     for x, y in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
             logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
         if loss_fn is not None:
             total_loss += float(loss_fn(logits, y)) * len(x)
             n += len(x)
-        counts += confusion_counts(labels_from_logits(logits), y, len(class_names)).cpu()
+        labels = labels_from_logits(logits)
+        counts += confusion_counts(labels, y, len(class_names)).cpu()
+        if split.cases is not None:
+            predicted.append(labels.to(torch.uint8 if len(class_names) <= 256 else torch.int64).cpu())
     result = summarize(counts, class_names)
+    if split.cases is not None:
+        result = {**result, **case_scores(torch.cat(predicted).long(), split, class_names, distances)}
     if loss_fn is not None:
         result = {"loss": total_loss / max(n, 1), **result}
     return result

@@ -37,13 +37,15 @@ from segtune.config import Config, apply_changes, build_config
 from segtune.data import SegData
 from segtune.errors import ConfigError, TrainingDiverged
 from segtune.registry import Registry
+from segtune.training.clock import budget_changes
 from segtune.training.loop import train
 from segtune.training.patches import TrainingSamples
+from segtune.training.precision import resolve_precision
 from segtune.training.runtime import (build_training, grad_scaler, load_data, memory_format, run_samples,
                                       setup_device, train_on_batches)
 
 __all__ = ["LR_RULES", "RangeTest", "RefineResult", "auto_lr_key", "explain_rule", "find_lrs", "lr_range_test",
-           "plot_range_tests", "refine_lr"]
+           "plot_range_tests", "range_test_figure", "refine_lr"]
 
 LR_RULES = Registry("lr rule")
 
@@ -172,6 +174,7 @@ def lr_range_test(config: Config, *, data: SegData | None = None, optimizer: str
     config = _with_optimizer(config, name, {"optimizer.lr": min(start_lr, 10.0)})
     data = data if data is not None else load_data(config)
     device = setup_device(config.train)
+    config, _ = resolve_precision(config, data, device)  # train.precision auto: as the run would train
     torch.manual_seed(config.seed)
     model, loss_fn, opt = build_training(config, data, device)
     batches = _cycling_batches(run_samples(config, data, device), len(data.train),
@@ -248,23 +251,28 @@ def _sweep(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.op
     return lrs, raw, smooth, "end_lr reached"
 
 
-def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
-    """One figure of every optimizer's smoothed loss against the lr (log scale), suggestions marked."""
-    from matplotlib.figure import Figure  # no pyplot: the caller's backend and figures stay as they are
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for curve in curves:
-        (line,) = ax.plot(curve.lrs, curve.losses, label=f"{curve.optimizer}: {curve.suggestion:.2g}")
+def range_test_figure(curves: list[RangeTest]) -> Any:
+    """One panel per optimizer: its smoothed loss against the lr (log scale), the suggestion marked,
+    the y axis clipped at the divergence (twice the loss at the start), so a blown-up curve leaves
+    the others readable. Returns a ``matplotlib.figure.Figure`` (no pyplot: the caller's backend stays)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(min(3.4 * len(curves), 14) + 0.6, 3.4))
+    for ax, curve in zip(fig.subplots(1, len(curves), squeeze=False)[0], curves):
+        ax.plot(curve.lrs, curve.losses, color="#4c72b0")
         at = int(np.argmin(np.abs(np.log(curve.lrs) - math.log(curve.suggestion))))
-        ax.plot([curve.suggestion], [curve.losses[at]], "o", color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
-    ax.set_title(f"LR range test; dots: suggestion ({curves[0].rule} rule)")
-    ax.legend()
+        ax.plot([curve.suggestion], [curve.losses[at]], "o", color="#c44e52", label=f"{curve.rule}: {curve.suggestion:.2g}")
+        low, start = min(curve.losses), curve.losses[0]
+        ax.set_ylim(low * 0.95 if low > 0 else low, 2 * start if start > 0 else max(curve.losses))
+        ax.set(xscale="log", xlabel="learning rate", title=f"{curve.optimizer} ({curve.stopped})")
+        ax.legend(fontsize=7, frameon=False)
+    fig.axes[0].set_ylabel("training loss (smoothed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_range_tests(curves: list[RangeTest], path: str | Path) -> Path:
+    """:func:`range_test_figure` written as a PNG to ``path``."""
+    range_test_figure(curves).savefig(path, dpi=100)
     return Path(path)
 
 
@@ -315,7 +323,14 @@ class RefineResult:
     best_dice: float
     trials: list[dict[str, Any]]  # {"lr", "stage", "val_dice", "seconds", "status"}, in the order run
     seconds: float
-    epochs: int  # epochs of each training
+    epochs: int | None  # epochs of each training; None under a step budget
+    steps: int | None = None  # optimizer steps of each training, under a step budget
+
+    @property
+    def budget(self) -> str:
+        """Each training's budget as read: ``10 epochs`` or ``500 steps``."""
+        count, unit = (self.steps, "step") if self.steps is not None else (self.epochs, "epoch")
+        return f"{count} {unit}{'s' * (count != 1)}"
 
 
 def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = None, optimizer: str | None = None,
@@ -323,7 +338,7 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
               verbose: bool = False) -> RefineResult:
     """Coarse-to-fine lr search on validation Dice: one training per decade, then bisection.
 
-    Each decade ``low, 10 * low, ..., high`` gets one training of ``epochs`` epochs (one decade
+    Each decade ``low, 10 * low, ..., high`` gets one training of the config's budget (one decade
     more beyond ``low`` or ``high`` when the best is there); then each of
     ``n_bisect`` rounds trains at the log-midpoints between the best lr so far and its nearest
     tried neighbours, halving the interval (in decades) around the best. A diverged training
@@ -337,7 +352,8 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
         low: lowest lr tried (a power of ten is usual).
         high: highest lr tried.
         n_bisect: bisection rounds, two trainings each.
-        epochs: epochs of each training; default ``train.epochs`` of the config.
+        epochs: epochs of each training; default the config's own budget (``train.epochs``, or
+            ``train.steps`` under a step budget: shorten that with ``train.steps`` in the config).
         verbose: print each training's epochs.
 
     Returns:
@@ -351,9 +367,10 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
     if n_bisect < 0:
         raise ConfigError(f"lr search: n_bisect must be 0 or more, got {n_bisect}")
     name = optimizer or config.optimizer.name
-    epochs = epochs or config.train.epochs
+    budget = budget_changes(config.train, epochs, "epoch") if epochs else {}
+    train_cfg = _with_optimizer(config, name, budget).train  # a budget the config cannot take fails before training
     data = data if data is not None else load_data(config)
-    run = functools.partial(_train_at, config, optimizer=name, epochs=epochs, data=data, out_dir=Path(out_dir),
+    run = functools.partial(_train_at, config, optimizer=name, budget=budget, data=data, out_dir=Path(out_dir),
                             verbose=verbose)
     n_decades = max(1, round(math.log10(high / low)))
     trials = [run(low * (high / low) ** (k / n_decades), "decade") for k in range(n_decades + 1)]
@@ -366,13 +383,13 @@ def refine_lr(config: Config, *, out_dir: str | Path, data: SegData | None = Non
     scores = _scores(trials)
     best = max(scores, key=lambda lr: scores[lr])
     return RefineResult(optimizer=name, best_lr=best, best_dice=scores[best], trials=trials,
-                        seconds=sum(t["seconds"] for t in trials), epochs=epochs)
+                        seconds=sum(t["seconds"] for t in trials), epochs=train_cfg.epochs, steps=train_cfg.steps)
 
 
-def _train_at(config: Config, lr: float, stage: str, *, optimizer: str, epochs: int, data: SegData, out_dir: Path,
-              verbose: bool) -> dict[str, Any]:
-    """One training of ``epochs`` at ``lr``: its trial row (a diverged training scores a Dice of 0)."""
-    cfg = _with_optimizer(config, optimizer, {"optimizer.lr": lr, "train.epochs": epochs,
+def _train_at(config: Config, lr: float, stage: str, *, optimizer: str, budget: dict[str, Any], data: SegData,
+              out_dir: Path, verbose: bool) -> dict[str, Any]:
+    """One training at ``lr`` with the ``budget`` changes: its trial row (a diverged training scores a Dice of 0)."""
+    cfg = _with_optimizer(config, optimizer, {"optimizer.lr": lr, **budget,
                                               "name": f"{config.name}-{optimizer}-lr{lr:.3g}"})
     t0 = time.perf_counter()
     try:

@@ -8,11 +8,16 @@ was there and nothing was predicted. ``dice_mean`` is the mean over the foregrou
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import torch
 
-__all__ = ["confusion_counts", "dice_from_counts", "dice_per_class", "dice_table_rows", "iou_from_counts", "summarize"]
+from segtune.data import CaseSpan
+from segtune.training.distances import DISTANCE_METRICS, DistanceSettings, case_distances
+
+__all__ = ["case_means", "confusion_counts", "dice_from_counts", "dice_per_class", "dice_table_rows", "iou_from_counts",
+           "per_case_metrics", "summarize"]
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -76,3 +81,54 @@ def dice_table_rows(metrics: dict[str, dict[str, Any]], class_names: list[str]) 
     rows.append(["mean (foreground)"] + [m["dice_mean"] for m in metrics.values()]
                 + [m["iou_mean"] for m in metrics.values()])
     return rows
+
+
+def per_case_metrics(pred: torch.Tensor, target: torch.Tensor, cases: Sequence[CaseSpan], class_names: list[str],
+                     distances: DistanceSettings | None = None) -> dict[str, dict[str, Any]]:
+    """The metrics of each case of a split, from the labels of its images in order.
+
+    Args:
+        pred: predicted labels ``(N, H, W)``.
+        target: true labels ``(N, H, W)``.
+        cases: the split's cases, their ``n`` summing to ``N``.
+        class_names: the names of labels ``0..K-1``.
+        distances: also the surface metrics of :func:`~segtune.training.distances.case_distances`
+            (HD95, NSD, ASD, volume difference) at the case's spacing; None: Dice and IoU only.
+
+    Returns:
+        ``{case_id: {"dice_mean", "dice_per_class", "iou_mean", "iou_per_class"[, "hd95_per_class",
+        "hd95_mean", ...]}}``; the 3D Dice of a volume (its slices pooled).
+    """
+    result, start = {}, 0
+    for case in cases:
+        p, t = pred[start:start + case.n], target[start:start + case.n]
+        start += case.n
+        entry = summarize(confusion_counts(p, t, len(class_names)), class_names)
+        if distances is not None:
+            for metric, values in case_distances(p, t, class_names, case.spacing, distances).items():
+                entry[f"{metric}_per_class"] = values
+                if metric in DISTANCE_METRICS:
+                    entry[f"{metric}_mean"] = _mean(values.values())
+        result[case.case_id] = entry
+    return result
+
+
+def _mean(values: Any) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def case_means(per_case: dict[str, dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
+    """Means over the cases of :func:`per_case_metrics`: ``case_dice_mean`` (each case's foreground
+    mean, averaged), and for the surface metrics ``hd95_mean`` and ``hd95_per_class`` (and the others).
+
+    A case without a value (a class in neither prediction nor truth) is left out of a mean; a mean
+    of no values is None.
+    """
+    out: dict[str, Any] = {"case_dice_mean": _mean(c["dice_mean"] for c in per_case.values())}
+    for metric in DISTANCE_METRICS:
+        if any(f"{metric}_per_class" in c for c in per_case.values()):
+            out[f"{metric}_mean"] = _mean(c[f"{metric}_mean"] for c in per_case.values())
+            out[f"{metric}_per_class"] = {n: _mean(c[f"{metric}_per_class"][n] for c in per_case.values())
+                                          for n in class_names[1:]}
+    return out

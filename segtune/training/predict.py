@@ -22,10 +22,11 @@ from segtune.data.folder import IMAGE_SUFFIXES, read_image
 from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_image_volume, resize_slices,
                                 strip_ending, to_slices)
 from segtune.errors import DataError
-from segtune.training.evaluate import predict_labels
+from segtune.training.evaluate import case_scores, final_distances, predict_labels
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
 from segtune.training.postprocess import (apply_postprocessing, case_units, choose_postprocessing, mean_case_dice,
                                           postprocess_split, read_postprocessing, write_postprocessing)
+from segtune.training.precision import as_trained
 from segtune.training.runtime import evaluation_options, load_data, resolve_device
 
 __all__ = ["SPLITS", "choose_run_postprocessing", "collect_inputs", "evaluate_run", "group_channels", "is_volume",
@@ -124,7 +125,9 @@ class _Evaluation:
         ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
         self.model = model_from_checkpoint(ckpt).to(device)
         self.data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-        self.options = {**evaluation_options(config.train, device), "patch_size": config.train.patch_size}
+        self.distances = final_distances(config)
+        trained = as_trained(config, ckpt["meta"]).train  # train.precision auto: what the run chose
+        self.options = {**evaluation_options(trained, device), "patch_size": config.train.patch_size}
         if self.options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
             self.options["precision"] = "fp32"
 
@@ -187,7 +190,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     Returns:
         ``(metrics, class_names)``: metrics as in ``summary.json``, plus for volumes
         ``per_case`` (``{case: {class: dice}}``), ``case_mean_dice_per_class`` and ``case_mean_dice``
-        (foreground classes); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
+        (foreground classes); for one split, ``case_metrics`` (each case's metrics as in a summary's
+        ``per_case``, surface metrics included with ``metrics.surface``) and their means (``hd95_mean``, ...); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
         and ``postprocessed`` (the same metrics after it).
 
     Raises:
@@ -197,6 +201,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     names = evaluation.data.class_names
     pred, images, cases = evaluation.predict(split)
     metrics = _split_metrics(pred, images.masks, cases, names)
+    if images.cases is not None:  # one split: its cases' surface metrics, and their means
+        scores = case_scores(pred, images, names, evaluation.distances)
+        metrics.update({k: v for k, v in scores.items() if k != "per_case"}, case_metrics=scores["per_case"])
     if postprocess:
         choice = _choose_on_val(evaluation, run, checkpoint)
         cleaned = postprocess_split(pred, cases, choice, names)

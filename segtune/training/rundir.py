@@ -182,11 +182,13 @@ class MetricsLog:
                                f"writable directory, then resume") from None
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append ``row`` (with its ``epoch``) to metrics.csv and its finite numbers to TensorBoard."""
+        """Append ``row`` (with its ``epoch``, and its ``step`` in a run budgeted in steps) to metrics.csv and
+        its finite numbers to TensorBoard, at the step when there is one, else at the epoch."""
         self._write_csv(row)
+        at = row.get("step", row["epoch"])
         for key, value in row.items():
-            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.tb.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            if key not in ("epoch", "step") and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key.replace("_", "/", 1), value, at)
         self.tb.flush()
 
     def close(self) -> None:

@@ -1,17 +1,24 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count.
+- :func:`setup_device`: the configured device, checked, and the thread count (default: torch's, at
+  most :func:`available_cpus`); :func:`cpu_model`: the CPU's name, for figures and caches.
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
-  optimizer steps; :func:`backward_step`: one step.
+  optimizer steps; :func:`backward_step`: one step; :class:`EpochTally`: the epoch's train Dice and
+  divergence check, on the device.
 - :func:`run_samples`: the training samples of a run (whole images, or crops with ``train.patch_size``).
 - :func:`evaluation_options`: how every validation of a run evaluates (batch size, device, precision).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import platform
 import shutil
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,14 +27,15 @@ from segtune.components.losses import LOSSES
 from segtune.components.models import build_model, set_encoder_trainable
 from segtune.components.optim import OPTIMIZERS
 from segtune.config import Config, TrainConfig
-from segtune.data import SOURCES, SegData, prepare
+from segtune.data import SOURCES, SegData
+from segtune.data.cases import prepare_cases
 from segtune.errors import ConfigError
-from segtune.training.evaluate import autocast, memory_format
+from segtune.training.evaluate import autocast, labels_from_logits, memory_format
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 
-__all__ = ["backward_step", "build_training", "compiled", "epoch_batches", "epoch_order", "evaluation_options",
-           "grad_scaler", "load_data", "memory_format", "resolve_device", "run_samples", "setup_device",
-           "train_on_batches"]
+__all__ = ["EpochTally", "available_cpus", "backward_step", "build_training", "compiled", "cpu_model", "epoch_batches",
+           "epoch_order", "evaluation_options", "grad_scaler", "load_data", "memory_format", "resolve_device",
+           "run_samples", "setup_device", "train_on_batches"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,7 +65,32 @@ def setup_device(train: TrainConfig) -> torch.device:
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
     if train.num_threads:
         torch.set_num_threads(train.num_threads)
+    elif torch.get_num_threads() > available_cpus():  # torch counts the machine's cores, not the quota's
+        torch.set_num_threads(available_cpus())
     return device
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (a container's
+    ``--cpus``), at least 1. ``os.cpu_count()`` counts the machine's, which a container or ``taskset``
+    may not give; more threads than CPUs make each barrier wait for a descheduled thread."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(cpus, 1)
+    if quota != "max":
+        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(cpus, 1)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC``, from /proc/cpuinfo), else what :mod:`platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData:
@@ -65,7 +98,9 @@ def load_data(config: Config, *, normalize_stats: dict | None = None) -> SegData
     a trained model's ``zscore_dataset`` statistics, instead of this training split's)."""
     data_cfg = config.data
     raw = SOURCES.build(data_cfg.source, data_cfg.options, config.seed)
-    return prepare(raw, train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
+    return prepare_cases(raw, folds=data_cfg.folds, fold=data_cfg.fold, split_seed=data_cfg.split_seed,
+                   pixel_spacing=data_cfg.pixel_spacing, val_from=data_cfg.val_from,
+                   train_fraction=data_cfg.train_fraction, resize=data_cfg.resize,
                    normalize=data_cfg.normalize, seed=config.seed, color=data_cfg.color,
                    label_map=data_cfg.label_map, min_class_fraction=data_cfg.min_class_fraction,
                    min_foreground_fraction=data_cfg.min_foreground_fraction, normalize_stats=normalize_stats)
@@ -171,24 +206,92 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
 def train_on_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, model: torch.nn.Module,
                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, device: torch.device, precision: str,
-                     check: Callable[[float], None] | None = None) -> float:
-    """One optimizer step per ``(inputs, targets)`` batch; returns the mean loss per sample.
+                     check: Callable[[float], None] | None = None,
+                     tally: "EpochTally | None" = None) -> float | None:
+    """One optimizer step per ``(inputs, targets)`` batch; returns the mean loss per sample, or with
+    a ``tally`` None (the loss sum stays in it, on the device: :meth:`EpochTally.mean_loss`).
+
+    The losses are summed on the device and read once, at the end, so that a GPU never waits for
+    the host between batches.
 
     Args:
         batches: ``(B, C, H, W)`` inputs and the targets ``loss_fn`` takes, on ``device``.
         model: called on the inputs (in training mode: the caller sets it).
         loss_fn: ``loss_fn(outputs, targets)``, computed in float32 outside autocast's low precision.
-        check: called with each batch's loss before its step; raising from it stops the epoch
-            (a diverged loss).
+        check: called with each batch's loss (a host read per batch) before its step; raising from
+            it stops the epoch (the LR range test's divergence).
+        tally: adds each batch's outputs, targets and loss on the device (see :class:`EpochTally`).
     """
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=_wide(device), device=device)
+    count = 0
     for x, y in batches:
         with autocast(device, precision):
-            loss = loss_fn(model(x).float(), y)
-        value = float(loss.detach())
+            outputs = model(x).float()
+            loss = loss_fn(outputs, y)
         if check is not None:
-            check(value)
+            check(float(loss.detach()))
+        if tally is not None:
+            tally.add(outputs.detach(), y, loss.detach())
+        else:
+            total += loss.detach() * len(x)
+            count += len(x)
         backward_step(loss, optimizer, scaler)
-        total += value * len(x)
-        count += len(x)
-    return total / max(count, 1)
+    return None if tally is not None else float(total) / max(count, 1)
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """The dtype of a loss sum on ``device``: float64, or float32 on MPS (no float64 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class EpochTally:
+    """What one epoch's training batches add up to, kept on the device (no host read per batch): the
+    confusion matrix of their predictions, as trained (the train Dice of the batches already seen,
+    augmented ones included, with the weights of each batch's step), and the divergence check.
+
+    Args:
+        n_classes: the label classes.
+        device: where the batches are.
+        first_loss: the run's first batch loss (the divergence reference), None before its first batch.
+        divergence_factor: a loss above this multiple of the first one has diverged; None: NaN/inf only.
+    """
+
+    def __init__(self, n_classes: int, device: torch.device, *, first_loss: float | None,
+                 divergence_factor: float | None) -> None:
+        self.n_classes, self.factor = n_classes, divergence_factor
+        self.joint = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+        self.first = None if first_loss is None else torch.tensor(first_loss, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.bad_loss = torch.zeros((), device=device)  # the first diverged batch's loss, once ``bad``
+        self.loss_sum = torch.zeros((), dtype=_wide(device), device=device)  # over the samples added
+        self.samples = 0
+
+    def add(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Count ``(B, K, H, W)`` logits against ``(B, H, W)`` labels, and check the batch's loss."""
+        loss = loss.float()
+        if self.first is None:
+            self.first = loss.clone()
+        bad = ~torch.isfinite(loss)
+        if self.factor is not None:
+            bad |= (loss > self.factor * self.first) & (self.first > 0)
+        self.bad_loss = torch.where(self.bad, self.bad_loss, loss)
+        self.bad |= bad
+        self.loss_sum += loss * len(targets)
+        self.samples += len(targets)
+        pred = labels_from_logits(outputs).reshape(-1)
+        # scatter_add, not bincount: bincount reads its maximum to the host, a wait on a GPU
+        self.joint.scatter_add_(0, targets.reshape(-1).long() * self.n_classes + pred, torch.ones_like(pred))
+
+    def mean_loss(self) -> float:
+        """The mean loss per sample of the batches added; one host read."""
+        return float(self.loss_sum) / max(self.samples, 1)
+
+    def diverged(self) -> tuple[float, float] | None:
+        """``(loss, first loss)`` of the first diverged batch, or None; one host read."""
+        return (float(self.bad_loss), float(self.first)) if bool(self.bad) else None
+
+    def counts(self) -> torch.Tensor:
+        """Per-class ``(intersection, predicted, true)`` pixel counts on the host, as
+        :func:`~segtune.training.metrics.confusion_counts` gives them."""
+        joint = self.joint.reshape(self.n_classes, self.n_classes).cpu()  # rows: true class, columns: predicted
+        return torch.stack([joint.diagonal(), joint.sum(0), joint.sum(1)], 1)

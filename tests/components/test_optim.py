@@ -22,7 +22,7 @@ def _optimizer(lr: float = BASE) -> torch.optim.Optimizer:
 def _lrs(name: str, options: dict, n_epochs: int, warmup: int = 0, values=None) -> list[float]:
     """The lr of each epoch, the scheduler stepped after each epoch as the training loop does."""
     opt = _optimizer()
-    sched = build_scheduler(name, options, opt, n_epochs=n_epochs, warmup_epochs=warmup)
+    sched = build_scheduler(name, options, opt, length=n_epochs, warmup=warmup)
     out = []
     for epoch in range(n_epochs):
         out.append(opt.param_groups[0]["lr"])
@@ -142,7 +142,7 @@ def test_plateau_reduces_after_patience_and_warms_up():
 
 def test_warmup_must_leave_epochs_for_the_schedule():
     with pytest.raises(ConfigError, match="warmup_epochs=5 leaves no epochs of train.epochs=5"):
-        build_scheduler("none", {}, _optimizer(), n_epochs=5, warmup_epochs=5)
+        build_scheduler("none", {}, _optimizer(), length=5, warmup=5)
     # The config says so when it is loaded, before any data is read.
     with pytest.raises(ConfigError, match="scheduler.warmup_epochs=5 must be less than train.epochs=5"):
         build_config({"scheduler": {"name": "poly", "warmup_epochs": 5}, "train": {"epochs": 5}})
@@ -150,7 +150,7 @@ def test_warmup_must_leave_epochs_for_the_schedule():
 
 def test_unknown_schedule_suggests_a_name():
     with pytest.raises(RegistryError, match="did you mean 'cosine'"):
-        build_scheduler("cosin", {}, _optimizer(), n_epochs=5)
+        build_scheduler("cosin", {}, _optimizer(), length=5)
 
 
 def test_training_logs_the_lr_of_every_epoch(tmp_path):

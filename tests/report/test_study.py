@@ -15,18 +15,24 @@ def test_study_report_answers_with_the_noise_and_lists_every_trial(study_report)
     # the best, with its interval, and no crowned winner over trial 1 (within the noise)
     assert "**Best: trial 0**" in md and "0.8100 ± 0.0248" in md
     assert "**No clear winner:** trial 1 differs from the best by less than the noise" in md
-    assert "| 2 | 3 | 0.1983 | 0.1912 | 0.2055 |" in md and "best is better" in md
+    # the ranking with ties, and the paired verdict of each of its steps
+    assert "**#0 = #1 > #2**" in md
+    assert "| 0 | 2 | paired t over 3 seeds | 0.1983 | 0.1912 | 0.2055 |" in md and "| better |" in md
+    # a pruned trial's run is counted as pruned, not as "0 seeds"
+    assert "| 1 pruned |" in md
     # the leaderboard holds the pruned trial and the failed one with its reason
     assert "| pruned |" in md and "TrainingDiverged: diverged at epoch 1" in md
     # final test metrics per class, mean over seeds
-    assert "| trial | optimizer.name | scheduler.name | test loss | test Dice (mean) | Dice disc | Dice ring |" in md
+    assert ("| trial | optimizer.name | scheduler.name | test loss (own) | test Dice | test Dice disc | test Dice ring |"
+            in md)
     assert "| 0 | adam | none | 0.1900 | 0.8100 | 0.8100 | 0.5000 |" in md
     # the pivot table of the two hyperparameters, and importances
     assert "| optimizer.name \\ scheduler.name | none | cosine |" in md
     # a cell whose only finished trial was pruned shows where it stopped, not a blank
     assert re.search(r"\| sgd \| 0\.6117 ± [0-9.]+ \| pruned at epoch 1: 0\.3000 \|", md)
     assert "| fANOVA |" in md or "fANOVA" in md
-    for name in ("leaderboard", "marginals", "importance", "loss", "dice", "lr", "predictions"):
+    for name in ("leaderboard", "grouped", "marginals", "importance", "loss", "dice", "lr", "prediction-grid",
+                 "predictions", "worst"):
         assert (study_report / "figures" / f"{name}.png").stat().st_size > 1000, name
         assert f"](figures/{name}.png)" in md
 
@@ -54,5 +60,7 @@ def test_report_renders_in_chromium_with_no_errors(study_report):
     shot = study_report / "report.png"
     result = render(study_report / "report.html", shot, binary=binary)
     assert result["errors"] == []
-    assert len(result["images"]) == 7 and all(done and width > 0 for done, width in result["images"])
+    n_figures = len(list((study_report / "figures").glob("*.png")))
+    assert n_figures == 10 and len(result["images"]) == n_figures
+    assert all(done and width > 0 for done, width in result["images"])
     assert shot.stat().st_size > 10_000

@@ -49,6 +49,14 @@ def test_invalid_study_fields(fields, message):
         parse_study(study_tree(**fields))
 
 
+def test_min_rung_names_the_pruners_first_rung_on_either_clock():
+    # min_rung is min_epochs by its clock-neutral name (a step under train.steps); both at once is an error
+    spec, _ = parse_study(study_tree(pruner={"name": "median", "min_rung": 3}))
+    assert spec.pruner.options == {"min_epochs": 3, "n_startup_trials": 2}
+    with pytest.raises(ConfigError, match="pruner.min_rung=3 and pruner.min_epochs=2 are one setting"):
+        parse_study(study_tree(pruner={"name": "median", "min_rung": 3, "min_epochs": 2}))
+
+
 def test_base_file_is_found_next_to_the_study_file(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_tree()))
     path = tmp_path / "s.yaml"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tests.conftest import tiny_tree
 
-from segtune.config import data_config
+from segtune.config import TrainConfig, data_config
 from segtune.errors import ConfigError
 from segtune.study.records import CONFIG, PARAMS
 from segtune.study.space import Space
@@ -110,7 +110,8 @@ def test_a_run_continued_keeps_the_time_budget_it_started_with(tmp_path):
 
     study = optuna.create_study()
     study.set_user_attr(EPOCHS, 12)
-    gate = BudgetGate(Budget(600.0, clock=lambda: 0.0), study, tmp_path, min_epochs=4, progress=False)
+    gate = BudgetGate(Budget(600.0, clock=lambda: 0.0), study, tmp_path, min_epochs=4, progress=False,
+                      train=TrainConfig())
     assert gate() is True
     assert gate.run_changes(tmp_path / "new") == {"train.max_minutes": pytest.approx((600 - 30) / 60),
                                                   "train.epochs": 12}
@@ -178,3 +179,48 @@ def test_a_tune_starts_from_the_base_gives_each_trial_what_is_left_and_stops_whe
     more = run_tune(tiny_file, budget=850, study_dir=out, progress=False, clock=_clock())
     # spent 700 before; readings 100 (one more trial, 50 s left) and 200 (spent); the end at 300
     assert len(more.study.get_trials()) == 4 and more.spent == 1000.0 and more.base.number == 0
+
+
+def test_under_a_step_budget_a_run_continued_keeps_its_steps_and_a_new_one_gets_the_fitted_steps(tmp_path):
+    import optuna
+
+    study = optuna.create_study()
+    study.set_user_attr(EPOCHS, 300)  # steps, on the base's step clock
+    gate = BudgetGate(Budget(600.0, clock=lambda: 0.0), study, tmp_path, min_epochs=4, progress=False,
+                      train=TrainConfig(steps=5000, val_every_steps=50))
+    assert gate() is True
+    assert gate.run_changes(tmp_path / "new") == {"train.max_minutes": pytest.approx((600 - 30) / 60),
+                                                  "train.steps": 300}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(data_config(None, [
+        "data.source=synthetic", "train.max_minutes=2.5", "train.epochs=null", "train.steps=70"]).to_dict()))
+    assert gate.run_changes(tmp_path / "old") == {"train.max_minutes": 2.5, "train.steps": 70}
+
+
+def test_costs_count_on_the_asked_clock_and_the_margin_adds_one_period(tmp_path):
+    run = tmp_path / "trials" / "0000-seed0"
+    run.mkdir(parents=True)
+    # 40 steps (2.5 epochs) in 20 s of training, validated 4 times; 26 s in all
+    (run / "summary.json").write_text(json.dumps(
+        {"seconds": 26.0, "train_seconds": 20.0, "epochs_run": 2.5, "steps_run": 40, "unit": "step"}))
+    (run / "metrics.csv").write_text("step,epoch\n10,0.625\n20,1.25\n30,1.875\n40,2.5\n")
+    # the margin: 6 s of set-up and end plus a period of 5 s; a step 0.5 s, an epoch 8 s
+    assert run_costs(tmp_path, "step") == (11.0, 0.5)
+    assert run_costs(tmp_path, "epoch") == (11.0, 8.0)
+
+
+def test_a_tune_of_a_step_budget_probes_one_epoch_and_trains_its_trials_in_steps(tmp_path):
+    path = tmp_path / "steps.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(train={"steps": 6, "val_every_steps": 2, "batch_size": 8, "patience": 0,
+                                                    "num_threads": 1})))
+    out = tmp_path / "tune"
+    # readings 0 (start), 100 (trial 0 starts with 50 s left), 200 (spent), 300 (the end)
+    result = run_tune(path, budget=150, study_dir=out, progress=False, clock=_clock())
+    probe = json.loads((out / PROBE_DIR / "summary.json").read_text())
+    assert (probe["unit"], probe["steps_run"]) == ("epoch", 2)  # one epoch: 16 images in batches of 8
+    assert result.study.user_attrs[EPOCHS] == 6  # the base's 6 steps fit a quarter of the budget
+    [trial] = result.study.get_trials()
+    assert trial.user_attrs[CONFIG]["train"]["steps"] == 6 and trial.user_attrs[CONFIG]["train"]["epochs"] is None
+    summary = json.loads((out / "trials" / "0000-seed0" / "summary.json").read_text())
+    assert (summary["unit"], summary["steps_run"]) == ("step", 6)
+    assert result.base is not None and result.ended == "budget"

@@ -27,6 +27,7 @@ from tests.conftest import run_killed_in_epoch, tiny_tree, unique_study_name, wr
 
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, load_existing_study, run_study, storage
+from segtune.study.workers import gpu_assignment
 
 TrialState = optuna.trial.TrialState
 
@@ -385,3 +386,36 @@ def test_tpe_with_each_bandit_pruner_runs_its_trials(tmp_path, pruner):
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
     assert all(len(t.intermediate_values) in (1, 2, 3) for t in trials)
+
+
+@pytest.mark.parametrize("n_workers, per_gpu, visible, expected", [
+    (3, 1, [], [None, None, None]),                 # no GPU: every worker keeps the process's devices
+    (4, 1, ["0", "1"], ["0", "1", "0", "1"]),       # more workers than GPUs: round again
+    (4, 2, ["2", "5"], ["2", "2", "5", "5"]),       # two to a GPU, the visible GPUs' own names
+])
+def test_gpu_assignment(n_workers, per_gpu, visible, expected):
+    assert gpu_assignment(n_workers, per_gpu, visible) == expected
+
+
+def test_worker_processes_get_one_gpu_each_and_the_mapping_is_printed(tmp_path, monkeypatch, capsys):
+    # a machine with 2 GPUs (as torch would count them), 4 workers, 2 to a GPU
+    import segtune.study.workers
+
+    started = []
+
+    class Worker:
+        def __init__(self, args, **kwargs):
+            started.append(kwargs["env"])
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(segtune.study.workers.subprocess, "Popen", Worker)
+    monkeypatch.setattr(segtune.study.workers.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]})
+    run_study(path, study_dir=tmp_path / "out", n_workers=4, workers_per_gpu=2)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["0", "0", "1", "1"]
+    assert "GPUs: worker 1 -> GPU 0, worker 2 -> GPU 0, worker 3 -> GPU 1, worker 4 -> GPU 1" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--workers-per-gpu must be at least 1, got 0"):
+        run_study(path, study_dir=tmp_path / "out", n_workers=2, workers_per_gpu=0)

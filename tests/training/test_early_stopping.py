@@ -43,12 +43,14 @@ def test_step_says_whether_the_value_is_a_new_best():
     assert stopping.best == 0.4 and stopping.best_epoch == 3
 
 
-def test_validations_every_n_epochs_count_n_epochs_each():
-    # validated every 2 epochs with patience 4: two validations without a gain stop the run
-    stopping = EarlyStopping("val.dice_mean", patience=4)
-    for epoch, value in [(2, 0.5), (4, 0.4), (6, 0.4)]:
-        stopping.step(value, epoch=epoch, epochs=2)
-    assert stopping.stale == 4 and stopping.stopped
+def test_patience_counts_validations_not_epochs():
+    # validated every 2 epochs with patience 2: two validations without a gain stop the run (4 epochs)
+    stopping = EarlyStopping("val.dice_mean", patience=2)
+    stopping.step(0.5, epoch=2)
+    stopping.step(0.4, epoch=4)
+    assert stopping.stale == 1 and not stopping.stopped
+    stopping.step(0.4, epoch=6)
+    assert stopping.stale == 2 and stopping.stopped and stopping.best_epoch == 2
 
 
 def test_state_round_trips_through_a_checkpoint_dict():

@@ -34,6 +34,11 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert set(summary["test"]["dice_per_class"]) == {"background", "class_1", "class_2"}
     fg = [summary["val"]["dice_per_class"][k] for k in ("class_1", "class_2")]
     assert summary["val"]["dice_mean"] == pytest.approx(sum(fg) / 2)
+    # the train Dice of the training batches: the foreground mean per epoch, the best epoch's in the summary
+    for r in rows:
+        assert float(r["train_dice_mean"]) == pytest.approx((float(r["train_dice_class_1"])
+                                                             + float(r["train_dice_class_2"])) / 2)
+    assert summary["train_dice_mean"] == pytest.approx(float(rows[summary["best_epoch"] - 1]["train_dice_mean"]))
     assert summary == result.summary
 
 

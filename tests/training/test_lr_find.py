@@ -157,7 +157,7 @@ def test_cli_refine_prints_every_training_and_the_total_cost(tmp_path, capsys):
                  "--n-bisect", "1", "--epochs", "1", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0
-    assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings", out)
+    assert re.search(r"adam: best lr [0-9.e-]+, val Dice [0-9.]+, \d+ trainings of 1 epoch, ", out)
     n = int(re.search(r"total cost: (\d+) trainings", out).group(1))
     assert 3 <= n <= 5  # 2 decades (+1 beyond a best end) and one bisection round of 1 or 2
 
@@ -176,3 +176,19 @@ def test_the_range_test_of_a_patch_run_sweeps_on_its_crops(monkeypatch):
     monkeypatch.setattr(PatchSampler, "__call__", recording)
     curve = lr_range_test(build_config(tiny_tree(), ["train.patch_size=[16,16]"]), n_steps=12)
     assert len(shapes) >= len(curve.raw_losses) >= 5 and set(shapes) == {(16, 16)}
+
+
+def test_refine_keeps_a_step_budget_and_epochs_switch_it_to_epochs(tiny_data, tmp_path):
+    # a config budgeted in steps trains each lr for its own steps; --epochs trains whole epochs instead
+    tree = tiny_tree(train={"steps": 3, "val_every_steps": 3, "batch_size": 8, "patience": 0, "num_threads": 1})
+    config = build_config(tree)
+    by_steps = refine_lr(config, data=tiny_data, out_dir=tmp_path / "steps", low=1e-3, high=1e-2, n_bisect=0)
+    assert (by_steps.steps, by_steps.epochs, by_steps.budget) == (3, None, "3 steps")
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "steps").glob("*/summary.json"))]
+    assert len(summaries) == len(by_steps.trials) >= 2
+    assert {(s["unit"], s["steps_run"]) for s in summaries} == {("step", 3)}
+    by_epochs = refine_lr(config, data=tiny_data, out_dir=tmp_path / "epochs", low=1e-3, high=1e-2, n_bisect=0,
+                          epochs=1)
+    assert (by_epochs.steps, by_epochs.epochs, by_epochs.budget) == (None, 1, "1 epoch")
+    summary = json.loads(next((tmp_path / "epochs").glob("*/summary.json")).read_text())
+    assert (summary["unit"], summary["steps_run"]) == ("epoch", 2)  # 16 images in batches of 8

@@ -85,6 +85,22 @@ def test_training_starts_from_the_encoder_and_keeps_it_frozen_when_asked(pretrai
     assert unchanged is not encoder_moves
 
 
+@pytest.mark.parametrize("steps, encoder_moves", [(2, False), (3, True)])
+def test_under_a_step_budget_unfreezing_counts_validations(pretrained, tmp_path, steps, encoder_moves):
+    # validated every step, unfrozen after 2 validations: frozen for steps 1-2, trained from step 3
+    # (not after 2 epochs, which would be step 5)
+    _, run_dir, data = pretrained
+    saved = torch.load(run_dir / "encoder.pt", weights_only=True)
+    config = build_config(tiny_tree(
+        model={**tiny_tree()["model"], "encoder_weights": str(run_dir / "encoder.pt"), "freeze_encoder": True,
+               "unfreeze_encoder_after": 2},
+        train={"steps": steps, "val_every_steps": 1, "batch_size": 8, "patience": 0, "num_threads": 1}))
+    last = torch.load(train(config, out_dir=tmp_path, data=data, verbose=False).run_dir / "last.pt",
+                      weights_only=True)["model"]
+    unchanged = all(torch.equal(last[f"net.{k}"], saved[k]) for k in saved if k.endswith("weight"))
+    assert unchanged is not encoder_moves
+
+
 def test_an_encoder_of_another_model_is_a_clear_error(pretrained):
     _, run_dir, _ = pretrained
     with pytest.raises(DataError, match="same model.name and model options"):
@@ -105,7 +121,7 @@ def test_a_validation_mse_that_is_never_a_number_is_a_clear_error(tmp_path):
     config = build_config(tiny_tree(train={"epochs": 2, "batch_size": 8}))
     data = load_data(config)
     data.val.images[0, 0, 0, 0] = float("nan")
-    with pytest.raises(TrainingDiverged, match=r"validation MSE was nan in every one of 2 epochs, never a number; "
+    with pytest.raises(TrainingDiverged, match=r"validation MSE was nan in every one of 2 validations, never a number; "
                                                r"lower optimizer.lr \(now 0.01\) or check the validation images"):
         pretrain(config, out_dir=tmp_path / "run", data=data, verbose=False)
     assert not (tmp_path / "run" / "summary.json").exists()

@@ -1,0 +1,54 @@
+"""The run-time set-up: the CPUs a process may use, and the OpenMP wait policy set at import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+from segtune.training import runtime
+
+
+def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(monkeypatch, tmp_path):
+    # 4 CPUs in the mask, a quota of 1.5 CPUs (150000 us per 100000 us): 2 threads, not 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    real = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: cpu_max if p == "/sys/fs/cgroup/cpu.max" else real(p))
+    assert runtime.available_cpus() == 2
+    cpu_max.write_text("max 100000\n")  # no quota: the mask
+    assert runtime.available_cpus() == 4
+
+
+@pytest.mark.slow  # starts two interpreters that import segtune
+def test_import_sets_a_passive_openmp_wait_unless_the_user_set_one():
+    code = "import segtune, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
+
+
+def test_epoch_tally_counts_as_confusion_counts_and_keeps_the_first_diverged_loss():
+    import torch
+
+    from segtune.training.evaluate import labels_from_logits
+    from segtune.training.metrics import confusion_counts
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)
+    tally = runtime.EpochTally(3, torch.device("cpu"), first_loss=None, divergence_factor=10.0)
+    for loss in (2.0, 5.0, 30.0, float("nan")):  # the first is the reference; 30 > 10 x 2 diverges first
+        tally.add(logits, labels, torch.tensor(loss))
+    expected = 4 * confusion_counts(labels_from_logits(logits), labels, 3)
+    assert torch.equal(tally.counts(), expected)
+    assert tally.diverged() == (30.0, 2.0)
+    calm = runtime.EpochTally(3, torch.device("cpu"), first_loss=2.0, divergence_factor=10.0)
+    calm.add(logits, labels, torch.tensor(19.0))  # below 10 x the run's first loss, 2.0
+    assert calm.diverged() is None
