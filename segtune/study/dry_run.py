@@ -56,7 +56,7 @@ class DryRun:
         return None if self.seconds_per_epoch is None else self.epochs * self.seconds_per_epoch / 60
 
 
-def _planned(spec: StudySpec, space: Space, name: str) -> PlannedStudy:
+def _planned(spec: StudySpec, space: Space, name: str, n_train: int) -> PlannedStudy:
     try:
         cells = list(space.cells())
     except ConfigError:  # a range without a step: the sampler draws n_trials
@@ -67,7 +67,9 @@ def _planned(spec: StudySpec, space: Space, name: str) -> PlannedStudy:
         n = min(spec.n_trials, len(cells)) if cells and spec.reuse_results else spec.n_trials
     header = list(dict.fromkeys(k for c in cells for k in c))
     rows = [[c.get(k, "-") for k in header] for c in cells]
-    epochs = int(config_for(spec.base, {}).train.epochs)
+    train = config_for(spec.base, {}).train
+    # a budget in steps, as the epochs it spans on the base's training split
+    epochs = train.epochs if train.steps is None else math.ceil(train.steps / math.ceil(n_train / train.batch_size))
     return PlannedStudy(name, spec.method.name, n, spec.repeats, epochs, header, rows)
 
 
@@ -151,7 +153,7 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
     errors = data_errors(studies, data)
     if errors:
         raise ConfigError("\n".join(errors))
-    plan = DryRun([_planned(spec, space, spec.name) for _, spec, space in studies])
+    plan = DryRun([_planned(spec, space, spec.name, len(data.train)) for _, spec, space in studies])
     if timing:
         plan.seconds_per_epoch = _seconds_per_epoch(base_spec, data)
     return plan
