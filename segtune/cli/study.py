@@ -9,9 +9,9 @@ from typing import Any
 from segtune.cli.options import add_set
 from segtune.cli.tables import print_table
 
-__all__ = ["cmd_study", "print_study_results", "register"]
+__all__ = ["cmd_study", "print_dry_run", "print_study_results", "register"]
 
-USAGE = "usage: segtune study STUDY.yaml [options] | segtune study status STUDY.yaml"
+USAGE = "usage: segtune study STUDY.yaml [--dry-run] [options] | segtune study status STUDY.yaml"
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +31,10 @@ def register(subparsers: Any) -> None:
                                                "(default: cores / workers)")
     p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.add_argument("--dry-run", action="store_true", help="check every cell, print the trials, repeats, varied "
+                                                          "values and an estimate of the time; train nothing")
     p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # set for spawned workers
+    p.add_argument("--stage", type=int, help=argparse.SUPPRESS)  # a spawned worker's stage of a staged study
     add_set(p)
     p.set_defaults(handler=cmd_study)
 
@@ -44,10 +47,16 @@ def cmd_study(args: argparse.Namespace) -> int:
     if len(args.target) != 1 and not status:
         raise SystemExit(USAGE)
     path = args.target[-1]
-    if status:
+    if args.dry_run:
+        print_dry_run(st.dry_run(path, args.set))
+    elif status and st.is_staged(path):
+        _print_staged_status(args, path)
+    elif status:
         print_study_results(st.load_existing_study(path, study_dir=args.out, storage=args.storage))
     elif args.worker:
         _run_one_worker(args, path)
+    elif st.is_staged(path):
+        _run_staged(args, path)
     else:
         from segtune.report import study_report
 
@@ -65,7 +74,10 @@ def _run_one_worker(args: argparse.Namespace, path: str) -> None:
     from segtune import study as st
     from segtune.study.storage import STORAGE_ENV
 
-    spec, space = st.load_study(path, args.set)
+    if args.stage is not None:
+        spec, space = st.stage_for_worker(path, args.set, Path(args.out), args.stage)
+    else:
+        spec, space = st.load_study(path, args.set)
     n = st.run_worker(spec, space, study_dir=Path(args.out) if args.out else st.default_study_dir(spec),
                       storage=args.storage or os.environ.get(STORAGE_ENV), num_threads=args.threads,
                       seed=spec.seed, verbose=args.verbose, progress=args.progress)
@@ -96,3 +108,51 @@ def print_study_results(study: Any) -> Any:
     print(f"\nbest: trial {best.number}, {objective_name(study)} {best.value:.4f}; its configuration:")
     print(yaml.safe_dump(best.config, sort_keys=False).rstrip())
     return best
+
+
+def _run_staged(args: argparse.Namespace, path: str) -> None:
+    from segtune import study as st
+    from segtune.report.stages import staged_report
+
+    def done(decision: Any) -> None:
+        print(f"stage {decision.index + 1} ({decision.name}) decided: {decision.rule}; fixed "
+              f"{decision.changes or 'nothing'}", flush=True)
+
+    staged, decisions = st.run_stages(path, study_dir=args.out, storage=args.storage, n_workers=args.workers,
+                                      num_threads=args.threads, overrides=args.set, verbose=args.verbose,
+                                      progress=not args.quiet, on_stage_done=done)
+    root = args.out or f"runs/{staged.name}"
+    print(f"\nreport: {staged_report(staged, decisions, root, storage=args.storage)}")
+
+
+def _print_staged_status(args: argparse.Namespace, path: str) -> None:
+    from pathlib import Path
+
+    from segtune import study as st
+    from segtune.study.stages import read_decision, stage_dir, stage_studies
+
+    staged = st.load_stages(path, args.set)
+    root = Path(args.out or f"runs/{staged.name}")
+    for i, (stage, study) in enumerate(zip(staged.stages, stage_studies(staged, root, args.storage))):
+        decision = read_decision(stage_dir(root, i, stage))
+        state = (f"decided ({decision.rule}): fixed {decision.changes or 'nothing'}" if decision
+                 else "not started" if study is None else "running or stopped: run the command again to resume")
+        print(f"stage {i + 1} ({stage.name}): {state}")
+        if study is not None and decision is None:
+            print_study_results(study)
+
+
+def print_dry_run(plan: Any) -> None:
+    """Print a :class:`~segtune.study.dry_run.DryRun`: per study or stage its counts and its cells."""
+    for study in plan.studies:
+        print(f"{study.name}: {study.method}, {study.n_trials} trial(s) x {study.repeats} repeat(s) = {study.runs} "
+              f"run(s) of at most {study.epochs} epochs")
+        if study.rows:
+            print_table(study.rows, study.header)
+        print()
+    runs = sum(s.runs for s in plan.studies)
+    line = f"in all: {len(plan.studies)} stage(s), {runs} run(s), at most {plan.epochs} epochs"
+    if plan.minutes is not None:
+        line += (f", about {plan.minutes:.0f} minutes at {plan.seconds_per_epoch:.1f} s per epoch of the base "
+                 f"(timed batches; pruning and early stopping end runs sooner)")
+    print(line + "; nothing was trained")

@@ -185,7 +185,7 @@ class Objective:
         if fold is not None:
             extra.update({"data.folds": self.spec.cv, "data.fold": fold})
         extra.update(self.run_changes(directory) if self.run_changes else {})
-        config = self._pretrained(trial, config_for(self.spec.base, {**values, **extra}, seed=seed,
+        config = self._pretrained(trial, config_for(self.spec.base, {**self.space.changes(values), **extra}, seed=seed,
                                                     name=f"{self.spec.name}-{home:04d}", auto_lr=self._auto_lr(trial)))
         first = repeat == 0 and not fold
         if first:

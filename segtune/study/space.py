@@ -14,6 +14,15 @@ A conditional entry names another categorical entry of the space (``when``) and 
 value of that entry, a list or a range (``cases``); for values without a case the path keeps
 the base config's value. The same path may be both unconditional in the base and conditional
 here (e.g. ``optimizer.lr`` per optimizer). A grid needs a list or a ``step`` for every entry.
+
+A condition may read several entries; its cases are keyed by their values, comma-separated::
+
+    optimizer.lr:
+      when: [optimizer.name, loss.name]
+      cases: {"adam, bce": 2.0e-4, "adam, switching": 1.0e-3}   # a single value, a list or a range
+
+A study's ``variants`` (named joint settings) form one more categorical entry, ``variant``, whose
+values are the labels; conditions may read it, and :meth:`Space.changes` gives a label's settings.
 """
 
 from __future__ import annotations
@@ -22,50 +31,35 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import pydantic
-
-from segtune.config import Component, Config, apply_changes, build_config
+from segtune.config import Config, apply_changes, build_config
 from segtune.errors import ConfigError
 from segtune.registry import suggest
+from segtune.study.entries import Range, case_key, check_path, parse_values, parse_variants
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 AUTO_LR = "auto"  # optimizer.lr: auto, found once per optimizer, loss and model by the LR range test
 
 
-class _Range(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-    low: int | float
-    high: int | float
-    log: bool = False
-    step: int | float | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _check(self) -> "_Range":
-        if not self.low < self.high:
-            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
-        if self.log and (self.low <= 0 or self.step is not None):
-            raise ValueError("log ranges need low > 0 and no step")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"step must be positive, got {self.step}")
-        return self
-
-    @property
-    def is_int(self) -> bool:
-        return all(isinstance(v, int) for v in (self.low, self.high)) and isinstance(self.step, (int, type(None)))
-
-
 @dataclass(frozen=True)
 class Param:
-    """One sampled value: a config ``path``, its choices or range, and its condition if any."""
+    """One sampled value: a config ``path``, its choices or range, and its condition if any.
+
+    ``when`` names the entries the condition reads (one or several) and ``case`` the values they
+    must have, in the same order; both are None for an unconditional entry.
+    """
 
     path: str
     name: str  # the Optuna parameter name: the path, or ``path[case]`` for a conditional one
     choices: tuple[Any, ...] | None = None
-    range: _Range | None = None
-    when: str | None = None
-    case: Any = None
+    range: Range | None = None
+    when: tuple[str, ...] | None = None
+    case: tuple[Any, ...] | None = None
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        """Whether this entry is set where the entries already chosen have ``values``."""
+        return self.when is None or all(w in values and values[w] == c for w, c in zip(self.when, self.case))
 
     def grid_values(self) -> list[Any]:
         if self.choices is not None:
@@ -114,160 +108,197 @@ def _decode(choices: tuple[Any, ...], encoded: Any) -> Any:
     raise ValueError(f"{encoded!r} is not one of {choices}")
 
 
-def _parse_values(path: str, spec: Any) -> tuple[tuple[Any, ...] | None, _Range | None]:
-    if isinstance(spec, list):
-        if not spec:
-            raise ConfigError(f"space: {path}: the list of values is empty; give at least one value")
-        return tuple(spec), None
-    if isinstance(spec, dict):
-        try:
-            return None, _Range.model_validate(spec)
-        except pydantic.ValidationError as err:
-            msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}" for e in err.errors())
-            raise ConfigError(f"space: {path}: invalid range {spec!r}: {msg}; "
-                              f"write {{low: A, high: B}} with optional log: true or step: S") from None
-    raise ConfigError(f"space: {path}: got {spec!r}; give a list of values, a range {{low: A, high: B}} "
-                      f"or a conditional {{when: PATH, cases: {{VALUE: ...}}}}")
-
-
-def check_path(path: str) -> None:
-    """Check a dotted config path; a misspelt section or option fails with the closest valid name.
-
-    Raises:
-        ConfigError: no such section, field or option of any component of the section.
-    """
-    parts = path.split(".")
-    fields = Config.model_fields
-    if parts[0] not in fields:
-        raise ConfigError(f"unknown config path {path!r}: no section or field {parts[0]!r}"
-                          f"{suggest(parts[0], list(fields))}")
-    section = fields[parts[0]].annotation
-    if len(parts) < 2 or not isinstance(section, type) or not issubclass(section, pydantic.BaseModel):
-        return
-    allowed = set(section.model_fields)
-    if issubclass(section, Component):
-        for name in section.registry.names():
-            allowed |= set(section.registry.entry(name).options.model_fields)
-    if parts[1] not in allowed:
-        raise ConfigError(f"unknown config path {path!r}: {parts[0]} has no option {parts[1]!r}"
-                          f"{suggest(parts[1], sorted(allowed))}")
+VARIANT = "variant"  # the parameter a study's variants are chosen by; its values are their labels
 
 
 class Space:
-    """A parsed, checked search space.
+    """A parsed, checked search space, with the study's variants if it has any.
 
     Args:
-        raw: the ``space`` mapping of a study file.
+        raw: the ``space`` mapping of a study file (may be empty when there are variants).
+        variants: the ``variants`` list of a study file: each a ``label`` and dotted config paths;
+            they form one categorical entry, ``variant``, whose values are the labels.
 
     Raises:
-        ConfigError: an unknown path (with a suggestion), an empty list, an invalid range, or a
-            condition on a path that is not a categorical entry of the space.
+        ConfigError: an unknown path (with a suggestion), an empty list, an invalid range, a
+            condition on a path that is not a categorical entry of the space, a variant without a
+            label, or a path set both by the variants and by the space.
     """
 
-    def __init__(self, raw: dict[str, Any]) -> None:
-        if not isinstance(raw, dict) or not raw:
-            raise ConfigError("space: give at least one config path to vary, e.g. optimizer.name: [adam, sgd]")
+    def __init__(self, raw: dict[str, Any] | None, variants: list[dict[str, Any]] | None = None) -> None:
+        raw = raw or {}
+        if not isinstance(raw, dict) or not (raw or variants):
+            raise ConfigError("space: give at least one config path to vary, e.g. optimizer.name: [adam, sgd], "
+                              "or a list of variants")
+        self.variants = parse_variants(variants) if variants is not None else {}
+        # settings that follow the value of an entry where a trial does not set them itself: a
+        # stage's winners per value ({"optimizer.name": {"adam": {"optimizer.lr": 0.001}}})
+        self.follows: dict[str, dict[str, dict[str, Any]]] = {}
         self.params: list[Param] = []
+        if self.variants:
+            self.params.append(Param(path=VARIANT, name=VARIANT, choices=tuple(self.variants)))
         conditional = {}
         for path, spec in raw.items():
             try:
                 check_path(str(path))
             except ConfigError as err:
                 raise ConfigError(f"space: {err}") from None
+            both = sorted(label for label, values in self.variants.items() if path in values)
+            if both:
+                raise ConfigError(f"space: {path} is set by the variants ({', '.join(both)}) too; "
+                                  f"set it in one place: the space or the variants")
             if isinstance(spec, dict) and "when" in spec:
                 conditional[path] = spec
                 continue
-            choices, rng = _parse_values(path, spec)
+            choices, rng = parse_values(path, spec)
             self.params.append(Param(path=path, name=path, choices=choices, range=rng))
-        roots = {p.path: p for p in self.params}
         for path, spec in conditional.items():
-            extra = set(spec) - {"when", "cases"}
-            when, cases = spec.get("when"), spec.get("cases")
-            if extra or not isinstance(cases, dict) or not cases:
-                raise ConfigError(f"space: {path}: a conditional entry takes exactly when: PATH and "
-                                  f"cases: {{VALUE: values}}, got keys {sorted(spec)}")
-            root = roots.get(when)
-            if root is None or root.choices is None:
-                raise ConfigError(f"space: {path}: when: {when!r} must name a list entry of the space"
-                                  f"{suggest(str(when), [p for p, r in roots.items() if r.choices])}")
-            for case, values in cases.items():
-                if case not in root.choices:
-                    raise ConfigError(f"space: {path}: case {case!r} is not a value of {when}; "
-                                      f"choose from {list(root.choices)}{suggest(str(case), map(str, root.choices))}")
-                choices, rng = _parse_values(f"{path} (case {case})", values)
-                self.params.append(Param(path=path, name=f"{path}[{case}]", choices=choices, range=rng,
-                                         when=when, case=case))
+            self._add_conditional(path, spec)
+
+    def _add_conditional(self, path: str, spec: dict[str, Any]) -> None:
+        roots = {p.path: p for p in self.roots}
+        extra = set(spec) - {"when", "cases"}
+        when, cases = spec.get("when"), spec.get("cases")
+        if extra or not isinstance(cases, dict) or not cases:
+            raise ConfigError(f"space: {path}: a conditional entry takes exactly when: PATH (or a list of paths) "
+                              f"and cases: {{VALUE: values}}, got keys {sorted(spec)}")
+        names = list(when) if isinstance(when, list) else [when]
+        categorical = [p for p, r in roots.items() if r.choices]
+        for name in names:
+            if name not in categorical:
+                raise ConfigError(f"space: {path}: when: {name!r} must name a list entry of the space (or variant)"
+                                  f"{suggest(str(name), categorical)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"space: {path}: when names {names} with a path twice; name each once")
+        conditions = [roots[n] for n in names]
+        for key, values in cases.items():
+            case = case_key(key, conditions, path)
+            shown = ", ".join(map(str, case))
+            choices, rng = parse_values(f"{path} (case {shown})", values if isinstance(values, (list, dict))
+                                         else [values])  # a single value: that value alone
+            self.params.append(Param(path=path, name=f"{path}[{shown}]", choices=choices, range=rng,
+                                     when=tuple(names), case=case))
 
     @property
     def roots(self) -> list[Param]:
         return [p for p in self.params if p.when is None]
 
-    def dependents(self, root: Param, value: Any) -> list[Param]:
-        return [p for p in self.params if p.when == root.path and p.case == value]
+    def changes(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The dotted config changes of a trial's ``values``: its variant's settings in place of its
+        label, then the settings that follow its values (:attr:`follows`) that it does not set."""
+        changes = dict(values)
+        if VARIANT in values and self.variants:
+            changes = {**self.variants[values[VARIANT]], **{k: v for k, v in values.items() if k != VARIANT}}
+        for path, table in self.follows.items():
+            for key, value in table.get(str(changes.get(path)), {}).items() if path in changes else ():
+                changes.setdefault(key, value)
+        return changes
+
+    def _dependents_now(self, values: dict[str, Any], root: Param) -> list[Param]:
+        """The conditional entries whose conditions ``values`` meets, with ``root`` the last one chosen."""
+        return [p for p in self.params if p.when and root.path in p.when and p.path not in values
+                and p.applies(values)]
 
     def sample(self, trial: Any) -> dict[str, Any]:
-        """Ask ``trial`` for a value of every entry that applies; returns ``{path: value}``."""
+        """Ask ``trial`` for a value of every entry that applies; returns ``{path: value}`` (the
+        variant by its label: :meth:`changes` gives its settings)."""
         values: dict[str, Any] = {}
         for root in self.roots:
             values[root.path] = root.suggest(trial)
-            for dep in self.dependents(root, values[root.path]):
+            for dep in self._dependents_now(values, root):
                 values[dep.path] = dep.suggest(trial)
         return values
 
+    def _groups(self) -> list[list[Param]]:
+        """The roots in groups that a condition on several of them ties together: one grid dimension each."""
+        groups: list[list[Param]] = []
+        for root in self.roots:
+            tied = [g for g in groups if any(p.when and root.path in p.when and any(r.path in p.when for r in g)
+                                             for p in self.params)]
+            merged = [r for g in tied for r in g] + [root]
+            groups = [g for g in groups if g not in tied] + [merged]
+        order = {r.path: i for i, r in enumerate(self.roots)}
+        return sorted((sorted(g, key=lambda r: order[r.path]) for g in groups), key=lambda g: order[g[0].path])
+
     def grid(self) -> dict[str, list[Any]]:
-        """The Optuna grid: one dimension per unconditional entry.
+        """The Optuna grid: one dimension per unconditional entry (or per group of entries that one
+        condition names together).
 
         An entry with conditional dependents becomes one dimension of JSON-encoded assignments
         (``{"optimizer.name": "sgd", "optimizer.lr": 0.01}``), so the grid holds each valid
         combination once and no meaningless one.
         """
-        return {root.name: self._grid_dimension(root)[1] for root in self.roots}
+        return {" x ".join(r.name for r in group): self._grid_dimension(group)[1] for group in self._groups()}
 
-    def _grid_dimension(self, root: Param) -> tuple[list[dict[str, Any]], list[Any]]:
+    def _grid_dimension(self, group: list[Param]) -> tuple[list[dict[str, Any]], list[Any]]:
         """The cells of one dimension and their Optuna-stored encodings."""
         cells = []
-        for value in root.grid_values():
-            deps = self.dependents(root, value)
-            for combo in itertools.product(*(d.grid_values() for d in deps)):
-                cells.append({root.path: value, **{d.path: v for d, v in zip(deps, combo)}})
-        has_dependents = any(p.when == root.path for p in self.params)
-        return cells, [_encode(c) if has_dependents else _encode(c[root.path]) for c in cells]
+        for combo in itertools.product(*(r.grid_values() for r in group)):
+            roots = {r.path: v for r, v in zip(group, combo)}
+            deps = [p for p in self.params if p.when and set(p.when) <= set(roots) and p.applies(roots)]
+            for values in itertools.product(*(d.grid_values() for d in deps)):
+                cells.append({**roots, **{d.path: v for d, v in zip(deps, values)}})
+        plain = len(group) == 1 and not any(p.when and group[0].path in p.when for p in self.params)
+        return cells, [_encode(c[group[0].path]) if plain else _encode(c) for c in cells]
 
     def sample_grid(self, trial: Any) -> dict[str, Any]:
         """Ask a grid trial for its cell; returns ``{path: value}``."""
         values: dict[str, Any] = {}
-        for root in self.roots:
-            cells, encoded = self._grid_dimension(root)
-            values.update(cells[encoded.index(trial.suggest_categorical(root.name, encoded))])
+        for name, group in zip(self.grid(), self._groups()):
+            cells, encoded = self._grid_dimension(group)
+            values.update(cells[encoded.index(trial.suggest_categorical(name, encoded))])
         return values
 
     def n_grid_cells(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
 
-    def _probes(self) -> Iterator[dict[str, Any]]:
+    def cells(self) -> Iterator[dict[str, Any]]:
+        """Every cell of the grid as ``{path: value}``, in the grid's order.
+
+        Raises:
+            ConfigError: a range without a step (the space is not finite).
+        """
+        dims = [self._grid_dimension(group)[0] for group in self._groups()]
+        for combo in itertools.product(*dims):
+            yield {k: v for cell in combo for k, v in cell.items()}
+
+    def _complete(self, roots: dict[str, Any]) -> dict[str, Any]:
+        """``roots`` with every conditional entry that applies to them at its centre."""
+        return {**roots, **{p.path: p.centre() for p in self.params if p.when and p.applies(roots)}}
+
+    def edge_probes(self) -> Iterator[dict[str, Any]]:
+        """Each choice and each end of a range, the other entries at their centre."""
         # each choice and each end of a range, the other entries at their centre: the ends of two
         # ranges together (tversky's alpha = beta = 0) are a corner no draw reaches
-        first = {}
-        for root in self.roots:
-            first[root.path] = root.centre()
-            first.update({d.path: d.centre() for d in self.dependents(root, first[root.path])})
-        yield dict(first)
+        first = {root.path: root.centre() for root in self.roots}
+        yield self._complete(first)
         for param in self.params:
             for value in param.probe_values():
-                probe = dict(first)
-                if param.when is None:
-                    for dep in self.dependents(param, first[param.path]):
-                        probe.pop(dep.path, None)
-                    probe[param.path] = value
-                    probe.update({d.path: d.centre() for d in self.dependents(param, value)})
-                else:
-                    root = next(p for p in self.roots if p.path == param.when)
-                    for dep in self.dependents(root, first[root.path]):
-                        probe.pop(dep.path, None)
-                    probe[root.path] = param.case
-                    probe.update({d.path: d.centre() for d in self.dependents(root, param.case)})
+                roots = {**first, param.path: value} if param.when is None else {**first, **dict(zip(param.when,
+                                                                                                     param.case))}
+                probe = self._complete(roots)
+                if param.when is not None:
                     probe[param.path] = value
                 yield probe
+
+    def probes(self) -> list[dict[str, Any]]:
+        """The values that validate the space: every cell of a finite space, else every choice and
+        both ends of every range with the other entries at their centre."""
+        try:
+            return list(self.cells())
+        except ConfigError:
+            return list(self.edge_probes())
+
+    def invalid(self, base: dict[str, Any], probes: Sequence[dict[str, Any]]) -> list[str]:
+        """The error of every probe whose config is invalid, one line each."""
+        errors = []
+        for probe in probes:
+            try:
+                config_for(base, self.changes(probe))
+            except ConfigError as err:
+                shown = ", ".join(f"{k}={v!r}" for k, v in probe.items())
+                errors.append(f"space: the config for {shown} is invalid:\n{err}")
+        return errors
 
     def validate_against(self, base: dict[str, Any]) -> int:
         """Build the config for every choice and both ends of every range, before any trial.
@@ -278,15 +309,11 @@ class Space:
         Raises:
             ConfigError: naming the values that make an invalid config, and the config's error.
         """
-        n = 0
-        for probe in self._probes():
-            try:
-                config_for(base, probe)
-            except ConfigError as err:
-                shown = ", ".join(f"{k}={v!r}" for k, v in probe.items())
-                raise ConfigError(f"space: the config for {shown} is invalid:\n{err}") from None
-            n += 1
-        return n
+        probes = list(self.edge_probes())
+        errors = self.invalid(base, probes)
+        if errors:
+            raise ConfigError(errors[0])
+        return len(probes)
 
 
 def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callable[[Config], float] | None = None,
@@ -305,4 +332,4 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
     return build_config(tree, origin="study trial")
 
 
-__all__ = ["AUTO_LR", "Param", "Space", "check_path", "config_for"]
+__all__ = ["AUTO_LR", "VARIANT", "Param", "Space", "check_path", "config_for"]

@@ -12,6 +12,7 @@
                                     # or {min: 2, max: 5}: racing (see segtune.study.racing)
     cv: 5                           # optional: k-fold cross-validation by case, every fold of every seed
     space: {...}                    # see segtune.study.space
+    variants: [{label: A, ...}]     # named joint settings, alone or crossed with the space
     pruner: {name: median, min_epochs: 2}   # none | median | successive_halving | hyperband
 
 ``base`` is looked up next to the study file, then in the current directory, then among the
@@ -21,8 +22,6 @@ configs shipped with segtune (``demo.yaml``).
 from __future__ import annotations
 
 import hashlib
-import re
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal, Sequence
 
@@ -30,11 +29,11 @@ import optuna
 import pydantic
 from pydantic import Field
 
-from segtune.config import Component, SafeName, apply_changes, format_errors, parse_override, read_yaml
-from segtune.planning import planned_tree
+from segtune.config import Component, SafeName, format_errors
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
-from segtune.study.space import Space, check_path, config_for
+from segtune.study.files import read_study_tree
+from segtune.study.space import VARIANT, Space, config_for
 from segtune.training.distances import DISTANCE_METRICS, MINIMISED
 
 SAMPLERS = Registry("study method")
@@ -201,7 +200,9 @@ class StudySpec(pydantic.BaseModel):
     # objective is the mean over folds and seeds, the pruners follow the first fold of the first seed
     cv: Annotated[int, Field(ge=2, le=20)] | None = None
     seed: int = 0  # the sampler's seed
-    space: dict[str, Any]
+    space: dict[str, Any] = Field(default_factory=dict)
+    # named joint settings ({label, dotted path: value}), one categorical entry ``variant`` of the space
+    variants: list[dict[str, Any]] | None = None
     pruner: PrunerSection = PrunerSection()
     # Dead workers: a RUNNING trial whose heartbeat is older than grace_period seconds is marked
     # failed and re-queued with the same parameters (up to max_retry times).
@@ -298,75 +299,75 @@ class StudySpec(pydantic.BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one."""
-        return self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
-                               | ({"cv"} if self.cv else set()))
+        stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
+                                 | ({"cv"} if self.cv else set()))
+        if not self.variants:
+            return stored  # as before variants existed: older studies resume
+        # the variants also as one list entry of the space, by label in the file's order: the
+        # report reads the stored space, and shows them as one setting
+        labels = [v["label"] for v in self.variants]
+        return {**stored, "space": {VARIANT: labels, **stored["space"]}, "variants": self.variants}
 
 
-def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
-    if isinstance(base, dict):
-        return base
-    if not isinstance(base, str):
-        raise ConfigError(f"{study_path}: base must be a config file name or an inline config mapping, got {base!r}")
-    packaged = Path(str(resources.files("segtune") / "configs" / base))
-    for candidate in (study_path.parent / base, Path(base), packaged):
-        if candidate.is_file():
-            return read_yaml(candidate)
-    raise ConfigError(f"{study_path}: base config {base!r} not found next to the study file, in the current "
-                      f"directory, or among segtune's configs (demo.yaml)")
-
-
-def parse_study(tree: dict[str, Any], origin: str = "study") -> tuple[StudySpec, Space]:
+def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool = False,
+                errors: Sequence[str] = ()) -> tuple[StudySpec, Space]:
     """Validate a study tree whose ``base`` is already a config mapping.
+
+    Args:
+        tree: the study file's mapping, ``base`` resolved.
+        origin: the file, named in every message.
+        every_cell: build the config of every cell of a finite space (the dry run), not only of
+            each value and both ends of each range.
+        errors: problems found before (in ``set``), reported together with these.
 
     Returns:
         The spec and its parsed :class:`~segtune.study.space.Space`, whose every choice and range
         end builds a valid config.
 
     Raises:
-        ConfigError: every problem, naming the field, the value and the rule.
+        ConfigError: every problem found, at once, naming the field, the value and the rule.
     """
+    found = list(errors)
     try:
         spec = StudySpec.model_validate(tree)
     except pydantic.ValidationError as err:
-        raise ConfigError(format_errors(err, origin).replace("invalid config", "invalid study file")) from None
-    config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
-    space = Space(spec.space)
-    if spec.method.name == "grid":
-        space.grid()
-    space.validate_against(spec.base)
+        found.append(format_errors(err, origin).replace("invalid config", "invalid study file"))
+        raise ConfigError("\n".join(found)) from None
+    try:
+        config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
+        space = Space(spec.space, spec.variants)
+        if spec.method.name == "grid":
+            space.grid()
+    except ConfigError as err:
+        raise ConfigError("\n".join([*found, f"{origin}: {err}"])) from None
+    found += [f"{origin}: {e}" for e in space.invalid(spec.base, space.probes() if every_cell
+                                                      else list(space.edge_probes()))]
+    if found:
+        raise ConfigError("\n".join(found))
     return spec, space
 
 
-def load_study(path: str | Path, overrides: Sequence[str] = ()) -> tuple[StudySpec, Space]:
+def load_study(path: str | Path, overrides: Sequence[str] = (), *, every_cell: bool = False) -> tuple[StudySpec, Space]:
     """Read and validate a study file (see the module doc for its keys).
 
     Args:
         path: the study file.
         overrides: ``--set`` style changes of the base config, after the file's own ``set``.
+        every_cell: build every cell's config (the dry run), see :func:`parse_study`.
+
+    Raises:
+        ConfigError: every problem of the file at once.
 
     Example:
         >>> spec, space = load_study("studies/optim_x_sched.yaml")  # doctest: +SKIP
     """
-    path = Path(path)
-    tree = read_yaml(path)
-    if "base" not in tree:
-        raise ConfigError(f"{path}: missing base: a config file (e.g. demo.yaml) or an inline config")
-    tree["base"] = _resolve_base(tree["base"], path)
-    fixed = tree.pop("set", None) or {}
-    if not isinstance(fixed, dict):
-        raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
-    changes = {str(key): value for key, value in fixed.items()}
-    for item in overrides:
-        keys, value = parse_override(item)
-        changes.pop(".".join(keys), None)  # a --set after the file's own set of the same path
-        changes[".".join(keys)] = value
-    for key in changes:
-        check_path(key)
-    tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
-    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
-    return parse_study(tree, origin=str(path))
+    tree, errors = read_study_tree(path, overrides)
+    if "stages" in tree:
+        raise ConfigError(f"{path}: a study with stages runs through segtune.study.stages (segtune study FILE "
+                          f"does it), not load_study")
+    return parse_study(tree, origin=str(path), every_cell=every_cell, errors=errors)
 
 
 __all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudySpec", "grid_sampler", "hyperband_pruner",
-           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "successive_halving_pruner",
-           "tpe_sampler"]
+           "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "read_study_tree",
+           "successive_halving_pruner", "tpe_sampler"]

@@ -26,6 +26,7 @@ import torch
 from optuna.trial import TrialState
 
 from segtune.errors import USER_ERRORS, ConfigError
+from segtune.study.dry_run import data_errors
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
 from segtune.study.progress import EpochProgress
 from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
@@ -282,14 +283,29 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
             or ``num_threads`` other than the study's.
     """
     spec, space = load_study(path, overrides)
+    return run_loaded(spec, space, path, study_dir=study_dir, storage=storage, n_workers=n_workers,
+                      num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress,
+                      workers_per_gpu=workers_per_gpu)
+
+
+def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: str | Path | None = None,
+               storage: str | None = None, n_workers: int = 1, num_threads: int | None = None,
+               overrides: Sequence[str] = (), verbose: bool = False, progress: bool = False,
+               workers_per_gpu: int = 1, worker_args: Sequence[str] = (),
+               cache: DataCache | None = None) -> optuna.Study:
+    """:func:`run_study` of a study already loaded from ``path`` (a stage of a staged study);
+    ``worker_args`` are added to each spawned worker's command line (``--stage N``), and ``cache``
+    holds data loaded before (by an earlier stage)."""
     study_dir = Path(study_dir) if study_dir else default_study_dir(spec)
     if n_workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {n_workers}")
     if workers_per_gpu < 1:
         raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
-    cache = DataCache()
-    if spec.objective_class is not None:  # checked once, before the first trial trains to a missing class
-        spec.check_objective_class(cache.get(config_for(spec.base, {})).class_names, origin=str(path))
+    cache = cache or DataCache()
+    # checked once, before the first trial trains to a missing class or builds a loss the data cannot take
+    errors = data_errors([(str(path), spec, space)], cache.get(config_for(spec.base, {})), every_cell=False)
+    if errors:
+        raise ConfigError("\n".join(errors))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)
     _check_run_dirs(study, study_dir)
     _note_small_space(spec, space)
@@ -301,7 +317,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
     else:
         _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
                               num_threads=num_threads, overrides=overrides, progress=progress,
-                              gpus=gpu_assignment(n_workers, workers_per_gpu, _visible_gpus()))
+                              gpus=gpu_assignment(n_workers, workers_per_gpu, _visible_gpus()),
+                              worker_args=worker_args)
     return study
 
 
@@ -323,10 +340,11 @@ def _note_threads(num_threads: int, n_workers: int, progress: bool) -> None:
 
 def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | None, n_workers: int,
                           num_threads: int, overrides: Sequence[str], progress: bool,
-                          gpus: list[str | None]) -> None:
+                          gpus: list[str | None], worker_args: Sequence[str] = ()) -> None:
     """Run ``n_workers`` worker processes (``segtune study --worker``), worker ``i`` on GPU ``gpus[i]``
-    (None: the GPUs of this process), and wait for them all."""
-    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir)]
+    (None: the GPUs of this process), and wait for them all; ``worker_args`` are added to each command."""
+    command = [sys.executable, "-m", "segtune", "study", str(path), "--worker", "--out", str(study_dir),
+               *worker_args]
     command += ["--set", *overrides] if overrides else []
     command += ["--progress"] if progress else []
     command += ["--threads", str(num_threads)]
@@ -364,4 +382,4 @@ def _visible_gpus() -> list[str]:
     return listed[:count] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(count)]
 
 
-__all__ = ["MAX_DRAWS", "gpu_assignment", "open_study", "run_study", "run_worker", "study_threads"]
+__all__ = ["MAX_DRAWS", "gpu_assignment", "open_study", "run_loaded", "run_study", "run_worker", "study_threads"]

@@ -1,0 +1,116 @@
+"""The pieces a space entry is read from: config paths, value lists, ranges, variants, case keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from segtune.config import Component, Config
+from segtune.errors import ConfigError
+from segtune.registry import suggest
+
+
+class Range(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: int | float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "Range":
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be positive, got {self.step}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return all(isinstance(v, int) for v in (self.low, self.high)) and isinstance(self.step, (int, type(None)))
+
+
+def parse_values(path: str, spec: Any) -> tuple[tuple[Any, ...] | None, Range | None]:
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"space: {path}: the list of values is empty; give at least one value")
+        return tuple(spec), None
+    if isinstance(spec, dict):
+        try:
+            return None, Range.model_validate(spec)
+        except pydantic.ValidationError as err:
+            msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"space: {path}: invalid range {spec!r}: {msg}; "
+                              f"write {{low: A, high: B}} with optional log: true or step: S") from None
+    raise ConfigError(f"space: {path}: got {spec!r}; give a list of values, a range {{low: A, high: B}} "
+                      f"or a conditional {{when: PATH, cases: {{VALUE: ...}}}}")
+
+
+def check_path(path: str) -> None:
+    """Check a dotted config path; a misspelt section or option fails with the closest valid name.
+
+    Raises:
+        ConfigError: no such section, field or option of any component of the section.
+    """
+    parts = path.split(".")
+    fields = Config.model_fields
+    if parts[0] not in fields:
+        raise ConfigError(f"unknown config path {path!r}: no section or field {parts[0]!r}"
+                          f"{suggest(parts[0], list(fields))}")
+    section = fields[parts[0]].annotation
+    if len(parts) < 2 or not isinstance(section, type) or not issubclass(section, pydantic.BaseModel):
+        return
+    allowed = set(section.model_fields)
+    if issubclass(section, Component):
+        for name in section.registry.names():
+            allowed |= set(section.registry.entry(name).options.model_fields)
+    if parts[1] not in allowed:
+        raise ConfigError(f"unknown config path {path!r}: {parts[0]} has no option {parts[1]!r}"
+                          f"{suggest(parts[1], sorted(allowed))}")
+
+
+def parse_variants(raw: Any) -> dict[str, dict[str, Any]]:
+    """``variants:`` -> {label: {dotted path: value}}, every path checked."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("variants: give a list of entries, each a label and dotted config paths, e.g. "
+                          "variants: [{label: adam-step, optimizer.name: adam, scheduler.name: step}]")
+    variants: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(raw):
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"variants[{i}]: each variant needs a label (its name in the report) and its "
+                              f"settings, e.g. {{label: unet-ce, model.name: unet, loss.name: ce}}; got {entry!r}")
+        if label in variants:
+            raise ConfigError(f"variants[{i}]: the label {label!r} is used twice; give each variant its own label")
+        values = {str(k): v for k, v in entry.items() if k != "label"}
+        for path in values:
+            try:
+                check_path(path)
+            except ConfigError as err:
+                raise ConfigError(f"variants[{i}] ({label}): {err}") from None
+        variants[label] = values
+    return variants
+
+
+def case_key(key: Any, roots: list[Any], path: str) -> tuple[Any, ...]:
+    """A case's key as a tuple of root values: ``sgd`` for one root, ``"adam, dice"`` for several."""
+    parts = [key] if len(roots) == 1 else (str(key).split(",") if not isinstance(key, (list, tuple)) else list(key))
+    if len(parts) != len(roots):
+        raise ConfigError(f"space: {path}: case {key!r} must give one value per condition "
+                          f"({', '.join(r.path for r in roots)}), separated by commas, e.g. "
+                          f"\"{', '.join(str(r.choices[0]) for r in roots)}\"")
+    case = []
+    for part, root in zip(parts, roots):
+        found = [c for c in root.choices if c == part or (isinstance(part, str) and str(c) == part.strip())]
+        if not found:
+            which = f"case {key!r}" if len(roots) == 1 else f"case {key!r}: {str(part).strip()!r}"
+            raise ConfigError(f"space: {path}: {which} is not a value of {root.path}; "
+                              f"choose from {list(root.choices)}{suggest(str(part).strip(), map(str, root.choices))}")
+        case.append(found[0])
+    return tuple(case)
+
+
+__all__ = ["Range", "case_key", "check_path", "parse_values", "parse_variants"]

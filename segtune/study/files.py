@@ -1,0 +1,68 @@
+"""Reading a study file: its base config found and its ``set`` changes applied, before validation.
+
+``base`` is looked up next to the study file, then in the current directory, then among the
+configs shipped with segtune (``demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from segtune.config import apply_changes, parse_override, read_yaml
+from segtune.errors import ConfigError
+from segtune.planning import planned_tree
+from segtune.study.space import check_path
+
+
+def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise ConfigError(f"{study_path}: base must be a config file name or an inline config mapping, got {base!r}")
+    packaged = Path(str(resources.files("segtune") / "configs" / base))
+    for candidate in (study_path.parent / base, Path(base), packaged):
+        if candidate.is_file():
+            return read_yaml(candidate)
+    raise ConfigError(f"{study_path}: base config {base!r} not found next to the study file, in the current "
+                      f"directory, or among segtune's configs (demo.yaml)")
+
+
+def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """A study file's mapping with its base resolved and ``set`` (then ``overrides``) applied.
+
+    Returns:
+        The tree and the problems of its ``set`` paths (those changes left out), so that a caller
+        can report them with every other problem of the file.
+    """
+    path = Path(path)
+    tree = read_yaml(path)
+    if "base" not in tree:
+        raise ConfigError(f"{path}: missing base: a config file (e.g. demo.yaml) or an inline config")
+    tree["base"] = _resolve_base(tree["base"], path)
+    fixed = tree.pop("set", None) or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set must map dotted config paths to values, e.g. set: {{data.spacing: 2}}")
+    changes = {str(key): value for key, value in fixed.items()}
+    for item in overrides:
+        keys, value = parse_override(item)
+        changes.pop(".".join(keys), None)  # a --set after the file's own set of the same path
+        changes[".".join(keys)] = value
+    errors = []
+    for key in list(changes):
+        try:
+            check_path(key)
+        except ConfigError as err:
+            errors.append(f"{path}: set: {err}")
+            del changes[key]
+    try:
+        tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
+    except ConfigError as err:
+        raise ConfigError("\n".join([*errors, str(err)])) from None
+    tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
+    return tree, errors
+
+
+__all__ = ["read_study_tree"]

@@ -1,0 +1,363 @@
+"""Staged studies: sub-studies run in order, each starting from the configuration the one before chose.
+
+::
+
+    name: playbook
+    base: demo.yaml
+    objective: val.dice_mean
+    method: grid                 # the defaults of every stage: method, n_trials, repeats, pruner, seed
+    repeats: 3
+    stages:
+      - name: lr                 # stage 1: the lr of each optimizer
+        space: {optimizer.name: [adam, sgd], optimizer.lr: {when: optimizer.name, cases: {...}}}
+        per: optimizer.name      # keep each optimizer's best settings for the later stages
+      - name: schedule           # stage 2: optimizer x schedule, each optimizer at its stage-1 lr
+        space: {optimizer.name: [adam, sgd], scheduler.name: [none, plateau]}
+      - name: weight-decay       # stage 3: given the stage-2 winner
+        space: {optimizer.weight_decay: [0.0, 1.0e-3, 1.0e-2]}
+        lr: auto                 # the nuisance lr, found again for every trial (or a list or a range)
+
+**The winner rule.** A stage's winner is the configuration with the best mean objective over its
+repeats. When the paired comparison of the best and the runner-up over their shared seeds
+(:func:`segtune.study.stats.paired_comparison`) finds them within the noise (the interval of the
+difference holds 0), the stage keeps the configuration it started from (``tie: keep_base``, the
+default), since the data cannot tell the two apart; ``tie: best_mean`` takes the best mean
+anyway. With one seed no comparison is possible: the best mean wins, and the path says so.
+``per: PATH`` also keeps the best settings of each value of ``PATH`` (by mean): later trials with
+that value take them wherever they do not set the paths themselves, and the next base takes those
+of its own value (a kept base too).
+
+Each stage is a study of its own in ``<study dir>/stages/<n>-<name>/``; its decision is written
+to ``decision.json`` there once it is complete. Running the command again resumes the first stage
+without a decision (its finished trials kept); a stage with a decision is never run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import optuna
+import pydantic
+
+from segtune.config import SafeName, apply_changes, format_errors
+from segtune.errors import ConfigError
+from segtune.study.records import TrialRecord, Status, study_records
+from segtune.study.space import AUTO_LR, Space
+from segtune.study.spec import StudySpec, parse_study, read_study_tree
+from segtune.study.stats import paired_comparison
+
+STAGES_DIR = "stages"
+DECISION = "decision.json"
+_INHERITED = ("method", "n_trials", "repeats", "pruner", "seed")  # a stage's keys that default to the file's
+Tie = Literal["keep_base", "best_mean"]
+
+
+class StageSpec(pydantic.BaseModel):
+    """One entry of ``stages:``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    name: SafeName
+    space: dict[str, Any] = pydantic.Field(default_factory=dict)
+    variants: list[dict[str, Any]] | None = None
+    method: Any = None
+    n_trials: int | None = None
+    repeats: int | None = None
+    pruner: Any = None
+    seed: int | None = None
+    lr: Any = None  # "auto", or a list or range of optimizer.lr for this stage
+    tie: Tie | None = None  # default: the file's tie, else keep_base
+    per: str | None = None  # keep the best settings of each value of this path
+
+
+@dataclass
+class Staged:
+    """A staged study file: its top-level study keys, its stages and its tie rule."""
+
+    path: Path
+    top: dict[str, Any]  # the study keys (base resolved, set applied) shared by every stage
+    stages: list[StageSpec]
+    tie: Tie = "keep_base"
+
+    @property
+    def name(self) -> str:
+        return str(self.top["name"])
+
+
+@dataclass
+class Decision:
+    """What a finished stage chose, and its evidence; stored as ``decision.json``."""
+
+    index: int
+    name: str
+    # best_mean | kept_base (best and runner-up within the noise) | tie_best_mean (within the noise, tie:
+    # best_mean) | untested (one seed: no paired test) | no_result (no trial completed)
+    rule: str
+    changes: dict[str, Any]  # what the stage set in the base of the next one
+    base_after: dict[str, Any]  # the base config tree of the next stage
+    n_trials: int = 0
+    best: dict[str, Any] | None = None  # {number, params, mean, seeds}
+    runner_up: dict[str, Any] | None = None
+    difference: dict[str, Any] | None = None  # {mean, low, high, seeds, p_value}: best minus runner-up
+    follows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per: {value: settings}
+    study: dict[str, Any] = field(default_factory=dict)  # the stage's study as decided (its fingerprint)
+
+
+def is_staged(path: str | Path) -> bool:
+    """Whether the study file at ``path`` has ``stages:``."""
+    from segtune.config import read_yaml
+
+    tree = read_yaml(Path(path))
+    return isinstance(tree, dict) and "stages" in tree
+
+
+def load_stages(path: str | Path, overrides: Sequence[str] = (), *, every_cell: bool = False) -> Staged:
+    """Read a staged study file and validate every stage against the file's base.
+
+    Later stages start from earlier winners; each is validated here against the base the file
+    gives (the same components and paths), and again when it starts.
+
+    Raises:
+        ConfigError: every problem of every stage at once, each naming its stage.
+    """
+    path = Path(path)
+    tree, errors = read_study_tree(path, overrides)
+    raw, tie = tree.pop("stages"), tree.pop("tie", "keep_base")
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: stages must be a list of sub-studies, e.g. stages: [{{name: lr, space: ...}}]")
+    if tie not in ("keep_base", "best_mean"):
+        errors.append(f"{path}: tie must be keep_base or best_mean, got {tie!r}")
+    for key in ("space", "variants"):
+        if key in tree:
+            errors.append(f"{path}: {key} belongs to each stage in a staged study; move it into the stages")
+    stages = []
+    for i, entry in enumerate(raw):
+        try:
+            stages.append(StageSpec.model_validate(entry))
+        except pydantic.ValidationError as err:
+            errors.append(format_errors(err, f"{path}: stages[{i}]").replace("invalid config", "invalid stage"))
+    names = [s.name for s in stages]
+    errors += [f"{path}: two stages are named {n!r}; name each stage once" for n in sorted({n for n in names
+                                                                                           if names.count(n) > 1})]
+    staged = Staged(path, tree, stages, tie if tie in ("keep_base", "best_mean") else "keep_base")
+    for i, stage in enumerate(stages):
+        try:
+            stage_study(staged, i, tree["base"], {}, every_cell=every_cell)
+        except ConfigError as err:
+            errors.append(f"stage {i + 1} ({stage.name}): {err}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return staged
+
+
+def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[str, dict[str, dict[str, Any]]],
+                *, every_cell: bool = False) -> tuple[StudySpec, Space]:
+    """The study of stage ``index`` on ``base`` (the previous winner), with the settings that follow."""
+    stage = staged.stages[index]
+    tree = {k: v for k, v in staged.top.items() if k != "name"}
+    tree.update({k: getattr(stage, k) for k in _INHERITED if getattr(stage, k) is not None})
+    tree["name"] = f"{staged.name}.{stage.name}"
+    space = dict(stage.space)
+    follows = {path: dict(table) for path, table in follows.items()}
+    if stage.lr == AUTO_LR:  # re-tuned in this stage: neither the base's nor an earlier stage's lr
+        base = apply_changes(base, {"optimizer.lr": AUTO_LR})
+        follows = {p: {v: {k: x for k, x in s.items() if k != "optimizer.lr"} for v, s in t.items()}
+                   for p, t in follows.items()}
+    elif stage.lr is not None:
+        if "optimizer.lr" in space:
+            raise ConfigError(f"stage {stage.name}: lr and space: optimizer.lr both set the lr; give one of them")
+        space["optimizer.lr"] = stage.lr
+    tree.update(base=base, space=space, variants=stage.variants)
+    spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell)
+    if stage.per is not None and stage.per not in {p.path for p in parsed.roots}:
+        raise ConfigError(f"per: {stage.per!r} must name a list entry of the stage's space "
+                          f"(or variant), e.g. per: optimizer.name")
+    parsed.follows = follows
+    return spec, parsed
+
+
+def stage_dir(root: Path, index: int, stage: StageSpec) -> Path:
+    """``<study dir>/stages/<n>-<name>``: a stage's run directories, storage and decision."""
+    return root / STAGES_DIR / f"{index + 1}-{stage.name}"
+
+
+def read_decision(directory: Path) -> Decision | None:
+    """The decision of a finished stage, or None while it is not finished."""
+    path = directory / DECISION
+    return Decision(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _write_decision(directory: Path, decision: Decision) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{DECISION}.tmp"
+    tmp.write_text(json.dumps(asdict(decision), indent=2, default=str))
+    os.replace(tmp, directory / DECISION)  # all or nothing: a kill leaves the stage unfinished
+
+
+def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Decision], dict[str, Any], dict]:
+    """The decisions of the finished stages before ``upto`` (default: all), the base after them and
+    the settings that follow; stops at the first stage without a decision."""
+    base, follows, decisions = staged.top["base"], {}, []
+    for i, stage in enumerate(staged.stages[:upto]):
+        directory = stage_dir(root, i, stage)
+        decision = read_decision(directory)
+        if decision is None:
+            break
+        now = json.loads(json.dumps(stage_study(staged, i, base, follows)[0].fingerprint()))
+        if decision.study and decision.study != now:
+            changed = ", ".join(sorted(k for k in now if now[k] != decision.study.get(k)))
+            raise ConfigError(f"stage {i + 1} ({stage.name}) was decided on another definition ({changed} "
+                              f"differ) and is never run again; restore the study file, or move {directory} "
+                              f"aside to run that stage and the ones after it again")
+        decisions.append(decision)
+        base = decision.base_after
+        follows.update(decision.follows)
+    return decisions, base, follows
+
+
+def _value_at(tree: dict[str, Any], path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _summary(record: TrialRecord) -> dict[str, Any]:
+    return {"number": record.number, "params": record.params, "mean": record.value, "seeds": record.values}
+
+
+def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_of: Callable[[TrialRecord], dict],
+           base: dict[str, Any], index: int = 0, name: str = "stage", per: str | None = None) -> Decision:
+    """Choose a stage's winner from its trials by the winner rule (see the module doc).
+
+    Args:
+        records: the stage's trials; completed ones that trained (not a repeat's reuse) count.
+        maximize: the objective's direction.
+        tie: ``keep_base`` or ``best_mean``: what a best within the noise of the runner-up gives.
+        changes_of: a trial's dotted config changes (its variant's settings, its found lr).
+        base: the base config tree the stage started from.
+
+    Returns:
+        The :class:`Decision`; its ``changes`` are empty where the base is kept.
+    """
+    done = [r for r in records if r.state == Status.COMPLETE and r.same_as is None and r.value is not None]
+    done.sort(key=lambda r: r.value, reverse=maximize)
+    if not done:
+        return Decision(index, name, "no_result", {}, base)
+    best, runner = done[0], (done[1] if len(done) > 1 else None)
+    comparison = runner and paired_comparison(best.values, runner.values, other_number=runner.number,
+                                              maximize=maximize)
+    if comparison is None:
+        rule = "untested"
+    else:
+        rule = "best_mean" if not comparison.within_noise else ("kept_base" if tie == "keep_base" else "tie_best_mean")
+    changes = {} if rule == "kept_base" else changes_of(best)
+    follows = {}
+    if per is not None:
+        table: dict[str, dict[str, Any]] = {}
+        for r in done:  # best first: each value's first trial is its best
+            settings = changes_of(r)
+            table.setdefault(str(settings.get(per)), {k: v for k, v in settings.items() if k != per})
+        follows = {per: table}
+        # the next base takes the best settings of its own value of `per` too (a kept base included)
+        own = _value_at(apply_changes(base, changes), per)
+        changes = {**table.get(str(own), {}), **changes}
+    difference = None if comparison is None else {
+        "mean": comparison.difference.mean, "low": comparison.difference.low, "high": comparison.difference.high,
+        "seeds": list(comparison.seeds), "p_value": comparison.p_value}
+    return Decision(index, name, rule, changes, apply_changes(base, changes), n_trials=len(records),
+                    best=_summary(best), runner_up=_summary(runner) if runner else None, difference=difference,
+                    follows=follows)
+
+
+def _changes_of(space: Space, auto_lr: bool) -> Callable[[TrialRecord], dict]:
+    def changes(record: TrialRecord) -> dict[str, Any]:
+        found = space.changes(record.params)
+        if auto_lr and record.config:  # the lr the range test found for it
+            found["optimizer.lr"] = record.config["optimizer"]["lr"]
+        return found
+    return changes
+
+
+def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage: str | None = None,
+               n_workers: int = 1, num_threads: int | None = None, overrides: Sequence[str] = (),
+               verbose: bool = False, progress: bool = False,
+               on_stage_done: Callable[[Decision], None] | None = None) -> tuple[Staged, list[Decision]]:
+    """Run (or resume) a staged study: each stage without a decision, in order.
+
+    Args:
+        path: the study file, with ``stages:``.
+        study_dir: default ``runs/<name>``; stage n lives in ``<study_dir>/stages/<n>-<name>``.
+        on_stage_done: called with each decision as it is written (a progress hook).
+        The rest: as :func:`segtune.study.run_study`.
+
+    Returns:
+        The staged study and the decision of every stage.
+    """
+    from segtune.study.objective import DataCache
+    from segtune.study.workers import run_loaded
+
+    staged, cache = load_stages(path, overrides), DataCache()  # the data loaded once for every stage
+    root = Path(study_dir) if study_dir else Path("runs") / staged.name
+    decisions, base, follows = walk(staged, root)
+    for i in range(len(decisions), len(staged.stages)):
+        stage = staged.stages[i]
+        spec, space = stage_study(staged, i, base, follows)
+        directory = stage_dir(root, i, stage)
+        if progress:
+            print(f"stage {i + 1}/{len(staged.stages)}: {stage.name}", flush=True)
+        study = run_loaded(spec, space, staged.path, study_dir=directory, storage=storage, n_workers=n_workers,
+                           num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress,
+                           worker_args=["--stage", str(i + 1)], cache=cache)
+        decision = decide(study_records(study, study_dir=directory), maximize=spec.resolved_direction == "maximize",
+                          tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
+                          base=base, index=i, name=stage.name, per=stage.per)
+        decision.study = json.loads(json.dumps(spec.fingerprint()))
+        _write_decision(directory, decision)
+        decisions.append(decision)
+        base, follows = decision.base_after, {**follows, **decision.follows}
+        if on_stage_done is not None:
+            on_stage_done(decision)
+    return staged, decisions
+
+
+def stage_for_worker(path: str | Path, overrides: Sequence[str], study_dir: Path, number: int
+                     ) -> tuple[StudySpec, Space]:
+    """The study of stage ``number`` (from 1) for a worker process; ``study_dir`` is the stage's own.
+
+    Raises:
+        ConfigError: a stage before it has no decision yet.
+    """
+    staged = load_stages(path, overrides)
+    root = study_dir.parent.parent
+    decisions, base, follows = walk(staged, root, number - 1)
+    if len(decisions) < number - 1:
+        raise ConfigError(f"stage {number} cannot start: stage {len(decisions) + 1} has no decision yet in {root}")
+    return stage_study(staged, number - 1, base, follows)
+
+
+def stage_studies(staged: Staged, root: Path, storage: str | None = None) -> list[optuna.Study | None]:
+    """The stored study of each stage (None for a stage not started), for the report."""
+    from segtune.study.storage import open_storage
+
+    studies = []
+    for i, stage in enumerate(staged.stages):
+        directory = stage_dir(root, i, stage)
+        name = f"{staged.name}.{stage.name}"
+        if storage is None and not (directory / "study.db").is_file():
+            studies.append(None)
+            continue
+        try:
+            studies.append(optuna.load_study(study_name=name, storage=open_storage(
+                StudySpec.model_construct(name=name), directory, storage)))
+        except KeyError:
+            studies.append(None)
+    return studies
+
+
+__all__ = ["DECISION", "STAGES_DIR", "Decision", "StageSpec", "Staged", "decide", "is_staged", "load_stages",
+           "read_decision", "run_stages", "stage_dir", "stage_for_worker", "stage_studies", "stage_study", "walk"]

@@ -1,0 +1,58 @@
+"""The dry run: every problem of a study file at once, the counts and cells it prints, no training."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from tests.conftest import study_tree
+
+from segtune.cli import main
+from segtune.errors import ConfigError
+from segtune.study import run_study
+
+
+def _write(tmp_path, tree) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def test_dry_run_prints_counts_cells_and_minutes_and_trains_nothing(tmp_path, capsys):
+    variants = [{"label": "adam", "optimizer.name": "adam"}, {"label": "sgd", "optimizer.name": "sgd",
+                                                                 "optimizer.lr": 0.1}]
+    path = _write(tmp_path, study_tree(space={"train.batch_size": [4, 8]}, variants=variants, repeats=2))
+    assert main(["study", path, "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "grid, 4 trial(s) x 2 repeat(s) = 8 run(s) of at most 1 epochs" in out
+    assert out.count("\nsgd ") == 2 and "variant  train.batch_size" in out  # one row per cell, by label
+    assert "about 0 minutes" in out and "nothing was trained" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_problem_of_a_study_file_is_reported_at_once(tmp_path, capsys):
+    # a misspelt set path, a misspelt space path's neighbour value and an impossible value, in one message
+    tree = study_tree(space={"optimizer.name": ["adam", "sgdd"], "loss.name": ["dice", "dcie"]})
+    tree["set"] = {"train.epoch": 2, "optimizer.lrr": 0.1}
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for part in ("set: unknown config path 'train.epoch'", "set: unknown config path 'optimizer.lrr'",
+                 "optimizer.name='sgdd'", "loss.name='dcie'"):
+        assert part in err, part
+    assert "Traceback" not in err
+
+
+def test_the_dry_run_finds_what_only_the_data_shows(tmp_path, capsys):
+    # 3 classes: no class 'tumour' for the objective, and bce needs a binary task: both named at once
+    tree = study_tree(objective="val.dice_per_class.tumour", space={"loss.name": ["dice", "bce"]})
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "the data has no class 'tumour'" in err
+    assert "the cell loss.name=bce: loss 'bce' uses one sigmoid output and needs a binary task" in err
+
+
+def test_a_run_checks_what_the_data_shows_before_any_trial(tmp_path):
+    # a sigmoid loss on 3 classes: the study stops before its first trial, naming the value and the fix
+    path = _write(tmp_path, study_tree(space={"loss.name": ["dice", "bce"]}))
+    with pytest.raises(ConfigError, match="loss.name=bce: loss 'bce' uses one sigmoid output(.|\n)*use loss.name="):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "trials").exists()
