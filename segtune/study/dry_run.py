@@ -106,8 +106,11 @@ def _seconds_per_epoch(spec: StudySpec, data: Any) -> float:
 
     from segtune.training.runtime import build_training, grad_scaler, setup_device, train_on_batches
 
+    from segtune.training.precision import resolve_precision
+
     config = config_for(spec.base, {})  # optimizer.lr: auto stands at the optimizer's default here
     device = setup_device(config.train)
+    config, _ = resolve_precision(config, data, device)  # auto: the cached (or newly timed) choice, as runs train
     model, loss_fn, optimizer = build_training(config, data, device)
     model.train()
     bs = min(config.train.batch_size, len(data.train))
