@@ -70,7 +70,8 @@ def _planned(spec: StudySpec, space: Space, name: str, n_train: int) -> PlannedS
     train = config_for(spec.base, {}).train
     # a budget in steps, as the epochs it spans on the base's training split
     epochs = train.epochs if train.steps is None else math.ceil(train.steps / math.ceil(n_train / train.batch_size))
-    return PlannedStudy(name, spec.method.name, n, spec.repeats, epochs, header, rows)
+    # the most runs a trial can train: racing's max seeds, each on every fold of a cv study
+    return PlannedStudy(name, spec.method.name, n, spec.max_repeats * len(spec.folds), epochs, header, rows)
 
 
 def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], data: Any, *, every_cell: bool = True) -> list[str]:

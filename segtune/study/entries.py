@@ -37,6 +37,10 @@ def parse_values(path: str, spec: Any) -> tuple[tuple[Any, ...] | None, Range | 
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"space: {path}: the list of values is empty; give at least one value")
+        seen = [repr(v) for v in spec]
+        twice = [v for v, r in zip(spec, seen) if seen.count(r) > 1]
+        if twice:  # a grid would count a cell twice and never end: Optuna draws past a used-up grid
+            raise ConfigError(f"space: {path}: the value {twice[0]!r} is listed twice; list each value once")
         return tuple(spec), None
     if isinstance(spec, dict):
         try:

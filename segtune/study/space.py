@@ -171,9 +171,14 @@ class Space:
         if len(set(names)) != len(names):
             raise ConfigError(f"space: {path}: when names {names} with a path twice; name each once")
         conditions = [roots[n] for n in names]
+        keys: dict[tuple, Any] = {}
         for key, values in cases.items():
             case = case_key(key, conditions, path)
             shown = ", ".join(map(str, case))
+            if case in keys:  # "adam, dice" and "adam,dice": one case given twice, one of them lost
+                raise ConfigError(f"space: {path}: the cases {keys[case]!r} and {key!r} are the same case ({shown}); "
+                                  f"give it once")
+            keys[case] = key
             choices, rng = parse_values(f"{path} (case {shown})", values if isinstance(values, (list, dict))
                                          else [values])  # a single value: that value alone
             self.params.append(Param(path=path, name=f"{path}[{shown}]", choices=choices, range=rng,

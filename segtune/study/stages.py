@@ -173,11 +173,22 @@ def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[
         space["optimizer.lr"] = stage.lr
     tree.update(base=base, space=space, variants=stage.variants)
     spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell)
+    if stage.per == "variant":  # a label is not a setting the next base can take: name a setting of the variants
+        raise ConfigError(f"stage {stage.name}: per: variant is not supported; per names a setting (e.g. "
+                          f"optimizer.name) whose value picks the settings to keep")
     if stage.per is not None and stage.per not in {p.path for p in parsed.roots}:
         raise ConfigError(f"per: {stage.per!r} must name a list entry of the stage's space "
-                          f"(or variant), e.g. per: optimizer.name")
+                          f", e.g. per: optimizer.name")
     parsed.follows = follows
     return spec, parsed
+
+
+def next_follows(follows: dict[str, dict[str, dict[str, Any]]], decision: Decision) -> dict:
+    """The per-value settings after ``decision``: an earlier stage's settings of a path the decision
+    fixed give way to it (stage 2's patience is not undone by stage 1's table), then its own table."""
+    fixed = set(decision.changes)
+    kept = {p: {v: {k: x for k, x in s.items() if k not in fixed} for v, s in t.items()} for p, t in follows.items()}
+    return {**kept, **decision.follows}
 
 
 def stage_dir(root: Path, index: int, stage: StageSpec) -> Path:
@@ -215,7 +226,7 @@ def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Deci
                               f"aside to run that stage and the ones after it again")
         decisions.append(decision)
         base = decision.base_after
-        follows.update(decision.follows)
+        follows = next_follows(follows, decision)
     return decisions, base, follows
 
 
@@ -313,13 +324,18 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
         study = run_loaded(spec, space, staged.path, study_dir=directory, storage=storage, n_workers=n_workers,
                            num_threads=num_threads, overrides=overrides, verbose=verbose, progress=progress,
                            worker_args=["--stage", str(i + 1)], cache=cache)
-        decision = decide(study_records(study, study_dir=directory), maximize=spec.resolved_direction == "maximize",
+        records = study_records(study, study_dir=directory)
+        if not any(r.state == Status.COMPLETE and r.value is not None for r in records):
+            raise ConfigError(f"stage {i + 1} ({stage.name}) has no completed trial, so it decides nothing and "
+                              f"is left unfinished; see the failures with `segtune study status {staged.path}`, "
+                              f"fix them, and run the same command again")
+        decision = decide(records, maximize=spec.resolved_direction == "maximize",
                           tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
                           base=base, index=i, name=stage.name, per=stage.per)
         decision.study = json.loads(json.dumps(spec.fingerprint()))
         _write_decision(directory, decision)
         decisions.append(decision)
-        base, follows = decision.base_after, {**follows, **decision.follows}
+        base, follows = decision.base_after, next_follows(follows, decision)
         if on_stage_done is not None:
             on_stage_done(decision)
     return staged, decisions
@@ -359,5 +375,5 @@ def stage_studies(staged: Staged, root: Path, storage: str | None = None) -> lis
     return studies
 
 
-__all__ = ["DECISION", "STAGES_DIR", "Decision", "StageSpec", "Staged", "decide", "is_staged", "load_stages",
+__all__ = ["DECISION", "STAGES_DIR", "Decision", "StageSpec", "Staged", "decide", "is_staged", "load_stages", "next_follows",
            "read_decision", "run_stages", "stage_dir", "stage_for_worker", "stage_studies", "stage_study", "walk"]

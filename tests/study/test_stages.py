@@ -133,3 +133,24 @@ def test_a_decided_stage_whose_definition_changed_is_an_error_not_a_silent_reuse
     path.write_text(yaml.safe_dump(tree))
     with pytest.raises(ConfigError, match="stage 1 \\(lr\\) was decided on another definition \\(space differ"):
         run_stages(path, study_dir=out)
+
+
+def test_a_later_decision_wins_over_an_earlier_stage_s_per_value_settings():
+    # stage 1 kept, for train_fraction 0.1, patience 2; stage 2 then chose patience 7: 7 stays
+    from segtune.study.stages import Decision, next_follows
+
+    earlier = {"data.train_fraction": {"0.1": {"train.patience": 2, "model.num_res_units": 5}}}
+    later = Decision(1, "patience", "best_mean", {"train.patience": 7}, {})
+    assert next_follows(earlier, later) == {"data.train_fraction": {"0.1": {"model.num_res_units": 5}}}
+
+
+def test_duplicate_values_and_cases_are_errors_not_an_endless_grid():
+    from segtune.errors import ConfigError
+    from segtune.study.space import Space
+
+    with pytest.raises(ConfigError, match="the value 0.1 is listed twice"):
+        Space({"optimizer.lr": [0.1, 0.1]})
+    with pytest.raises(ConfigError, match="are the same case"):
+        Space({"optimizer.name": ["adam"], "loss.name": ["dice"],
+               "optimizer.lr": {"when": ["optimizer.name", "loss.name"],
+                                "cases": {"adam, dice": [0.1, 0.2], "adam,dice": [0.3]}}})
