@@ -17,10 +17,7 @@ import torch
 
 from segtune.errors import DataError
 from segtune.training.evaluate import final_distances, predict_probabilities, score_labels
-from segtune.training.predict import run_config
-from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
-from segtune.training.precision import as_trained
-from segtune.training.runtime import evaluation_options, load_data, resolve_device
+from segtune.training.predict import _Evaluation  # one run's checkpoint and data, as `evaluate` scores them
 
 __all__ = ["evaluate_ensemble"]
 
@@ -28,18 +25,12 @@ _SHOWN = ("dice_mean", "case_dice_mean", "hd95_mean", "nsd_mean", "asd_mean", "a
 
 
 def _fold_probabilities(run: Path, split: str, checkpoint: str, overrides: Sequence[str]):
-    """The probabilities of one run's checkpoint on ``split`` of its data, the split and its config."""
-    config = run_config(run, [*overrides, "data.train_fraction=1.0", "data.min_foreground_fraction=0"])
-    device = resolve_device(config.train.device)
-    ckpt = load_checkpoint(run / f"{checkpoint}.pt")
-    model = model_from_checkpoint(ckpt).to(device)
-    data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-    options = evaluation_options(as_trained(config, ckpt["meta"]).train, device)  # auto: what the run trained in
-    if options["precision"] == "fp16" and device.type != "cuda":
-        options["precision"] = "fp32"
-    target = data.split(split)
-    probs = predict_probabilities(model, target.images, patch_size=config.train.patch_size, **options)
-    return probs, target, data.class_names, config
+    """The probabilities of one run's checkpoint on ``split`` of its data (prepared and predicted as
+    ``evaluate`` does for one run), the split and its config."""
+    evaluation = _Evaluation(run, checkpoint, list(overrides))
+    target = evaluation.data.split(split)
+    probs = predict_probabilities(evaluation.model, target.images, **evaluation.options)
+    return probs, target, evaluation.data.class_names, evaluation.config
 
 
 def evaluate_ensemble(runs: Sequence[str | Path], *, split: str = "test", checkpoint: str = "best",

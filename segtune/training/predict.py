@@ -125,7 +125,7 @@ class _Evaluation:
         ckpt = load_checkpoint(_checkpoint_path(run, checkpoint))
         self.model = model_from_checkpoint(ckpt).to(device)
         self.data = load_data(config, normalize_stats=ckpt["meta"].get("normalize_stats"))
-        self.distances = final_distances(config)
+        self.config, self.distances = config, final_distances(config)
         trained = as_trained(config, ckpt["meta"]).train  # train.precision auto: what the run chose
         self.options = {**evaluation_options(trained, device), "patch_size": config.train.patch_size}
         if self.options["precision"] == "fp16" and device.type != "cuda":  # a GPU run evaluated here: fp16 is GPU-only
