@@ -76,27 +76,42 @@ def check_path(path: str) -> None:
                           f"{suggest(parts[1], sorted(allowed))}")
 
 
-def parse_variants(raw: Any) -> dict[str, dict[str, Any]]:
-    """``variants:`` -> {label: {dotted path: value}}, every path checked."""
+class SpaceErrors(ConfigError):
+    """Every problem of a space (or of its variants) at once: ``problems``, one message each, each
+    naming its path and the fix; the error's text is them, one a line. ``partial`` is the space of
+    the entries without a problem (None when there is none), so that a caller can check its values too."""
+
+    def __init__(self, problems: list[str], partial: Any = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems, self.partial = list(problems), partial
+
+
+def parse_variants(raw: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``variants:`` -> ({label: {dotted path: value}}, problems): every entry and path checked, the
+    problem of each bad one listed (and that entry, or path, left out) instead of stopping at the first."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("variants: give a list of entries, each a label and dotted config paths, e.g. "
-                          "variants: [{label: adam-step, optimizer.name: adam, scheduler.name: step}]")
+        return {}, ["variants: give a list of entries, each a label and dotted config paths, e.g. "
+                    "variants: [{label: adam-step, optimizer.name: adam, scheduler.name: step}]"]
     variants: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
     for i, entry in enumerate(raw):
         label = entry.get("label") if isinstance(entry, dict) else None
         if not isinstance(label, str) or not label.strip():
-            raise ConfigError(f"variants[{i}]: each variant needs a label (its name in the report) and its "
-                              f"settings, e.g. {{label: unet-ce, model.name: unet, loss.name: ce}}; got {entry!r}")
+            problems.append(f"variants[{i}]: each variant needs a label (its name in the report) and its "
+                            f"settings, e.g. {{label: unet-ce, model.name: unet, loss.name: ce}}; got {entry!r}")
+            continue
         if label in variants:
-            raise ConfigError(f"variants[{i}]: the label {label!r} is used twice; give each variant its own label")
-        values = {str(k): v for k, v in entry.items() if k != "label"}
-        for path in values:
+            problems.append(f"variants[{i}]: the label {label!r} is used twice; give each variant its own label")
+            continue
+        values = {}
+        for path, value in ((str(k), v) for k, v in entry.items() if k != "label"):
             try:
                 check_path(path)
+                values[path] = value
             except ConfigError as err:
-                raise ConfigError(f"variants[{i}] ({label}): {err}") from None
+                problems.append(f"variants[{i}] ({label}): {err}")
         variants[label] = values
-    return variants
+    return variants, problems
 
 
 def case_key(key: Any, roots: list[Any], path: str) -> tuple[Any, ...]:
@@ -117,4 +132,4 @@ def case_key(key: Any, roots: list[Any], path: str) -> tuple[Any, ...]:
     return tuple(case)
 
 
-__all__ = ["Range", "case_key", "check_path", "parse_values", "parse_variants"]
+__all__ = ["Range", "SpaceErrors", "case_key", "check_path", "parse_values", "parse_variants"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 from segtune.config import Config, apply_changes, build_config
 from segtune.errors import ConfigError
 from segtune.registry import suggest
-from segtune.study.entries import Range, case_key, check_path, parse_values, parse_variants
+from segtune.study.entries import Range, SpaceErrors, case_key, check_path, parse_values, parse_variants
 
 _PRIMITIVE = (str, int, float, bool, type(None))
 AUTO_LR = "auto"  # optimizer.lr: auto, found once per optimizer, loss and model by the LR range test
@@ -120,69 +120,86 @@ class Space:
             they form one categorical entry, ``variant``, whose values are the labels.
 
     Raises:
-        ConfigError: an unknown path (with a suggestion), an empty list, an invalid range, a
-            condition on a path that is not a categorical entry of the space, a variant without a
-            label, or a path set both by the variants and by the space.
+        SpaceErrors: every problem at once, one line each: an unknown path (with a suggestion), an
+            empty list, an invalid range, a condition on a path that is not a categorical entry of
+            the space, a bad case, a variant without a label, or a path set both by the variants
+            and by the space.
     """
 
     def __init__(self, raw: dict[str, Any] | None, variants: list[dict[str, Any]] | None = None) -> None:
         raw = raw or {}
         if not isinstance(raw, dict) or not (raw or variants):
-            raise ConfigError("space: give at least one config path to vary, e.g. optimizer.name: [adam, sgd], "
-                              "or a list of variants")
-        self.variants = parse_variants(variants) if variants is not None else {}
+            raise SpaceErrors(["space: give at least one config path to vary, e.g. optimizer.name: [adam, sgd], "
+                               "or a list of variants"])
+        self.variants, problems = parse_variants(variants) if variants is not None else ({}, [])
         # settings that follow the value of an entry where a trial does not set them itself: a
         # stage's winners per value ({"optimizer.name": {"adam": {"optimizer.lr": 0.001}}})
         self.follows: dict[str, dict[str, dict[str, Any]]] = {}
         self.params: list[Param] = []
         if self.variants:
             self.params.append(Param(path=VARIANT, name=VARIANT, choices=tuple(self.variants)))
-        conditional = {}
+        conditional, bad = {}, set()  # bad: the paths with a problem of their own
         for path, spec in raw.items():
             try:
                 check_path(str(path))
             except ConfigError as err:
-                raise ConfigError(f"space: {err}") from None
+                problems.append(f"space: {err}")
+                bad.add(path)
+                continue
             both = sorted(label for label, values in self.variants.items() if path in values)
             if both:
-                raise ConfigError(f"space: {path} is set by the variants ({', '.join(both)}) too; "
-                                  f"set it in one place: the space or the variants")
-            if isinstance(spec, dict) and "when" in spec:
+                problems.append(f"space: {path} is set by the variants ({', '.join(both)}) too; "
+                                f"set it in one place: the space or the variants")
+            elif isinstance(spec, dict) and "when" in spec:
                 conditional[path] = spec
-                continue
-            choices, rng = parse_values(path, spec)
-            self.params.append(Param(path=path, name=path, choices=choices, range=rng))
+            else:
+                try:
+                    choices, rng = parse_values(path, spec)
+                    self.params.append(Param(path=path, name=path, choices=choices, range=rng))
+                except ConfigError as err:
+                    problems.append(str(err))
+                    bad.add(path)
         for path, spec in conditional.items():
-            self._add_conditional(path, spec)
+            when = spec.get("when")
+            if not bad & set(map(str, when if isinstance(when, list) else [when])):  # else its condition's problem
+                problems += self._add_conditional(path, spec)
+        if problems:
+            raise SpaceErrors(problems, self if self.params else None)
 
-    def _add_conditional(self, path: str, spec: dict[str, Any]) -> None:
+    def _add_conditional(self, path: str, spec: dict[str, Any]) -> list[str]:
+        """Add the cases of a conditional entry; returns the problem of each bad part (its good cases added)."""
         roots = {p.path: p for p in self.roots}
         extra = set(spec) - {"when", "cases"}
         when, cases = spec.get("when"), spec.get("cases")
         if extra or not isinstance(cases, dict) or not cases:
-            raise ConfigError(f"space: {path}: a conditional entry takes exactly when: PATH (or a list of paths) "
-                              f"and cases: {{VALUE: values}}, got keys {sorted(spec)}")
+            return [f"space: {path}: a conditional entry takes exactly when: PATH (or a list of paths) "
+                    f"and cases: {{VALUE: values}}, got keys {sorted(spec)}"]
         names = list(when) if isinstance(when, list) else [when]
         categorical = [p for p, r in roots.items() if r.choices]
-        for name in names:
-            if name not in categorical:
-                raise ConfigError(f"space: {path}: when: {name!r} must name a list entry of the space (or variant)"
-                                  f"{suggest(str(name), categorical)}")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"space: {path}: when names {names} with a path twice; name each once")
+        problems = [f"space: {path}: when: {name!r} must name a list entry of the space (or variant)"
+                    f"{suggest(str(name), categorical)}" for name in names if name not in categorical]
+        if len(set(map(str, names))) != len(names):
+            problems.append(f"space: {path}: when names {names} with a path twice; name each once")
+        if problems:
+            return problems
         conditions = [roots[n] for n in names]
         keys: dict[tuple, Any] = {}
         for key, values in cases.items():
-            case = case_key(key, conditions, path)
-            shown = ", ".join(map(str, case))
-            if case in keys:  # "adam, dice" and "adam,dice": one case given twice, one of them lost
-                raise ConfigError(f"space: {path}: the cases {keys[case]!r} and {key!r} are the same case ({shown}); "
-                                  f"give it once")
-            keys[case] = key
-            choices, rng = parse_values(f"{path} (case {shown})", values if isinstance(values, (list, dict))
-                                         else [values])  # a single value: that value alone
+            try:
+                case = case_key(key, conditions, path)
+                shown = ", ".join(map(str, case))
+                if case in keys:  # "adam, dice" and "adam,dice": one case given twice, one of them lost
+                    raise ConfigError(f"space: {path}: the cases {keys[case]!r} and {key!r} are the same case "
+                                      f"({shown}); give it once")
+                keys[case] = key
+                choices, rng = parse_values(f"{path} (case {shown})", values if isinstance(values, (list, dict))
+                                            else [values])  # a single value: that value alone
+            except ConfigError as err:
+                problems.append(str(err))
+                continue
             self.params.append(Param(path=path, name=f"{path}[{shown}]", choices=choices, range=rng,
                                      when=tuple(names), case=case))
+        return problems
 
     @property
     def roots(self) -> list[Param]:
@@ -253,6 +270,16 @@ class Space:
             cells, encoded = self._grid_dimension(group)
             values.update(cells[encoded.index(trial.suggest_categorical(name, encoded))])
         return values
+
+    def not_finite(self) -> list[str]:
+        """The problem of every entry a grid cannot take (a range of floats without a step), one each."""
+        problems = []
+        for param in self.params:
+            try:
+                param.grid_values()
+            except ConfigError as err:
+                problems.append(str(err))
+        return problems
 
     def n_grid_cells(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
@@ -337,4 +364,4 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
     return build_config(tree, origin="study trial")
 
 
-__all__ = ["AUTO_LR", "VARIANT", "Param", "Space", "check_path", "config_for"]
+__all__ = ["AUTO_LR", "VARIANT", "Param", "Space", "SpaceErrors", "check_path", "config_for"]

@@ -33,7 +33,7 @@ from segtune.config import Component, SafeName, format_errors
 from segtune.errors import ConfigError
 from segtune.registry import Registry, suggest
 from segtune.study.files import read_study_tree
-from segtune.study.space import VARIANT, Space, config_for
+from segtune.study.space import VARIANT, Space, SpaceErrors, config_for
 from segtune.training.distances import DISTANCE_METRICS, MINIMISED
 
 SAMPLERS = Registry("study method")
@@ -328,22 +328,31 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
         ConfigError: every problem found, at once, naming the field, the value and the rule.
     """
     found = list(errors)
+    spec = None
     try:
         spec = StudySpec.model_validate(tree)
-    except pydantic.ValidationError as err:
+    except pydantic.ValidationError as err:  # reported with the problems of the base and the space below
         found.append(format_errors(err, origin).replace("invalid config", "invalid study file"))
-        raise ConfigError("\n".join(found)) from None
+    base = tree.get("base") if isinstance(tree.get("base"), dict) else None
     try:
-        config_for(spec.base, {})  # checks the base; optimizer.lr: auto is resolved per trial
-        space = Space(spec.space, spec.variants)
-        if spec.method.name == "grid":
-            space.grid()
+        if base is not None:
+            config_for(base, {})  # checks the base; optimizer.lr: auto is resolved per trial
     except ConfigError as err:
-        raise ConfigError("\n".join([*found, f"{origin}: {err}"])) from None
-    found += [f"{origin}: {e}" for e in space.invalid(spec.base, space.probes() if every_cell
-                                                      else list(space.edge_probes()))]
+        found.append(f"{origin}: {err}")
+        base = None
+    space = None
+    try:
+        space = Space(tree.get("space"), tree.get("variants"))
+    except SpaceErrors as err:  # the values of its good entries are checked all the same
+        found += [f"{origin}: {problem}" for problem in err.problems]
+        space = err.partial
+    if space is not None and spec is not None and spec.method.name == "grid":
+        found += [f"{origin}: {problem}" for problem in space.not_finite()]
+    if space is not None and base is not None:
+        found += [f"{origin}: {e}" for e in space.invalid(base, space.probes() if every_cell
+                                                          else list(space.edge_probes()))]
     if found:
-        raise ConfigError("\n".join(found))
+        raise ConfigError("\n".join(dict.fromkeys(found)))
     return spec, space
 
 

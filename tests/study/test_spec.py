@@ -139,3 +139,32 @@ def test_a_study_named_after_its_file_gets_a_safe_name(tmp_path):
     path = tmp_path / ".my study.yaml"
     path.write_text(yaml.safe_dump(tree))
     assert load_study(path)[0].name == "my-study"
+
+
+def test_the_fields_space_variants_and_cases_are_checked_together_and_named_at_once():
+    # a study field (random without n_trials), a misspelt space path, an empty list, a bad case and
+    # a value listed twice in one condition, a variant without a label, a variant's misspelt path and
+    # an impossible value: one error names each, with its path and its fix
+    tree = study_tree(method="random", variants=[{"optimizer.weight_decay": 0.1},
+                                                 {"label": "a", "train.epoch": 2}],
+                      space={"optimzer.lr": [0.1], "train.batch_size": [], "optimizer.name": ["adam", "sgd"],
+                             "optimizer.momentum": {"when": "optimizer.name", "cases": {"sdg": [0.9],
+                                                                                         "sgd": [0.0, 0.0]}},
+                             "loss.name": ["dice", "dcie"]})
+    with pytest.raises(ConfigError) as raised:
+        parse_study(tree)
+    message = str(raised.value)
+    for part in ("method random needs n_trials", "space: unknown config path 'optimzer.lr'",
+                 "space: train.batch_size: the list of values is empty",
+                 "case 'sdg' is not a value of optimizer.name; choose from ['adam', 'sgd']",
+                 "optimizer.momentum (case sgd): the value 0.0 is listed twice",
+                 "variants[0]: each variant needs a label", "variants[1] (a): unknown config path 'train.epoch'",
+                 "loss.name='dcie' is invalid"):
+        assert part in message, part
+
+
+def test_a_grid_names_every_range_it_cannot_take():
+    # two float ranges without a step: both are named, not only the first
+    tree = study_tree(space={"optimizer.lr": {"low": 0.001, "high": 0.1}, "loss.alpha": {"low": 0.1, "high": 0.9}})
+    with pytest.raises(ConfigError, match="(?s)optimizer.lr: a grid needs.*loss.alpha: a grid needs"):
+        parse_study(tree)
