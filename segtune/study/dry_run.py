@@ -74,30 +74,43 @@ def _planned(spec: StudySpec, space: Space, name: str, n_train: int) -> PlannedS
     return PlannedStudy(name, spec.method.name, n, spec.max_repeats * len(spec.folds), epochs, header, rows)
 
 
-def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], data: Any, *, every_cell: bool = True) -> list[str]:
+def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, every_cell: bool = True) -> list[str]:
     """Problems that only the data shows: a missing objective class, a loss that does not fit the
-    class count (a sigmoid loss on multi-class data, class weights of another length); each once.
+    class count (a sigmoid loss on multi-class data, class weights of another length), data that
+    cannot be prepared (a label map naming a label the data lacks); each once.
+
+    Each cell is checked against the data of its own config (its ``data.label_map`` may leave
+    fewer classes than the base's), loaded once per distinct data section.
 
     Args:
         studies: ``(origin, spec, space)`` of each study or stage, ``origin`` named in the messages.
-        data: the loaded data of the base config.
+        cache: the :class:`~segtune.study.objective.DataCache` the data is loaded through.
         every_cell: check every cell of a finite space (else each value and both ends of each range).
     """
     from segtune.components.losses import LOSSES
+    from segtune.errors import DataError
 
     errors: list[str] = []
     for origin, spec, space in studies:
         try:
-            spec.check_objective_class(data.class_names, origin=origin)
+            base = cache.get(config_for(spec.base, {}))
+        except (ConfigError, DataError) as err:
+            errors.append(f"{origin}: the base config's data: {err}")
+            continue  # the cells read it too, or data prepared from the same source
+        try:
+            spec.check_objective_class(base.class_names, origin=origin)
         except ConfigError as err:
             errors.append(str(err))
         for cell in space.probes() if every_cell else space.edge_probes():
             config = config_for(spec.base, space.changes(cell))
+            where = f"{origin}: the cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
             try:
+                data = cache.get(config)
+                if data is not base:  # a data section of its own (a label map): its own classes
+                    spec.check_objective_class(data.class_names, origin=where)
                 LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
-            except ConfigError as err:
-                shown = ", ".join(f"{k}={v}" for k, v in cell.items())
-                errors.append(f"{origin}: the cell {shown}: {err}")
+            except (ConfigError, DataError) as err:
+                errors.append(str(err) if str(err).startswith(where) else f"{where}: {err}")
     return list(dict.fromkeys(errors))
 
 
@@ -152,9 +165,9 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
                    for i, s in enumerate(staged.stages)]
     else:
         studies = [(str(path), *load_study(path, overrides, every_cell=True))]
-    base_spec = studies[0][1]
-    data = DataCache().get(config_for(base_spec.base, {}))
-    errors = data_errors(studies, data)
+    base_spec, cache = studies[0][1], DataCache()
+    errors = data_errors(studies, cache)
+    data = cache.get(config_for(base_spec.base, {}))
     if errors:
         raise ConfigError("\n".join(errors))
     plan = DryRun([_planned(spec, space, spec.name, len(data.train)) for _, spec, space in studies])

@@ -8,7 +8,7 @@ from tests.conftest import study_tree
 
 from segtune.cli import main
 from segtune.errors import ConfigError
-from segtune.study import run_study
+from segtune.study import dry_run, run_study
 
 
 def _write(tmp_path, tree) -> str:
@@ -56,3 +56,35 @@ def test_a_run_checks_what_the_data_shows_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="loss.name=bce: loss 'bce' uses one sigmoid output(.|\n)*use loss.name="):
         run_study(path, study_dir=tmp_path / "out")
     assert not (tmp_path / "out" / "trials").exists()
+
+
+def _label_map_variants(tmp_path, base_data: dict, loss: str, variants: list[dict]) -> str:
+    base = {**study_tree()["base"], "loss": {"name": loss}}
+    base["data"] = {**base["data"], **base_data}
+    return _write(tmp_path, {**study_tree(variants=variants), "space": {}, "base": base})
+
+
+def test_each_cell_s_loss_is_checked_against_the_classes_of_its_own_label_map(tmp_path):
+    # 3 classes; the variant 'binary' maps class 2 onto 1, so its sigmoid loss fits its 2 classes
+    variants = [{"label": "binary", "data.label_map": {2: 1}, "loss.name": "bce"},
+                {"label": "multi", "loss.name": "dice_ce"}]
+    plan = dry_run(_label_map_variants(tmp_path, {}, "dice_ce", variants), timing=False)
+    assert plan.studies[0].n_trials == 2
+
+
+def test_a_cell_whose_label_map_undoes_the_base_s_is_refused_before_any_trial(tmp_path):
+    # the base is binary (class 2 onto 1) with bce; the variant 'three' maps 1 onto itself only, so
+    # it has 3 classes and bce cannot train it: refused by the dry run and by a run alike, by its label
+    variants = [{"label": "three", "data.label_map": {1: 1}}, {"label": "two", "train.batch_size": 8}]
+    path = _label_map_variants(tmp_path, {"label_map": {2: 1}}, "bce", variants)
+    with pytest.raises(ConfigError, match="the cell variant=three: loss 'bce' uses one sigmoid output"):
+        dry_run(path, timing=False)
+    with pytest.raises(ConfigError, match="the cell variant=three: loss 'bce'"):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_a_label_map_naming_a_label_the_data_lacks_is_named_with_its_cell(tmp_path):
+    variants = [{"label": "bad", "data.label_map": {7: 1}}, {"label": "good", "train.batch_size": 8}]
+    with pytest.raises(ConfigError, match="the cell variant=bad: data.label_map maps label 7"):
+        dry_run(_label_map_variants(tmp_path, {}, "dice_ce", variants), timing=False)
