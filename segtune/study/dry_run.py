@@ -9,6 +9,7 @@ times a few training batches of the base config to estimate the minutes.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -79,8 +80,8 @@ def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, 
     class count (a sigmoid loss on multi-class data, class weights of another length), data that
     cannot be prepared (a label map naming a label the data lacks); each once.
 
-    Each cell is checked against the data of its own config (its ``data.label_map`` may leave
-    fewer classes than the base's), loaded once per distinct data section.
+    Each cell is checked against the classes of its own config (its ``data.label_map`` may leave
+    fewer than the base's); data is loaded again only for a cell whose classes may differ.
 
     Args:
         studies: ``(origin, spec, space)`` of each study or stage, ``origin`` named in the messages.
@@ -92,8 +93,9 @@ def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, 
 
     errors: list[str] = []
     for origin, spec, space in studies:
+        base_config = config_for(spec.base, {})
         try:
-            base = cache.get(config_for(spec.base, {}))
+            base = cache.get(base_config)
         except (ConfigError, DataError) as err:
             errors.append(f"{origin}: the base config's data: {err}")
             continue  # the cells read it too, or data prepared from the same source
@@ -101,17 +103,32 @@ def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, 
             spec.check_objective_class(base.class_names, origin=origin)
         except ConfigError as err:
             errors.append(str(err))
+        known = {_classes_key(base_config): base}  # data by what its classes depend on
         for cell in space.probes() if every_cell else space.edge_probes():
             config = config_for(spec.base, space.changes(cell))
             where = f"{origin}: the cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
             try:
-                data = cache.get(config)
-                if data is not base:  # a data section of its own (a label map): its own classes
+                key = _classes_key(config)
+                data = known[key] if key in known else known.setdefault(key, cache.get(config))
+                if data is not base:  # classes of its own (a label map): checked against them
                     spec.check_objective_class(data.class_names, origin=where)
                 LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
             except (ConfigError, DataError) as err:
                 errors.append(str(err) if str(err).startswith(where) else f"{where}: {err}")
     return list(dict.fromkeys(errors))
+
+
+def _classes_key(config: Any) -> str:
+    """What the classes of a config's data depend on: the source and its options, the label map and
+    the rare-class merging (with merging, also what decides the training pixels it counts); not the
+    training share, the colour, the normalisation: cells differing from the base only in those are
+    checked against the base's data, and no more data is loaded for them."""
+    data = config.data
+    key = {"source": data.source, "options": data.options, "label_map": data.label_map,
+           "min_class_fraction": data.min_class_fraction}
+    if data.min_class_fraction > 0:
+        key.update(resize=data.resize, folds=data.folds, fold=data.fold, seed=config.seed)
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _seconds_per_epoch(spec: StudySpec, data: Any) -> float:
