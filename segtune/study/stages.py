@@ -38,7 +38,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import optuna
 import pydantic
@@ -46,8 +46,8 @@ import pydantic
 from segtune.config import SafeName, apply_changes, format_errors
 from segtune.errors import ConfigError
 from segtune.study.records import TrialRecord, Status, study_records
-from segtune.study.space import AUTO_LR, Space
-from segtune.study.spec import StudySpec, parse_study, read_study_tree
+from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
+from segtune.study.spec import Racing, StudySpec, parse_study, read_study_tree
 from segtune.study.stats import paired_comparison
 
 STAGES_DIR = "stages"
@@ -66,7 +66,8 @@ class StageSpec(pydantic.BaseModel):
     variants: list[dict[str, Any]] | None = None
     method: Any = None
     n_trials: int | None = None
-    repeats: int | None = None
+    # as the file's repeats: seeds per configuration, or racing {min, max, alpha}
+    repeats: Annotated[int, pydantic.Field(ge=1, le=100)] | Racing | None = None
     pruner: Any = None
     seed: int | None = None
     lr: Any = None  # "auto", or a list or range of optimizer.lr for this stage
@@ -134,12 +135,14 @@ def load_stages(path: str | Path, overrides: Sequence[str] = (), *, every_cell: 
     for key in ("space", "variants"):
         if key in tree:
             errors.append(f"{path}: {key} belongs to each stage in a staged study; move it into the stages")
-    stages = []
+    stages, numbers = [], []  # the valid stages, and their numbers in the file
     for i, entry in enumerate(raw):
         try:
             stages.append(StageSpec.model_validate(entry))
+            numbers.append(i + 1)
         except pydantic.ValidationError as err:
             errors.append(format_errors(err, f"{path}: stages[{i}]").replace("invalid config", "invalid stage"))
+            errors += _space_problems(entry, f"{path}: stages[{i}]")
     names = [s.name for s in stages]
     errors += [f"{path}: two stages are named {n!r}; name each stage once" for n in sorted({n for n in names
                                                                                            if names.count(n) > 1})]
@@ -148,39 +151,80 @@ def load_stages(path: str | Path, overrides: Sequence[str] = (), *, every_cell: 
         try:
             stage_study(staged, i, tree["base"], {}, every_cell=every_cell)
         except ConfigError as err:
-            errors.append(f"stage {i + 1} ({stage.name}): {err}")
+            errors.append(f"stage {numbers[i]} ({stage.name}): {err}")
     if errors:
         raise ConfigError("\n".join(errors))
     return staged
 
 
+def _space_problems(entry: Any, origin: str) -> list[str]:
+    """The problems of the space and variants of a stage whose other keys are invalid, so that they
+    are named with those."""
+    if not isinstance(entry, dict) or not (entry.get("space") or entry.get("variants")):
+        return []
+    try:
+        Space(entry.get("space"), entry.get("variants"))
+    except SpaceErrors as err:
+        return [f"{origin}: {problem}" for problem in err.problems]
+    return []
+
+
 def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[str, dict[str, dict[str, Any]]],
                 *, every_cell: bool = False) -> tuple[StudySpec, Space]:
-    """The study of stage ``index`` on ``base`` (the previous winner), with the settings that follow."""
+    """The study of stage ``index`` on ``base`` (the previous winner), with the settings that follow.
+
+    Raises:
+        ConfigError: every problem of the stage at once (its own keys, then its study's).
+    """
     stage = staged.stages[index]
     tree = {k: v for k, v in staged.top.items() if k != "name"}
-    tree.update({k: getattr(stage, k) for k in _INHERITED if getattr(stage, k) is not None})
+    tree.update({k: _plain(getattr(stage, k)) for k in _INHERITED if getattr(stage, k) is not None})
     tree["name"] = f"{staged.name}.{stage.name}"
     space = dict(stage.space)
     follows = {path: dict(table) for path, table in follows.items()}
+    problems = [f"stage {stage.name}: {p}" for p in _stage_problems(stage)]
     if stage.lr == AUTO_LR:  # re-tuned in this stage: neither the base's nor an earlier stage's lr
         base = apply_changes(base, {"optimizer.lr": AUTO_LR})
         follows = {p: {v: {k: x for k, x in s.items() if k != "optimizer.lr"} for v, s in t.items()}
                    for p, t in follows.items()}
-    elif stage.lr is not None:
-        if "optimizer.lr" in space:
-            raise ConfigError(f"stage {stage.name}: lr and space: optimizer.lr both set the lr; give one of them")
+    elif stage.lr is not None and "optimizer.lr" not in space:
         space["optimizer.lr"] = stage.lr
     tree.update(base=base, space=space, variants=stage.variants)
-    spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell)
-    if stage.per == "variant":  # a label is not a setting the next base can take: name a setting of the variants
-        raise ConfigError(f"stage {stage.name}: per: variant is not supported; per names a setting (e.g. "
-                          f"optimizer.name) whose value picks the settings to keep")
-    if stage.per is not None and stage.per not in {p.path for p in parsed.roots}:
-        raise ConfigError(f"per: {stage.per!r} must name a list entry of the stage's space "
-                          f", e.g. per: optimizer.name")
+    spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell,
+                               errors=problems)
     parsed.follows = follows
     return spec, parsed
+
+
+def _plain(value: Any) -> Any:
+    """A stage's key as the study file gives it (racing repeats as their mapping)."""
+    return value.model_dump() if isinstance(value, pydantic.BaseModel) else value
+
+
+def _stage_problems(stage: StageSpec) -> list[str]:
+    """The problems of a stage's own keys (lr, per) that its study cannot see."""
+    problems = []
+    in_variants = sorted(v.get("label", "?") for v in stage.variants or () if isinstance(v, dict)
+                         and "optimizer.lr" in v)
+    if stage.lr is not None and ("optimizer.lr" in stage.space or in_variants):
+        place = "space" if "optimizer.lr" in stage.space else "variants"
+        where = "space: optimizer.lr" if place == "space" else f"the variants' optimizer.lr ({', '.join(in_variants)})"
+        what = ("lr: auto finds the lr by the range test for every trial" if stage.lr == AUTO_LR
+                else "lr gives the stage's lr values")
+        problems.append(f"lr: {stage.lr!r} and {where} both set the lr ({what}); give one of them: remove lr, "
+                        f"or optimizer.lr from the {place}")
+    if stage.per == VARIANT:  # a label is not a setting the next base can take: name a setting of the variants
+        problems.append("per: variant is not supported; per names a setting (e.g. optimizer.name) whose value "
+                        "picks the settings to keep")
+    elif stage.per is not None and not _is_unconditional(stage, stage.per):
+        problems.append(f"per: {stage.per!r} must name a list entry of the stage's space, e.g. per: optimizer.name")
+    return problems
+
+
+def _is_unconditional(stage: StageSpec, path: str) -> bool:
+    """Whether ``path`` is an unconditional entry of the stage's space (its lr values included)."""
+    entry = stage.space.get(path, stage.lr if path == "optimizer.lr" and stage.lr != AUTO_LR else None)
+    return entry is not None and not (isinstance(entry, dict) and "when" in entry)
 
 
 def next_follows(follows: dict[str, dict[str, dict[str, Any]]], decision: Decision) -> dict:
@@ -218,16 +262,39 @@ def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Deci
         decision = read_decision(directory)
         if decision is None:
             break
-        now = json.loads(json.dumps(stage_study(staged, i, base, follows)[0].fingerprint()))
-        if decision.study and decision.study != now:
-            changed = ", ".join(sorted(k for k in now if now[k] != decision.study.get(k)))
-            raise ConfigError(f"stage {i + 1} ({stage.name}) was decided on another definition ({changed} "
-                              f"differ) and is never run again; restore the study file, or move {directory} "
-                              f"aside to run that stage and the ones after it again")
+        now = stage_fingerprint(staged, i, stage_study(staged, i, base, follows)[0])
+        # a decision written before a key was part of the fingerprint is compared on the keys it has
+        changed = sorted(k for k in now if k in (decision.study or {}) and now[k] != decision.study[k])
+        if changed:
+            raise ConfigError(f"stage {i + 1} ({stage.name}) was decided on another definition ({', '.join(changed)} "
+                              f"differ) and is never run again; restore the study file, or move {directory} aside "
+                              f"to run it again{_dependents(staged, root, i)}")
         decisions.append(decision)
         base = decision.base_after
         follows = next_follows(follows, decision)
     return decisions, base, follows
+
+
+def stage_fingerprint(staged: Staged, index: int, spec: StudySpec) -> dict[str, Any]:
+    """What a decided stage must share with the study file to stand: its study's fingerprint and
+    every other key that changes what it decides (how many trials a sampler draws and its seed, the
+    pruner, the direction, the tie rule, per)."""
+    stage = staged.stages[index]
+    drawn = {} if spec.method.name == "grid" else {"n_trials": spec.n_trials, "seed": spec.seed}
+    found = {**spec.fingerprint(), **drawn, "pruner": spec.pruner.model_dump(mode="json"),
+             "direction": spec.resolved_direction, "tie": stage.tie or staged.tie, "per": stage.per}
+    return json.loads(json.dumps(found))
+
+
+def _dependents(staged: Staged, root: Path, index: int) -> str:
+    """The advice's end: the later stages start from this one's winner, so they run again too."""
+    later = [(i, s) for i, s in enumerate(staged.stages) if i > index]
+    if not later:
+        return ""
+    names = ", ".join(f"{i + 1} ({s.name})" for i, s in later)
+    present = [str(stage_dir(root, i, s)) for i, s in later if stage_dir(root, i, s).exists()]
+    also = f"; move {', '.join(present)} aside with it" if present else ""
+    return (f". The stages after it start from its winner and run again after it: {names}{also}")
 
 
 def _value_at(tree: dict[str, Any], path: str) -> Any:
@@ -270,13 +337,18 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
     follows = {}
     if per is not None:
         table: dict[str, dict[str, Any]] = {}
+        taken: dict[str, Any] = {}  # each key's value as the trials took it
         for r in done:  # best first: each value's first trial is its best
             settings = changes_of(r)
             table.setdefault(str(settings.get(per)), {k: v for k, v in settings.items() if k != per})
+            taken.setdefault(str(settings.get(per)), settings.get(per))
         follows = {per: table}
-        # the next base takes the best settings of its own value of `per` too (a kept base included)
-        own = _value_at(apply_changes(base, changes), per)
-        changes = {**table.get(str(own), {}), **changes}
+        # the next base takes the best settings of its own value of `per` too (a kept base included),
+        # read from the built config: a path the base tree leaves to its default has the default's
+        # value (1.0 there matches a trial's 1)
+        own = _value_at(config_for(base, changes).model_dump(mode="json"), per)
+        key = next((k for k, value in taken.items() if value == own), str(own))
+        changes = {**table.get(key, {}), **changes}
     difference = None if comparison is None else {
         "mean": comparison.difference.mean, "low": comparison.difference.low, "high": comparison.difference.high,
         "seeds": list(comparison.seeds), "p_value": comparison.p_value}
@@ -332,7 +404,7 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
         decision = decide(records, maximize=spec.resolved_direction == "maximize",
                           tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
                           base=base, index=i, name=stage.name, per=stage.per)
-        decision.study = json.loads(json.dumps(spec.fingerprint()))
+        decision.study = stage_fingerprint(staged, i, spec)
         _write_decision(directory, decision)
         decisions.append(decision)
         base, follows = decision.base_after, next_follows(follows, decision)
@@ -375,5 +447,6 @@ def stage_studies(staged: Staged, root: Path, storage: str | None = None) -> lis
     return studies
 
 
-__all__ = ["DECISION", "STAGES_DIR", "Decision", "StageSpec", "Staged", "decide", "is_staged", "load_stages", "next_follows",
-           "read_decision", "run_stages", "stage_dir", "stage_for_worker", "stage_studies", "stage_study", "walk"]
+__all__ = ["DECISION", "STAGES_DIR", "Decision", "StageSpec", "Staged", "decide", "is_staged", "load_stages",
+           "next_follows", "read_decision", "run_stages", "stage_dir", "stage_fingerprint", "stage_for_worker",
+           "stage_studies", "stage_study", "walk"]

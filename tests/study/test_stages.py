@@ -154,3 +154,128 @@ def test_duplicate_values_and_cases_are_errors_not_an_endless_grid():
         Space({"optimizer.name": ["adam"], "loss.name": ["dice"],
                "optimizer.lr": {"when": ["optimizer.name", "loss.name"],
                                 "cases": {"adam, dice": [0.1, 0.2], "adam,dice": [0.3]}}})
+
+
+def _decided_by_hand(tmp_path, first: dict) -> tuple:
+    """A staged file whose stage 1 (``first``'s keys added) has a decision written as a run writes
+    it, and stage 2 a directory: no training."""
+    import json
+    from dataclasses import asdict
+
+    from segtune.study.stages import Decision, stage_fingerprint, stage_study
+
+    path, out = _staged_file(tmp_path), tmp_path / "out"
+    tree = yaml.safe_load(path.read_text())
+    tree["stages"][0].update(first)
+    path.write_text(yaml.safe_dump(tree))
+    staged = load_stages(path)
+    spec, _ = stage_study(staged, 0, staged.top["base"], {})
+    decision = Decision(0, "lr", "untested", {}, staged.top["base"], study=stage_fingerprint(staged, 0, spec))
+    stage_dir(out, 0, staged.stages[0]).mkdir(parents=True)
+    (stage_dir(out, 0, staged.stages[0]) / "decision.json").write_text(json.dumps(asdict(decision)))
+    stage_dir(out, 1, staged.stages[1]).mkdir(parents=True)
+    return path, out, tree
+
+
+@pytest.mark.parametrize("first, edit, changed", [
+    ({"method": "random", "n_trials": 2}, {"n_trials": 3}, "n_trials"),
+    ({"method": "random", "n_trials": 2}, {"seed": 5}, "seed"),
+    ({}, {"tie": "best_mean"}, "tie"),
+    ({}, {"per": None}, "per"),
+    ({}, {"pruner": {"name": "median", "min_rung": 1}}, "pruner"),
+])
+def test_an_edit_that_changes_what_a_decided_stage_decides_is_found_and_the_later_stages_named(
+        tmp_path, first, edit, changed):
+    from segtune.study.stages import walk
+
+    path, out, tree = _decided_by_hand(tmp_path, first)
+    assert len(walk(load_stages(path), out)[0]) == 1  # unedited: the decision stands
+    tree["stages"][0].update(edit)
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError) as raised:
+        walk(load_stages(path), out)
+    message = str(raised.value)
+    assert f"stage 1 (lr) was decided on another definition ({changed} differ)" in message
+    # the advice names the stages that start from its winner, and the directory of the one started
+    assert "The stages after it start from its winner and run again after it: 2 (schedule), 3 (decay)" in message
+    assert f"move {stage_dir(out, 1, load_stages(path).stages[1])} aside with it" in message
+
+
+def test_a_grid_stage_s_n_trials_is_not_part_of_its_definition(tmp_path):
+    # a grid ignores n_trials: writing one changes nothing the stage decided
+    from segtune.study.stages import walk
+
+    path, out, tree = _decided_by_hand(tmp_path, {})
+    tree["stages"][0]["n_trials"] = 7
+    path.write_text(yaml.safe_dump(tree))
+    assert len(walk(load_stages(path), out)[0]) == 1
+
+
+def test_a_stage_races_its_repeats_as_a_study_does(tmp_path):
+    from segtune.study.spec import Racing
+    from segtune.study.stages import stage_study
+
+    tree = yaml.safe_load(_staged_file(tmp_path).read_text())
+    tree["stages"][2]["repeats"] = {"min": 2, "max": 4, "alpha": 0.1}
+    path = tmp_path / "racing.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    staged = load_stages(path)
+    spec, _ = stage_study(staged, 2, staged.top["base"], {})
+    assert spec.repeats == Racing(min=2, max=4, alpha=0.1) and (spec.min_repeats, spec.max_repeats) == (2, 4)
+    assert [s.repeats for s in dry_run(path, timing=False).studies] == [1, 1, 4]  # at most racing's max seeds
+    tree["stages"][2]["repeats"] = {"min": 3, "max": 2}
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="stages\\[2\\]: invalid stage(.|\n)*min \\(3\\) must be less than max"):
+        load_stages(path)
+
+
+def test_lr_auto_with_an_lr_in_the_stage_s_space_or_variants_is_an_error(tmp_path):
+    space = {"optimizer.lr": [0.1]}
+    with pytest.raises(ConfigError, match="lr: 'auto' and space: optimizer.lr both set the lr \\(lr: auto finds the "
+                                          "lr by the range test for every trial\\); give one of them: remove lr, "
+                                          "or optimizer.lr from the space"):
+        load_stages(_staged_file(tmp_path, stages=[{"name": "a", "space": space, "lr": "auto"}]))
+    variants = [{"label": "fast", "optimizer.lr": 0.1}, {"label": "slow", "optimizer.lr": 0.01}]
+    with pytest.raises(ConfigError, match="the variants' optimizer.lr \\(fast, slow\\) both set the lr"):
+        load_stages(_staged_file(tmp_path, stages=[{"name": "a", "variants": variants, "lr": "auto"}]))
+
+
+def test_an_invalid_stage_s_space_is_named_with_its_keys_and_stages_keep_their_numbers(tmp_path):
+    stages = [{"name": "a", "tie": "coin", "space": {"optimizer.lrr": [0.1]}},
+              {"name": "b", "space": {"optimizer.lrr": [0.1]}}]
+    with pytest.raises(ConfigError) as raised:
+        load_stages(_staged_file(tmp_path, stages=stages))
+    message = str(raised.value)
+    assert "stages[0]: invalid stage\n  tie:" in message
+    assert "stages[0]: space: unknown config path 'optimizer.lrr'" in message
+    assert "stage 2 (b): " in message and "stage 1 (b)" not in message  # b is the file's second stage
+
+
+def test_per_reads_a_path_the_base_leaves_to_its_default_from_the_built_config():
+    # the base sets no loss: its loss is the default dice_ce. The base is kept (within noise), and
+    # the next base takes dice_ce's best lr, not nothing
+    records = [_record(0, {"loss.name": "dice", "optimizer.lr": 1e-2}, {0: 0.81, 1: 0.80}),
+               _record(1, {"loss.name": "dice_ce", "optimizer.lr": 1e-3}, {0: 0.80, 1: 0.81}),
+               _record(2, {"loss.name": "dice_ce", "optimizer.lr": 1e-1}, {0: 0.30, 1: 0.31})]
+    decision = decide(records, maximize=True, tie="keep_base", changes_of=lambda r: dict(r.params), base=BASE,
+                      per="loss.name")
+    assert decision.rule == "kept_base" and decision.changes == {"optimizer.lr": 1e-3}
+    assert decision.base_after["optimizer"]["lr"] == 1e-3
+
+
+@pytest.mark.slow  # the range test: 100 training steps, about 20 s on a loaded 2-core machine
+def test_lr_auto_in_a_stage_finds_the_lr_again_instead_of_the_earlier_stage_s(tmp_path):
+    # stage 1 fixes lr 0.05; stage 2 re-tunes it by the range test, once for both of its cells (the
+    # augmentation is not what a found lr depends on), and passes the found lr on as its decision
+    from segtune.study import AUTO_LR_CACHE
+
+    stages = [{"name": "fixed", "space": {"optimizer.lr": [0.05]}},
+              {"name": "retuned", "space": {"augment.name": ["none", "flip"]}, "lr": "auto"}]
+    path, out = _staged_file(tmp_path, stages=stages), tmp_path / "out"
+    staged, decisions = run_stages(path, study_dir=out)
+    assert decisions[0].base_after["optimizer"]["lr"] == 0.05
+    study = stage_studies(staged, out)[1]
+    found = [v["lr"] for k, v in study.user_attrs.items() if k.startswith(AUTO_LR_CACHE)]
+    assert len(found) == 1 and found[0] != 0.05
+    assert [t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials] == found * 2
+    assert decisions[1].base_after["optimizer"]["lr"] == found[0]
