@@ -30,12 +30,22 @@ def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
                       f"directory, or among segtune's configs (demo.yaml)")
 
 
+def _unchanged_base(base: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The file's base without the ``set`` changes (which made it invalid), so that the rest of the
+    study is still checked on it; None where the base itself is invalid (that error is given)."""
+    try:
+        return planned_tree(base, origin=f"{path}: base").tree
+    except ConfigError:
+        return None
+
+
 def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """A study file's mapping with its base resolved and ``set`` (then ``overrides``) applied.
 
     Returns:
-        The tree and the problems of its ``set`` paths (those changes left out), so that a caller
-        can report them with every other problem of the file.
+        The tree and the problems of its ``set`` paths (those changes left out) and of the base they
+        make, so that a caller can report them with every other problem of the file. A base that
+        the changes make invalid is given without them (None: it is invalid itself).
     """
     path = Path(path)
     tree = read_yaml(path)
@@ -60,7 +70,8 @@ def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[di
     try:
         tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
     except ConfigError as err:
-        raise ConfigError("\n".join([*errors, str(err)])) from None
+        errors.append(str(err))
+        tree["base"] = _unchanged_base(tree["base"], path)
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return tree, errors
 

@@ -329,11 +329,11 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
     """
     found = list(errors)
     spec = None
+    base = tree.get("base") if isinstance(tree.get("base"), dict) else None  # None: its problem is in errors
     try:
-        spec = StudySpec.model_validate(tree)
+        spec = StudySpec.model_validate({**tree, "base": base or {}})
     except pydantic.ValidationError as err:  # reported with the problems of the base and the space below
         found.append(format_errors(err, origin).replace("invalid config", "invalid study file"))
-    base = tree.get("base") if isinstance(tree.get("base"), dict) else None
     try:
         if base is not None:
             config_for(base, {})  # checks the base; optimizer.lr: auto is resolved per trial

@@ -184,7 +184,7 @@ def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[
     follows = {path: dict(table) for path, table in follows.items()}
     problems = [f"stage {stage.name}: {p}" for p in _stage_problems(stage)]
     if stage.lr == AUTO_LR:  # re-tuned in this stage: neither the base's nor an earlier stage's lr
-        base = apply_changes(base, {"optimizer.lr": AUTO_LR})
+        base = base and apply_changes(base, {"optimizer.lr": AUTO_LR})  # None: an invalid base, named
         follows = {p: {v: {k: x for k, x in s.items() if k != "optimizer.lr"} for v, s in t.items()}
                    for p, t in follows.items()}
     elif stage.lr is not None and "optimizer.lr" not in space:

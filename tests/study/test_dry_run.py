@@ -88,3 +88,16 @@ def test_a_label_map_naming_a_label_the_data_lacks_is_named_with_its_cell(tmp_pa
     variants = [{"label": "bad", "data.label_map": {7: 1}}, {"label": "good", "train.batch_size": 8}]
     with pytest.raises(ConfigError, match="the cell variant=bad: data.label_map maps label 7"):
         dry_run(_label_map_variants(tmp_path, {}, "dice_ce", variants), timing=False)
+
+
+def test_a_set_value_that_breaks_the_base_does_not_hide_the_rest_of_the_file(tmp_path, capsys):
+    # train.epochs -1 makes the base invalid: the fields and the space are still checked, on the
+    # base without the set changes, and named with it
+    tree = study_tree(method="random", space={"optimizer.name": ["adam", "sgdd"], "optimizer.lrr": [0.1]})
+    tree["set"] = {"train.epochs": -1}
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for part in ("base: invalid config\n  train.epochs: Input should be greater than or equal to 1 (got -1)",
+                 "method random needs n_trials", "space: unknown config path 'optimizer.lrr'",
+                 "optimizer.name='sgdd' is invalid"):
+        assert part in err, part
