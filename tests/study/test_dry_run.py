@@ -101,3 +101,12 @@ def test_a_set_value_that_breaks_the_base_does_not_hide_the_rest_of_the_file(tmp
                  "method random needs n_trials", "space: unknown config path 'optimizer.lrr'",
                  "optimizer.name='sgdd' is invalid"):
         assert part in err, part
+
+
+def test_a_cell_that_merges_rare_classes_is_checked_on_its_own_data(tmp_path):
+    # a share no foreground class reaches merges them all: that cell's data cannot be made, and is
+    # named; the cell without merging passes
+    path = _write(tmp_path, study_tree(space={"data.min_class_fraction": [0.0, 0.99]}))
+    with pytest.raises(ConfigError, match="the cell data.min_class_fraction=0.99: data.min_class_fraction=0.99: "
+                                          "every foreground class is rarer than that"):
+        dry_run(path, timing=False)
