@@ -178,7 +178,7 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
 
     if is_staged(path):
         staged = load_stages(path, overrides, every_cell=True)
-        studies = [(f"{path}: stage {s.name}", *stage_study(staged, i, staged.top["base"], {}))
+        studies = [(f"{path}: stage {i + 1} ({s.name})", *stage_study(staged, i, staged.top["base"], {}))
                    for i, s in enumerate(staged.stages)]
     else:
         studies = [(str(path), *load_study(path, overrides, every_cell=True))]

@@ -45,6 +45,7 @@ import pydantic
 
 from segtune.config import SafeName, apply_changes, format_errors
 from segtune.errors import ConfigError
+from segtune.registry import suggest
 from segtune.study.records import TrialRecord, Status, study_records
 from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
 from segtune.study.spec import Racing, StudySpec, parse_study, read_study_tree
@@ -142,39 +143,46 @@ def load_stages(path: str | Path, overrides: Sequence[str] = (), *, every_cell: 
             numbers.append(i + 1)
         except pydantic.ValidationError as err:
             errors.append(format_errors(err, f"{path}: stages[{i}]").replace("invalid config", "invalid stage"))
-            errors += _space_problems(entry, f"{path}: stages[{i}]")
+            errors += _invalid_stage_problems(entry, f"{path}: stages[{i}]")
     names = [s.name for s in stages]
     errors += [f"{path}: two stages are named {n!r}; name each stage once" for n in sorted({n for n in names
                                                                                            if names.count(n) > 1})]
     staged = Staged(path, tree, stages, tie if tie in ("keep_base", "best_mean") else "keep_base")
     for i, stage in enumerate(stages):
         try:
-            stage_study(staged, i, tree["base"], {}, every_cell=every_cell)
+            stage_study(staged, i, tree["base"], {}, every_cell=every_cell, number=numbers[i])
         except ConfigError as err:
-            errors.append(f"stage {numbers[i]} ({stage.name}): {err}")
+            errors.append(str(err))
     if errors:
         raise ConfigError("\n".join(errors))
     return staged
 
 
-def _space_problems(entry: Any, origin: str) -> list[str]:
-    """The problems of the space and variants of a stage whose other keys are invalid, so that they
-    are named with those."""
-    if not isinstance(entry, dict) or not (entry.get("space") or entry.get("variants")):
+def _invalid_stage_problems(entry: Any, origin: str) -> list[str]:
+    """The problems of the lr, per, space and variants of a stage whose other keys are invalid, so
+    that they are named with those."""
+    if not isinstance(entry, dict):
         return []
-    try:
-        Space(entry.get("space"), entry.get("variants"))
-    except SpaceErrors as err:
-        return [f"{origin}: {problem}" for problem in err.problems]
-    return []
+    problems = []
+    if isinstance(entry.get("space", {}), dict) and isinstance(entry.get("variants") or [], list):
+        problems += _stage_problems(StageSpec.model_construct(**{k: v for k, v in entry.items()
+                                                                 if k in StageSpec.model_fields}))
+    if entry.get("space") or entry.get("variants"):
+        try:
+            Space(entry.get("space"), entry.get("variants"))
+        except SpaceErrors as err:
+            problems += err.problems
+    return [f"{origin}: {problem}" for problem in problems]
 
 
 def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[str, dict[str, dict[str, Any]]],
-                *, every_cell: bool = False) -> tuple[StudySpec, Space]:
-    """The study of stage ``index`` on ``base`` (the previous winner), with the settings that follow.
+                *, every_cell: bool = False, number: int | None = None) -> tuple[StudySpec, Space]:
+    """The study of stage ``index`` on ``base`` (the previous winner), with the settings that follow;
+    ``number`` is the stage's number in the file (default ``index + 1``), named in its errors.
 
     Raises:
-        ConfigError: every problem of the stage at once (its own keys, then its study's).
+        ConfigError: every problem of the stage at once (its own keys, then its study's), each
+            line naming the file and the stage.
     """
     stage = staged.stages[index]
     tree = {k: v for k, v in staged.top.items() if k != "name"}
@@ -182,7 +190,8 @@ def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[
     tree["name"] = f"{staged.name}.{stage.name}"
     space = dict(stage.space)
     follows = {path: dict(table) for path, table in follows.items()}
-    problems = [f"stage {stage.name}: {p}" for p in _stage_problems(stage)]
+    origin = f"{staged.path}: stage {number or index + 1} ({stage.name})"
+    problems = [f"{origin}: {p}" for p in _stage_problems(stage)]
     if stage.lr == AUTO_LR:  # re-tuned in this stage: neither the base's nor an earlier stage's lr
         base = base and apply_changes(base, {"optimizer.lr": AUTO_LR})  # None: an invalid base, named
         follows = {p: {v: {k: x for k, x in s.items() if k != "optimizer.lr"} for v, s in t.items()}
@@ -190,8 +199,7 @@ def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[
     elif stage.lr is not None and "optimizer.lr" not in space:
         space["optimizer.lr"] = stage.lr
     tree.update(base=base, space=space, variants=stage.variants)
-    spec, parsed = parse_study(tree, origin=f"{staged.path}: stage {stage.name}", every_cell=every_cell,
-                               errors=problems)
+    spec, parsed = parse_study(tree, origin=origin, every_cell=every_cell, errors=problems)
     parsed.follows = follows
     return spec, parsed
 
@@ -217,7 +225,9 @@ def _stage_problems(stage: StageSpec) -> list[str]:
         problems.append("per: variant is not supported; per names a setting (e.g. optimizer.name) whose value "
                         "picks the settings to keep")
     elif stage.per is not None and not _is_unconditional(stage, stage.per):
-        problems.append(f"per: {stage.per!r} must name a list entry of the stage's space, e.g. per: optimizer.name")
+        entries = [p for p in [*stage.space, "optimizer.lr"] if _is_unconditional(stage, p)]
+        problems.append(f"per: {stage.per!r} must name a list entry of the stage's space"
+                        f"{suggest(str(stage.per), entries) or ', e.g. per: optimizer.name'}")
     return problems
 
 
