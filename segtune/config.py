@@ -82,8 +82,9 @@ class DataConfig(Component):
     train_fraction: Fraction = 1.0  # share of the training split used, drawn with the seed
     resize: tuple[Annotated[int, Field(ge=8)], Annotated[int, Field(ge=8)]] | None = None
     # zscore and minmax per image; zscore_dataset with the training split's mean and std per channel;
-    # ct clips to the training foreground's 0.5 / 99.5 percentiles and z-scores with its mean and std
-    normalize: Literal["zscore", "zscore_dataset", "ct", "minmax", "none"] = "zscore"
+    # ct clips to the training foreground's 0.5 / 99.5 percentiles and z-scores with its mean and std;
+    # histogram equalises each image's channels (its own empirical CDF)
+    normalize: Literal["zscore", "zscore_dataset", "ct", "minmax", "histogram", "none"] = "zscore"
     color: Literal["grey", "rgb"] | None = None  # convert every image to 1 or 3 channels; None: as the source gives
     label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None  # e.g. {3: 1, 4: 0}
     # Merge foreground classes covering less than this share of the training pixels into background.

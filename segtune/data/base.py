@@ -110,7 +110,8 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
             training set's mean and std from ``stats``), ``ct`` (each channel clipped to
             ``stats["lower"]`` / ``stats["upper"]``, then z-scored with ``stats["mean"]`` / ``["std"]``:
             nnU-Net's CT scheme, statistics of the training foreground from :func:`foreground_stats`),
-            ``minmax`` (each image to [0, 1]) or ``none``.
+            ``minmax`` (each image to [0, 1]), ``histogram`` (each channel of each image through its own
+            empirical CDF to (0, 1]: histogram equalisation, whatever the scanner's scale) or ``none``.
         stats: for ``zscore_dataset`` and ``ct``: one value per channel of each of their keys.
 
     Raises:
@@ -141,7 +142,26 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
         lo = images.amin(dims, keepdim=True)
         hi = images.amax(dims, keepdim=True)
         return (images - lo) / (hi - lo).clamp_min(1e-6)
+    if how == "histogram":
+        return equalize_histogram(images)
     raise ValueError(f"unknown normalisation {how!r}")
+
+
+def equalize_histogram(images: torch.Tensor) -> torch.Tensor:
+    """Each channel of each image ``(N, C, H, W)`` mapped through its own empirical CDF.
+
+    A value becomes the share of the channel's pixels at or below it, so equal values stay equal and
+    the output is spread evenly over (0, 1].
+
+    Example:
+        >>> equalize_histogram(torch.tensor([[[[5.0, 1.0], [5.0, 9.0]]]]))
+        tensor([[[[0.7500, 0.2500],
+                  [0.7500, 1.0000]]]])
+    """
+    flat = images.reshape(images.shape[0] * images.shape[1], -1)
+    ordered = flat.sort(dim=1).values
+    below = torch.searchsorted(ordered.contiguous(), flat.contiguous(), right=True)
+    return (below.to(images.dtype) / flat.shape[1]).reshape(images.shape)
 
 
 def dataset_stats(images: torch.Tensor) -> Stats:

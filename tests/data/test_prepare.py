@@ -58,6 +58,20 @@ def test_normalisation(how):
         assert len(data.info["normalize_stats"]["mean"]) == 3
 
 
+def test_histogram_equalisation_spreads_each_image_evenly_and_keeps_order():
+    """Each channel of each image becomes its own CDF: uniform over (0, 1], in the same order as before."""
+    data = prepare(_raw(channels=3), **{**PLAIN, "normalize": "histogram"})
+    x, raw = data.train.images, prepare(_raw(channels=3), **{**PLAIN, "normalize": "none"}).train.images
+    flat, before = x.flatten(2), raw.flatten(2)
+    assert float(flat.amax()) == 1.0 and float(flat.amin()) > 0
+    n = flat.shape[2]
+    even = torch.arange(1, n + 1, dtype=x.dtype) / n  # distinct values: exactly the ranks' shares
+    assert before[0, 0].unique().numel() == n  # the synthetic image has no ties
+    torch.testing.assert_close(flat[0, 0].sort().values, even)
+    order = before[0, 1].argsort()
+    assert bool((flat[0, 1][order].diff() >= 0).all())  # monotone: brighter stays brighter
+
+
 def _ct_scan() -> SegData:
     """Two training images of 10 pixels: air (-1000) as background, foreground 0..199 HU and one 3000 HU
     streak; the val image holds -2000 and 5000."""
