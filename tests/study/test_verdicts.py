@@ -136,13 +136,14 @@ def test_ranking_ties_the_level_and_orders_the_separated():
     assert text == "#2 < #4" and steps[0].word == "worse"
 
 
+@pytest.mark.slow  # a whole study through the worker loop: 17 s at a load average of 12
 def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_seeds(tmp_path, monkeypatch):
     # training stands in: a run's objective is its lr's level plus a seed effect shared by every lr,
     # so two lrs are level (they race to max) and one is far behind whatever order the grid draws
     import types
 
     import segtune.study.objective
-    from segtune.study.records import study_records
+    from segtune.study.records import leaderboard, study_records
 
     level = {0.01: 0.9, 0.02: 0.9, 0.001: 0.3}
 
@@ -167,6 +168,10 @@ def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_se
     run_dirs = [r.run_dir.name for r in records[0.02].runs]
     assert len(set(run_dirs)) == 4 and len({d.split("-")[0] for d in run_dirs}) == 1
     assert records[0.02].value == pytest.approx(statistics.fmean(records[0.02].values.values()))
+    # the leaderboard shows each configuration once, with its runs
+    header, rows = leaderboard(study)
+    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows}
+    assert runs == {"0.01": "4", "0.02": "4", "0.001": "2"}
 
 
 @pytest.mark.parametrize("objective, direction", [("test.hd95_mean", "minimize"), ("val.avd_mean", "minimize"),
