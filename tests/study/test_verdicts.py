@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 
+import optuna
 import pytest
 from scipy.stats import studentized_range
 from tests.conftest import tiny_tree, write_study
@@ -137,13 +138,17 @@ def test_ranking_ties_the_level_and_orders_the_separated():
 
 
 @pytest.mark.slow  # a whole study through the worker loop: 17 s at a load average of 12
-def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_seeds(tmp_path, monkeypatch):
+@pytest.mark.parametrize("queued_twice", [False, True])
+def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_seeds(tmp_path, monkeypatch,
+                                                                                     queued_twice):
     # training stands in: a run's objective is its lr's level plus a seed effect shared by every lr,
     # so two lrs are level (they race to max) and one is far behind whatever order the grid draws
     import types
 
     import segtune.study.objective
-    from segtune.study.records import leaderboard, study_records
+    import segtune.study.workers
+    from segtune.study.racing import queue_round
+    from segtune.study.records import SAME_AS, leaderboard, study_records
 
     level = {0.01: 0.9, 0.02: 0.9, 0.001: 0.3}
 
@@ -154,14 +159,25 @@ def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_se
         return types.SimpleNamespace(summary={"val": split, "test": split, "epochs_run": 1, "best_epoch": 1,
                                               "class_names": ["background", "a"]})
 
+    def queue_twice(study, spec):  # two workers that queued the same round at once
+        queued = queue_round(study, spec)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=t.user_attrs, skip_if_exists=False)
+        return queued
+
     monkeypatch.setattr(segtune.study.objective, "train", train)
+    if queued_twice:
+        monkeypatch.setattr(segtune.study.workers, "queue_round", queue_twice)
     path = write_study(tmp_path, repeats={"min": 2, "max": 4}, space={"optimizer.lr": [0.01, 0.02, 0.001]})
     study = run_study(path, study_dir=tmp_path / "out")
-    records = {r.params["optimizer.lr"]: r for r in study_records(study)}
+    # a round's trial queued twice trains once: the later copy takes the earlier one's result
+    copies = [t for t in study.trials if SAME_AS in t.user_attrs]
+    assert len(copies) == (4 if queued_twice else 0)
+    records = {r.params["optimizer.lr"]: r for r in study_records(study) if r.same_as is None}
     # every configuration got min seeds first; then rounds of one seed for the two level ones, up to max
     assert {lr: sorted(r.values) for lr, r in records.items()} == {0.01: [0, 1, 2, 3], 0.02: [0, 1, 2, 3],
                                                                     0.001: [0, 1]}
-    assert len(study.trials) == 3 + 2 * 2  # the sampled trials, then 2 rounds of 2 queued trials
+    assert len(study.trials) == 3 + 2 * 2 * (2 if queued_twice else 1)  # sampled, then 2 rounds of 2 queued
     assert records[0.001].reason.startswith("race: separated: behind trial")
     assert records[0.01].reason == "race: 4 seeds: the most repeats allows"
     # a round's trial carries its configuration's runs on, in the configuration's run directories
@@ -170,7 +186,8 @@ def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_se
     assert records[0.02].value == pytest.approx(statistics.fmean(records[0.02].values.values()))
     # the leaderboard shows each configuration once, with its runs
     header, rows = leaderboard(study)
-    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows}
+    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows
+            if not row[header.index("reason")].startswith("result of trial")}
     assert runs == {"0.01": "4", "0.02": "4", "0.001": "2"}
 
 
