@@ -40,7 +40,8 @@ def seeds_text(spec: dict[str, Any]) -> str:
     return text + (f" x {spec['cv']} cross-validation folds" if spec.get("cv") else "")
 
 
-def runs_spent(spec: dict[str, Any], records: Sequence[ReportedTrial], race: dict[str, str] | None = None) -> str | None:
+def runs_spent(spec: dict[str, Any], records: Sequence[ReportedTrial],
+               race: dict[str, str] | None = None) -> str | None:
     """With racing repeats: the runs the completed configurations spent against a fixed ``max`` for each,
     and how the race ended for them (``race``: the study's {home trial: standing})."""
     repeats = spec.get("repeats")

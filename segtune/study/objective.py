@@ -31,9 +31,9 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, EXTENDS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, PRETRAIN_DIR,
-                                   PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RESUMED, RUNS, SAME_AS, SECONDS,
-                                   SPREAD, WORKER, RunRecord, per_seed, run_dir)
+from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, EXTENDS, FAIL_REASON, HOME, INTERRUPTED, PARAMS,
+                                   PRETRAIN_DIR, PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RESUMED, RUNS, SAME_AS,
+                                   SECONDS, SPREAD, WORKER, RunRecord, per_seed, run_dir)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault

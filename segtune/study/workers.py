@@ -30,8 +30,8 @@ from segtune.study.dry_run import data_errors
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
 from segtune.study.progress import EpochProgress
 from segtune.study.racing import queue_round
-from segtune.study.records import (EXTENDS, HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
-                                   progress_line, requeued_on_resume, status_of)
+from segtune.study.records import (EXTENDS, HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR,
+                                   Status, progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
