@@ -1,9 +1,12 @@
 """Adaptive repeats (racing) against fixed repeats: the runs each spends and whether they pick the same winner.
 
-Six configurations of the demo at 2 mm (Adam at six learning rates) are each trained once per
-seed 0..4, a pool of 30 runs; their validation Dice (the study objective ``val.dice_mean``) is
-kept in a JSON file (``--pool``, read again instead of training). Both rules are then replayed on
-the pool, so that every comparison is on the same numbers:
+Six configurations of the demo at 2 mm are each trained once per seed 0..4, a pool of 30 runs;
+their validation Dice (the study objective ``val.dice_mean``) is kept in a JSON file (``--pool``,
+read again instead of training). ``--configs`` chooses the six: ``lr`` (Adam at six learning
+rates, 1e-4 to 3e-2: several near-equal settings, the hard case) or ``demo-study`` (the
+``segtune demo`` study's own space, Adam 3e-3 and RMSprop 1e-3 with the dice_ce and dice losses,
+plus SGD at lr 0.1 with its default momentum, with both losses: the comparison a user of the demo
+makes). Both rules are then replayed on the pool, so that every comparison is on the same numbers:
 
 - **fixed**: every configuration gets 5 seeds (30 runs); the winner is the best mean, and the
   configurations its own paired verdicts cannot tell from it (:func:`segtune.study.stats.ranking`)
@@ -22,6 +25,7 @@ in at least 4 of 5 at no more than 60 % of the runs.
 Usage::
 
     python benchmarks/adaptive_repeats.py                  # the committed 4-epoch pool: no training
+    python benchmarks/adaptive_repeats.py --configs demo-study   # the committed demo-study pool
     python benchmarks/adaptive_repeats.py --epochs 10 --pool /tmp/pool10.json   # train (or extend) a pool
     python benchmarks/adaptive_repeats.py --alpha 0.2 --margin 0.02             # another race
 """
@@ -47,6 +51,21 @@ from segtune.training.loop import train
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 SEEDS = range(5)
+# A pool's configurations: its key in the pool's JSON -> the overrides of demo.yaml that make it.
+CONFIGS: dict[str, dict[str, list[str]]] = {
+    "lr": {str(lr): [f"optimizer.lr={lr}"] for lr in LRS},
+    "demo-study": {f"{opt} {lr:g}, {loss}": [f"optimizer.name={opt}", f"optimizer.lr={lr}", f"loss.name={loss}"]
+                   for opt, lr in (("adam", 3e-3), ("rmsprop", 1e-3), ("sgd", 0.1)) for loss in ("dice_ce", "dice")},
+}
+POOLS = {"lr": "adaptive_repeats_pool.json", "demo-study": "adaptive_repeats_pool_demo_study.json"}
+
+
+def label(key: str) -> str:
+    """A configuration's name in print: ``lr 0.001`` for the lr pool, its own key otherwise."""
+    try:
+        return f"lr {float(key):g}"
+    except ValueError:
+        return key
 
 
 def cpu_name() -> str:
@@ -56,30 +75,31 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def train_pool(epochs: int, threads: int, pool: dict[str, dict[str, float]], path: Path) -> float:
-    """Train every (lr, seed) missing from ``pool``, saving it after each run; returns the seconds spent."""
+def train_pool(configs: dict[str, list[str]], epochs: int, threads: int, pool: dict[str, dict[str, float]],
+               path: Path) -> float:
+    """Train every (configuration, seed) missing from ``pool``, saving it after each run; returns the seconds spent."""
     base = read_yaml(demo_config_path())
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for lr in LRS:
+        for i, (key, overrides) in enumerate(configs.items()):
             for seed in SEEDS:
-                if str(seed) in pool.setdefault(str(lr), {}):
+                if str(seed) in pool.setdefault(key, {}):
                     continue
-                config = build_config(base, [f"optimizer.lr={lr}", f"seed={seed}", "data.spacing=2",
+                config = build_config(base, [*overrides, f"seed={seed}", "data.spacing=2",
                                              f"train.epochs={epochs}", "train.patience=0", "scheduler.name=none",
                                              f"train.num_threads={threads}", "metrics.surface=false"])
-                summary = train(config, out_dir=Path(tmp) / f"{lr}-{seed}", verbose=False).summary
-                pool[str(lr)][str(seed)] = summary["val"]["dice_mean"]
+                summary = train(config, out_dir=Path(tmp) / f"{i}-{seed}", verbose=False).summary
+                pool[key][str(seed)] = summary["val"]["dice_mean"]
                 path.write_text(json.dumps(pool, indent=1))
-                print(f"  lr {lr:g} seed {seed}: val Dice {pool[str(lr)][str(seed)]:.4f}", flush=True)
+                print(f"  {label(key)} seed {seed}: val Dice {pool[key][str(seed)]:.4f}", flush=True)
     return time.perf_counter() - t0
 
 
 def fixed_rule(pool: dict[str, dict[str, float]]) -> tuple[str, int, list[str]]:
     """The best mean over every seed, the runs, and the fixed rule's tie group (best first)."""
-    means = {lr: statistics.fmean(v[str(s)] for s in SEEDS) for lr, v in pool.items()}
-    ranked = sorted(pool, key=lambda lr: -means[lr])
-    _, steps = ranking([(i, {s: pool[lr][str(s)] for s in SEEDS}, {}) for i, lr in enumerate(ranked)])
+    means = {key: statistics.fmean(v[str(s)] for s in SEEDS) for key, v in pool.items()}
+    ranked = sorted(pool, key=lambda key: -means[key])
+    _, steps = ranking([(i, {s: pool[key][str(s)] for s in SEEDS}, {}) for i, key in enumerate(ranked)])
     tied = [ranked[0]] + [ranked[v.b] for v in itertools.takewhile(lambda v: v is None or v.sign != ">", steps)
                           if v is not None and v.sign == "="]
     return ranked[0], len(pool) * len(SEEDS), tied
@@ -88,19 +108,19 @@ def fixed_rule(pool: dict[str, dict[str, float]]) -> tuple[str, int, list[str]]:
 def adaptive_rule(pool: dict[str, dict[str, float]], study_seed: int, racing: Racing) -> tuple[str, dict[str, int]]:
     """Replay a racing study on the pool with the seed order ``study_seed`` draws: every configuration
     trains ``min`` seeds, then each round the configurations :func:`race` names train one more.
-    Returns the winner (the best mean) and the seeds per lr."""
+    Returns the winner (the best mean) and the seeds per configuration."""
     order = list(SEEDS)
     random.Random(study_seed).shuffle(order)
-    lrs = list(pool)
-    table: dict[int, dict[int, float]] = {c: {} for c in range(len(lrs))}
+    keys = list(pool)
+    table: dict[int, dict[int, float]] = {c: {} for c in range(len(keys))}
     for c in table:  # the sampled trials: min seeds each
         for k in range(racing.min):
-            table[c][k] = pool[lrs[c]][str(order[k])]
+            table[c][k] = pool[keys[c]][str(order[k])]
     while not (state := race(table, racing, maximize=True)).over:
         for c in state.more:  # one racing round: a queued trial per configuration
-            table[c][len(table[c])] = pool[lrs[c]][str(order[len(table[c])])]
+            table[c][len(table[c])] = pool[keys[c]][str(order[len(table[c])])]
     best = max(table, key=lambda c: (statistics.fmean(table[c].values()), -c))
-    return lrs[best], {lrs[c]: len(v) for c, v in table.items()}
+    return keys[best], {keys[c]: len(v) for c, v in table.items()}
 
 
 def replay(pool: dict[str, dict[str, float]], racing: Racing, *, verbose: bool) -> tuple[int, int, float]:
@@ -114,10 +134,10 @@ def replay(pool: dict[str, dict[str, float]], racing: Racing, *, verbose: bool) 
         in_group += chosen in tied
         shares.append(runs / fixed_runs)
         if verbose:
-            per_lr = ", ".join(f"{float(lr):g}: {n}" for lr, n in spent.items())
-            print(f"study seed {study_seed}: adaptive {runs} runs ({runs / fixed_runs:.0%}), winner lr {float(chosen):g} "
+            per_config = "; ".join(f"{label(key)}: {n}" for key, n in spent.items())
+            print(f"study seed {study_seed}: adaptive {runs} runs ({runs / fixed_runs:.0%}), winner {label(chosen)} "
                   f"({'same' if chosen == winner else 'in the tie group' if chosen in tied else 'DIFFERENT'}); "
-                  f"seeds per lr {per_lr}")
+                  f"seeds per configuration {per_config}")
     return same, in_group, statistics.fmean(shares)
 
 
@@ -125,22 +145,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run of the pool (few: compute is scarce)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--pool", type=Path, default=Path(__file__).with_name("adaptive_repeats_pool.json"),
-                        help="the pool's results, read if present (runs missing from it are trained)")
+    parser.add_argument("--configs", choices=sorted(CONFIGS), default="lr",
+                        help="the pool's six configurations: Adam learning rates, or the demo study's space plus SGD")
+    parser.add_argument("--pool", type=Path, default=None,
+                        help="the pool's results, read if present (runs missing from it are trained); "
+                             "default: the committed pool of --configs next to this script")
     parser.add_argument("--alpha", type=float, default=0.05, help="racing's error rate")
     parser.add_argument("--margin", type=float, default=0.0, help="racing's practical-tie margin (Dice)")
     args = parser.parse_args()
-    pool = json.loads(args.pool.read_text()) if args.pool.is_file() else {}
-    print(f"CPU: {cpu_name()}; load average {Path('/proc/loadavg').read_text().split()[:3]}; pool: {len(LRS)} "
-          f"configurations x {len(SEEDS)} seeds, demo 2 mm, {args.epochs} epochs, {args.threads} thread(s)")
-    seconds = train_pool(args.epochs, args.threads, pool, args.pool)
-    print(f"pool trained in {seconds:.0f} s (runs already in {args.pool} are not trained again)")
-    for lr in LRS:
-        values = [pool[str(lr)][str(s)] for s in SEEDS]
-        print(f"  lr {lr:g}: val Dice {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} (sd over seeds)")
+    configs = CONFIGS[args.configs]
+    path = args.pool or Path(__file__).with_name(POOLS[args.configs])
+    pool = json.loads(path.read_text()) if path.is_file() else {}
+    print(f"CPU: {cpu_name()}; load average {Path('/proc/loadavg').read_text().split()[:3]}; pool {args.configs}: "
+          f"{len(configs)} configurations x {len(SEEDS)} seeds, demo 2 mm, {args.epochs} epochs, {args.threads} thread(s)")
+    seconds = train_pool(configs, args.epochs, args.threads, pool, path)
+    print(f"pool trained in {seconds:.0f} s (runs already in {path} are not trained again)")
+    for key in configs:
+        values = [pool[key][str(s)] for s in SEEDS]
+        print(f"  {label(key)}: val Dice {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} (sd over seeds)")
     winner, fixed_runs, tied = fixed_rule(pool)
-    print(f"\nfixed 5 repeats: {fixed_runs} runs, winner lr {float(winner):g}; its paired verdicts tie it with "
-          f"{', '.join(f'{float(lr):g}' for lr in tied[1:]) or 'none'}")
+    print(f"\nfixed 5 repeats: {fixed_runs} runs, winner {label(winner)}; its paired verdicts tie it with "
+          f"{'; '.join(label(key) for key in tied[1:]) or 'none'}")
     racing = Racing(min=2, max=5, alpha=args.alpha, margin=args.margin)
     print(f"racing {{min 2, max 5, alpha {args.alpha:g}, margin {args.margin:g}}}:")
     same, in_group, share = replay(pool, racing, verbose=True)
