@@ -157,12 +157,14 @@ def main() -> None:
     path = args.pool or Path(__file__).with_name(POOLS[args.configs])
     pool = json.loads(path.read_text()) if path.is_file() else {}
     print(f"CPU: {cpu_name()}; load average {Path('/proc/loadavg').read_text().split()[:3]}; pool {args.configs}: "
-          f"{len(configs)} configurations x {len(SEEDS)} seeds, demo 2 mm, {args.epochs} epochs, {args.threads} thread(s)")
+          f"{len(configs)} configurations x {len(SEEDS)} seeds, demo 2 mm, {args.epochs} epochs, "
+          f"{args.threads} thread(s)")
     seconds = train_pool(configs, args.epochs, args.threads, pool, path)
     print(f"pool trained in {seconds:.0f} s (runs already in {path} are not trained again)")
     for key in configs:
         values = [pool[key][str(s)] for s in SEEDS]
-        print(f"  {label(key)}: val Dice {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} (sd over seeds)")
+        print(f"  {label(key)}: val Dice {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
+              "(sd over seeds)")
     winner, fixed_runs, tied = fixed_rule(pool)
     print(f"\nfixed 5 repeats: {fixed_runs} runs, winner {label(winner)}; its paired verdicts tie it with "
           f"{'; '.join(label(key) for key in tied[1:]) or 'none'}")
