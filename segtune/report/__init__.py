@@ -9,7 +9,7 @@
     figures/         every figure as PNG (and PDF, SVG with formats=("pdf", "svg"))
     tables/          every table as CSV and as a LaTeX booktabs tabular
     trials.csv       one row per trial: parameters, objective mean and 95% interval, state, time
-    runs.csv         one row per run (trial x seed): objective, epochs, test Dice, run directory
+    runs.csv         one row per run (trial x seed x cv fold): objective, epochs, test Dice, run directory
 
 A study report answers its question: what was varied, the best configuration and how sure we
 are of it (a paired comparison over the seeds says when the top configurations differ by less

@@ -179,7 +179,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def write_trial_tables(study: optuna.Study, records: Sequence[ReportedTrial], out_dir: Path) -> None:
-    """``trials.csv`` (one row per trial) and ``runs.csv`` (one row per trial and seed)."""
+    """``trials.csv`` (one row per trial) and ``runs.csv`` (one row per run: trial, seed and, with ``cv``,
+    fold; the fold cell is empty without cross-validation)."""
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     objective = objective_name(study)
     rows = []
@@ -193,15 +194,16 @@ def write_trial_tables(study: optuna.Study, records: Sequence[ReportedTrial], ou
     run_rows = []
     for r in records:
         for run in r.runs:
-            run_rows.append([r.number, run.seed] + [r.params.get(p, "") for p in paths]
+            run_rows.append([r.number, run.seed, run.fold] + [r.params.get(p, "") for p in paths]
                             + [run.value, run.epochs_run, run.best_epoch, run.test.get("dice_mean"), str(run.run_dir)])
-    _write_csv(out_dir / "runs.csv", ["trial", "seed"] + paths + [objective, "epochs_run", "best_epoch",
+    _write_csv(out_dir / "runs.csv", ["trial", "seed", "fold"] + paths + [objective, "epochs_run", "best_epoch",
                                                                   "test_dice_mean", "run_dir"], run_rows)
 
 
 # ----------------------------------------------------------------------------- public entry points
 
-_FILES_TEXT = ("trials.csv: one row per trial; runs.csv: one row per trial and seed; figures/: every figure as PNG "
+_FILES_TEXT = ("trials.csv: one row per trial; runs.csv: one row per run (trial, seed, cross-validation fold); "
+               "figures/: every figure as PNG "
                "(and PDF/SVG with --format pdf svg); tables/: every table as CSV and as a LaTeX booktabs tabular.")
 
 def _stored_study_dir(study: optuna.Study) -> Path | None:

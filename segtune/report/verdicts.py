@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from segtune.report.data import ReportedTrial
 from segtune.report.document import Block, Heading, Table, Text, figure_block
 from segtune.report.figures import level_label
-from segtune.study.records import SPEC, Status, maximizes, objective_name
+from segtune.study.records import RACE, SPEC, Status, maximizes, objective_name
 from segtune.study.stats import mean_ci, ranking
 from segtune.training.distances import DISTANCE_METRICS
 
@@ -34,21 +34,30 @@ def _config_text(params: dict[str, Any]) -> str:
 def seeds_text(spec: dict[str, Any]) -> str:
     """``3 seed(s)``, ``2 to 5 seeds (racing)``, with ``x 5 folds`` for a cross-validated study."""
     repeats = spec.get("repeats", 1)
-    text = (f"{repeats['min']} to {repeats['max']} seeds (racing, alpha {repeats.get('alpha', 0.05)})"
+    margin = f", margin {repeats['margin']:g}" if isinstance(repeats, dict) and repeats.get("margin") else ""
+    text = (f"{repeats['min']} to {repeats['max']} seeds (racing, alpha {repeats.get('alpha', 0.05)}{margin})"
             if isinstance(repeats, dict) else f"{repeats} seed(s)")
     return text + (f" x {spec['cv']} cross-validation folds" if spec.get("cv") else "")
 
 
-def runs_spent(spec: dict[str, Any], records: Sequence[ReportedTrial]) -> str | None:
-    """With racing repeats: the runs the completed trials spent against a fixed ``max`` for each."""
+def runs_spent(spec: dict[str, Any], records: Sequence[ReportedTrial],
+               race: dict[str, str] | None = None) -> str | None:
+    """With racing repeats: the runs the completed configurations spent against a fixed ``max`` for each,
+    and how the race ended for them (``race``: the study's {home trial: standing})."""
     repeats = spec.get("repeats")
     done = [r for r in records if r.state == Status.COMPLETE and r.same_as is None]
     if not isinstance(repeats, dict) or not done:
         return None
     folds = spec.get("cv") or 1
     spent, fixed = sum(len(r.runs) for r in done), len(done) * repeats["max"] * folds
-    return (f"**Runs:** adaptive repeats spent {spent} runs on the {len(done)} completed configurations, against "
+    text = (f"**Runs:** adaptive repeats spent {spent} runs on the {len(done)} completed configurations, against "
             f"{fixed} for a fixed {repeats['max']} seeds each ({spent / fixed:.0%}).")
+    calls = [race[str(r.home)] for r in done if race and str(r.home) in race]
+    ends = {"separated": "stopped behind the leader", "practical tie": "stopped as practical ties",
+            f"{repeats['max']} seeds": "ran the most seeds"}
+    counts = [f"{sum(c.startswith(k) for c in calls)} {what}" for k, what in ends.items()
+              if any(c.startswith(k) for c in calls)]
+    return text + (f" The race: {', '.join(counts)} (see the README's Verdicts for its error rate)." if counts else "")
 
 
 def _entries(records: Sequence[ReportedTrial], objective: str) -> list[tuple[int, dict, dict]]:
@@ -64,7 +73,7 @@ def answer_blocks(study: optuna.Study, records: Sequence[ReportedTrial]) -> list
     best, objective, maximize = done[0], objective_name(study), maximizes(study)
     blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
                        f"**{best.ci.text()}** over {best.ci.n} seed(s)."))
-    spent = runs_spent(study.user_attrs.get(SPEC, {}), records)
+    spent = runs_spent(study.user_attrs.get(SPEC, {}), records, study.user_attrs.get(RACE))
     if spent:
         blocks.append(Text(spent))
     leaders = done[:N_LEADERS]

@@ -1,7 +1,8 @@
 """One trial of a study: sample a configuration, train it ``repeats`` times, record the result.
 
 Each trial trains one configuration ``repeats`` times (seeds ``base.seed + r``; with racing,
-``min`` seeds and more while :mod:`segtune.study.racing` says so), each seed on every fold of a
+``min`` seeds, and each racing round's trial one more seed of the configuration it extends, see
+:mod:`segtune.study.racing`), each seed on every fold of a
 ``cv`` study, through :func:`segtune.training.loop.train`, reports the first run's validation
 objective at each validation (at its epoch, or its step with ``train.steps``: the pruners' rungs
 count on that clock), and keeps its run directories under ``<study dir>/trials/``. What it
@@ -30,10 +31,9 @@ from optuna.trial import TrialState
 
 from segtune.config import Config
 from segtune.errors import ConfigError, StorageError
-from segtune.study.racing import next_seed
-from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, FAIL_REASON, HOME, INTERRUPTED, PARAMS, PRETRAIN_DIR,
-                                   PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RACE, RESUMED, RUNS, SAME_AS, SECONDS,
-                                   SPREAD, WORKER, RunRecord, TrialRecord, per_seed, run_dir)
+from segtune.study.records import (AUTO_LR_CACHE, CONFIG, EPOCHS, EXTENDS, FAIL_REASON, HOME, INTERRUPTED, PARAMS,
+                                   PRETRAIN_DIR, PRETRAIN_MAE, PRETRAIN_MSE, PRETRAIN_RUN, RESUMED, RUNS, SAME_AS,
+                                   SECONDS, SPREAD, WORKER, RunRecord, per_seed, run_dir)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import StudySpec
 from segtune.study.storage import StudyStorage, fail_stale_trials, storage_fault
@@ -102,11 +102,13 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         values, home = self._start(trial)
-        reused, replayed = self._reuse_twin(trial, values)
+        extends = trial.user_attrs.get(EXTENDS)
+        reused, replayed = self._reuse_twin(trial, values) if extends is None else self._reuse_round(trial, extends)
         if reused is not None:
             return reused
         try:
-            runs = self._train_repeats(trial, values, home, replayed)
+            runs = (self._train_repeats(trial, values, home, replayed) if extends is None
+                    else self._train_round(trial, values, home, extends))
         except optuna.TrialPruned:
             trial.set_user_attr(SECONDS, time.perf_counter() - t0)
             raise
@@ -122,7 +124,7 @@ class Objective:
             trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}")
             trial.set_user_attr(SECONDS, time.perf_counter() - t0)
             raise
-        trial.set_user_attr(SECONDS, time.perf_counter() - t0)
+        trial.set_user_attr(SECONDS, time.perf_counter() - t0 + trial.user_attrs.get(SECONDS, 0.0))
         scores = list(per_seed(runs).values()) or [r.value for r in runs]  # each seed: the mean over its folds
         trial.set_user_attr(SPREAD, statistics.stdev(scores) if len(scores) > 1 else 0.0)
         return statistics.fmean(r.value for r in runs)
@@ -151,30 +153,44 @@ class Objective:
             return None, set()
         return replay_twin(trial, twin), set(twin.intermediate_values)  # a pruned twin not pruned here: train
 
+    def _reuse_round(self, trial: optuna.Trial, extends: int) -> tuple[float | None, set[int]]:
+        """A racing round's trial queued twice (two workers queued the round at once): the later one
+        waits for the earlier one and takes its result."""
+        def earlier(states: tuple[TrialState, ...]) -> list[optuna.trial.FrozenTrial]:
+            return [t for t in trial.study.get_trials(deepcopy=False, states=states)
+                    if t.number < trial.number and t.user_attrs.get(EXTENDS) == extends]
+
+        while earlier((TrialState.RUNNING,)):
+            time.sleep(min(self.spec.heartbeat_interval, 2.0))
+            fail_stale_trials(trial.study)
+        done = earlier((TrialState.COMPLETE,))
+        return (replay_twin(trial, done[0]), set()) if done else (None, set())
+
     def _train_repeats(self, trial: optuna.Trial, values: dict[str, Any], home: int,
                        replayed: set[int]) -> list[RunRecord]:
-        """Train every fold of each seed: ``repeats`` seeds, or with racing ``min`` seeds and then
-        one more while :func:`~segtune.study.racing.race_call` says so."""
+        """Train every fold of each seed: ``repeats`` seeds, or with racing the ``min`` seeds every
+        configuration gets (the racing rounds' trials train the others)."""
         runs: list[RunRecord] = []
         resumed: dict[str, int] = {}
         trial.set_user_attr(RUNS, [])
-        for repeat in range(self.spec.max_repeats):
-            if repeat >= self.spec.min_repeats and not self._race_on(trial, runs):
-                break
+        for repeat in range(self.spec.min_repeats):
             for fold in self.spec.folds:
                 runs.append(self._train_repeat(trial, values, home, repeat, fold, replayed, resumed))
                 trial.set_user_attr(RUNS, [r.to_attr() for r in runs])
         return runs
 
-    def _race_on(self, trial: optuna.Trial, runs: list[RunRecord]) -> bool:
-        """Whether the racing rule gives the trial another seed; the call is kept on the trial."""
-        done = [(t.number, t.value, per_seed(TrialRecord.from_trial(t).runs))
-                for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.number != trial.number and t.value is not None]
-        call = next_seed(per_seed(runs), done, racing=self.spec.repeats,
-                         maximize=self.spec.resolved_direction == "maximize")
-        trial.set_user_attr(RACE, call.reason)
-        return call.more
+    def _train_round(self, trial: optuna.Trial, values: dict[str, Any], home: int, extends: int) -> list[RunRecord]:
+        """A racing round: the runs of trial ``extends``, and every fold of the configuration's next seed."""
+        base = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == extends)
+        runs = [RunRecord.from_attr(r) for r in base.user_attrs.get(RUNS, [])]
+        for key in (CONFIG, EPOCHS, SECONDS, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
+            if key in base.user_attrs:  # the configuration's record carries on in this trial
+                trial.set_user_attr(key, base.user_attrs[key])
+        repeat, resumed = len({r.seed for r in runs}), {}
+        for fold in self.spec.folds:
+            runs.append(self._train_repeat(trial, values, home, repeat, fold, set(), resumed))
+            trial.set_user_attr(RUNS, [r.to_attr() for r in runs])
+        return runs
 
     def _train_repeat(self, trial: optuna.Trial, values: dict[str, Any], home: int, repeat: int, fold: int | None,
                       replayed: set[int], resumed: dict[str, int]) -> RunRecord:
@@ -335,7 +351,7 @@ def replay_twin(trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float | 
     else:
         if pruned:
             return None
-    for key in (CONFIG, RUNS, SPREAD, EPOCHS, RACE, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
+    for key in (CONFIG, RUNS, SPREAD, EPOCHS, PRETRAIN_RUN, PRETRAIN_MSE, PRETRAIN_MAE):
         if key in twin.user_attrs:
             trial.set_user_attr(key, twin.user_attrs[key])
     trial.set_user_attr(SAME_AS, twin.number)

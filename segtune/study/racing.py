@@ -1,87 +1,216 @@
-"""Adaptive repeats (racing): extra seeds only for the configurations still level with the leader.
+"""Adaptive repeats (racing): extra seeds, one round at a time, only for configurations still level with the leader.
 
-``repeats: {min: 2, max: 5, alpha: 0.05}`` in a study file. Every configuration trains ``min``
-seeds. Before each further seed it is compared with the leader, the completed trial with the best
-mean objective so far, on the seeds both ran (a paired t-test of the per-seed objective, each seed's
-value the mean over its cross-validation folds, :func:`segtune.study.stats.paired_comparison`):
+``repeats: {min: 2, max: 5, alpha: 0.05, margin: 0.0}`` in a study file. Every configuration the
+study samples trains ``min`` seeds. Once every sampled configuration has finished (the grid
+covered, ``n_trials`` reached), the study races them, in rounds:
 
-- the interval of the difference excludes 0 (the two are separated, either way): stop;
-- it contains 0, or they share fewer than two seeds: train one more seed, up to ``max``;
-- no leader yet (the first trial): train ``max`` seeds, since every later trial is compared with it.
+1. the configurations still in the race all ran the same ``n`` seeds; the leader is the one with
+   the best mean over them;
+2. every other one is compared with the leader: the interval of its difference to the leader is
+   Tukey's simultaneous interval of a two-way (configuration x seed) model on the ``k`` configurations
+   in the race and their ``n`` seeds, at the level ``1 - alpha / (max - min)`` (:func:`look`);
+3. a configuration whose interval excludes 0 is *separated* (behind the leader): it stops; with a
+   ``margin``, one whose interval lies inside ``(-margin, +margin)`` is a *practical tie* with the
+   leader (as in TOST equivalence testing): it stops too;
+4. each configuration left, the leader included, trains one more seed (an Optuna trial queued
+   with its parameters, see :func:`queue_round`); the race ends when one is left or all have ``max``.
 
-The error rate controlled: a configuration whose true mean equals the leader's is stopped as
-"separated" with probability at most ``alpha`` (5 %). A configuration is compared at most
-``max - min`` times, and each comparison is made at the level ``1 - alpha / (max - min)``
-(Bonferroni), so the chance that any of its looks separates two equal configurations is at most
-``alpha``, as in a sequential test with a fixed budget of looks. The bound is per configuration
-and per leader (a leader that changes during a study gives the later looks a new partner); it
-assumes seeds are independent and their differences roughly normal, as the t-test does.
+What it controls. Under the model (per-seed objectives normal with one variance around a
+configuration effect plus a seed effect shared by every configuration: the seeds pair the runs),
+Tukey's intervals cover every difference between the configurations of a look at once with
+probability at least ``1 - alpha / (max - min)``, however the leader was picked from them; over the
+``max - min`` looks (Bonferroni), every interval the race reads covers with probability at least
+``1 - alpha``. So, with probability at least ``1 - alpha``: no configuration is stopped as behind a
+leader it is not truly behind (in particular the truly best one is never stopped as separated), and
+every practical tie is truly within ``margin`` of its leader. The pooled variance is what makes
+two seeds enough to stop a clearly worse configuration (a paired t over two seeds has one degree
+of freedom); it assumes the configurations are about equally noisy.
+
+The study's trials (:func:`queue_round`) and the benchmark's replay both decide through :func:`race`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
 
-from segtune.study.spec import Racing
-from segtune.study.stats import paired_comparison
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from scipy import stats
 
-__all__ = ["RaceCall", "look_confidence", "next_seed", "race_call"]
+from segtune.study.records import EXTENDS, HOME, RACE, RUNS, SAME_AS, RunRecord, Status, per_seed, status_of
+from segtune.study.spec import Racing, StudySpec
 
-
-@dataclass(frozen=True)
-class RaceCall:
-    """Whether a configuration gets another seed, and why (a sentence kept on the trial)."""
-
-    more: bool
-    reason: str
+__all__ = ["Look", "Race", "look", "look_confidence", "queue_round", "race", "race_table"]
 
 
 def look_confidence(racing: Racing) -> float:
-    """The confidence level of each comparison: ``1 - alpha / (max - min)``."""
+    """The confidence level of each look: ``1 - alpha / (max - min)``."""
     return 1.0 - racing.alpha / (racing.max - racing.min)
 
 
-def race_call(ours: Mapping[int, float], leader: Mapping[int, float] | None, *, leader_number: int | None,
-              racing: Racing, maximize: bool) -> RaceCall:
-    """Decide whether a configuration with per-seed objectives ``ours`` trains another seed.
+@dataclass(frozen=True)
+class Look:
+    """One look of the race: the configurations in it, on their first ``n`` seeds."""
+
+    n: int
+    means: dict[int, float]  # oriented: higher is better
+    leader: int
+    half_width: float  # of every difference's interval; inf without residual degrees of freedom
+    stopped: dict[int, str]  # configuration: why it stops here
+
+
+def look(block: Mapping[int, list[float]], racing: Racing) -> Look:
+    """Compare every configuration of ``block`` with its leader.
 
     Args:
-        ours: objective per seed of the configuration so far (at least ``racing.min`` seeds).
-        leader: objective per seed of the leader, or None when no trial has completed.
-        leader_number: the leader's trial number, for the reason.
+        block: each configuration's objective on the same ``n`` seeds, in seed order, oriented so that
+            higher is better.
         racing: the study's ``repeats`` section.
-        maximize: the study's direction.
 
     Returns:
-        A :class:`RaceCall`; ``more`` is False once ``racing.max`` seeds are reached.
+        The :class:`Look`: the leader, the interval's half-width, the configurations that stop.
 
     Example:
-        >>> race_call({0: 0.5, 1: 0.52}, {0: 0.9, 1: 0.91, 2: 0.9}, leader_number=3,
-        ...           racing=Racing(min=2, max=5), maximize=True).more
-        True
+        >>> look({0: [0.9, 0.91], 1: [0.6, 0.62], 2: [0.89, 0.9]}, Racing(min=2, max=5)).stopped
+        {1: 'separated: behind trial 0 on 2 seeds'}
     """
-    if len(ours) >= racing.max:
-        return RaceCall(False, f"{racing.max} seeds: the most repeats allows")
-    if leader is None:
-        return RaceCall(True, "no leader yet: the first configuration trains every seed")
-    compared = paired_comparison(dict(leader), dict(ours), other_number=-1, maximize=maximize,
-                                 confidence=look_confidence(racing))
-    if compared is None:
-        return RaceCall(True, f"fewer than 2 seeds shared with the leader (trial {leader_number})")
-    if compared.within_noise:
-        return RaceCall(True, f"level with trial {leader_number} on {len(compared.seeds)} seeds")
-    side = "behind" if compared.difference.mean > 0 else "ahead of"
-    return RaceCall(False, f"separated: {side} trial {leader_number} on {len(compared.seeds)} seeds "
-                           f"({look_confidence(racing):.1%} interval of the difference excludes 0)")
+    keys = list(block)
+    values = np.array([block[c] for c in keys], dtype=float)
+    k, n = values.shape
+    means = dict(zip(keys, values.mean(axis=1).tolist()))
+    leader = max(keys, key=lambda c: (means[c], -c))
+    df = (k - 1) * (n - 1)
+    if df == 0:
+        return Look(n, means, leader, math.inf, {})
+    # residuals of the additive model: configuration effect + seed effect
+    residual = values - values.mean(axis=1, keepdims=True) - values.mean(axis=0, keepdims=True) + values.mean()
+    scale = math.sqrt(float((residual ** 2).sum()) / df / n)
+    half = _studentized_range(look_confidence(racing), k, df) * scale
+    stopped = {}
+    for c in keys:
+        gap = means[leader] - means[c]
+        if c == leader:
+            continue
+        if gap - half > 0:
+            stopped[c] = f"separated: behind trial {leader} on {n} seeds"
+        elif racing.margin > 0 and gap + half < racing.margin and gap - half > -racing.margin:
+            stopped[c] = f"practical tie: within ±{racing.margin:g} of trial {leader} on {n} seeds"
+    return Look(n, means, leader, half, stopped)
 
 
-def next_seed(ours: Mapping[int, float], completed: Sequence[tuple[int, float, Mapping[int, float]]], *,
-              racing: Racing, maximize: bool) -> RaceCall:
-    """:func:`race_call` against the leader among ``completed``, the study's completed trials as
-    ``(number, mean objective, objective per seed)``: the one with the best mean (the lowest number
-    on a tie). The study's trials and the benchmark's replay both decide through here."""
-    ranked = sorted(completed, key=lambda t: (-t[1] if maximize else t[1], t[0]))
-    leader = ranked[0] if ranked else None
-    return race_call(ours, None if leader is None else leader[2], leader_number=None if leader is None else leader[0],
-                     racing=racing, maximize=maximize)
+@functools.lru_cache(maxsize=256)
+def _studentized_range(confidence: float, k: int, df: int) -> float:
+    return float(stats.studentized_range.ppf(confidence, k, df))  # a numerical integral: a second under load
+
+
+@dataclass(frozen=True)
+class Race:
+    """Where a race stands: who trains the next seed, and each configuration's call."""
+
+    more: tuple[int, ...]  # configurations that train one more seed now
+    calls: dict[int, str]  # every configuration's standing, a sentence
+    looks: list[Look] = field(default_factory=list)
+
+    @property
+    def over(self) -> bool:
+        """Whether no configuration trains another seed."""
+        return not self.more
+
+
+def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: bool,
+         failed: frozenset[int] = frozenset()) -> Race:
+    """Replay the race on what the configurations have run so far (stateless: the same table, the same calls).
+
+    Args:
+        table: each configuration's objective per seed (seeds in training order, as sorted keys); a
+            configuration counts once it has ``racing.min`` seeds.
+        racing: the study's ``repeats`` section.
+        maximize: the study's direction.
+        failed: configurations whose next seed failed: they leave the race where they would need it.
+
+    Returns:
+        The :class:`Race`: the configurations that train one more seed now (none while a round is
+        still training one), and a sentence per configuration.
+
+    Example:
+        >>> r = race({0: {0: 0.9, 1: 0.91}, 1: {0: 0.6, 1: 0.62}, 2: {0: 0.89, 1: 0.9}}, Racing(min=2, max=5),
+        ...          maximize=True)
+        >>> r.more, r.calls[1]
+        ((0, 2), 'separated: behind trial 0 on 2 seeds')
+    """
+    sign = 1.0 if maximize else -1.0
+    seeds = {c: [sign * v[s] for s in sorted(v)] for c, v in table.items()}
+    alive = sorted(c for c, v in seeds.items() if len(v) >= racing.min)
+    calls = {c: f"waits for its first {racing.min} seeds" for c in seeds if c not in alive}
+    looks: list[Look] = []
+    n = racing.min
+    while True:
+        short = [c for c in alive if len(seeds[c]) < n]
+        for c in short:
+            if c in failed:
+                calls[c] = f"left the race: its seed {n} failed"
+        alive = [c for c in alive if c not in failed or len(seeds[c]) >= n]
+        pending = tuple(c for c in alive if len(seeds[c]) < n)
+        if pending:  # the round of seed n is not complete yet
+            calls.update({c: f"in the race after {n - 1} seeds" for c in alive})
+            return Race(pending, calls, looks)
+        if len(alive) <= 1 or n >= racing.max:
+            why = (f"{racing.max} seeds: the most repeats allows" if n >= racing.max and len(alive) > 1
+                   else f"the last in the race, after {n} seeds")
+            calls.update({c: why for c in alive})
+            return Race((), calls, looks)
+        current = look({c: seeds[c][:n] for c in alive}, racing)
+        looks.append(current)
+        calls.update(current.stopped)
+        alive = [c for c in alive if c not in current.stopped]
+        n += 1
+
+
+def race_table(trials: list[FrozenTrial]) -> tuple[dict[int, dict[int, float]], dict[int, FrozenTrial], frozenset[int]]:
+    """The race's table from a study's trials: per configuration (its home trial), the objective per
+    seed of its latest completed trial; that trial, to extend; the configurations whose extension failed."""
+    latest: dict[int, FrozenTrial] = {}
+    for t in trials:
+        if t.state != TrialState.COMPLETE or SAME_AS in t.user_attrs:
+            continue
+        home = int(t.user_attrs.get(HOME, t.number))
+        if home not in latest or len(t.user_attrs.get(RUNS, [])) > len(latest[home].user_attrs.get(RUNS, [])):
+            latest[home] = t
+    table = {home: per_seed([RunRecord.from_attr(r) for r in t.user_attrs.get(RUNS, [])]) for home, t in latest.items()}
+    failed = frozenset(int(t.user_attrs.get(HOME, t.number)) for t in trials
+                       if status_of(t) == Status.FAILED and EXTENDS in t.user_attrs)
+    return table, latest, failed
+
+
+def queue_round(study: optuna.Study, spec: StudySpec) -> int:
+    """Queue the race's next round in ``study``: one trial per configuration that trains one more seed.
+
+    Called by the worker loop when no trial is waiting or running; each queued trial has the
+    parameters of its configuration and extends its latest completed trial (``extends``). The calls
+    are kept in the study's ``race`` attribute ({home trial: sentence}).
+
+    Returns:
+        How many trials were queued (0: the race is over, or the study does not race).
+    """
+    if not isinstance(spec.repeats, Racing):
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    table, latest, failed = race_table(trials)
+    state = race(table, spec.repeats, maximize=spec.resolved_direction == "maximize", failed=failed)
+    calls = {str(c): why for c, why in sorted(state.calls.items())}
+    if study.user_attrs.get(RACE) != calls:
+        study.set_user_attr(RACE, calls)
+    extended = {t.user_attrs[EXTENDS] for t in trials if EXTENDS in t.user_attrs}
+    queued = 0
+    for home in state.more:
+        base = latest[home]
+        if base.number in extended:  # queued already (by another worker), or failed
+            continue
+        study.enqueue_trial(base.params, user_attrs={EXTENDS: base.number, HOME: home}, skip_if_exists=False)
+        queued += 1
+    return queued
+

@@ -13,10 +13,13 @@ the CLI show. Trial user attributes:
   reconstruction errors (of the encoder kept, the best validation MSE);
 - ``home`` (the trial number of its run directories), ``resumed_after`` ({seed: epoch}),
   ``fail_reason``, ``interrupted``, ``requeued_from`` and ``same_as`` (a configuration sampled
-  again takes its earlier trial's result without training) where they apply.
+  again takes its earlier trial's result without training) where they apply; ``extends`` (a racing
+  round's trial: the trial of its configuration whose runs it carries on with one more seed; the
+  records leave the extended trial out).
 
 The study's ``spec`` attribute holds what a resumed study must share with its study file,
-``threads`` the CPU threads of every trial, and ``auto_lr:<hash>`` the learning rates found.
+``threads`` the CPU threads of every trial, ``auto_lr:<hash>`` the learning rates found, and with
+racing repeats ``race`` each configuration's standing in the race ({home trial: sentence}).
 
 A trial's state (:class:`Status`) refines Optuna's: a failed trial is ``failed`` (it has a reason:
 diverged, a full disk), ``stopped`` (Ctrl-C: run again on resume) or ``died`` (its worker died:
@@ -27,6 +30,7 @@ stopped and died ones, each by their last value.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
@@ -54,12 +58,13 @@ PRETRAIN_RUN = "pretrain_run"  # the pre-training run directory the trial's runs
 PRETRAIN_MSE = "pretrain_mse"  # its validation reconstruction MSE
 PRETRAIN_MAE = "pretrain_mae"  # and MAE
 PRETRAIN_DIR = "pretrain"  # <study dir>/pretrain/<budget>-<hash>/: the pre-training runs, one per setting
-RACE = "race"  # with racing repeats: why the trial stopped at the seeds it has (segtune.study.racing)
+EXTENDS = "extends"  # a racing round's trial: the trial of its configuration it adds one seed to
 # Optuna's system attribute on a dead worker's retry: the trial numbers it repeats
 RETRY_HISTORY = "retry_history"
 # study user attributes
 SPEC = "spec"
 THREADS = "threads"  # the CPU threads of every trial, fixed when the study is created
+RACE = "race"  # with racing repeats: {home trial: its standing in the race} (segtune.study.racing)
 AUTO_LR_CACHE = "auto_lr:"  # auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 
 TRIALS_DIR = "trials"  # <study dir>/trials/<home:04d>-seed<seed>/: the run directories
@@ -261,8 +266,13 @@ def rank(records: Sequence[TrialRecord], *, maximize: bool) -> list[TrialRecord]
 def study_records(study: optuna.Study, *, study_dir: Path | None = None) -> list[TrialRecord]:
     """Every trial of ``study`` but the waiting ones, as records, ranked (see :func:`rank`)."""
     trials = study.get_trials(deepcopy=False)
+    # a racing round's completed trial carries its configuration's runs on: the trial it extends is left out
+    extended = {t.user_attrs[EXTENDS] for t in trials if t.state == TrialState.COMPLETE and EXTENDS in t.user_attrs}
+    race = study.user_attrs.get(RACE, {})
     records = [TrialRecord.from_trial(t, trials=trials, study_dir=study_dir)
-               for t in trials if t.state != TrialState.WAITING]
+               for t in trials if t.state != TrialState.WAITING and t.number not in extended]
+    records = [dataclasses.replace(r, reason=f"race: {race[str(r.home)]}")
+               if r.state == Status.COMPLETE and not r.reason and str(r.home) in race else r for r in records]
     return rank(records, maximize=maximizes(study))
 
 
@@ -306,13 +316,12 @@ def progress_line(trial: FrozenTrial) -> str:
 
 def best_trial(study: optuna.Study) -> TrialRecord | None:
     """The record of the best completed trial, or None when no trial has completed."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        return None
-    return TrialRecord.from_trial(study.best_trial, trials=study.get_trials(deepcopy=False))
+    records = study_records(study)  # ranked: with racing, a configuration's latest record, not Optuna's best
+    return records[0] if records and records[0].state == Status.COMPLETE else None
 
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
-           "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED",
+           "EXTENDS", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED",
            "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
            "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",

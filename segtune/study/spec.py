@@ -167,14 +167,18 @@ _METRICS = ("dice_mean", "iou_mean", "loss", "case_dice_mean", *(f"{m}_mean" for
 
 
 class Racing(pydantic.BaseModel):
-    """``repeats: {min: 2, max: 5, alpha: 0.05}``: adaptive repeats (see :mod:`segtune.study.racing`)."""
+    """``repeats: {min: 2, max: 5, alpha: 0.05, margin: 0}``: adaptive repeats (see :mod:`segtune.study.racing`)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     min: Annotated[int, Field(ge=1, le=99)] = 2
     max: Annotated[int, Field(ge=2, le=100)] = 5
-    # the chance, per configuration, of stopping it as separated from the leader when the two are equal
+    # the chance that any stop of the race is wrong (a configuration stopped as behind a leader it is
+    # not behind, or as a practical tie when it is not within margin of it), over the whole race
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    # a practical tie: stop a configuration whose difference to the leader is surely inside +-margin
+    # (in the objective's units, e.g. 0.01 Dice); 0 stops only separated configurations
+    margin: Annotated[float, Field(ge=0.0)] = 0.0
 
     @pydantic.model_validator(mode="after")
     def _min_below_max(self) -> "Racing":

@@ -29,8 +29,9 @@ from segtune.errors import USER_ERRORS, ConfigError
 from segtune.study.dry_run import data_errors
 from segtune.study.objective import ORPHAN_FIX, DataCache, Objective
 from segtune.study.progress import EpochProgress
-from segtune.study.records import (HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR, Status,
-                                   progress_line, requeued_on_resume, status_of)
+from segtune.study.racing import queue_round
+from segtune.study.records import (EXTENDS, HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR,
+                                   Status, progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
 from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
@@ -102,7 +103,9 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     handled = {t.user_attrs.get(REQUEUED_FROM) for t in trials}
     for t in trials:
         if requeued_on_resume(t) and t.params and t.number not in handled:
-            study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number, HOME: t.user_attrs.get(HOME, t.number)})
+            extends = {EXTENDS: t.user_attrs[EXTENDS]} if EXTENDS in t.user_attrs else {}  # a racing round's
+            study.enqueue_trial(t.params, user_attrs={REQUEUED_FROM: t.number, HOME: t.user_attrs.get(HOME, t.number),
+                                                      **extends})
 
 
 def _requeue_orphans(study: optuna.Study, spec: StudySpec) -> bool:
@@ -151,12 +154,13 @@ def _work_left(spec: StudySpec, space: Space, study: optuna.Study) -> tuple[bool
         # a trial whose worker died before it drew its cell covers none (its retry runs it)
         covered = {json.dumps(t.params, sort_keys=True) for t in trials if t.params}
         return len(covered) + unsampled < space.n_grid_cells(), bool(running)
-    counted = [t for t in trials if SAME_AS not in t.user_attrs and t.params and not requeued_on_resume(t)
+    counted = [t for t in trials if SAME_AS not in t.user_attrs and EXTENDS not in t.user_attrs and t.params
+               and not requeued_on_resume(t)
                and status_of(t) in (Status.COMPLETE, Status.PRUNED, Status.RUNNING, Status.FAILED)]
     if not spec.reuse_results:
         return len(counted) + unsampled < spec.n_trials, bool(running)
     distinct = len({json.dumps(t.params, sort_keys=True) for t in counted})
-    if len(trials) >= MAX_DRAWS * spec.n_trials:  # the sampler keeps drawing trained configurations
+    if sum(EXTENDS not in t.user_attrs for t in trials) >= MAX_DRAWS * spec.n_trials:  # drawing trained ones
         return False, bool(running)
     return distinct + unsampled < min(spec.n_trials, _n_configurations(space)), bool(running)
 
@@ -252,7 +256,7 @@ def _run_trials(spec: StudySpec, space: Space, study: optuna.Study, objective: O
             n_run += 1
         elif running:
             time.sleep(min(spec.heartbeat_interval, 2))
-        else:
+        elif not queue_round(study, spec):  # racing repeats: the next round's seeds, if any
             return n_run
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 import statistics
 
+import optuna
 import pytest
+from scipy.stats import studentized_range
 from tests.conftest import tiny_tree, write_study
 
 from segtune.study import run_study
-from segtune.study.racing import look_confidence, race_call
+from segtune.study.racing import look, look_confidence, race
 from segtune.study.spec import Racing
 from segtune.study.stats import ranking, verdict
 
@@ -39,19 +41,42 @@ RACE = Racing(min=2, max=5)
 
 
 def test_racing_stops_a_clearly_worse_configuration_after_min_seeds():
-    leader = {0: 0.90, 1: 0.91, 2: 0.905, 3: 0.90, 4: 0.91}
-    worse = {0: 0.60, 1: 0.62}
-    call = race_call(worse, leader, leader_number=0, racing=RACE, maximize=True)
-    assert not call.more and "behind trial 0" in call.reason
+    # the seeds pair the runs: seed 1 is better for every configuration, a shared effect the model removes
+    block = {0: [0.90, 0.92], 1: [0.60, 0.62], 2: [0.895, 0.91]}
+    looked = look(block, RACE)
+    assert looked.leader == 0 and looked.stopped == {1: "separated: behind trial 0 on 2 seeds"}
+    # Tukey's interval at 1 - 0.05 / 3 with (3 - 1) x (2 - 1) = 2 degrees of freedom: the residuals of
+    # two seeds are +-(d - mean d) / 2 of each configuration's seed difference d (0.02, 0.02, 0.015)
+    residual_ss = 2 * ((0.02 - 0.055 / 3) ** 2 * 2 + (0.015 - 0.055 / 3) ** 2) / 4
+    q = studentized_range.ppf(1 - 0.05 / 3, 3, 2)
+    assert looked.half_width == pytest.approx(q * (residual_ss / 2 / 2) ** 0.5) == pytest.approx(0.0212, abs=1e-4)
 
 
-def test_racing_gives_a_level_configuration_more_seeds_up_to_max():
-    leader = {0: 0.90, 1: 0.91, 2: 0.905, 3: 0.90, 4: 0.91}
-    level = {0: 0.905, 1: 0.90}
-    assert race_call(level, leader, leader_number=0, racing=RACE, maximize=True).more
-    assert not race_call({s: 0.9 for s in range(5)}, leader, leader_number=0, racing=RACE, maximize=True).more
-    # the first configuration has no leader to race: it trains every seed
-    assert race_call(level, None, leader_number=None, racing=RACE, maximize=True).more
+def test_racing_gives_the_level_configurations_a_seed_a_round_up_to_max():
+    table = {0: {0: 0.90, 1: 0.92}, 1: {0: 0.60, 1: 0.62}, 2: {0: 0.91, 1: 0.90}}
+    first = race(table, RACE, maximize=True)
+    assert first.more == (0, 2) and first.calls[1].startswith("separated")
+    # while the round trains, nothing more is asked for; then the next round goes to the same two
+    table[0][2] = 0.91
+    assert race(table, RACE, maximize=True).more == (2,)
+    level = {0: {s: 0.9 + 0.01 * (s % 2) for s in range(5)}, 2: {s: 0.9 + 0.01 * ((s + 1) % 2) for s in range(5)}}
+    done = race({**level, 1: table[1]}, RACE, maximize=True)
+    assert done.over and done.calls[0] == done.calls[2] == "5 seeds: the most repeats allows"
+    assert [look.n for look in done.looks] == [2, 3, 4]  # max - min looks, no more
+
+
+def test_racing_stops_a_practical_tie_inside_the_margin():
+    tied = {0: {s: 0.900 + 0.01 * s for s in range(3)}, 1: {s: 0.899 + 0.01 * s + 0.0005 * (s % 2) for s in range(3)}}
+    assert not race(tied, RACE, maximize=True).over  # without a margin, level configurations race on
+    calls = race(tied, Racing(min=2, max=5, margin=0.01), maximize=True).calls
+    # two configurations on two seeds leave one degree of freedom: too wide an interval; three seeds tie them
+    assert calls[1] == "practical tie: within ±0.01 of trial 0 on 3 seeds"
+
+
+def test_racing_a_minimised_objective_keeps_the_lowest():
+    table = {0: {0: 5.0, 1: 5.2}, 1: {0: 2.0, 1: 2.1}, 2: {0: 2.05, 1: 2.1}}
+    r = race(table, RACE, maximize=False)
+    assert r.more == (1, 2) and r.calls[0] == "separated: behind trial 1 on 2 seeds"
 
 
 def test_racing_looks_share_the_error_rate():
@@ -112,27 +137,58 @@ def test_ranking_ties_the_level_and_orders_the_separated():
     assert text == "#2 < #4" and steps[0].word == "worse"
 
 
-def test_a_racing_study_stops_the_clearly_worse_configuration_after_min_seeds(tmp_path, monkeypatch):
-    # training stands in: a run's objective is its lr's level plus a little noise by seed, so the
-    # two configurations are far apart whatever the order the grid draws them in
+@pytest.mark.slow  # a whole study through the worker loop: 17 s at a load average of 12
+@pytest.mark.parametrize("queued_twice", [False, True])
+def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_seeds(tmp_path, monkeypatch,
+                                                                                     queued_twice):
+    # training stands in: a run's objective is its lr's level plus a seed effect shared by every lr,
+    # so two lrs are level (they race to max) and one is far behind whatever order the grid draws
     import types
 
     import segtune.study.objective
+    import segtune.study.workers
+    from segtune.study.racing import queue_round
+    from segtune.study.records import SAME_AS, leaderboard, study_records
 
-    level = {0.01: 0.9, 0.001: 0.3}
+    level = {0.01: 0.9, 0.02: 0.9, 0.001: 0.3}
 
     def train(config, **kwargs):
-        value = level[config.optimizer.options["lr"]] + 0.01 * ((config.seed * 7) % 3)
+        lr = config.optimizer.options["lr"]
+        value = level[lr] + 0.01 * ((config.seed * 7) % 3) + (0.002 * config.seed if lr == 0.02 else 0.0)
         split = {"dice_mean": value, "per_case": {}}
         return types.SimpleNamespace(summary={"val": split, "test": split, "epochs_run": 1, "best_epoch": 1,
                                               "class_names": ["background", "a"]})
 
+    def queue_twice(study, spec):  # two workers that queued the same round at once
+        queued = queue_round(study, spec)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=t.user_attrs, skip_if_exists=False)
+        return queued
+
     monkeypatch.setattr(segtune.study.objective, "train", train)
-    path = write_study(tmp_path, repeats={"min": 2, "max": 4})
-    first, second = sorted(run_study(path, study_dir=tmp_path / "out").get_trials(), key=lambda t: t.number)
-    # the first has no leader and trains every seed; the second is separated from it after min seeds
-    assert len(first.user_attrs["runs"]) == 4 and len(second.user_attrs["runs"]) == 2
-    assert second.user_attrs["race"].startswith("separated")
+    if queued_twice:
+        monkeypatch.setattr(segtune.study.workers, "queue_round", queue_twice)
+    path = write_study(tmp_path, repeats={"min": 2, "max": 4}, space={"optimizer.lr": [0.01, 0.02, 0.001]})
+    study = run_study(path, study_dir=tmp_path / "out")
+    # a round's trial queued twice trains once: the later copy takes the earlier one's result
+    copies = [t for t in study.trials if SAME_AS in t.user_attrs]
+    assert len(copies) == (4 if queued_twice else 0)
+    records = {r.params["optimizer.lr"]: r for r in study_records(study) if r.same_as is None}
+    # every configuration got min seeds first; then rounds of one seed for the two level ones, up to max
+    assert {lr: sorted(r.values) for lr, r in records.items()} == {0.01: [0, 1, 2, 3], 0.02: [0, 1, 2, 3],
+                                                                    0.001: [0, 1]}
+    assert len(study.trials) == 3 + 2 * 2 * (2 if queued_twice else 1)  # sampled, then 2 rounds of 2 queued
+    assert records[0.001].reason.startswith("race: separated: behind trial")
+    assert records[0.01].reason == "race: 4 seeds: the most repeats allows"
+    # a round's trial carries its configuration's runs on, in the configuration's run directories
+    run_dirs = [r.run_dir.name for r in records[0.02].runs]
+    assert len(set(run_dirs)) == 4 and len({d.split("-")[0] for d in run_dirs}) == 1
+    assert records[0.02].value == pytest.approx(statistics.fmean(records[0.02].values.values()))
+    # the leaderboard shows each configuration once, with its runs
+    header, rows = leaderboard(study)
+    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows
+            if not row[header.index("reason")].startswith("result of trial")}
+    assert runs == {"0.01": "4", "0.02": "4", "0.001": "2"}
 
 
 @pytest.mark.parametrize("objective, direction", [("test.hd95_mean", "minimize"), ("val.avd_mean", "minimize"),
