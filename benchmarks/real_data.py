@@ -8,7 +8,11 @@ of the voxels). On each, in this process or its children, one after the other:
 
 - ``monai``: the script a user writes from MONAI's tutorials: ``UNet`` with its usual settings
   (2D, channels 16..256, strides 2, 2 residual units), ``DiceCELoss``, Adam 1e-3, random flips,
-  whole images padded to a multiple of 16, batch 8, the best validation epoch kept. It reads the
+  whole images padded to a multiple of 16, batch 8, the best validation epoch kept; where the
+  images are larger than segtune's planned patch (the lung CT's 512x512 slices), it trains on
+  crops of that patch, half of them centred on foreground (MONAI's ``RandCropByPosNegLabeld``
+  with ``pos=neg=1``, as in its tutorials), and evaluates by MONAI's sliding windows of that
+  size, so both sides train on crops of the same size for the same epochs. It reads the
   data through segtune's own loading (the same split, images and normalisation) and is scored
   with segtune's Dice, so the numbers compare;
 - ``default``: ``segtune train --data DIR --set train.epochs=E`` (the plan from the data);
@@ -51,6 +55,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: `benchmarks` and this checkout
 from benchmarks.real_datasets import DATASETS, DEFAULT_CACHE, build_dataset  # noqa: E402
 from segtune.config import data_config  # noqa: E402
 from segtune.training.evaluate import evaluate_split  # noqa: E402
+from segtune.training.patches import PatchSampler  # noqa: E402
 from segtune.training.runtime import load_data, resolve_device  # noqa: E402
 
 __all__ = ["METHODS", "Result", "main", "monai_baseline", "read_summary", "segtune_command"]
@@ -92,11 +97,26 @@ def _random_flips(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
     return x, y
 
 
+def _baseline_crops(config, data) -> tuple[PatchSampler | None, tuple[int, int] | None]:
+    """Where the images are larger than the plan's patch (the lung CT's 512x512 slices), the crops the
+    baseline trains on: the plan's patch size, half of each batch centred on a foreground pixel (MONAI's
+    ``RandCropByPosNegLabeld(pos=1, neg=1)`` of its tutorials), and sliding windows of that size to
+    evaluate; else None: whole images, as before."""
+    patch = config.train.patch_size
+    if patch is None or all(s <= p for s, p in zip(data.train.images.shape[2:], patch)):
+        return None, None
+    sampler = PatchSampler(data.train.images, data.train.masks, patch_size=patch, foreground_oversample=0.5,
+                           n_classes=data.n_classes)
+    return sampler, tuple(patch)
+
+
 def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
     """The plain MONAI script on the dataset in ``folder``: its test metrics and wall seconds
     (data loading included, as in the CLI runs)."""
     start = time.perf_counter()
-    data = load_data(data_config(str(folder), [f"seed={seed}"]))  # segtune's split, images, normalisation
+    config = data_config(str(folder), [f"seed={seed}"])
+    data = load_data(config)  # segtune's split, images, normalisation
+    sampler, windows = _baseline_crops(config, data)
     torch.manual_seed(seed)
     generator, device = torch.Generator().manual_seed(seed), resolve_device("auto")  # as train.device: auto
     net = PadToMultiple(UNet(spatial_dims=2, in_channels=data.in_channels, out_channels=data.n_classes,
@@ -107,17 +127,21 @@ def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
     for _ in range(epochs):
         net.train()
         for index in torch.randperm(len(data.train), generator=generator).split(BASELINE_BATCH):
-            x, y = _random_flips(data.train.images[index], data.train.masks[index], generator)
+            x, y = sampler(index, generator) if sampler else (data.train.images[index], data.train.masks[index])
+            x, y = _random_flips(x, y, generator)
             loss = loss_fn(net(x.to(device)), y[:, None].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        val = evaluate_split(net, data.val, data.class_names, batch_size=BASELINE_BATCH, device=device)["dice_mean"]
+        val = evaluate_split(net, data.val, data.class_names, batch_size=BASELINE_BATCH, device=device,
+                             patch_size=windows)["dice_mean"]
         if val > best:
             best, best_state = val, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
-    test = evaluate_split(net, data.test, data.class_names, batch_size=BASELINE_BATCH, device=device)
-    return Result(folder.name, "monai", test, time.perf_counter() - start, f"best val epoch, val Dice {best:.3f}")
+    test = evaluate_split(net, data.test, data.class_names, batch_size=BASELINE_BATCH, device=device,
+                          patch_size=windows)
+    crops = f"; {windows[0]}x{windows[1]} crops (half on foreground), sliding windows" if windows else ""
+    return Result(folder.name, "monai", test, time.perf_counter() - start, f"best val epoch, val Dice {best:.3f}{crops}")
 
 
 def segtune_command(method: str, folder: Path, out: Path, *, epochs: int, budget: str, seed: int) -> list[str]:

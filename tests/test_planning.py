@@ -34,7 +34,7 @@ def test_a_loaded_config_takes_the_plan_for_the_keys_it_does_not_set(tmp_path, c
     assert cfg.scheduler.name == "step" and cfg.scheduler.options["step_size"] == 2  # and --set's
     assert cfg.model.options["norm"] == "instance" and cfg.train.patience == 0  # planned
     assert cfg.train.patch_size == (16, 16) and cfg.augment.name == "flip"
-    assert cfg.loss.options["include_background"] is False
+    assert cfg.loss.options["include_background"] is False and cfg.loss.options["batch"] is True
 
 
 def test_plan_off_keeps_every_default(tmp_path, cells):
@@ -42,7 +42,7 @@ def test_plan_off_keeps_every_default(tmp_path, cells):
     path.write_text(f"plan: off\ndata: {{source: folder, path: {cells}}}\n")  # YAML reads `off` as false
     cfg = load_config(path)
     assert cfg.plan == "off" and cfg.scheduler.name == "none" and cfg.model.options["norm"] == "batch"
-    assert cfg.train.batch_size == 16 and cfg.train.patch_size is None
+    assert cfg.train.batch_size == 16 and cfg.train.patch_size is None and cfg.loss.options["batch"] is False
 
 
 def test_a_planned_option_is_left_out_where_the_model_has_none(cells):

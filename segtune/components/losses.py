@@ -36,6 +36,12 @@ Smooth = Annotated[float, Field(ge=0.0)]
 Weight = Annotated[float, Field(ge=0.0)]
 ClassWeights = list[Annotated[float, Field(ge=0.0)]] | None
 LabelSmoothing = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Batch Dice, a loss's ``batch: true`` (nnU-Net's "batch Dice", its 2D default): the Dice terms sum intersections and
+# sizes over all images of the batch before dividing, instead of averaging one Dice per image. Per
+# image, a crop without the class scores Dice smooth / (|p| + smooth): loss 1 for any probability
+# mass at all, so the crops that miss a rare structure (most of them) pull every prediction of it
+# to 0 and outweigh the few that hold it. Over the batch, those pixels count as false positives
+# in one Dice among all the batch's true ones.
 
 
 def _class_weights(weights: Sequence[float] | None, n_classes: int) -> torch.Tensor | None:
@@ -106,10 +112,11 @@ class SoftDice(nn.Module):
         smooth: added to numerator and denominator.
         weight: ``(C,)`` class weights (all classes, background first) or ``None``.
         inverse: score the complements instead.
+        batch: one Dice per class over the whole batch (nnU-Net's batch Dice, see the note above ``SoftDice``) instead of one per image.
     """
 
     def __init__(self, *, include_background: bool, smooth: float, weight: torch.Tensor | None = None,
-                 inverse: bool = False) -> None:
+                 inverse: bool = False, batch: bool = False) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
@@ -117,7 +124,7 @@ class SoftDice(nn.Module):
         self.inverse = inverse
         if weight is not None and not include_background:
             weight = weight[1:]
-        self.dice = DiceLoss(smooth_nr=smooth, smooth_dr=smooth, weight=weight)
+        self.dice = DiceLoss(smooth_nr=smooth, smooth_dr=smooth, weight=weight, batch=batch)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p, y = probabilities(logits, target)
@@ -215,21 +222,23 @@ def bce(n_classes: int, /, *, class_weights: ClassWeights = None,
 
 @LOSSES.register("dice")
 def dice(n_classes: int, /, *, include_background: bool = True, smooth: Smooth = 1e-5,
-         class_weights: ClassWeights = None) -> nn.Module:
-    """Soft Dice loss over softmax outputs, averaged over images and classes (Milletari et al. 2016; MONAI DiceLoss)."""
+         class_weights: ClassWeights = None, batch: bool = False) -> nn.Module:
+    """Soft Dice loss over softmax outputs, averaged over images (or one over the batch: ``batch``) and classes
+    (Milletari et al. 2016; MONAI DiceLoss)."""
     return SoftDice(include_background=include_background, smooth=smooth,
-                    weight=_class_weights(class_weights, n_classes))
+                    weight=_class_weights(class_weights, n_classes), batch=batch)
 
 
 @LOSSES.register("dice_ce", check=_not_all_zero("lambda_dice", "lambda_ce"))
 def dice_ce(n_classes: int, /, *, include_background: bool = True, smooth: Smooth = 1e-5,
             class_weights: ClassWeights = None, label_smoothing: LabelSmoothing = 0.0,
-            lambda_dice: Weight = 1.0, lambda_ce: Weight = 1.0) -> nn.Module:
-    """Soft Dice plus cross-entropy, weighted sum (MONAI DiceCELoss; nnU-Net's default loss)."""
+            lambda_dice: Weight = 1.0, lambda_ce: Weight = 1.0, batch: bool = False) -> nn.Module:
+    """Soft Dice plus cross-entropy, weighted sum (MONAI DiceCELoss; nnU-Net's default loss); ``batch``: one
+    Dice over the batch (nnU-Net's batch Dice)."""
     from monai.losses import DiceCELoss
 
     return _LabelLoss(DiceCELoss(include_background=include_background, to_onehot_y=True, softmax=True,
-                                 smooth_nr=smooth, smooth_dr=smooth, lambda_dice=lambda_dice,
+                                 smooth_nr=smooth, smooth_dr=smooth, lambda_dice=lambda_dice, batch=batch,
                                  lambda_ce=lambda_ce, weight=_class_weights(class_weights, n_classes),
                                  label_smoothing=label_smoothing))
 
@@ -291,9 +300,10 @@ def focal(n_classes: int, /, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] |
 @LOSSES.register("tversky", check=_not_all_zero("alpha", "beta"))
 def tversky(n_classes: int, /, *, alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3,
             beta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7, include_background: bool = True,
-            smooth: Smooth = 1e-5) -> nn.Module:
-    """Tversky loss, alpha weighs false positives and beta false negatives (Salehi et al. 2017; MONAI TverskyLoss)."""
+            smooth: Smooth = 1e-5, batch: bool = False) -> nn.Module:
+    """Tversky loss, alpha weighs false positives and beta false negatives (Salehi et al. 2017; MONAI TverskyLoss);
+    ``batch``: one score over the batch (nnU-Net's batch Dice)."""
     from monai.losses import TverskyLoss
 
     return _LabelLoss(TverskyLoss(include_background=include_background, to_onehot_y=True, softmax=True,
-                                  alpha=alpha, beta=beta, smooth_nr=smooth, smooth_dr=smooth))
+                                  alpha=alpha, beta=beta, smooth_nr=smooth, smooth_dr=smooth, batch=batch))

@@ -51,7 +51,7 @@ GPU_BUDGET = Budget(patch_pixels=512 * 512, step_pixels=12 * 512 * 512)
 
 # Every key a plan may set, in the order the rules apply (a component's name before its options).
 PLAN_KEYS = ("data.normalize", "data.axis", "data.size", "data.min_foreground_fraction", "model.norm",
-             "loss.name", "loss.include_background", "scheduler.name", "augment.name", "augment.vertical",
+             "loss.name", "loss.include_background", "loss.batch", "scheduler.name", "augment.name", "augment.vertical",
              "train.patch_size", "train.batch_size", "train.foreground_oversample", "train.patience")
 
 
@@ -186,6 +186,10 @@ def _fixed(fingerprint: Mapping[str, Any], out: _Plan) -> None:
                                     "one, cross-entropy gives smooth gradients from the start")
     out.put("loss.include_background", False, "nnU-Net's Dice term leaves out background, whose Dice is near 1 on "
                                               "every image and halves the weight of a rare class")
+    out.put("loss.batch", True, "one Dice over the batch (nnU-Net's batch Dice, its 2D default): per image, a crop "
+                                "without the class scores the same loss 1 for any false positive, so false "
+                                "positives on the many crops without a rare structure go unpunished by Dice "
+                                "(a brain MRI tumour: 3.8x the true voxels predicted on the training case)")
     out.put("scheduler.name", "poly", "lr * (1 - epoch / epochs) ** 0.9, nnU-Net's schedule: no step to tune, and "
                                       "the last epochs at a small lr")
     out.put("augment.name", "flip", "random flips: free, label-preserving variety (nnU-Net mirrors every axis)")

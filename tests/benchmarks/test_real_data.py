@@ -44,3 +44,23 @@ def test_read_summary_prefers_the_run_then_best_then_the_highest_val_trial(tmp_p
     assert read_summary(tmp_path) == ({"dice_mean": 0.3}, "best/summary.json")
     with pytest.raises(FileNotFoundError, match="no summary.json with test metrics"):
         read_summary(tmp_path / "trials" / "empty")
+
+
+def test_the_baseline_crops_only_images_larger_than_the_planned_patch():
+    from types import SimpleNamespace
+
+    from benchmarks.real_data import _baseline_crops
+    from segtune.data.base import SegData, Split
+
+    def data(side):
+        masks = torch.zeros(4, side, side, dtype=torch.long)
+        masks[:, :2, :2] = 1
+        split = Split(torch.randn(4, 1, side, side), masks)
+        return SegData(class_names=["background", "tumour"], train=split, val=split, test=split, info={})
+
+    config = SimpleNamespace(train=SimpleNamespace(patch_size=(16, 16)))
+    assert _baseline_crops(config, data(16)) == (None, None)  # whole images, as the plain script trains
+    sampler, windows = _baseline_crops(config, data(32))
+    assert windows == (16, 16)
+    x, y = sampler(torch.tensor([0, 1]), torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 16, 16) and bool(y[1].any())  # the second half of the batch is centred on foreground

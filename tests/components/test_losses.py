@@ -226,3 +226,28 @@ def test_a_single_channel_loss_trains_a_one_channel_network(tmp_path):
     result = train(build_config(tree), out_dir=tmp_path / "run", verbose=False)
     assert result.summary["class_names"] == ["background", "class_1"]
     assert 0.0 <= result.summary["test"]["dice_mean"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice", "tversky"])
+def test_batch_dice_pools_the_batch_and_punishes_false_positives_on_an_image_without_the_class(name):
+    # image 0 holds the class in its top half, image 1 none; the network predicts the class everywhere
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, :4] = 1
+    logits = torch.zeros(2, 2, 8, 8)
+    logits[:, 1] = 5.0
+    options = {"include_background": False, "batch": True}
+    ours = LOSSES.build(name, options, 2)(logits, target)
+    ref, own = {"dice_ce": (DiceCELoss, {}), "dice": (DiceLoss, {}), "tversky": (TverskyLoss, {"alpha": 0.3, "beta": 0.7})}[name]
+    ref = ref(include_background=False, to_onehot_y=True, softmax=True, batch=True, **own)(logits, target[:, None])
+    torch.testing.assert_close(ours, ref)
+    # per image, the empty image's Dice term is 1 for any false positive, so its pixels get (almost) no
+    # gradient from it; over the batch they are false positives of the one pooled Dice
+    grads = {}
+    for batch in (False, True):
+        x = logits.clone().requires_grad_(True)
+        LOSSES.build("dice", {"include_background": False, "batch": batch}, 2)(x, target).backward()
+        grads[batch] = x.grad[1, 1].abs().sum().item()
+    assert grads[False] < 1e-6 < grads[True]
+    p = torch.softmax(logits, 1)[:, 1]
+    pooled = 1 - 2 * (p * target).sum() / (p.sum() + target.sum())
+    torch.testing.assert_close(LOSSES.build("dice", options, 2)(logits, target), pooled, atol=1e-5, rtol=1e-5)

@@ -108,6 +108,7 @@ def test_rare_classes_get_nnunets_handling_whatever_their_share():
     assert p == _values(plan(_fp()))
     assert p["train.foreground_oversample"] == 0.33
     assert p["loss.name"] == "dice_ce" and p["loss.include_background"] is False
+    assert p["loss.batch"] is True  # one Dice over the batch: crops without the class do not drown it
     assert p["data.min_foreground_fraction"] == 0.0
 
 

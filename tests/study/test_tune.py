@@ -102,7 +102,11 @@ def test_the_base_is_what_train_data_builds_for_the_folder(tmp_path):
     assert spec.base == data_config(str(folder), ["train.epochs=3"]).to_dict()
     assert spec.name == "tune-cells" and left_out == []
     assert {p.path for p in space.params} == {"optimizer.name", "optimizer.lr", "loss.name", "augment.name",
-                                              "augment.degrees", "augment.translate", "model.channels"}
+                                              "augment.degrees", "augment.translate", "model.channels",
+                                              "train.foreground_oversample"}
+    # the share of foreground crops is searched, the base's (the plan's 0.33) among the values
+    share = next(p for p in space.params if p.path == "train.foreground_oversample")
+    assert share.choices == (0.33, 0.5, 0.8) and spec.base["train"]["foreground_oversample"] == 0.33
 
 
 def test_a_run_continued_keeps_the_time_budget_it_started_with(tmp_path):
