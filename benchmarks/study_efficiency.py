@@ -79,11 +79,16 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- 1. the cache of real runs
 
-def fill_cache(path: Path, base: dict, space: Space, tmp: Path, *, reverse: bool = False) -> dict[tuple[str, int], dict]:
-    """Train every (cell, seed) missing from the cache at ``path``; returns the whole cache."""
+def fill_cache(path: Path, base: dict, space: Space, tmp: Path, *, order: str = "forward") -> dict[tuple[str, int], dict]:
+    """Train every (cell, seed) missing from the cache at ``path``; returns the whole cache.
+
+    Processes filling one cache at once each take another ``order``: forward, reverse or middle.
+    """
     data = DataCache()
     todo = [(c, s) for c in space.cells() for s in range(N_SEEDS)]
-    for i, (cell, seed) in enumerate(todo[::-1] if reverse else todo):
+    half = len(todo) // 2
+    todo = {"forward": todo, "reverse": todo[::-1], "middle": todo[half:] + todo[:half]}[order]
+    for i, (cell, seed) in enumerate(todo):
         cache = read_cache(path)  # another process may fill the same cache from the other end
         if (cell_key(cell), seed) in cache:
             continue
@@ -142,6 +147,8 @@ class Method:
     method: Any = "tpe"
     pruner: Any = "none"
     repeats: Any = 1
+    within: str | None = None  # the pruner compares a trial only with trials of its own value of this path
+    patience: int | None = None  # the pruner acts only after this many epochs without improvement
 
     def tree(self, base: dict, seed: int, n_trials: int) -> dict:
         return {"name": "replay", "base": {**base, "seed": seed % N_SEEDS}, "method": self.method, "seed": seed,
@@ -166,6 +173,31 @@ class Replay:
         return self.answers[i], self.epochs[i], self.trained[i]
 
 
+class _GroupView:
+    """A study seen through ``keep``: its trials filtered, everything else the study's own."""
+
+    def __init__(self, study: optuna.Study, keep) -> None:
+        self._study, self._keep = study, keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if self._keep(t)]
+
+
+class WithinGroup(optuna.pruners.BasePruner):
+    """``inner`` judging a trial only against the trials with its value of ``path`` (e.g. its optimizer)."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, path: str) -> None:
+        self._inner, self._path = inner, path
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        group = trial.user_attrs.get(PARAMS, {}).get(self._path)
+        view = _GroupView(study, lambda t: t.user_attrs.get(PARAMS, {}).get(self._path) == group)
+        return self._inner.prune(view, trial)  # type: ignore[arg-type]
+
+
 def replay_study(method: Method, seed: int, base: dict, cache: dict[tuple[str, int], dict], *,
                  budget: int, n_trials: int) -> Replay:
     """Run ``method``'s study, with study seed ``seed``, over the cached runs until it has spent ``budget`` epochs."""
@@ -178,6 +210,10 @@ def replay_study(method: Method, seed: int, base: dict, cache: dict[tuple[str, i
     sampler = SAMPLERS.build(spec.method.name, spec.method.options, space, spec.seed)
     max_epochs = config_for(spec.base, {}).train.length
     pruner = PRUNERS.build(spec.pruner.name, spec.pruner.options, max_epochs)
+    if method.patience is not None:
+        pruner = optuna.pruners.PatientPruner(pruner, patience=method.patience)
+    if method.within is not None:
+        pruner = WithinGroup(pruner, method.within)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=sampler, pruner=pruner, direction=spec.resolved_direction)
     out, spent = Replay(), [0, 0.0]
@@ -253,6 +289,15 @@ def _methods() -> list[Method]:
                 for label, p in (("", "none"), (" + median(min 4)", median4))]
         out += [Method(f"{s}+racing 1-3{label}", s, p, {"min": 1, "max": 3})
                 for label, p in (("", "none"), (" + median(min 4)", median4))]
+    for s in ("random", "grid"):
+        out += [Method(f"{s}+median(min {m}) within optimizer", s, {"name": "median", "min_epochs": m},
+                       within="optimizer.name") for m in (2, 4)]
+        out += [Method(f"{s}+{sh}(min {m}, rf 2) within optimizer", s, {"name": sh, "min_epochs": m,
+                       "reduction_factor": 2}, within="optimizer.name") for m in (1, 2, 4)]
+        out += [Method(f"{s}+median(min {m}), patience 2", s, {"name": "median", "min_epochs": m}, patience=2)
+                for m in (2, 4)]
+        out += [Method(f"{s}+racing 1-3 + {sh}(min 2, rf 2)", s, {"name": sh, "min_epochs": 2,
+                       "reduction_factor": 2}, {"min": 1, "max": 3})]
     out += [Method("tpe", "tpe"), Method("tpe+median(min 4)", "tpe", median4),
             Method(f"tpe+{sh}(min 2, rf 3)", "tpe", {"name": sh, "min_epochs": 2}),
             Method("tpe+hyperband(min 2, rf 3)", "tpe", {"name": "hyperband", "min_epochs": 2})]
@@ -289,6 +334,14 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, load average {Path('/proc/loadavg').read_text().split()[0]}"
 
 
+def short(key: str | None) -> str:
+    """A cell as ``sgd lr 0.1 dice_ce``."""
+    if key is None:
+        return "none"
+    cell = json.loads(key)
+    return f"{cell['optimizer.name']} lr {cell['optimizer.lr']:g} {cell['loss.name']}"
+
+
 def grid_lines(grid: Grid, tolerance: float) -> list[str]:
     ranked = grid.ranked()
     near = [c for c, m in ranked if m >= grid.best - tolerance]
@@ -296,8 +349,7 @@ def grid_lines(grid: Grid, tolerance: float) -> list[str]:
             "|---|---|---|" + "---|" * N_SEEDS + "---|"]
     single = {s: max(grid.means, key=lambda c: grid.cache[c, s]["value"]) for s in range(N_SEEDS)}
     for i, (c, m) in enumerate(ranked[:8], start=1):
-        cell = json.loads(c)
-        label = f"{cell['optimizer.name']} lr {cell['optimizer.lr']:g} {cell['loss.name']}"
+        label = short(c)
         runs = " | ".join(f"{grid.cache[c, s]['value']:.4f}" for s in range(N_SEEDS))
         tops = ", ".join(f"seed {s}" for s, t in single.items() if t == c) or ""
         rows.append(f"| {i} | {label} | {m:.4f} | {runs} | {tops} |")
@@ -318,7 +370,8 @@ def verdict_lines(verdicts: list[Verdict], share: float, tolerance: float) -> li
 def real_studies(method: Method, base: dict, grid: Grid, seeds: list[int], budget: int, tolerance: float,
                  tmp: Path) -> list[str]:
     """``method`` as real ``segtune study`` runs (trained, not replayed), ``n_trials`` from the replays."""
-    rows = ["| study seed | trials | epochs (share of grid) | answer | its grid mean | gap |", "|---|---|---|---|---|---|"]
+    rows = ["| study seed | configurations | epochs (share of grid) | answer | its grid mean | gap | the replay's answer |",
+            "|---|---|---|---|---|---|---|"]
     for seed in seeds:
         replayed = replay_study(method, seed, base, grid.cache, budget=budget, n_trials=24)
         n = max(1, replayed.at_budget(budget)[2])  # the configurations it trains within the budget
@@ -328,8 +381,9 @@ def real_studies(method: Method, base: dict, grid: Grid, seeds: list[int], budge
         trained = [t for t in study.trials if SAME_AS not in t.user_attrs]
         epochs = sum(int(t.user_attrs.get(EPOCHS, 0)) for t in trained)
         answer = cell_key(study.best_trial.user_attrs[PARAMS])
-        rows.append(f"| {seed} | {n} | {epochs} ({epochs / grid.epochs:.0%}) | {answer} | {grid.means[answer]:.4f} "
-                    f"| {grid.best - grid.means[answer]:.4f} |")
+        rows.append(f"| {seed} | {n} | {epochs} ({epochs / grid.epochs:.0%}) | {short(answer)} | "
+                    f"{grid.means[answer]:.4f} | {grid.best - grid.means[answer]:.4f} | "
+                    f"{short(replayed.at_budget(budget)[0])} |")
     return rows
 
 
