@@ -377,7 +377,7 @@ def real_studies(method: Method, base: dict, grid: Grid, seeds: list[int], budge
         n = max(1, replayed.at_budget(budget)[2])  # the configurations it trains within the budget
         path = tmp / f"real-{seed}.yaml"
         path.write_text(yaml.safe_dump(method.tree(base, seed, n) | {"name": f"real-{seed}"}))
-        study = run_study(path, study_dir=tmp / f"real-{seed}")
+        study = run_study(path, study_dir=tmp / f"real-{seed}", num_threads=base["train"]["num_threads"])
         trained = [t for t in study.trials if SAME_AS not in t.user_attrs]
         epochs = sum(int(t.user_attrs.get(EPOCHS, 0)) for t in trained)
         answer = cell_key(study.best_trial.user_attrs[PARAMS])

@@ -46,6 +46,7 @@ def test_an_unpruned_grid_study_trains_every_cell_once_and_answers_the_best(base
     assert replay.seconds[-1] == pytest.approx(24 * EPOCHS * 0.5)
 
 
+@pytest.mark.slow
 def test_a_redrawn_configuration_costs_nothing(base, cache):
     # random draws the 24 cells with repeats; each is charged once, and the study ends at 24 distinct ones
     replay = replay_study(Method("random", "random"), 3, base, cache, budget=10_000, n_trials=24)
