@@ -360,7 +360,7 @@ def grid_lines(grid: Grid, tolerance: float) -> list[str]:
 
 def verdict_lines(verdicts: list[Verdict], share: float, tolerance: float) -> list[str]:
     rows = [f"| method | within {tolerance} of the best mean, of {len(verdicts[0].gaps) if verdicts else 0} "
-            f"| epochs spent (share of grid) | trials | worst gap |", "|---|---|---|---|---|"]
+            f"| epochs spent (share of grid) | configurations trained | worst gap |", "|---|---|---|---|---|"]
     for v in sorted(verdicts, key=lambda v: (-v.hits, statistics.fmean(v.shares))):
         rows.append(f"| {v.method.label} | {v.hits} | {statistics.fmean(v.shares):.0%} | "
                     f"{statistics.fmean(v.trials):.0f} | {max(v.gaps):.4f} |")
