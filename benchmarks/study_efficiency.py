@@ -202,8 +202,6 @@ def replay_study(method: Method, seed: int, base: dict, cache: dict[tuple[str, i
                  budget: int, n_trials: int) -> Replay:
     """Run ``method``'s study, with study seed ``seed``, over the cached runs until it has spent ``budget`` epochs."""
     from segtune.study.objective import _finished_twin, replay_twin
-    from segtune.study.racing import next_seed
-    from segtune.study.spec import Racing
     from segtune.study.workers import _work_left
 
     spec, space = parse_study(method.tree(base, seed, n_trials), origin=method.label)
@@ -233,12 +231,6 @@ def replay_study(method: Method, seed: int, base: dict, cache: dict[tuple[str, i
         replayed = set(twin.intermediate_values) if twin is not None else set()
         scores: dict[int, float] = {}
         for repeat in range(spec.max_repeats):
-            if repeat >= spec.min_repeats and isinstance(spec.repeats, Racing):
-                done = [(t.number, t.value, t.user_attrs["per_seed"]) for t in
-                        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                        if "per_seed" in t.user_attrs]
-                if not next_seed(scores, done, racing=spec.repeats, maximize=True).more:
-                    break
             run_seed = (spec.base["seed"] + repeat) % N_SEEDS
             row = cache[cell_key(values), run_seed]
             if repeat == 0:  # the pruner follows the first repeat, epoch by epoch
@@ -272,7 +264,7 @@ def replay_study(method: Method, seed: int, base: dict, cache: dict[tuple[str, i
 # ---------------------------------------------------------------- 3. the verdicts
 
 def _methods() -> list[Method]:
-    """The methods compared: samplers, pruners (first rungs, reduction factors), repeats and racing.
+    """The methods compared: samplers, pruners (first rungs, reduction factors) and repeats.
 
     TPE is measured with fewer pruners: it redraws trained configurations (free, but each draw
     costs its own fitting), so each of its replays takes about a minute on a busy machine.
@@ -287,8 +279,6 @@ def _methods() -> list[Method]:
         out += [Method(f"{s}+hyperband(min {m}, rf 3)", s, {"name": "hyperband", "min_epochs": m}) for m in (1, 2, 4)]
         out += [Method(f"{s}+repeats {r}{label}", s, p, r) for r in (2, 3)
                 for label, p in (("", "none"), (" + median(min 4)", median4))]
-        out += [Method(f"{s}+racing 1-3{label}", s, p, {"min": 1, "max": 3})
-                for label, p in (("", "none"), (" + median(min 4)", median4))]
     for s in ("random", "grid"):
         out += [Method(f"{s}+median(min {m}) within optimizer", s, {"name": "median", "min_epochs": m},
                        within="optimizer.name") for m in (2, 4)]
@@ -296,8 +286,6 @@ def _methods() -> list[Method]:
                        "reduction_factor": 2}, within="optimizer.name") for m in (1, 2, 4)]
         out += [Method(f"{s}+median(min {m}), patience 2", s, {"name": "median", "min_epochs": m}, patience=2)
                 for m in (2, 4)]
-        out += [Method(f"{s}+racing 1-3 + {sh}(min 2, rf 2)", s, {"name": sh, "min_epochs": 2,
-                       "reduction_factor": 2}, {"min": 1, "max": 3})]
     out += [Method("tpe", "tpe"), Method("tpe+median(min 4)", "tpe", median4),
             Method(f"tpe+{sh}(min 2, rf 3)", "tpe", {"name": sh, "min_epochs": 2}),
             Method("tpe+hyperband(min 2, rf 3)", "tpe", {"name": "hyperband", "min_epochs": 2})]
