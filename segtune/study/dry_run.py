@@ -75,7 +75,7 @@ def _planned(spec: StudySpec, space: Space, name: str, n_train: int) -> PlannedS
     return PlannedStudy(name, spec.method.name, n, spec.max_repeats * len(spec.folds), epochs, header, rows)
 
 
-def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, every_cell: bool = True) -> list[str]:
+def data_errors(studies: Sequence[tuple[str, StudySpec, Space | None]], cache: Any, *, every_cell: bool = True) -> list[str]:
     """Problems that only the data shows: a missing objective class, a loss that does not fit the
     class count (a sigmoid loss on multi-class data, class weights of another length), data that
     cannot be prepared (a label map naming a label the data lacks); each once.
@@ -84,7 +84,8 @@ def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, 
     fewer than the base's); data is loaded again only for a cell whose classes may differ.
 
     Args:
-        studies: ``(origin, spec, space)`` of each study or stage, ``origin`` named in the messages.
+        studies: ``(origin, spec, space)`` of each study or stage, ``origin`` named in the messages
+            (``space`` None: the base alone); a cell whose config is invalid is skipped.
         cache: the :class:`~segtune.study.objective.DataCache` the data is loaded through.
         every_cell: check every cell of a finite space (else each value and both ends of each range).
     """
@@ -104,12 +105,24 @@ def data_errors(studies: Sequence[tuple[str, StudySpec, Space]], cache: Any, *, 
         except ConfigError as err:
             errors.append(str(err))
         known = {_classes_key(base_config): base}  # data by what its classes depend on
-        for cell in space.probes() if every_cell else space.edge_probes():
-            config = config_for(spec.base, space.changes(cell))
-            where = f"{origin}: the cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
+        failed = set()  # the keys of data that could not be loaded: named once, with its first cell
+        for cell in [] if space is None else space.probes() if every_cell else space.edge_probes():
             try:
-                key = _classes_key(config)
-                data = known[key] if key in known else known.setdefault(key, cache.get(config))
+                config = config_for(spec.base, space.changes(cell))
+            except ConfigError:  # an invalid cell: named by the config checks
+                continue
+            where = f"{origin}: the cell " + ", ".join(f"{k}={v}" for k, v in cell.items())
+            key = _classes_key(config)
+            if key in failed:
+                continue
+            try:
+                if key not in known:
+                    try:
+                        known[key] = cache.get(config)
+                    except (ConfigError, DataError):
+                        failed.add(key)
+                        raise
+                data = known[key]
                 if data is not base:  # classes of its own (a label map): checked against them
                     spec.check_objective_class(data.class_names, origin=where)
                 LOSSES.build(config.loss.name, config.loss.options, data.n_classes)
@@ -175,18 +188,23 @@ def dry_run(path: str | Path, overrides: Sequence[str] = (), *, timing: bool = T
     """
     from segtune.study.objective import DataCache
     from segtune.study.stages import is_staged, load_stages, stage_study
+    from segtune.study.spec import StudyErrors
 
-    if is_staged(path):
-        staged = load_stages(path, overrides, every_cell=True)
-        studies = [(f"{path}: stage {i + 1} ({s.name})", *stage_study(staged, i, staged.top["base"], {}))
-                   for i, s in enumerate(staged.stages)]
-    else:
-        studies = [(str(path), *load_study(path, overrides, every_cell=True))]
-    base_spec, cache = studies[0][1], DataCache()
+    cache = DataCache()
+    try:
+        if is_staged(path):
+            staged = load_stages(path, overrides, every_cell=True)
+            studies = [(f"{path}: stage {i + 1} ({s.name})", *stage_study(staged, i, staged.top["base"], {}))
+                       for i, s in enumerate(staged.stages)]
+        else:
+            studies = [(str(path), *load_study(path, overrides, every_cell=True))]
+    except StudyErrors as err:  # the data's problems too, of the studies a valid base and objective allow
+        raise ConfigError("\n".join([str(err), *data_errors(err.checkable, cache)])) from None
+    base_spec = studies[0][1]
     errors = data_errors(studies, cache)
-    data = cache.get(config_for(base_spec.base, {}))
     if errors:
         raise ConfigError("\n".join(errors))
+    data = cache.get(config_for(base_spec.base, {}))
     plan = DryRun([_planned(spec, space, spec.name, len(data.train)) for _, spec, space in studies])
     if timing:
         plan.seconds_per_epoch = _seconds_per_epoch(base_spec, data)

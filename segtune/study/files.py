@@ -11,10 +11,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from segtune.config import apply_changes, parse_override, read_yaml
+from segtune.config import apply_changes, parse_override, read_yaml, validate_tree
 from segtune.errors import ConfigError
 from segtune.planning import planned_tree
-from segtune.study.space import check_path
+from segtune.study.entries import check_path
+from segtune.study.space import AUTO_LR
 
 
 def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
@@ -30,11 +31,49 @@ def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
                       f"directory, or among segtune's configs (demo.yaml)")
 
 
-def _unchanged_base(base: dict[str, Any], path: Path) -> dict[str, Any] | None:
-    """The file's base without the ``set`` changes (which made it invalid), so that the rest of the
-    study is still checked on it; None where the base itself is invalid (that error is given)."""
+def _planned_base(tree: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The planned base (see :func:`segtune.planning.planned_tree`), its optimizer section checked
+    too (``optimizer.lr: auto`` stands at the default lr, as it does to check a trial's config).
+
+    Raises:
+        ConfigError: every problem of every section at once.
+    """
     try:
-        return planned_tree(base, origin=f"{path}: base").tree
+        planned = planned_tree(tree, origin=origin).tree
+    except ConfigError:
+        validate_tree(_without_auto_lr(tree), origin)  # the plan's sections and the optimizer's problems, together
+        raise  # the tree is valid before the plan's values only
+    validate_tree(_without_auto_lr(planned), origin)
+    return planned
+
+
+def _without_auto_lr(tree: dict[str, Any]) -> dict[str, Any]:
+    optimizer = tree.get("optimizer")
+    if not (isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR):
+        return tree
+    return {**tree, "optimizer": {k: v for k, v in optimizer.items() if k != "lr"}}
+
+
+def _valid_part(base: dict[str, Any], changes: dict[str, Any], origin: str) -> dict[str, Any] | None:
+    """The base with each of the ``set`` changes that leaves it valid (the others made it invalid),
+    so that the rest of the study is checked on the base as meant; None where the base itself is
+    invalid (that error is given). A change valid only after another (loss.alpha after
+    loss.name: tversky) is kept too."""
+    kept, left = {}, dict(changes)
+    while True:
+        valid = {}
+        for key, value in left.items():
+            try:
+                _planned_base(apply_changes(base, {**kept, **valid, key: value}), origin)
+                valid[key] = value
+            except ConfigError:
+                pass
+        if not valid:
+            break
+        kept.update(valid)
+        left = {k: v for k, v in left.items() if k not in valid}
+    try:
+        return _planned_base(apply_changes(base, kept), origin)
     except ConfigError:
         return None
 
@@ -45,7 +84,8 @@ def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[di
     Returns:
         The tree and the problems of its ``set`` paths (those changes left out) and of the base they
         make, so that a caller can report them with every other problem of the file. A base that
-        the changes make invalid is given without them (None: it is invalid itself).
+        the changes make invalid is given with those of them that leave it valid (None: it is
+        invalid itself).
     """
     path = Path(path)
     tree = read_yaml(path)
@@ -68,10 +108,10 @@ def read_study_tree(path: str | Path, overrides: Sequence[str] = ()) -> tuple[di
             errors.append(f"{path}: set: {err}")
             del changes[key]
     try:
-        tree["base"] = planned_tree(apply_changes(tree["base"], changes), origin=f"{path}: base").tree  # planned once
+        tree["base"] = _planned_base(apply_changes(tree["base"], changes), f"{path}: base")  # planned once
     except ConfigError as err:
         errors.append(str(err))
-        tree["base"] = _unchanged_base(tree["base"], path)
+        tree["base"] = _valid_part(tree["base"], changes, f"{path}: base")
     tree.setdefault("name", re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".") or "study")
     return tree, errors
 

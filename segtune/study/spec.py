@@ -313,6 +313,16 @@ class StudySpec(pydantic.BaseModel):
         return {**stored, "space": {VARIANT: labels, **stored["space"]}, "variants": self.variants}
 
 
+class StudyErrors(ConfigError):
+    """Every problem of a study file; ``checkable`` holds ``(origin, spec, space)`` of each study (or
+    stage) whose base and keys are valid, with its space's valid part (None: no part), so that its
+    data is checked too."""
+
+    def __init__(self, message: str, checkable: Sequence[tuple[str, "StudySpec", Space | None]] = ()) -> None:
+        super().__init__(message)
+        self.checkable = list(checkable)
+
+
 def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool = False,
                 errors: Sequence[str] = ()) -> tuple[StudySpec, Space]:
     """Validate a study tree whose ``base`` is already a config mapping.
@@ -329,7 +339,7 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
         end builds a valid config.
 
     Raises:
-        ConfigError: every problem found, at once, naming the field, the value and the rule.
+        StudyErrors: every problem found, at once, naming the field, the value and the rule.
     """
     found = list(errors)
     spec = None
@@ -356,7 +366,8 @@ def parse_study(tree: dict[str, Any], origin: str = "study", *, every_cell: bool
         found += [f"{origin}: {e}" for e in space.invalid(base, space.probes() if every_cell
                                                           else list(space.edge_probes()))]
     if found:
-        raise ConfigError("\n".join(dict.fromkeys(found)))
+        checkable = [(origin, spec, space)] if spec is not None and base is not None else []
+        raise StudyErrors("\n".join(dict.fromkeys(found)), checkable)
     return spec, space
 
 
@@ -381,6 +392,6 @@ def load_study(path: str | Path, overrides: Sequence[str] = (), *, every_cell: b
     return parse_study(tree, origin=str(path), every_cell=every_cell, errors=errors)
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudySpec", "grid_sampler", "hyperband_pruner",
+__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudyErrors", "StudySpec", "grid_sampler", "hyperband_pruner",
            "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "read_study_tree",
            "successive_halving_pruner", "tpe_sampler"]

@@ -48,7 +48,7 @@ from segtune.errors import ConfigError
 from segtune.registry import suggest
 from segtune.study.records import TrialRecord, Status, study_records
 from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
-from segtune.study.spec import Racing, StudySpec, parse_study, read_study_tree
+from segtune.study.spec import Racing, StudyErrors, StudySpec, parse_study, read_study_tree
 from segtune.study.stats import paired_comparison
 
 STAGES_DIR = "stages"
@@ -136,43 +136,48 @@ def load_stages(path: str | Path, overrides: Sequence[str] = (), *, every_cell: 
     for key in ("space", "variants"):
         if key in tree:
             errors.append(f"{path}: {key} belongs to each stage in a staged study; move it into the stages")
-    stages, numbers = [], []  # the valid stages, and their numbers in the file
+    stages, numbers = [], []  # the stages (an invalid one repaired, to check its values), their numbers
     for i, entry in enumerate(raw):
         try:
             stages.append(StageSpec.model_validate(entry))
             numbers.append(i + 1)
         except pydantic.ValidationError as err:
-            errors.append(format_errors(err, f"{path}: stages[{i}]").replace("invalid config", "invalid stage"))
-            errors += _invalid_stage_problems(entry, f"{path}: stages[{i}]")
+            name = entry.get("name") if isinstance(entry, dict) else None
+            errors.append(format_errors(err, f"{path}: stage {i + 1}" + (f" ({name})" if isinstance(name, str) else ""))
+                          .replace("invalid config", "invalid stage"))
+            repaired = _repaired_stage(entry, err, i)
+            if repaired is not None:  # its values are checked as those of a valid stage
+                stages.append(repaired)
+                numbers.append(i + 1)
     names = [s.name for s in stages]
     errors += [f"{path}: two stages are named {n!r}; name each stage once" for n in sorted({n for n in names
                                                                                            if names.count(n) > 1})]
     staged = Staged(path, tree, stages, tie if tie in ("keep_base", "best_mean") else "keep_base")
-    for i, stage in enumerate(stages):
+    checkable = []  # the stages whose data can be checked (a valid base and objective)
+    for i, number in enumerate(numbers):
         try:
-            stage_study(staged, i, tree["base"], {}, every_cell=every_cell, number=numbers[i])
+            checkable.append((f"{path}: stage {number} ({stages[i].name})",
+                              *stage_study(staged, i, tree["base"], {}, every_cell=every_cell, number=number)))
         except ConfigError as err:
             errors.append(str(err))
+            checkable += getattr(err, "checkable", [])
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise StudyErrors("\n".join(errors), checkable if tree["base"] is not None else [])
     return staged
 
 
-def _invalid_stage_problems(entry: Any, origin: str) -> list[str]:
-    """The problems of the lr, per, space and variants of a stage whose other keys are invalid, so
-    that they are named with those."""
+def _repaired_stage(entry: Any, err: pydantic.ValidationError, index: int) -> StageSpec | None:
+    """An invalid stage with each key in error left to its default (a name made up where its own is
+    invalid), so that the values of its space and variants, its lr and per are checked too."""
     if not isinstance(entry, dict):
-        return []
-    problems = []
-    if isinstance(entry.get("space", {}), dict) and isinstance(entry.get("variants") or [], list):
-        problems += _stage_problems(StageSpec.model_construct(**{k: v for k, v in entry.items()
-                                                                 if k in StageSpec.model_fields}))
-    if entry.get("space") or entry.get("variants"):
-        try:
-            Space(entry.get("space"), entry.get("variants"))
-        except SpaceErrors as err:
-            problems += err.problems
-    return [f"{origin}: {problem}" for problem in problems]
+        return None
+    wrong = {e["loc"][0] for e in err.errors() if e["loc"]}
+    kept = {k: v for k, v in entry.items() if k not in wrong}
+    kept.setdefault("name", f"stage-{index + 1}")
+    try:
+        return StageSpec.model_validate(kept)
+    except pydantic.ValidationError:
+        return None
 
 
 def stage_study(staged: Staged, index: int, base: dict[str, Any], follows: dict[str, dict[str, dict[str, Any]]],
@@ -224,17 +229,18 @@ def _stage_problems(stage: StageSpec) -> list[str]:
     if stage.per == VARIANT:  # a label is not a setting the next base can take: name a setting of the variants
         problems.append("per: variant is not supported; per names a setting (e.g. optimizer.name) whose value "
                         "picks the settings to keep")
-    elif stage.per is not None and not _is_unconditional(stage, stage.per):
-        entries = [p for p in [*stage.space, "optimizer.lr"] if _is_unconditional(stage, p)]
+    elif stage.per is not None and not _is_list_entry(stage, stage.per):
+        entries = [p for p in [*stage.space, "optimizer.lr"] if _is_list_entry(stage, p)]
         problems.append(f"per: {stage.per!r} must name a list entry of the stage's space"
                         f"{suggest(str(stage.per), entries) or ', e.g. per: optimizer.name'}")
     return problems
 
 
-def _is_unconditional(stage: StageSpec, path: str) -> bool:
-    """Whether ``path`` is an unconditional entry of the stage's space (its lr values included)."""
+def _is_list_entry(stage: StageSpec, path: str) -> bool:
+    """Whether ``path`` is an unconditional list entry of the stage's space (its lr values included):
+    a range's values are not known before its trials, a conditional's depend on another entry."""
     entry = stage.space.get(path, stage.lr if path == "optimizer.lr" and stage.lr != AUTO_LR else None)
-    return entry is not None and not (isinstance(entry, dict) and "when" in entry)
+    return isinstance(entry, list)
 
 
 def next_follows(follows: dict[str, dict[str, dict[str, Any]]], decision: Decision) -> dict:

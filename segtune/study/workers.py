@@ -307,7 +307,7 @@ def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: st
         raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
     cache = cache or DataCache()
     # checked once, before the first trial trains to a missing class or builds a loss the data cannot take
-    errors = data_errors([(str(path), spec, space)], cache, every_cell=False)
+    errors = data_errors([(str(path), spec, space)], cache, every_cell=True)  # a finite space: every cell
     if errors:
         raise ConfigError("\n".join(errors))
     study = open_study(spec, space, open_storage(spec, study_dir, storage), seed=spec.seed)

@@ -110,3 +110,60 @@ def test_a_cell_that_merges_rare_classes_is_checked_on_its_own_data(tmp_path):
     with pytest.raises(ConfigError, match="the cell data.min_class_fraction=0.99: data.min_class_fraction=0.99: "
                                           "every foreground class is rarer than that"):
         dry_run(path, timing=False)
+
+
+def test_the_data_checks_run_with_the_config_errors(tmp_path, capsys):
+    # 3 classes, no 'tumour': named with a misspelt space path in the same run
+    tree = study_tree(objective="val.dice_per_class.tumour", space={"optimizer.lrr": [0.1], "loss.name": ["dice", "bce"]})
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for part in ("space: unknown config path 'optimizer.lrr'", "the data has no class 'tumour'",
+                 "the cell loss.name=bce: loss 'bce' uses one sigmoid output"):
+        assert part in err, part
+
+
+def test_a_set_value_that_breaks_the_base_keeps_the_set_changes_that_do_not(tmp_path, capsys):
+    # train.epochs -1 is refused; loss.name tversky is kept, so its alpha is a valid entry of the space
+    tree = study_tree(space={"loss.alpha": [0.3, 0.7]})
+    tree["set"] = {"train.epochs": -1, "loss.name": "tversky"}
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs: Input should be greater than or equal to 1 (got -1)" in err
+    assert "alpha" not in err
+
+
+def test_every_set_problem_is_named_the_optimizer_s_too(tmp_path, capsys):
+    tree = study_tree()
+    tree["set"] = {"loss.name": "dcie", "optimizer.name": "sgdd"}
+    assert main(["study", _write(tmp_path, tree), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "base: invalid config" in err and "unknown loss 'dcie'" in err and "unknown optimizer 'sgdd'" in err
+
+
+def test_a_run_checks_every_cell_of_a_finite_space_on_its_own_data(tmp_path):
+    # the base is binary (class 2 onto 1); the variant 'three' has 3 classes, and only crossed with
+    # loss.name=bce does it fail: found before the first trial, not by a trial
+    variants = [{"label": "two", "train.batch_size": 8}, {"label": "three", "data.label_map": {1: 1}}]
+    tree = yaml.safe_load(open(_label_map_variants(tmp_path, {"label_map": {2: 1}}, "dice", variants)))
+    tree["space"] = {"loss.name": ["dice", "bce"]}
+    path = _write(tmp_path, tree)
+    with pytest.raises(ConfigError, match="the cell variant=three, loss.name=bce: loss 'bce'"):
+        run_study(path, study_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_a_base_whose_data_cannot_be_made_is_named_with_its_file(tmp_path):
+    tree = study_tree()
+    tree["set"] = {"data.label_map": {7: 1}}
+    path = _write(tmp_path, tree)
+    with pytest.raises(ConfigError, match=f"^{path}: the base config's data: data.label_map maps label 7"):
+        dry_run(path, timing=False)
+
+
+def test_data_that_cannot_be_made_is_named_once_per_data_not_per_cell(tmp_path):
+    variants = [{"label": "bad", "data.label_map": {7: 1}}, {"label": "good", "train.batch_size": 8}]
+    tree = yaml.safe_load(open(_label_map_variants(tmp_path, {}, "dice_ce", variants)))
+    tree["space"] = {"loss.name": ["dice", "dice_ce"]}
+    with pytest.raises(ConfigError) as raised:
+        dry_run(_write(tmp_path, tree), timing=False)
+    assert str(raised.value).count("maps label 7") == 1

@@ -112,7 +112,7 @@ def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_fini
     # three problems in three stages, all in one message
     ({"stages": [{"name": "a", "space": {"optimizer.lrr": [0.1]}}, {"name": "b", "spaces": {}},
                  {"name": "a", "space": {"optimizer.lr": [0.1]}}]},
-     "(?s)(?=.*stages\\[1\\]: invalid stage\n  spaces: unknown key)(?=.*two stages are named 'a')"
+     "(?s)(?=.*stage 2 \\(b\\): invalid stage\n  spaces: unknown key)(?=.*two stages are named 'a')"
      "(?=.*stage 1 \\(a\\).*did you mean 'lr')"),
     ({"stages": [{"name": "a", "space": {"optimizer.lr": [0.1]}, "per": "optimizer.name"}]},
      "per: 'optimizer.name' must name a list entry"),
@@ -225,7 +225,7 @@ def test_a_stage_races_its_repeats_as_a_study_does(tmp_path):
     assert [s.repeats for s in dry_run(path, timing=False).studies] == [1, 1, 4]  # at most racing's max seeds
     tree["stages"][2]["repeats"] = {"min": 3, "max": 2}
     path.write_text(yaml.safe_dump(tree))
-    with pytest.raises(ConfigError, match="stages\\[2\\]: invalid stage(.|\n)*min \\(3\\) must be less than max"):
+    with pytest.raises(ConfigError, match="stage 3 \\(decay\\): invalid stage(.|\n)*min \\(3\\) must be less than max"):
         load_stages(path)
 
 
@@ -246,9 +246,43 @@ def test_an_invalid_stage_s_space_is_named_with_its_keys_and_stages_keep_their_n
     with pytest.raises(ConfigError) as raised:
         load_stages(_staged_file(tmp_path, stages=stages))
     message = str(raised.value)
-    assert "stages[0]: invalid stage\n  tie:" in message
-    assert "stages[0]: space: unknown config path 'optimizer.lrr'" in message
+    assert "stage 1 (a): invalid stage\n  tie:" in message
+    assert "stage 1 (a): space: unknown config path 'optimizer.lrr'" in message
     assert "stage 2 (b): " in message and "stage 1 (b)" not in message  # b is the file's second stage
+
+
+def test_an_invalid_stage_s_values_are_checked_in_the_same_run_and_numbered_as_the_valid_ones(tmp_path, capsys):
+    # stage 1's tie and stage 2's repeats are invalid; their values (an unknown optimizer and loss, a
+    # grid range without a step) are named with them, every stage counted from 1 by its name
+    stages = [{"name": "a", "tie": "coin", "space": {"optimizer.name": ["adam", "sgdd"]}},
+              {"name": "b", "repeats": {"min": 3, "max": 2},
+               "space": {"model.dropout": {"low": 0.0, "high": 0.5}, "loss.name": ["dice", "dcie"]}},
+              {"name": "c", "space": {"optimizer.lrr": [0.1]}}]
+    assert main(["study", str(_staged_file(tmp_path, stages=stages)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for part in ("stage 1 (a): invalid stage\n  tie:", "stage 1 (a): space: the config for optimizer.name='sgdd'",
+                 "stage 2 (b): invalid stage\n  repeats", "stage 2 (b): space: model.dropout: a grid needs a list",
+                 "loss: unknown loss 'dcie'", "stage 3 (c): space: unknown config path 'optimizer.lrr'"):
+        assert part in err, part
+    assert "stages[" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("per", [["optimizer.name"], {"path": "optimizer.name"}])
+def test_a_badly_typed_per_is_an_error_not_a_crash(tmp_path, capsys, per):
+    stages = [{"name": "a", "tie": "coin", "per": per, "space": {"optimizer.name": ["adam", "sgd"]}}]
+    assert main(["study", str(_staged_file(tmp_path, stages=stages)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 1 (a): invalid stage\n  tie:" in err and "per: Input should be a valid string" in err
+    assert "Traceback" not in err
+
+
+def test_per_on_a_range_entry_is_refused(tmp_path):
+    # a range's values are drawn by its trials: no value of it can pick the settings to keep
+    stages = [{"name": "a", "per": "model.dropout", "space": {"model.dropout": {"low": 0.0, "high": 0.5, "step": 0.25},
+                                                              "optimizer.name": ["adam", "sgd"]}}]
+    with pytest.raises(ConfigError, match="stage 1 \\(a\\): per: 'model.dropout' must name a list entry of the "
+                                          "stage's space, e.g. per: optimizer.name"):
+        load_stages(_staged_file(tmp_path, stages=stages))
 
 
 def test_per_reads_a_path_the_base_leaves_to_its_default_from_the_built_config():
