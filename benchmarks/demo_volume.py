@@ -6,11 +6,15 @@ any NIfTI volume. Printed: its 3D Dice per class against the demo's labels of th
 the test-slice Dice of the run's summary, their difference, and the tissue it puts on slices
 that hold no head at all. A model that never saw an empty slice in training labels them as
 tissue; the demo keeps every slice of the volume (``data.min_brain_fraction=0``) so it does not.
+A whole slice holds more air than the head-cropped slices the model trained on, so a per-slice
+z-score (``data.normalize=zscore``) gives its tissue other values; the demo normalises with the
+training set's mean and std (``zscore_dataset``), the same values either way.
 
 Usage::
 
     python benchmarks/demo_volume.py                          # trains demo.yaml (about 2 minutes on 2 cores)
     python benchmarks/demo_volume.py --set data.min_brain_fraction=0.05   # slices with < 5 % head dropped
+    python benchmarks/demo_volume.py --set data.normalize=zscore          # each slice z-scored on its own
     python benchmarks/demo_volume.py --run runs/demo           # an existing demo run
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -74,7 +79,9 @@ def main() -> None:
     summary = json.loads((run / "summary.json").read_text())
     test = {name: summary["test"]["dice_per_class"][name] for name in CLASS_NAMES[1:]}
     empty = ~(labels > 0).any((0, 1))
-    print(f"{cpu_name()}, {platform.machine()}; run {run} ({seconds:.0f} s); overrides: {args.set or 'none'}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{cpu_name()}, {platform.machine()}, load average {load}; run {run} ({seconds:.0f} s); "
+          f"overrides: {args.set or 'none'}")
     print(f"\n{'class':<14}{'test slices':>12}{'whole volume':>14}{'difference':>12}")
     for name in CLASS_NAMES[1:]:
         print(f"{name:<14}{test[name]:>12.3f}{whole[name]:>14.3f}{whole[name] - test[name]:>+12.3f}")
