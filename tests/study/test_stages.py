@@ -313,3 +313,22 @@ def test_lr_auto_in_a_stage_finds_the_lr_again_instead_of_the_earlier_stage_s(tm
     assert len(found) == 1 and found[0] != 0.05
     assert [t.user_attrs["config"]["optimizer"]["lr"] for t in study.trials] == found * 2
     assert decisions[1].base_after["optimizer"]["lr"] == found[0]
+
+
+@pytest.mark.slow
+def test_a_racing_stage_trains_and_decides_on_the_seeds_its_race_gave(tmp_path):
+    """A stage whose repeats race runs its rounds and decides from the extended trials, not the first seeds."""
+    tree = yaml.safe_load(_staged_file(tmp_path).read_text())
+    tree["stages"] = [{"name": "decay", "space": {"optimizer.weight_decay": [0.0, 0.01]},
+                       "repeats": {"min": 2, "max": 3, "alpha": 0.05}}]
+    path, out = tmp_path / "racing.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(tree))
+    staged, decisions = run_stages(path, study_dir=out)
+    (decision,) = decisions
+    assert decision.best is not None and len(decision.best["seeds"]) in (2, 3)
+    from segtune.study.records import Status, study_records
+
+    records = [r for r in study_records(stage_studies(staged, out)[0]) if r.state == Status.COMPLETE]
+    seeds = {r.params["optimizer.weight_decay"]: len(r.values) for r in records}  # one record per configuration
+    assert len(records) == 2 and set(seeds) == {0.0, 0.01} and all(2 <= n <= 3 for n in seeds.values())
+    assert decision.best["seeds"] == next(r.values for r in records if r.number == decision.best["number"])
