@@ -168,7 +168,7 @@ def demo_run() -> tuple[float, float, dict]:
 
 
 THREADS_CHILD = """
-import json, statistics, sys, tempfile
+import collections, json, statistics, sys, tempfile
 if sys.argv[1] == "torch-first":
     import torch  # OpenMP starts with its own wait policy, before segtune can set a passive one
 from segtune.config import load_config
@@ -177,49 +177,70 @@ from segtune.training.loop import train
 from segtune.training.runtime import load_data
 repeats, base, settings = int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 data = load_data(load_config(demo_config_path(), base))
-seconds = {label: [] for label in settings}
+seconds, threads = {label: [] for label in settings}, {label: collections.Counter() for label in settings}
 for _ in range(repeats):  # round robin: a change of the machine's load hits every setting alike
     for label, extra in settings.items():
         with tempfile.TemporaryDirectory() as tmp:
             result = train(load_config(demo_config_path(), base + extra), out_dir=f"{tmp}/run", data=data,
                            verbose=False)
         seconds[label] += [row["seconds"] for row in result.history[1:]]  # the first epoch warms up
-print(json.dumps({label: statistics.median(s) for label, s in seconds.items()}))
+        threads[label].update(row["threads"] for row in result.history[1:])
+print(json.dumps({label: [statistics.median(s), dict(threads[label])] for label, s in seconds.items()}))
 """
 
 
-def thread_rows(epochs: int, repeats: int) -> list[tuple[str, str, float]]:
+def thread_rows(epochs: int, repeats: int) -> list[tuple[str, str, float, str]]:
     """Median seconds per epoch of the demo's model (2 mm, fp32) idle and beside one busy process (a
-    Python loop burning one core), in child processes: segtune's default, the same threads with
-    OpenMP's own wait policy (torch imported first: the default before), and 1 thread; each
-    setting ``repeats`` times, round robin; (load, setting, s per epoch)."""
+    Python loop burning one core), in child processes: segtune's default (the CPUs left free), every
+    CPU with the passive wait (the default before), the same with OpenMP's own wait policy (torch
+    imported first: the default before that), and 1 thread; each setting ``repeats`` times, round
+    robin; (load with the load averages before and after, setting, s per epoch, the epochs' thread
+    counts). Other work on the machine counts too, hence the load averages."""
     base = ["data.spacing=2", f"train.epochs={epochs}", "train.patience=0", "train.precision=fp32"]
-    children = [("segtune-first", {"default": [], "1 thread": ["train.num_threads=1"]}),
-                ("torch-first", {f"{available_cpus()} threads, OpenMP's own wait policy (before)": []})]
+    cpus = available_cpus()
+    every = [f"train.num_threads={cpus}"]
+    children = [("segtune-first", {"default (the CPUs left free, followed between epochs)": [],
+                                   f"{cpus} threads, passive wait (the default before)": every,
+                                   "1 thread": ["train.num_threads=1"]}),
+                ("torch-first", {f"{cpus} threads, OpenMP's own wait policy (the default before that)": every})]
     rows = []
     for load in ("idle", "one busy process"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
+        before, block = _loadavg(), []
         try:
             for first, settings in children:
                 out = subprocess.run([sys.executable, "-c", THREADS_CHILD, first, str(repeats), json.dumps(base),
                                       json.dumps(settings)], check=True, capture_output=True, text=True).stdout
-                rows += [(load, label, sec) for label, sec in json.loads(out.strip().splitlines()[-1]).items()]
+                for label, (sec, counts) in json.loads(out.strip().splitlines()[-1]).items():
+                    block.append((label, sec, ", ".join(f"{n} x{k}" for n, k in sorted(counts.items(),
+                                                                                        key=lambda c: int(c[0])))))
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
+        label = f"{load} (load average {before} -> {_loadavg()})"
+        print(f"threads: {label} done", flush=True)
+        rows += [(label, *row) for row in block]
     return rows
 
 
-def thread_lines(rows: list[tuple[str, str, float]]) -> list[str]:
+def _loadavg() -> str:
+    """The 1-minute load average (``/proc/loadavg``), or ``?`` off Linux."""
+    with contextlib.suppress(OSError):
+        return open("/proc/loadavg").read().split()[0]
+    return "?"
+
+
+def thread_lines(rows: list[tuple[str, str, float, str]]) -> list[str]:
     """The table of :func:`thread_rows` and the bar: under load, the default at least 0.8x the best setting."""
     lines = ["", f"Threads ({available_cpus()} CPUs available; the demo's model at 2 mm, fp32, median s per "
-             "epoch after the first):", "", "| load | setting | s/epoch | speed x best of its load |", "|---|---|---|---|"]
-    for load, label, sec in rows:
-        best = min(s for l, _, s in rows if l == load)
-        lines.append(f"| {load} | {label} | {sec:.2f} | {best / sec:.2f} |")
-    busy = {label: sec for load, label, sec in rows if load != "idle"}
-    ratio = min(busy.values()) / busy["default"]
+             "epoch after the first):", "",
+             "| load | setting | s/epoch | speed x best of its load | threads (epochs) |", "|---|---|---|---|---|"]
+    for load, label, sec, counts in rows:
+        best = min(s for l, _, s, _ in rows if l == load)
+        lines.append(f"| {load} | {label} | {sec:.2f} | {best / sec:.2f} | {counts} |")
+    busy = {label: sec for load, label, sec, _ in rows if not load.startswith("idle")}
+    ratio = min(busy.values()) / next(sec for label, sec in busy.items() if label.startswith("default"))
     lines.append(f"\nUnder one busy process the default runs at {ratio:.2f}x the best setting: the bar (at least "
                  f"0.8x) is {'met' if ratio >= 0.8 else 'NOT met'}.")
     return lines
@@ -239,6 +260,80 @@ def precision_lines(epochs: int) -> list[str]:
         per_class = " / ".join(f"{v:.3f}" for v in list(test["dice_per_class"].values())[1:])
         lines.append(f"| {label} | {sum(r['seconds'] for r in result.history) / len(result.history):.2f} | "
                      f"{test['dice_mean']:.3f} | {per_class} |")
+    return lines
+
+
+STEP_PARTS = {  # the profiler's operators, grouped by what they do in a training step
+    "convolutions (forward and backward)": ("convolution", "conv2d", "conv_transpose", "mkldnn_conv"),
+    "normalisation and activations": ("batch_norm", "instance_norm", "group_norm", "relu", "threshold", "prelu",
+                                      "leaky_relu", "clamp_min"),
+    "pooling, up-sampling, concatenation": ("max_pool", "avg_pool", "upsample", "cat"),
+    "loss": ("softmax", "nll_loss", "log_softmax"),
+    "optimizer step": ("_foreach", "adam", "addcdiv", "lerp", "sqrt"),
+}
+
+
+def step_profile(cfg, data, steps: int = 3) -> list[tuple[str, float]]:
+    """Where a training step of ``cfg`` goes in segtune's loop (torch.profiler over ``steps`` steps after one
+    warm-up): (part, share of the step's time), the parts of :data:`STEP_PARTS` by the operators' own
+    time, and segtune's own stages (drawing and augmenting the batch, the on-device train Dice) by
+    their wall time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from segtune.training.runtime import EpochTally, build_training, run_samples
+
+    device = torch.device("cpu")
+    model, loss_fn, optimizer = build_training(cfg, data, device)
+    samples, augment = run_samples(cfg, data, device), AUGMENTATIONS.build(cfg.augment.name, cfg.augment.options)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    tally = EpochTally(data.n_classes, device, first_loss=None, divergence_factor=None)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    stages = {"drawing and augmenting the batch": 0.0, "train Dice and divergence tally": 0.0}
+
+    def step() -> None:
+        with record_function("batch"):
+            x, y = samples(torch.randint(0, len(data.train), (cfg.train.batch_size,), generator=generator), generator)
+            x, y = augment(x, y, generator)
+            x = x.contiguous(memory_format=fmt)
+        out = model(x).float()
+        loss = loss_fn(out, y)
+        with record_function("tally"):
+            tally.add(out.detach(), y, loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall = time.perf_counter() - t
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares = {part: 0.0 for part in STEP_PARTS}
+    for e in events:
+        part = next((p for p, keys in STEP_PARTS.items() if any(k in e.key for k in keys)), None)
+        if part is not None:
+            shares[part] += e.self_cpu_time_total / total
+    for e in events:
+        if e.key == "batch":
+            stages["drawing and augmenting the batch"] = e.cpu_time_total / 1e6 / wall
+        elif e.key == "tally":
+            stages["train Dice and divergence tally"] = e.cpu_time_total / 1e6 / wall
+    rest = 1.0 - sum(shares.values())
+    return [*shares.items(), *stages.items(), ("everything else (of the operators' time)", rest),
+            ("seconds per step", wall / steps)]
+
+
+def profile_lines(model: str, parts: list[tuple[str, float]]) -> list[str]:
+    """The table of :func:`step_profile`."""
+    lines = ["", f"Where a training step of {model} goes (segtune fp32/channels_last as configured, torch.profiler, "
+             f"load average {_loadavg()}):", "", "| part | share of the step |", "|---|---|"]
+    for part, share in parts:
+        value = f"{share:.2f} s" if part == "seconds per step" else f"{100 * share:.0f} %"
+        lines.append(f"| {part} | {value} |")
     return lines
 
 
@@ -285,20 +380,27 @@ def main() -> None:
     parser.add_argument("--thread-repeats", type=int, default=3, help="runs of each thread setting, round robin")
     parser.add_argument("--precision-epochs", type=int, default=40,
                         help="epochs of the fp32 / bf16 / auto Dice check on the demo config; 0 skips it")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="training steps of each model profiled (where a step's time goes); 0 skips it")
     parser.add_argument("--out", default="benchmarks/throughput.md")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     lines = [f"# Training throughput ({date.today()}, {cpu_model()}, {available_cpus()} CPUs, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {_loadavg()} at the start)",
+             "", "`" + " ".join(["python", *sys.argv]) + "`", "",
              f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
              f"| model | loop | train img/s | x reference | val Dice after {args.epochs} epochs | GFLOP/s "
              "| % of conv peak | first epoch (s) |",
              "|---|---|---|---|---|---|---|---|"]
     demo = None if args.no_demo else demo_run()  # first: its peak memory is told apart from no other child's
     threads = thread_rows(args.thread_epochs, args.thread_repeats) if args.thread_epochs else []
-    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
-    checks = []
-    for model in filter(None, args.models.split(",")):
+    if threads:
+        print("\n".join(thread_lines(threads)), flush=True)  # at once: the runs below take long on a busy machine
+    models = list(filter(None, args.models.split(",")))
+    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)} if models else {}
+    checks, profiles, bars = [], [], []
+    for model in models:
         tree = {"name": "bench", "data": {"source": "demo", "spacing": args.spacing}, "model": MODELS[model],
                 "loss": {"name": "dice_ce"}, "optimizer": {"name": "adam", "lr": 3e-3},
                 "augment": {"name": "combine"}, "train": {"batch_size": 16}}
@@ -323,10 +425,19 @@ def main() -> None:
             achieved = flops[precision] * speed / 1e9
             lines.append(f"| {model} | {label} | {speed:.1f} | {speed / ref_speed:.2f} | {dice:.3f} | "
                          f"{achieved:.0f} | {100 * achieved / peaks[precision]['conv']:.0f}% | {first:.1f} |")
+        label, speed, _, precision, _ = max(rows[1:], key=lambda r: r[1])
+        share = flops[precision] * speed / 1e9 / peaks[precision]["conv"]
+        bars.append(f"{model}: the fastest segtune setting ({label}) at {speed / ref_speed:.2f}x the reference and "
+                    f"{100 * share:.0f} % of the {precision} convolution peak: the bars (at least 1.5x and 50 %) are "
+                    + ("met" if speed / ref_speed >= 1.5 and share >= 0.5 else "NOT met")
+                    + " (equal final Dice: the final Dice check below)")
         t = time.perf_counter()
         predict_labels(ref_model, data.test.images, batch_size=16)
         lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | | |")
         lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | | |")
+        if args.profile_steps:
+            profiles.append(profile_lines(model, step_profile(build_config(tree, ["train.precision=fp32"]), data,
+                                                              args.profile_steps)))
         if model == "monai_unet" and args.dice_epochs:
             checks.append((tree, data))
     if checks:
@@ -339,10 +450,12 @@ def main() -> None:
                   "| loop | test Dice | val Dice | wall s |", "|---|---|---|---|"]
         lines += [f"| {label} | {test:.3f} | {val:.3f} | {sec:.0f} |"
                   for label, test, val, sec in final_dice(tree, data, args.dice_epochs)]
+    lines += ["", *bars] if bars else []
+    lines += [line for table in profiles for line in table]
     lines += thread_lines(threads) if threads else []
     lines += precision_lines(args.precision_epochs) if args.precision_epochs else []
-    lines += ["", "Measured peaks (GFLOP/s): " + ", ".join(
-        f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()),
+    lines += ["", "Measured peaks (GFLOP/s): " + (", ".join(
+        f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()) or "not measured (no model)"),
         f"Peak resident memory of this benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]
     if demo is not None:
         seconds, peak, test = demo
@@ -354,6 +467,8 @@ def main() -> None:
                      + ", ".join(f"{k} {v:.3f}" for k, v in foreground.items())
                      + "); the bars (at most 180 s, mean at least 0.90, each class at least 0.80) are "
                      + ("met" if met else "NOT met"))
+    lines.append(f"\nLoad average at the end {_loadavg()}; the whole benchmark took "
+                 f"{time.perf_counter() - started:.0f} s.")
     text = "\n".join(lines)
     print(text)
     with open(args.out, "w") as f:

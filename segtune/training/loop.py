@@ -185,8 +185,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     per_epoch = len(epoch_batches(len(data.train) * (1 + config.augment.n_aug), cfg.batch_size))
     clock = Clock.of(cfg, per_epoch)
     warmup = config.scheduler.warmup_steps if clock.unit == "step" else config.scheduler.warmup_epochs
-    run = _Run(config=config, precision=choice, device=device, threads=threads, data=data, samples=run_samples(config, data, device),
-               run_dir=run_dir, model=model, started=started,
+    run = _Run(config=config, precision=choice, device=device, threads=threads, data=data,
+               samples=run_samples(config, data, device), run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
                                          length=clock.length, warmup=warmup, unit=f"{clock.unit}s"),
