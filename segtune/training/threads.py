@@ -115,8 +115,8 @@ class Threads:
     def start(self) -> int:
         """Set the first period's count (a probe of ``PROBE_SECONDS`` without a recent reading); returns it."""
         global _last
-        if self.fixed is not None:
-            return self._apply(self.fixed)
+        if self.fixed is not None or self.most == 1:  # nothing to decide
+            return self._apply(self.fixed or 1)
         now = self.read()
         if now is not None and (_last is None or now.wall - _last.wall > RECENT_SECONDS):
             _last = now
@@ -126,7 +126,9 @@ class Threads:
 
     def adapt(self) -> int:
         """After a period: set the next one's count from the period's window; returns it."""
-        return self._apply(self.fixed) if self.fixed is not None else self._decide(self.read())
+        if self.fixed is not None or self.most == 1:
+            return self._apply(self.fixed or 1)
+        return self._decide(self.read())
 
     def _decide(self, now: CpuReading | None) -> int:
         global _last

@@ -109,9 +109,8 @@ def test_a_set_count_never_reads_the_machine_and_caps_follow_the_user(two_thread
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the environment's own count is a set one too
     assert Threads(None, 2, read=lambda: pytest.fail("read the machine")).start() == 2
     monkeypatch.delenv("OMP_NUM_THREADS")
-    torch.set_num_threads(1)  # a script's own torch.set_num_threads(1) caps the default, idle or not
-    machine.others = 0.0
-    assert Threads(None, 2, read=machine.read, wait=machine.wait).start() == 1
+    torch.set_num_threads(1)  # a script's own torch.set_num_threads(1) caps the default: nothing to read
+    assert Threads(None, 2, read=lambda: pytest.fail("read the machine"), wait=machine.wait).start() == 1
 
 
 @pytest.mark.slow  # two trainings
