@@ -130,7 +130,7 @@ class _Run:
     stopping: EarlyStopping
     clock: Clock
     evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
-    threads: Threads  # train.num_threads, or the CPUs free, followed between periods
+    threads: Threads  # train.num_threads: fixed (default every CPU), or auto: the CPUs free, between periods
     started: float = field(default_factory=time.perf_counter)  # when this part of the run started
     earlier_seconds: float = 0.0  # the wall time of the parts before a resume
     out_of_time: bool = False  # train.max_minutes was spent: the last epoch was the budget's last
@@ -262,7 +262,7 @@ def _run_period(run: _Run, *, callbacks: Iterable[EpochCallback], verbose: bool)
     if clock.validates(end) or run.out_of_time:
         row.update(_validate(run, at))
     row["seconds"], row["threads"] = time.perf_counter() - t_period, torch.get_num_threads()
-    run.threads.adapt()  # the next period's count, from the CPUs other processes left free in this one
+    run.threads.adapt()  # with auto, the next period's count from the CPUs other processes left free in this one
     run.history.append(row)
     run.log.write(row)
     _write_last(run, at)
@@ -367,7 +367,7 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
         "precision": asdict(run.precision) if run.precision else None,  # what it trained in, and why
-        # the CPU threads of each period: train.num_threads (or OMP_NUM_THREADS), else the CPUs left free
+        # the CPU threads of each period; fixed: the count of every period, or None with num_threads: auto
         "threads": {"fixed": run.threads.fixed, "per_period": [r.get("threads") for r in run.history]},
         "class_names": run.data.class_names,
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
@@ -407,11 +407,11 @@ def _progress_bar(items: list, label: str, verbose: bool):
 
 
 def _describe_threads(threads: Threads, device: torch.device) -> str:
-    """The start line's thread count: set, or following the CPUs other processes leave free."""
+    """The start line's thread count: fixed, or following the CPUs other processes leave free (auto)."""
     count = torch.get_num_threads()
     if threads.fixed is not None or device.type != "cpu":
         return f"{count} CPU thread(s)"
-    return f"{count} CPU thread(s) of {threads.most}, following the CPUs other processes leave free"
+    return f"{count} CPU thread(s) of {threads.most}, following the CPUs other processes leave free (auto)"
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:

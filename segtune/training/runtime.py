@@ -1,9 +1,9 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count (default: the CPUs
-  other processes leave free, at most :func:`available_cpus`; :mod:`segtune.training.threads`);
+- :func:`setup_device`: the configured device, checked, and the thread count (default: fixed at
+  :func:`available_cpus`; ``auto``: the CPUs other processes leave free; :mod:`segtune.training.threads`);
   :func:`device_and_threads`: the same, with the :class:`~segtune.training.threads.Threads` that a
-  training loop adapts between periods; :func:`cpu_model`: the CPU's name, for figures and caches.
+  training loop adapts between periods with ``auto``; :func:`cpu_model`: the CPU's name, for figures and caches.
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 def setup_device(train: TrainConfig) -> torch.device:
     """The device of ``train.device`` for ``train.precision``, after setting the thread count
-    (``train.num_threads``, else the CPUs free now: :func:`device_and_threads`).
+    (``train.num_threads``, by default every CPU this process may use: :func:`device_and_threads`).
 
     Raises:
         ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.
@@ -69,8 +69,9 @@ def setup_device(train: TrainConfig) -> torch.device:
 
 def device_and_threads(train: TrainConfig) -> tuple[torch.device, Threads]:
     """:func:`setup_device`'s device and the run's :class:`~segtune.training.threads.Threads`, started:
-    ``train.num_threads``, else the CPUs other processes leave free (at most :func:`available_cpus`;
-    torch counts the machine's cores, not a quota's), which :meth:`Threads.adapt` follows.
+    ``train.num_threads``, by default fixed at :func:`available_cpus` (torch counts the machine's
+    cores, not a quota's); with ``auto`` the CPUs other processes leave free, which
+    :meth:`Threads.adapt` follows.
 
     Raises:
         ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.

@@ -1,12 +1,18 @@
-"""The default CPU thread count: the CPUs that other processes leave free, followed between periods.
+"""A run's CPU thread count: fixed by default, or following the load with ``train.num_threads: auto``.
+
+The numbers of a CPU training depend on its thread count (the convolutions split their sums
+differently), so by default a run trains with one fixed count: every CPU this process may use
+(:func:`~segtune.training.runtime.available_cpus`, at most the count torch had before segtune
+first changed it), and the same config and seed give the same numbers on the same machine.
+``train.num_threads: N`` (or ``OMP_NUM_THREADS`` in the environment) fixes another count.
 
 On a CPU whose cores are busy with other work, every OpenMP barrier waits for the thread that the
 system has descheduled, so more threads than free cores train slower than fewer. With
-``train.num_threads`` unset (and no ``OMP_NUM_THREADS``), a run therefore counts the CPU time that
-other processes took over a window (the busy time in ``/proc/stat`` of the CPUs this process may
-use, less this process's own CPU time) and trains with the CPUs left, at least 1 and at most
-:func:`~segtune.training.runtime.available_cpus`: a short probe when it starts, then the window
-of each period (an epoch, or the steps up to a validation), set between periods only.
+``train.num_threads: auto`` (opt-in: a run's numbers then depend on the machine's load) a run
+counts the CPU time that other processes took over a window (the busy time in ``/proc/stat`` of
+the CPUs this process may use, less this process's own CPU time) and trains with the CPUs left, at
+least 1 and at most the default's count: a short probe when it starts, then the window of each
+period (an epoch, or the steps up to a validation), set between periods only.
 
 - :func:`busy_seconds`: the busy CPU seconds of ``/proc/stat``'s per-CPU lines.
 - :func:`free_threads`: the decision, from two readings (pure, for tests).
@@ -19,12 +25,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 
-__all__ = ["CpuReading", "Threads", "busy_seconds", "free_threads", "read_cpu"]
+__all__ = ["AUTO", "CpuReading", "Threads", "busy_seconds", "free_threads", "read_cpu"]
 
+AUTO = "auto"  # train.num_threads: follow the CPUs other processes leave free
 PROBE_SECONDS = 0.1  # the window of a run's first decision, when no recent reading exists
 RECENT_SECONDS = 30.0  # a reading this recent (the previous run of this process) starts the next window
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (guest time is in user)
@@ -90,33 +97,44 @@ _ceiling: int | None = None  # the most threads the default uses: torch's own co
 
 
 class Threads:
-    """A run's CPU threads: ``fixed`` (``train.num_threads``, or ``OMP_NUM_THREADS`` in the
-    environment) once, else the free CPUs of :func:`free_threads` at most ``available``, and at
-    most the count torch had before segtune first changed it (a script's own
-    ``torch.set_num_threads`` caps the default too).
+    """A run's CPU threads. ``setting`` is ``train.num_threads``: a count, fixed; None (the default),
+    fixed at every CPU this process may use (``available``) and at most the count torch had before
+    segtune first changed it (a script's own ``torch.set_num_threads`` caps it); or ``"auto"``, the
+    free CPUs of :func:`free_threads`, at most that same count, read again after each period.
+    ``OMP_NUM_THREADS`` in the environment fixes the count of None and ``"auto"``.
 
     Args:
-        fixed: the configured count; None follows the load.
+        setting: the configured count, None or ``"auto"``.
         available: the CPUs this process may use.
         read: the reading function, default :func:`read_cpu` (tests inject readings).
         wait: sleeps for the start's probe, default :func:`time.sleep`.
+
+    Attributes:
+        fixed: the count of every period; None with ``"auto"``, which follows the load.
+        most: the default's count, and the most ``"auto"`` uses.
     """
 
-    def __init__(self, fixed: int | None, available: int, *, read: Callable[[], CpuReading | None] | None = None,
+    def __init__(self, setting: int | Literal["auto"] | None, available: int, *,
+                 read: Callable[[], CpuReading | None] | None = None,
                  wait: Callable[[float], None] | None = None) -> None:
         global _ceiling
-        if fixed is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
-            fixed = int(os.environ["OMP_NUM_THREADS"])
-        self.fixed, self.read, self.wait = fixed, read or read_cpu, wait or time.sleep
         if _set is None or torch.get_num_threads() != _set:
             _ceiling = torch.get_num_threads()
         self.most = max(1, min(available, _ceiling))
+        environment = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if isinstance(setting, int):
+            self.fixed: int | None = setting
+        elif environment.isdigit() and int(environment) > 0:
+            self.fixed = int(environment)
+        else:
+            self.fixed = self.most if setting is None else None
+        self.read, self.wait = read or read_cpu, wait or time.sleep
 
     def start(self) -> int:
         """Set the first period's count (a probe of ``PROBE_SECONDS`` without a recent reading); returns it."""
         global _last
         if self.fixed is not None or self.most == 1:  # nothing to decide
-            return self._apply(self.fixed or 1)
+            return self._apply(self.fixed or self.most)
         now = self.read()
         if now is not None and (_last is None or now.wall - _last.wall > RECENT_SECONDS):
             _last = now
@@ -127,7 +145,7 @@ class Threads:
     def adapt(self) -> int:
         """After a period: set the next one's count from the period's window; returns it."""
         if self.fixed is not None or self.most == 1:
-            return self._apply(self.fixed or 1)
+            return self._apply(self.fixed or self.most)
         return self._decide(self.read())
 
     def _decide(self, now: CpuReading | None) -> int:

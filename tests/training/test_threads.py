@@ -1,4 +1,5 @@
-"""The default thread count: the CPUs other processes leave free, from injected /proc/stat readings."""
+"""The thread count: fixed by default (every CPU this process may use); with ``train.num_threads: auto``
+the CPUs other processes leave free, from injected /proc/stat readings."""
 
 from __future__ import annotations
 
@@ -84,10 +85,35 @@ class Machine:
         self.advance(seconds)
 
 
+def _no_reading() -> CpuReading:
+    pytest.fail("read the machine's load")
+
+
+@pytest.mark.parametrize(("available", "prior", "expected"), [
+    (2, 2, 2),  # every CPU this process may use
+    (1, 2, 1),  # an affinity mask or a quota of 1 CPU
+    (8, 2, 2),  # more CPUs than torch's count before the run (a script's own torch.set_num_threads(2))
+    (2, 1, 1),
+])
+def test_the_default_is_fixed_at_the_cpus_available_and_never_reads_the_load(two_threads, monkeypatch, available,
+                                                                             prior, expected):
+    from segtune.config import TrainConfig
+    from segtune.training import runtime
+
+    monkeypatch.setattr(threads, "read_cpu", _no_reading)  # the only reader of /proc/stat
+    monkeypatch.setattr(runtime, "available_cpus", lambda: available)
+    torch.set_num_threads(prior)
+    _, governor = runtime.device_and_threads(TrainConfig(device="cpu"))
+    assert governor.fixed == expected and torch.get_num_threads() == expected
+    assert governor.adapt() == expected and governor.adapt() == expected  # the same count every period
+    # a later run of the same process keeps it: segtune's own count does not lower the cap
+    assert runtime.device_and_threads(TrainConfig(device="cpu"))[1].fixed == expected
+
+
 def test_a_run_probes_at_its_start_and_follows_the_load_between_periods(two_threads):
     machine = Machine()
     machine.others = 1.0  # a busy process from the start
-    governor = Threads(None, 2, read=machine.read, wait=machine.wait)
+    governor = Threads("auto", 2, read=machine.read, wait=machine.wait)
     assert governor.start() == 1 and torch.get_num_threads() == 1
     assert machine.waits == [threads.PROBE_SECONDS]
     machine.advance(3.0, own=1.0)  # a period with the busy process still there
@@ -97,24 +123,25 @@ def test_a_run_probes_at_its_start_and_follows_the_load_between_periods(two_thre
     assert governor.adapt() == 2 and torch.get_num_threads() == 2
     # the next run of this process starts from the last reading: no probe
     machine.advance(1.0)
-    assert Threads(None, 2, read=machine.read, wait=machine.wait).start() == 2
+    assert Threads("auto", 2, read=machine.read, wait=machine.wait).start() == 2
     assert machine.waits == [threads.PROBE_SECONDS]
 
 
 def test_a_set_count_never_reads_the_machine_and_caps_follow_the_user(two_threads, monkeypatch):
     machine = Machine()
     machine.others = 1.0
-    fixed = Threads(2, 2, read=lambda: pytest.fail("read the machine"), wait=machine.wait)
+    fixed = Threads(2, 2, read=_no_reading, wait=machine.wait)
     assert fixed.start() == 2 and fixed.adapt() == 2 and machine.waits == []
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the environment's own count is a set one too
-    assert Threads(None, 2, read=lambda: pytest.fail("read the machine")).start() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the environment's own count fixes auto's too
+    auto = Threads("auto", 2, read=_no_reading)
+    assert auto.fixed == 2 and auto.start() == 2
     monkeypatch.delenv("OMP_NUM_THREADS")
-    torch.set_num_threads(1)  # a script's own torch.set_num_threads(1) caps the default: nothing to read
-    assert Threads(None, 2, read=lambda: pytest.fail("read the machine"), wait=machine.wait).start() == 1
+    torch.set_num_threads(1)  # a script's own torch.set_num_threads(1) caps auto: nothing to read
+    assert Threads("auto", 2, read=_no_reading, wait=machine.wait).start() == 1
 
 
 @pytest.mark.slow  # two trainings
-def test_a_training_records_each_periods_threads_set_or_following_the_load(two_threads, monkeypatch, tmp_path):
+def test_a_training_records_each_periods_threads_fixed_or_following_the_load(two_threads, monkeypatch, tmp_path):
     from segtune.config import build_config
     from segtune.training.loop import train
 
@@ -130,11 +157,13 @@ def test_a_training_records_each_periods_threads_set_or_following_the_load(two_t
         return machine.read()
 
     monkeypatch.setattr(threads, "read_cpu", read)
+    monkeypatch.setattr("segtune.training.runtime.available_cpus", lambda: 2)
     tree = tiny_tree(data={"source": "synthetic", "n_train": 8, "n_val": 4, "n_test": 4, "size": 16, "n_classes": 3},
-                     train={"epochs": 2, "batch_size": 4, "patience": 0})
-    summary = train(build_config(tree), out_dir=tmp_path / "free", verbose=False).summary
+                     train={"epochs": 2, "batch_size": 4, "patience": 0, "num_threads": "auto"})
+    summary = train(build_config(tree), out_dir=tmp_path / "auto", verbose=False).summary
     # busy in the probe: 1 thread for period 1; idle in period 1: 2 threads for period 2
     assert summary["threads"] == {"fixed": None, "per_period": [1, 2]}
-    tree["train"]["num_threads"] = 1
-    summary = train(build_config(tree), out_dir=tmp_path / "set", verbose=False).summary
-    assert summary["threads"] == {"fixed": 1, "per_period": [1, 1]}
+    monkeypatch.setattr(threads, "read_cpu", _no_reading)
+    del tree["train"]["num_threads"]  # the default: every CPU, the same in every period
+    summary = train(build_config(tree), out_dir=tmp_path / "default", verbose=False).summary
+    assert summary["threads"] == {"fixed": 2, "per_period": [2, 2]}
