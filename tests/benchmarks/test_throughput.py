@@ -11,18 +11,25 @@ from segtune.training.runtime import load_data
 from tests.conftest import tiny_tree
 
 
-def test_the_thread_bar_compares_the_default_with_the_best_setting_under_load():
-    rows = [("idle (load average 0.1 -> 0.2)", "default (the CPUs left free)", 1.0, "2 x4"),
-            ("idle (load average 0.1 -> 0.2)", "1 thread", 1.5, "1 x4"),
-            ("one busy process (load average 1.1 -> 1.2)", "default (the CPUs left free)", 1.25, "1 x4"),
-            ("one busy process (load average 1.1 -> 1.2)", "2 threads, passive wait", 2.0, "2 x4"),
-            ("one busy process (load average 1.1 -> 1.2)", "1 thread", 1.0, "1 x4")]
+def test_the_thread_bar_compares_the_default_and_auto_with_the_best_setting_under_load():
+    idle, busy = "idle (load average 0.1 -> 0.2)", "one busy process (load average 1.1 -> 1.2)"
+    rows = [(idle, "default: 2 threads, passive wait, fixed", 1.0, "2 x4"),
+            (idle, "train.num_threads: auto: the CPUs left free, followed between epochs", 1.0, "2 x4"),
+            (idle, "1 thread", 1.5, "1 x4"),
+            (busy, "default: 2 threads, passive wait, fixed", 2.0, "2 x4"),
+            (busy, "train.num_threads: auto: the CPUs left free, followed between epochs", 1.25, "1 x4"),
+            (busy, "1 thread", 1.0, "1 x4")]
     text = "\n".join(thread_lines(rows))
-    assert "| one busy process (load average 1.1 -> 1.2) | default (the CPUs left free) | 1.25 | 0.80 | 1 x4 |" in text
-    assert "| idle (load average 0.1 -> 0.2) | 1 thread | 1.50 | 0.67 | 1 x4 |" in text
-    assert "the default runs at 0.80x the best setting: the bar (at least 0.8x) is met" in text
-    rows[2] = rows[2][:2] + (1.3, "2 x4")
-    assert "0.77x the best setting: the bar (at least 0.8x) is NOT met" in "\n".join(thread_lines(rows))
+    # the rows name the default: the table says which setting a run gets unless it asks for another
+    assert f"| {busy} | default: 2 threads, passive wait, fixed | 2.00 | 0.50 | 2 x4 |" in text
+    assert f"| {busy} | train.num_threads: auto: the CPUs left free, followed between epochs | 1.25 | 0.80 | 1 x4 |" \
+        in text
+    assert f"| {idle} | 1 thread | 1.50 | 0.67 | 1 x4 |" in text
+    assert "the default (fixed, reproducible) runs at 0.50x the best setting: the bar (at least 0.8x) is NOT met" in text
+    assert "auto (follows the load) runs at 0.80x the best setting: the bar (at least 0.8x) is met" in text
+    rows[4] = rows[4][:2] + (1.3, "2 x4")
+    assert "auto (follows the load) runs at 0.77x the best setting: the bar (at least 0.8x) is NOT met" in \
+        "\n".join(thread_lines(rows))
 
 
 @pytest.mark.slow  # profiles training steps
