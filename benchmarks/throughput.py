@@ -9,19 +9,26 @@ augmentation), in each memory format, in fp32 and bf16 autocast, and with ``torc
 process, one after the other, so they see the same machine.
 
 Also printed: FLOPs of one training step (torch.utils.flop_counter), achieved GFLOP/s against
-this machine's measured matmul and convolution peaks for the same precision, `predict` speed,
-the cost of augmenting the training set (per-sample scipy against segtune's batched tensors),
-peak resident memory, and the final Dice check: the reference loop and segtune's default
-(fp32, channels_last) each train the demo's model for ``--dice-epochs`` epochs, and their test
+this machine's measured matmul and convolution peaks for the same precision, and per model the
+bar (the fastest segtune setting at least 1.5x the reference and at least 50 % of the convolution
+peak of its precision); where a training step's time goes (torch.profiler, ``--profile-steps``);
+`predict` speed, the cost of augmenting the training set (per-sample scipy against segtune's
+batched tensors), peak resident memory, and the final Dice check: the reference loop and
+segtune's default each train the demo's model for ``--dice-epochs`` epochs, and their test
 Dice and wall time are compared (the short throughput runs are too short to compare Dice);
-and ``segtune demo``, the main job, in a child process: its wall time and peak resident memory;
-the thread settings idle and beside one busy process (child processes: segtune's default, the old
-one with OpenMP's own wait policy, each thread count); and the demo config's final Dice in fp32,
-bf16 and ``train.precision: auto``.
+``segtune demo``, the main job, in a child process: its wall time and peak resident memory, and
+its wall time again beside one busy process; the thread settings idle and beside one busy
+process (child processes: segtune's default, every CPU with the passive wait, fixed;
+``train.num_threads: auto``, which follows the free CPUs; every CPU with OpenMP's own wait policy;
+1 thread); and the demo config's final
+Dice in fp32, bf16 and ``train.precision: auto``. The load average is printed at the start, the
+end and around each load, since other work on the machine changes every figure.
 
 Usage::
 
-    python benchmarks/throughput.py                  # both models and the demo, about 10 minutes on 2 CPU cores
+    python benchmarks/throughput.py                  # everything, about 20 to 25 minutes on 2 idle cores
+    python benchmarks/throughput.py --models '' --dice-epochs 0 --no-demo --precision-epochs 0 \
+        --profile-steps 0                            # the thread table only, about 4 minutes there
     python benchmarks/throughput.py --models monai_unet --epochs 2 --dice-epochs 0 --out bench.md
 """
 
@@ -150,6 +157,20 @@ def augment_seconds(cfg, data) -> tuple[float, float]:
     return per_sample, (time.perf_counter() - t) / len(data.train)
 
 
+def demo_beside_a_busy_process() -> float:
+    """``segtune demo``'s wall seconds beside one busy process (a Python loop burning one core)."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "segtune", "demo", "--out", f"{tmp}/demo"], check=True,
+                           stdout=subprocess.DEVNULL)
+            return time.perf_counter() - t
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 def demo_run() -> tuple[float, float, dict]:
     """``segtune demo`` (the main job) in a child process: (wall seconds, peak resident MiB, the
     best trial's test metrics)."""
@@ -167,8 +188,10 @@ def demo_run() -> tuple[float, float, dict]:
     return seconds, peak / 1024, test
 
 
+DEFAULT_ROW, AUTO_ROW = "default", "train.num_threads: auto"  # the thread table's rows of the two settings
+
 THREADS_CHILD = """
-import json, statistics, sys, tempfile
+import collections, json, statistics, sys, tempfile
 if sys.argv[1] == "torch-first":
     import torch  # OpenMP starts with its own wait policy, before segtune can set a passive one
 from segtune.config import load_config
@@ -177,51 +200,77 @@ from segtune.training.loop import train
 from segtune.training.runtime import load_data
 repeats, base, settings = int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 data = load_data(load_config(demo_config_path(), base))
-seconds = {label: [] for label in settings}
+seconds, threads = {label: [] for label in settings}, {label: collections.Counter() for label in settings}
 for _ in range(repeats):  # round robin: a change of the machine's load hits every setting alike
     for label, extra in settings.items():
         with tempfile.TemporaryDirectory() as tmp:
             result = train(load_config(demo_config_path(), base + extra), out_dir=f"{tmp}/run", data=data,
                            verbose=False)
         seconds[label] += [row["seconds"] for row in result.history[1:]]  # the first epoch warms up
-print(json.dumps({label: statistics.median(s) for label, s in seconds.items()}))
+        threads[label].update(row["threads"] for row in result.history[1:])
+print(json.dumps({label: [statistics.median(s), dict(threads[label])] for label, s in seconds.items()}))
 """
 
 
-def thread_rows(epochs: int, repeats: int) -> list[tuple[str, str, float]]:
+def thread_rows(epochs: int, repeats: int) -> list[tuple[str, str, float, str]]:
     """Median seconds per epoch of the demo's model (2 mm, fp32) idle and beside one busy process (a
-    Python loop burning one core), in child processes: segtune's default, the same threads with
-    OpenMP's own wait policy (torch imported first: the default before), and 1 thread; each
-    setting ``repeats`` times, round robin; (load, setting, s per epoch)."""
+    Python loop burning one core), in child processes: segtune's default (every CPU with the passive
+    wait, fixed), ``train.num_threads: auto`` (the CPUs left free), every CPU with OpenMP's own wait
+    policy (torch imported first: the default before segtune set the passive one), and 1 thread;
+    each setting ``repeats`` times, round robin; (load with the load averages before and after,
+    setting, s per epoch, the epochs' thread counts). Other work on the machine counts too, hence
+    the load averages."""
     base = ["data.spacing=2", f"train.epochs={epochs}", "train.patience=0", "train.precision=fp32"]
-    children = [("segtune-first", {"default": [], "1 thread": ["train.num_threads=1"]}),
-                ("torch-first", {f"{available_cpus()} threads, OpenMP's own wait policy (before)": []})]
+    cpus = available_cpus()
+    children = [("segtune-first", {f"{DEFAULT_ROW}: {cpus} threads, passive wait, fixed": [],
+                                   f"{AUTO_ROW}: the CPUs left free, followed between epochs": ["train.num_threads=auto"],
+                                   "1 thread": ["train.num_threads=1"]}),
+                ("torch-first", {f"{cpus} threads, OpenMP's own wait policy": [f"train.num_threads={cpus}"]})]
     rows = []
     for load in ("idle", "one busy process"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
+        before, block = _loadavg(), []
         try:
             for first, settings in children:
                 out = subprocess.run([sys.executable, "-c", THREADS_CHILD, first, str(repeats), json.dumps(base),
                                       json.dumps(settings)], check=True, capture_output=True, text=True).stdout
-                rows += [(load, label, sec) for label, sec in json.loads(out.strip().splitlines()[-1]).items()]
+                for label, (sec, counts) in json.loads(out.strip().splitlines()[-1]).items():
+                    block.append((label, sec, ", ".join(f"{n} x{k}" for n, k in sorted(counts.items(),
+                                                                                        key=lambda c: int(c[0])))))
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
+        label = f"{load} (load average {before} -> {_loadavg()})"
+        print(f"threads: {label} done", flush=True)
+        rows += [(label, *row) for row in block]
     return rows
 
 
-def thread_lines(rows: list[tuple[str, str, float]]) -> list[str]:
-    """The table of :func:`thread_rows` and the bar: under load, the default at least 0.8x the best setting."""
+def _loadavg() -> str:
+    """The 1-minute load average (``/proc/loadavg``), or ``?`` off Linux."""
+    with contextlib.suppress(OSError):
+        return open("/proc/loadavg").read().split()[0]
+    return "?"
+
+
+def thread_lines(rows: list[tuple[str, str, float, str]]) -> list[str]:
+    """The table of :func:`thread_rows` and the bar: under load, the default (and ``auto``) at least
+    0.8x the best setting."""
     lines = ["", f"Threads ({available_cpus()} CPUs available; the demo's model at 2 mm, fp32, median s per "
-             "epoch after the first):", "", "| load | setting | s/epoch | speed x best of its load |", "|---|---|---|---|"]
-    for load, label, sec in rows:
-        best = min(s for l, _, s in rows if l == load)
-        lines.append(f"| {load} | {label} | {sec:.2f} | {best / sec:.2f} |")
-    busy = {label: sec for load, label, sec in rows if load != "idle"}
-    ratio = min(busy.values()) / busy["default"]
-    lines.append(f"\nUnder one busy process the default runs at {ratio:.2f}x the best setting: the bar (at least "
-                 f"0.8x) is {'met' if ratio >= 0.8 else 'NOT met'}.")
+             "epoch after the first):", "",
+             "| load | setting | s/epoch | speed x best of its load | threads (epochs) |", "|---|---|---|---|---|"]
+    for load, label, sec, counts in rows:
+        best = min(s for l, _, s, _ in rows if l == load)
+        lines.append(f"| {load} | {label} | {sec:.2f} | {best / sec:.2f} | {counts} |")
+    busy = {label: sec for load, label, sec, _ in rows if not load.startswith("idle")}
+    lines.append("")
+    for name, what in ((DEFAULT_ROW, "the default (fixed, reproducible)"), (AUTO_ROW, "auto (follows the load)")):
+        sec = next((sec for label, sec in busy.items() if label.startswith(name)), None)
+        if sec is not None:
+            ratio = min(busy.values()) / sec
+            lines.append(f"Under one busy process {what} runs at {ratio:.2f}x the best setting: the bar (at least "
+                         f"0.8x) is {'met' if ratio >= 0.8 else 'NOT met'}.")
     return lines
 
 
@@ -239,6 +288,80 @@ def precision_lines(epochs: int) -> list[str]:
         per_class = " / ".join(f"{v:.3f}" for v in list(test["dice_per_class"].values())[1:])
         lines.append(f"| {label} | {sum(r['seconds'] for r in result.history) / len(result.history):.2f} | "
                      f"{test['dice_mean']:.3f} | {per_class} |")
+    return lines
+
+
+STEP_PARTS = {  # the profiler's operators, grouped by what they do in a training step
+    "convolutions (forward and backward)": ("convolution", "conv2d", "conv_transpose", "mkldnn_conv"),
+    "normalisation and activations": ("batch_norm", "instance_norm", "group_norm", "relu", "threshold", "prelu",
+                                      "leaky_relu", "clamp_min"),
+    "pooling, up-sampling, concatenation": ("max_pool", "avg_pool", "upsample", "cat"),
+    "loss": ("softmax", "nll_loss", "log_softmax"),
+    "optimizer step": ("_foreach", "adam", "addcdiv", "lerp", "sqrt"),
+}
+
+
+def step_profile(cfg, data, steps: int = 3) -> list[tuple[str, float]]:
+    """Where a training step of ``cfg`` goes in segtune's loop (torch.profiler over ``steps`` steps after one
+    warm-up): (part, share of the step's time), the parts of :data:`STEP_PARTS` by the operators' own
+    time, and segtune's own stages (drawing and augmenting the batch, the on-device train Dice) by
+    their wall time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from segtune.training.runtime import EpochTally, build_training, run_samples
+
+    device = torch.device("cpu")
+    model, loss_fn, optimizer = build_training(cfg, data, device)
+    samples, augment = run_samples(cfg, data, device), AUGMENTATIONS.build(cfg.augment.name, cfg.augment.options)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    tally = EpochTally(data.n_classes, device, first_loss=None, divergence_factor=None)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    stages = {"drawing and augmenting the batch": 0.0, "train Dice and divergence tally": 0.0}
+
+    def step() -> None:
+        with record_function("batch"):
+            x, y = samples(torch.randint(0, len(data.train), (cfg.train.batch_size,), generator=generator), generator)
+            x, y = augment(x, y, generator)
+            x = x.contiguous(memory_format=fmt)
+        out = model(x).float()
+        loss = loss_fn(out, y)
+        with record_function("tally"):
+            tally.add(out.detach(), y, loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall = time.perf_counter() - t
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares = {part: 0.0 for part in STEP_PARTS}
+    for e in events:
+        part = next((p for p, keys in STEP_PARTS.items() if any(k in e.key for k in keys)), None)
+        if part is not None:
+            shares[part] += e.self_cpu_time_total / total
+    for e in events:
+        if e.key == "batch":
+            stages["drawing and augmenting the batch"] = e.cpu_time_total / 1e6 / wall
+        elif e.key == "tally":
+            stages["train Dice and divergence tally"] = e.cpu_time_total / 1e6 / wall
+    rest = 1.0 - sum(shares.values())
+    return [*shares.items(), *stages.items(), ("everything else (of the operators' time)", rest),
+            ("seconds per step", wall / steps)]
+
+
+def profile_lines(model: str, parts: list[tuple[str, float]]) -> list[str]:
+    """The table of :func:`step_profile`."""
+    lines = ["", f"Where a training step of {model} goes (segtune fp32/channels_last as configured, torch.profiler, "
+             f"load average {_loadavg()}):", "", "| part | share of the step |", "|---|---|"]
+    for part, share in parts:
+        value = f"{share:.2f} s" if part == "seconds per step" else f"{100 * share:.0f} %"
+        lines.append(f"| {part} | {value} |")
     return lines
 
 
@@ -280,25 +403,37 @@ def main() -> None:
     parser.add_argument("--dice-epochs", type=int, default=40,
                         help="epochs of the final Dice check on monai_unet (the demo's model); 0 skips it")
     parser.add_argument("--no-demo", action="store_true", help="skip timing `segtune demo` and its peak memory")
+    parser.add_argument("--no-demo-busy", dest="demo_busy", action="store_false",
+                        help="skip timing `segtune demo` a second time, beside one busy process")
     parser.add_argument("--thread-epochs", type=int, default=5,
                         help="epochs of each thread setting, idle and beside a busy process; 0 skips it")
     parser.add_argument("--thread-repeats", type=int, default=3, help="runs of each thread setting, round robin")
     parser.add_argument("--precision-epochs", type=int, default=40,
                         help="epochs of the fp32 / bf16 / auto Dice check on the demo config; 0 skips it")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="training steps of each model profiled (where a step's time goes); 0 skips it")
     parser.add_argument("--out", default="benchmarks/throughput.md")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     lines = [f"# Training throughput ({date.today()}, {cpu_model()}, {available_cpus()} CPUs, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {_loadavg()} at the start)",
+             "", "`" + " ".join(["python", *sys.argv]) + "`", "",
              f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
              f"| model | loop | train img/s | x reference | val Dice after {args.epochs} epochs | GFLOP/s "
              "| % of conv peak | first epoch (s) |",
              "|---|---|---|---|---|---|---|---|"]
     demo = None if args.no_demo else demo_run()  # first: its peak memory is told apart from no other child's
+    demo_loads = f"load average {_loadavg()}"
+    demo_busy = None if args.no_demo or not args.demo_busy else demo_beside_a_busy_process()
+    demo_loads += f" -> {_loadavg()}"
     threads = thread_rows(args.thread_epochs, args.thread_repeats) if args.thread_epochs else []
-    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
-    checks = []
-    for model in filter(None, args.models.split(",")):
+    if threads:
+        print("\n".join(thread_lines(threads)), flush=True)  # at once: the runs below take long on a busy machine
+    models = list(filter(None, args.models.split(",")))
+    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)} if models else {}
+    checks, profiles, bars = [], [], []
+    for model in models:
         tree = {"name": "bench", "data": {"source": "demo", "spacing": args.spacing}, "model": MODELS[model],
                 "loss": {"name": "dice_ce"}, "optimizer": {"name": "adam", "lr": 3e-3},
                 "augment": {"name": "combine"}, "train": {"batch_size": 16}}
@@ -323,10 +458,19 @@ def main() -> None:
             achieved = flops[precision] * speed / 1e9
             lines.append(f"| {model} | {label} | {speed:.1f} | {speed / ref_speed:.2f} | {dice:.3f} | "
                          f"{achieved:.0f} | {100 * achieved / peaks[precision]['conv']:.0f}% | {first:.1f} |")
+        label, speed, _, precision, _ = max(rows[1:], key=lambda r: r[1])
+        share = flops[precision] * speed / 1e9 / peaks[precision]["conv"]
+        bars.append(f"{model}: the fastest segtune setting ({label}) at {speed / ref_speed:.2f}x the reference and "
+                    f"{100 * share:.0f} % of the {precision} convolution peak: the bars (at least 1.5x and 50 %) are "
+                    + ("met" if speed / ref_speed >= 1.5 and share >= 0.5 else "NOT met")
+                    + " (equal final Dice: the final Dice check below)")
         t = time.perf_counter()
         predict_labels(ref_model, data.test.images, batch_size=16)
         lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | | |")
         lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | | |")
+        if args.profile_steps:
+            profiles.append(profile_lines(model, step_profile(build_config(tree, ["train.precision=fp32"]), data,
+                                                              args.profile_steps)))
         if model == "monai_unet" and args.dice_epochs:
             checks.append((tree, data))
     if checks:
@@ -339,10 +483,12 @@ def main() -> None:
                   "| loop | test Dice | val Dice | wall s |", "|---|---|---|---|"]
         lines += [f"| {label} | {test:.3f} | {val:.3f} | {sec:.0f} |"
                   for label, test, val, sec in final_dice(tree, data, args.dice_epochs)]
+    lines += ["", *bars] if bars else []
+    lines += [line for table in profiles for line in table]
     lines += thread_lines(threads) if threads else []
     lines += precision_lines(args.precision_epochs) if args.precision_epochs else []
-    lines += ["", "Measured peaks (GFLOP/s): " + ", ".join(
-        f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()),
+    lines += ["", "Measured peaks (GFLOP/s): " + (", ".join(
+        f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()) or "not measured (no model)"),
         f"Peak resident memory of this benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]
     if demo is not None:
         seconds, peak, test = demo
@@ -354,6 +500,12 @@ def main() -> None:
                      + ", ".join(f"{k} {v:.3f}" for k, v in foreground.items())
                      + "); the bars (at most 180 s, mean at least 0.90, each class at least 0.80) are "
                      + ("met" if met else "NOT met"))
+        if demo_busy is not None:
+            lines.append(f"`segtune demo` beside one busy process: {demo_busy:.0f} s wall, {demo_busy / seconds:.2f}x "
+                         f"its time alone ({demo_loads}, over both runs): the bar (at most 2x) is "
+                         + ("met" if demo_busy <= 2 * seconds else "NOT met"))
+    lines.append(f"\nLoad average at the end {_loadavg()}; the whole benchmark took "
+                 f"{time.perf_counter() - started:.0f} s.")
     text = "\n".join(lines)
     print(text)
     with open(args.out, "w") as f:

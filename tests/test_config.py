@@ -58,6 +58,21 @@ def test_bad_values(override, message):
         build_config(tiny_tree(), [override])
 
 
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), ("null", None), ("3", 3)])
+def test_num_threads_is_a_count_auto_or_null(value, expected):
+    assert build_config(tiny_tree(), [f"train.num_threads={value}"]).train.num_threads == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "true", "fast", "'2'"])
+def test_num_threads_otherwise_is_one_clear_error(value):
+    with pytest.raises(ConfigError) as err:
+        build_config(tiny_tree(), [f"train.num_threads={value}"], origin="my.yaml")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith(  # one line, not one per member of the union
+        "  train.num_threads: num_threads must be a positive whole number of CPU threads, auto (follow the CPUs "
+        "other processes leave free) or null (every CPU this process may use, fixed) (got ")
+
+
 @pytest.mark.parametrize("overrides, message", [
     # a rule between two options, checked when the config is read, not when training starts
     (["optimizer.name=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"],

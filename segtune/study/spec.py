@@ -243,6 +243,15 @@ class StudySpec(pydantic.BaseModel):
         if surface and (self.base.get("metrics") or {}).get("surface") is False:
             raise ValueError(f"objective {self.objective} is a surface metric, but the base config sets "
                              f"metrics.surface: false; remove that, or choose another objective")
+        if "train.num_threads" in {*self.space, *(k for v in self.variants or () for k in v)}:
+            raise ValueError("train.num_threads is in the space or a variant, but a study trains every trial at "
+                             "one thread count, fixed when it is created; remove it and give the count with "
+                             "--threads N")
+        if (self.base.get("train") or {}).get("num_threads") == "auto":
+            raise ValueError("the base config sets train.num_threads: auto, but a study trains every trial at one "
+                             "thread count, fixed when it is created, so that its trials are comparable (the numbers "
+                             "depend on the count); remove it from the base (or its set / --set) and give the count "
+                             "with --threads N, or leave it out for the CPUs divided among the workers")
         if self.cv and (self.base.get("data") or {}).get("folds") is not None:
             raise ValueError(f"cv: {self.cv} makes the folds of every trial, but the base config sets data.folds; "
                              f"remove data.folds (and data.fold) from the base, or remove cv")

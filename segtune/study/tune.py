@@ -250,7 +250,8 @@ def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | N
             again continues the tune with what is left of its budget.
         overrides: ``--set`` changes of the base config.
         seed: the sampler's seed.
-        num_threads: CPU threads per trial, fixed when the study is created (default: all cores).
+        num_threads: CPU threads per trial, fixed when the study is created (default: every CPU
+            this process may use, :func:`~segtune.training.runtime.available_cpus`).
         progress, verbose: print the budget and a line per trial; every epoch.
         clock: seconds, for the budget (tests give their own).
 

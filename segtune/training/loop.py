@@ -54,9 +54,10 @@ from segtune.training.pretrain import pretrained_config
 from segtune.training.rundir import MetricsLog, RunResult, check_resumable, create_run_dir, write_json_atomic
 from segtune.training.metrics import summarize
 from segtune.training.precision import Precision, as_trained, resolve_precision
-from segtune.training.runtime import (EpochTally, build_training, compiled, epoch_batches, epoch_order,
-                                      evaluation_options, grad_scaler, load_data, memory_format, run_samples,
-                                      setup_device, train_on_batches)
+from segtune.training.runtime import (EpochTally, build_training, compiled, device_and_threads, epoch_batches,
+                                      epoch_order, evaluation_options, grad_scaler, load_data, memory_format,
+                                      run_samples, train_on_batches)
+from segtune.training.threads import Threads
 
 __all__ = ["EpochCallback", "train"]
 
@@ -129,6 +130,7 @@ class _Run:
     stopping: EarlyStopping
     clock: Clock
     evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
+    threads: Threads  # train.num_threads: fixed (default every CPU), or auto: the CPUs free, between periods
     started: float = field(default_factory=time.perf_counter)  # when this part of the run started
     earlier_seconds: float = 0.0  # the wall time of the parts before a resume
     out_of_time: bool = False  # train.max_minutes was spent: the last epoch was the budget's last
@@ -162,7 +164,7 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     """Check the device, load the data (before any run directory is made), build the parts, resume."""
     started = time.perf_counter()
     cfg = config.train
-    device = setup_device(cfg)
+    device, threads = device_and_threads(cfg)
     run_dir = check_resumable(out_dir, config) if resume else None
     torch.manual_seed(config.seed)
     data = data if data is not None else load_data(config)  # bad data fails before a run directory is made
@@ -183,8 +185,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     per_epoch = len(epoch_batches(len(data.train) * (1 + config.augment.n_aug), cfg.batch_size))
     clock = Clock.of(cfg, per_epoch)
     warmup = config.scheduler.warmup_steps if clock.unit == "step" else config.scheduler.warmup_epochs
-    run = _Run(config=config, precision=choice, device=device, data=data, samples=run_samples(config, data, device),
-               run_dir=run_dir, model=model, started=started,
+    run = _Run(config=config, precision=choice, device=device, threads=threads, data=data,
+               samples=run_samples(config, data, device), run_dir=run_dir, model=model, started=started,
                forward=compiled(model, device) if cfg.compile else model, loss_fn=loss_fn, optimizer=optimizer,
                scheduler=build_scheduler(config.scheduler.name, config.scheduler.options, optimizer,
                                          length=clock.length, warmup=warmup, unit=f"{clock.unit}s"),
@@ -203,7 +205,8 @@ def _start(config: Config, *, out_dir: str | Path | None, data: SegData | None, 
     run.log = MetricsLog(run_dir, columns, run.history)
     if verbose:
         print(f"training {config.model.name} ({count_parameters(model) / 1e6:.2f} M parameters) on "
-              f"{len(data.train)} train / {len(data.val)} val images, {device}, {choice.describe()} -> {run_dir}"
+              f"{len(data.train)} train / {len(data.val)} val images, {device}, {choice.describe()}, "
+              f"{_describe_threads(threads, device)} -> {run_dir}"
               + (f", resumed after {clock.unit} {clock.position(run.steps)}" if resume else ""), flush=True)
     return run
 
@@ -258,7 +261,8 @@ def _run_period(run: _Run, *, callbacks: Iterable[EpochCallback], verbose: bool)
     run.out_of_time = _over_budget(run, time.perf_counter() - t_period)  # then this period is the last: validated
     if clock.validates(end) or run.out_of_time:
         row.update(_validate(run, at))
-    row["seconds"] = time.perf_counter() - t_period
+    row["seconds"], row["threads"] = time.perf_counter() - t_period, torch.get_num_threads()
+    run.threads.adapt()  # with auto, the next period's count from the CPUs other processes left free in this one
     run.history.append(row)
     run.log.write(row)
     _write_last(run, at)
@@ -363,6 +367,8 @@ def _finish(run: _Run, *, verbose: bool) -> RunResult:
         "n_parameters": count_parameters(run.model),
         "device": str(run.device),
         "precision": asdict(run.precision) if run.precision else None,  # what it trained in, and why
+        # the CPU threads of each period; fixed: the count of every period, or None with num_threads: auto
+        "threads": {"fixed": run.threads.fixed, "per_period": [r.get("threads") for r in run.history]},
         "class_names": run.data.class_names,
         "data_split": run.data.info.get("split"),  # where each split came from (segtune.data.splits)
         "val": run.evaluate(run.model, run.data.val, distances=final_distances(run.config)),
@@ -398,6 +404,14 @@ def _progress_bar(items: list, label: str, verbose: bool):
     if not verbose:
         return items
     return tqdm(items, desc=label, unit="batch", leave=False, disable=None)
+
+
+def _describe_threads(threads: Threads, device: torch.device) -> str:
+    """The start line's thread count: fixed, or following the CPUs other processes leave free (auto)."""
+    count = torch.get_num_threads()
+    if threads.fixed is not None or device.type != "cpu":
+        return f"{count} CPU thread(s)"
+    return f"{count} CPU thread(s) of {threads.most}, following the CPUs other processes leave free (auto)"
 
 
 def _check_divergence(loss: float, first: float, factor: float | None, epoch: int, lr: float) -> None:

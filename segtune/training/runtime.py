@@ -1,7 +1,9 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
-- :func:`setup_device`: the configured device, checked, and the thread count (default: torch's, at
-  most :func:`available_cpus`); :func:`cpu_model`: the CPU's name, for figures and caches.
+- :func:`setup_device`: the configured device, checked, and the thread count (default: fixed at
+  :func:`available_cpus`; ``auto``: the CPUs other processes leave free; :mod:`segtune.training.threads`);
+  :func:`device_and_threads`: the same, with the :class:`~segtune.training.threads.Threads` that a
+  training loop adapts between periods with ``auto``; :func:`cpu_model`: the CPU's name, for figures and caches.
 - :func:`load_data`: the configured data source with the shared preprocessing.
 - :func:`build_training`: the model, loss and optimizer of a config.
 - :func:`epoch_batches` and :func:`train_on_batches`: one epoch's shuffled batches and their
@@ -32,10 +34,11 @@ from segtune.data.cases import prepare_cases
 from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, labels_from_logits, memory_format
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
+from segtune.training.threads import Threads
 
-__all__ = ["EpochTally", "available_cpus", "backward_step", "build_training", "compiled", "cpu_model", "epoch_batches",
-           "epoch_order", "evaluation_options", "grad_scaler", "load_data", "memory_format", "resolve_device",
-           "run_samples", "setup_device", "train_on_batches"]
+__all__ = ["EpochTally", "available_cpus", "backward_step", "build_training", "compiled", "cpu_model",
+           "device_and_threads", "epoch_batches", "epoch_order", "evaluation_options", "grad_scaler", "load_data",
+           "memory_format", "resolve_device", "run_samples", "setup_device", "train_on_batches"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,7 +58,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_device(train: TrainConfig) -> torch.device:
-    """The device of ``train.device`` for ``train.precision``, after setting ``train.num_threads``.
+    """The device of ``train.device`` for ``train.precision``, after setting the thread count
+    (``train.num_threads``, by default every CPU this process may use: :func:`device_and_threads`).
+
+    Raises:
+        ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.
+    """
+    return device_and_threads(train)[0]
+
+
+def device_and_threads(train: TrainConfig) -> tuple[torch.device, Threads]:
+    """:func:`setup_device`'s device and the run's :class:`~segtune.training.threads.Threads`, started:
+    ``train.num_threads``, by default fixed at :func:`available_cpus` (torch counts the machine's
+    cores, not a quota's); with ``auto`` the CPUs other processes leave free, which
+    :meth:`Threads.adapt` follows.
 
     Raises:
         ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.
@@ -63,11 +79,9 @@ def setup_device(train: TrainConfig) -> torch.device:
     device = resolve_device(train.device)
     if train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA GPU; use bf16 on a CPU")
-    if train.num_threads:
-        torch.set_num_threads(train.num_threads)
-    elif torch.get_num_threads() > available_cpus():  # torch counts the machine's cores, not the quota's
-        torch.set_num_threads(available_cpus())
-    return device
+    threads = Threads(train.num_threads, available_cpus())
+    threads.start()
+    return device, threads
 
 
 def available_cpus() -> int:

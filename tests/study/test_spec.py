@@ -49,6 +49,19 @@ def test_invalid_study_fields(fields, message):
         parse_study(study_tree(**fields))
 
 
+def test_a_study_refuses_a_thread_count_that_would_not_be_its_own():
+    # the trials train at the study's fixed count; auto in the base, or a count per trial, is refused, not ignored
+    tree = study_tree()
+    tree["base"]["train"]["num_threads"] = "auto"
+    with pytest.raises(ConfigError, match="base config sets train.num_threads: auto, but a study trains every trial "
+                                          "at one thread count.*--threads N"):
+        parse_study(tree)
+    with pytest.raises(ConfigError, match="train.num_threads is in the space or a variant"):
+        parse_study(study_tree(space={"optimizer.lr": [0.01], "train.num_threads": [1, 2]}))
+    tree["base"]["train"]["num_threads"] = 2  # a count in the base is the study's to override, as before
+    assert parse_study(tree)[0].base["train"]["num_threads"] == 2
+
+
 def test_min_rung_names_the_pruners_first_rung_on_either_clock():
     # min_rung is min_epochs by its clock-neutral name (a step under train.steps); both at once is an error
     spec, _ = parse_study(study_tree(pruner={"name": "median", "min_rung": 3}))
