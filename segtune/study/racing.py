@@ -41,7 +41,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from scipy import stats
 
-from segtune.study.records import EXTENDS, HOME, RACE, RUNS, SAME_AS, RunRecord, Status, per_seed, status_of
+from segtune.study.records import (EXTENDS, HOME, RACE, RUNS, SAME_AS, SEPARATED, RunRecord, per_seed,
+                                   requeued_on_resume)
 from segtune.study.spec import Racing, StudySpec
 
 __all__ = ["Look", "Race", "look", "look_confidence", "queue_round", "race", "race_table"]
@@ -96,7 +97,7 @@ def look(block: Mapping[int, list[float]], racing: Racing) -> Look:
         if c == leader:
             continue
         if gap - half > 0:
-            stopped[c] = f"separated: behind trial {leader} on {n} seeds"
+            stopped[c] = f"{SEPARATED}: behind trial {leader} on {n} seeds"
         elif racing.margin > 0 and gap + half < racing.margin and gap - half > -racing.margin:
             stopped[c] = f"practical tie: within ±{racing.margin:g} of trial {leader} on {n} seeds"
     return Look(n, means, leader, half, stopped)
@@ -181,9 +182,19 @@ def race_table(trials: list[FrozenTrial]) -> tuple[dict[int, dict[int, float]], 
         if home not in latest or len(t.user_attrs.get(RUNS, [])) > len(latest[home].user_attrs.get(RUNS, [])):
             latest[home] = t
     table = {home: per_seed([RunRecord.from_attr(r) for r in t.user_attrs.get(RUNS, [])]) for home, t in latest.items()}
-    failed = frozenset(int(t.user_attrs.get(HOME, t.number)) for t in trials
-                       if status_of(t) == Status.FAILED and EXTENDS in t.user_attrs)
+    live = _extended(trials)
+    tried = {int(t.user_attrs[EXTENDS]) for t in trials if EXTENDS in t.user_attrs}
+    # a configuration's round failed for good: its latest trial was extended, and no extension of it
+    # is waiting, running, complete or to be run again (a full disk or Ctrl-C on resume; a dead
+    # worker's retry is itself an extension, so one whose retries ran out counts as failed)
+    failed = frozenset(home for home, t in latest.items() if t.number in tried and t.number not in live)
     return table, latest, failed
+
+
+def _extended(trials: list[FrozenTrial]) -> set[int]:
+    """The trials with an extension that is waiting, running, complete or to be run again on resume."""
+    return {int(t.user_attrs[EXTENDS]) for t in trials if EXTENDS in t.user_attrs
+            and (t.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE) or requeued_on_resume(t))}
 
 
 def queue_round(study: optuna.Study, spec: StudySpec) -> int:
@@ -204,11 +215,11 @@ def queue_round(study: optuna.Study, spec: StudySpec) -> int:
     calls = {str(c): why for c, why in sorted(state.calls.items())}
     if study.user_attrs.get(RACE) != calls:
         study.set_user_attr(RACE, calls)
-    extended = {t.user_attrs[EXTENDS] for t in trials if EXTENDS in t.user_attrs}
+    extended = _extended(trials)
     queued = 0
     for home in state.more:
         base = latest[home]
-        if base.number in extended:  # queued already (by another worker), or failed
+        if base.number in extended:  # queued already (by another worker), or to be run again
             continue
         study.enqueue_trial(base.params, user_attrs={EXTENDS: base.number, HOME: home}, skip_if_exists=False)
         queued += 1

@@ -52,6 +52,7 @@ HOME = "home"  # the trial number whose run directories it trains in (a re-run's
 RESUMED = "resumed_after"  # {seed: epoch} for each repeat continued from its last.pt
 FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"
+SEPARATED = "separated"  # the race's call on a configuration it stopped behind the leader
 REQUEUED_FROM = "requeued_from"  # a trial stopped by Ctrl-C (or a full disk) that this one runs again
 SAME_AS = "same_as"  # the earlier trial of the same configuration whose result was reused
 PRETRAIN_RUN = "pretrain_run"  # the pre-training run directory the trial's runs started from
@@ -273,7 +274,11 @@ def study_records(study: optuna.Study, *, study_dir: Path | None = None) -> list
                for t in trials if t.state != TrialState.WAITING and t.number not in extended]
     records = [dataclasses.replace(r, reason=f"race: {race[str(r.home)]}")
                if r.state == Status.COMPLETE and not r.reason and str(r.home) in race else r for r in records]
-    return rank(records, maximize=maximizes(study))
+    order = {status: i for i, status in enumerate(Status)}
+    # a configuration the race stopped as behind the leader ranks after those it did not stop, whatever
+    # its mean over its fewer seeds (seeds the others ran later can lower their means, not its own)
+    return sorted(rank(records, maximize=maximizes(study)),
+                  key=lambda r: (order.get(r.state, len(order)), r.reason.startswith(f"race: {SEPARATED}")))
 
 
 def _show(value: Any) -> str:
@@ -322,7 +327,7 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
            "EXTENDS", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED",
-           "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SPEC", "SPREAD", "THREADS",
+           "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SEPARATED", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
            "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]

@@ -37,6 +37,7 @@ from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
                                    storage_fault)
 from segtune.training.runtime import available_cpus
+from segtune.training.threads import environment_threads
 
 MAX_DRAWS = 10  # a random or TPE study ends after MAX_DRAWS x n_trials trials, however few were new
 
@@ -55,7 +56,7 @@ def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1
     """
     stored = study.user_attrs.get(THREADS)
     if stored is None:
-        stored = requested or max(1, available_cpus() // n_workers)
+        stored = requested or environment_threads() or max(1, available_cpus() // n_workers)
         study.set_user_attr(THREADS, stored)
     elif requested is not None and requested != stored:
         raise ConfigError(f"study {study.study_name!r} trains every trial with {stored} CPU thread(s), fixed when it "

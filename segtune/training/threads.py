@@ -96,6 +96,12 @@ _set: int | None = None  # the count segtune last gave torch; another one was se
 _ceiling: int | None = None  # the most threads the default uses: torch's own count, before segtune's
 
 
+def environment_threads() -> int | None:
+    """The count ``OMP_NUM_THREADS`` fixes, or None where it is unset or not a positive integer."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 class Threads:
     """A run's CPU threads. ``setting`` is ``train.num_threads``: a count, fixed; None (the default),
     fixed at every CPU this process may use (``available``) and at most the count torch had before
@@ -121,11 +127,11 @@ class Threads:
         if _set is None or torch.get_num_threads() != _set:
             _ceiling = torch.get_num_threads()
         self.most = max(1, min(available, _ceiling))
-        environment = os.environ.get("OMP_NUM_THREADS", "").strip()
+        environment = environment_threads()
         if isinstance(setting, int):
             self.fixed: int | None = setting
-        elif environment.isdigit() and int(environment) > 0:
-            self.fixed = int(environment)
+        elif environment is not None:
+            self.fixed = environment
         else:
             self.fixed = self.most if setting is None else None
         self.read, self.wait = read or read_cpu, wait or time.sleep

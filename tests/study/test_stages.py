@@ -325,10 +325,12 @@ def test_a_racing_stage_trains_and_decides_on_the_seeds_its_race_gave(tmp_path):
     path.write_text(yaml.safe_dump(tree))
     staged, decisions = run_stages(path, study_dir=out)
     (decision,) = decisions
-    assert decision.best is not None and len(decision.best["seeds"]) in (2, 3)
+    assert decision.best is not None and len(decision.best["seeds"]) == 3
     from segtune.study.records import Status, study_records
 
     records = [r for r in study_records(stage_studies(staged, out)[0]) if r.state == Status.COMPLETE]
     seeds = {r.params["optimizer.weight_decay"]: len(r.values) for r in records}  # one record per configuration
-    assert len(records) == 2 and set(seeds) == {0.0, 0.01} and all(2 <= n <= 3 for n in seeds.values())
+    # two configurations on 2 seeds leave the race's test 1 degree of freedom: neither stops, so a round runs
+    assert len(records) == 2 and seeds == {0.0: 3, 0.01: 3}
+    assert any("extends" in t.user_attrs for t in stage_studies(staged, out)[0].trials)
     assert decision.best["seeds"] == next(r.values for r in records if r.number == decision.best["number"])

@@ -212,3 +212,53 @@ def test_a_surface_objective_needs_the_surface_metrics():
     tree["base"]["metrics"] = {"surface": False}
     with pytest.raises(ConfigError, match="is a surface metric, but the base config sets metrics.surface: false"):
         parse_study(tree)
+
+
+def _stored(number: int, state, seeds: dict[int, float], **attrs):
+    from optuna.trial import create_trial
+
+    from segtune.study.records import RUNS
+
+    runs = [{"seed": s, "value": v, "epochs_run": 1, "best_epoch": 1, "run_dir": f"/r/{number}-{s}"} for s, v in seeds.items()]
+    trial = create_trial(state=state, value=(sum(seeds.values()) / len(seeds)) if state.name == "COMPLETE" else None,
+                         user_attrs={RUNS: runs, **attrs})
+    trial.number = number
+    return trial
+
+
+def test_a_round_to_be_run_again_keeps_its_configuration_in_the_race_and_a_lost_one_leaves_it():
+    """Only a round that failed for good takes a configuration out: a full-disk or Ctrl-C failure (run
+    again on resume) or a dead worker's retry keeps it in; a dead round with no retry left does not."""
+    from optuna.trial import TrialState
+
+    from segtune.study.racing import race_table
+    from segtune.study.records import EXTENDS, HOME, INTERRUPTED
+
+    two = {0: 0.8, 1: 0.81}
+    trials = [_stored(0, TrialState.COMPLETE, two), _stored(1, TrialState.COMPLETE, two),
+              _stored(2, TrialState.COMPLETE, two), _stored(3, TrialState.COMPLETE, two),
+              _stored(4, TrialState.FAIL, two, **{EXTENDS: 0, HOME: 0, INTERRUPTED: True}),  # full disk: resumed
+              _stored(5, TrialState.FAIL, two, **{EXTENDS: 1, HOME: 1}),  # died, and its retry
+              _stored(6, TrialState.WAITING, two, **{EXTENDS: 1, HOME: 1}),
+              _stored(7, TrialState.FAIL, two, **{EXTENDS: 2, HOME: 2})]  # died, no retry left
+    _, latest, failed = race_table(trials)
+    assert failed == frozenset({2}) and set(latest) == {0, 1, 2, 3}
+
+
+def test_a_configuration_the_race_stopped_behind_the_leader_never_ranks_first():
+    """B was separated behind A on seeds 0-1; A's later, harder seeds pull its mean below B's:
+    A stays the best, as the race decided."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from segtune.study.records import EXTENDS, HOME, RACE, best_trial, study_records
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_stored(0, TrialState.COMPLETE, {0: 0.90, 1: 0.92}))
+    study.add_trial(_stored(1, TrialState.COMPLETE, {0: 0.86, 1: 0.88}))
+    study.add_trial(_stored(2, TrialState.COMPLETE, {0: 0.90, 1: 0.92, 2: 0.84, 3: 0.84, 4: 0.84},
+                            **{EXTENDS: 0, HOME: 0}))
+    study.set_user_attr(RACE, {"0": "5 seeds: the most repeats allows", "1": "separated: behind trial 0 on 2 seeds"})
+    records = study_records(study)
+    assert [r.home for r in records] == [0, 1] and records[1].value > records[0].value
+    assert best_trial(study).home == 0

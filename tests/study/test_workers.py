@@ -419,3 +419,17 @@ def test_worker_processes_get_one_gpu_each_and_the_mapping_is_printed(tmp_path, 
     assert "GPUs: worker 1 -> GPU 0, worker 2 -> GPU 0, worker 3 -> GPU 1, worker 4 -> GPU 1" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="--workers-per-gpu must be at least 1, got 0"):
         run_study(path, study_dir=tmp_path / "out", n_workers=2, workers_per_gpu=0)
+
+
+def test_omp_num_threads_sets_a_new_study_s_thread_count_and_threads_beats_it(monkeypatch):
+    """`OMP_NUM_THREADS=N segtune study ...` trains at N threads, as a single run does; --threads wins."""
+    import optuna
+
+    from segtune.study.workers import study_threads
+
+    monkeypatch.setattr("segtune.study.workers.available_cpus", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert study_threads(optuna.create_study(), None, n_workers=1) == 3
+    assert study_threads(optuna.create_study(), 2, n_workers=1) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert study_threads(optuna.create_study(), None, n_workers=2) == 4
