@@ -20,7 +20,8 @@ torch.set_num_threads(1)  # tiny models gain nothing from more; worker subproces
 # session (inherited by the subprocesses it starts), never in the user's cache
 # train.precision auto trains in fp32 in the tests: a timed choice would make their numbers depend on
 # the machine's load when the suite started (tests/training/test_precision.py times it on purpose)
-os.environ.setdefault("SEGTUNE_PRECISION", "fp32")
+if not os.environ.get("SEGTUNE_PRECISION"):  # unset or empty (the setting reads empty as unset)
+    os.environ["SEGTUNE_PRECISION"] = "fp32"
 if "SEGTUNE_CACHE_DIR" not in os.environ:
     os.environ["SEGTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segtune-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SEGTUNE_CACHE_DIR"], ignore_errors=True)
