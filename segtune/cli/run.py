@@ -85,18 +85,14 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, bool]:
     ``optimizer.lr: auto``: then the optimizer's default lr stands in until the range test's is known."""
     from segtune.config import data_config, parse_override, read_yaml, with_overrides
     from segtune.planning import plan_config
-    from segtune.study.space import AUTO_LR
+    from segtune.study.space import AUTO_LR, without_auto_lr
 
     if args.config is None:
         lrs = [value for path, value in map(parse_override, args.set) if path == ["optimizer", "lr"]]
         auto = bool(lrs) and lrs[-1] == AUTO_LR
         kept = [item for item in args.set if not auto or parse_override(item)[0] != ["optimizer", "lr"]]
         return data_config(args.data, kept), auto
-    tree = with_overrides(read_yaml(args.config), args.set)  # as load_config, with auto taken out
-    optimizer = tree.get("optimizer")
-    auto = isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR
-    if auto:
-        del optimizer["lr"]
+    tree, auto = without_auto_lr(with_overrides(read_yaml(args.config), args.set))  # as load_config, auto taken out
     return plan_config(tree, origin=str(args.config)).config, auto
 
 

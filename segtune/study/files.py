@@ -15,7 +15,7 @@ from segtune.config import apply_changes, parse_override, read_yaml, validate_tr
 from segtune.errors import ConfigError
 from segtune.planning import planned_tree
 from segtune.study.entries import check_path
-from segtune.study.space import AUTO_LR
+from segtune.study.space import without_auto_lr
 
 
 def _resolve_base(base: Any, study_path: Path) -> dict[str, Any]:
@@ -41,17 +41,10 @@ def _planned_base(tree: dict[str, Any], origin: str) -> dict[str, Any]:
     try:
         planned = planned_tree(tree, origin=origin).tree
     except ConfigError:
-        validate_tree(_without_auto_lr(tree), origin)  # the plan's sections and the optimizer's problems, together
+        validate_tree(without_auto_lr(tree)[0], origin)  # the plan's sections and the optimizer's problems, together
         raise  # the tree is valid before the plan's values only
-    validate_tree(_without_auto_lr(planned), origin)
+    validate_tree(without_auto_lr(planned)[0], origin)
     return planned
-
-
-def _without_auto_lr(tree: dict[str, Any]) -> dict[str, Any]:
-    optimizer = tree.get("optimizer")
-    if not (isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR):
-        return tree
-    return {**tree, "optimizer": {k: v for k, v in optimizer.items() if k != "lr"}}
 
 
 def _valid_part(base: dict[str, Any], changes: dict[str, Any], origin: str) -> dict[str, Any] | None:

@@ -355,13 +355,19 @@ def config_for(base: dict[str, Any], values: dict[str, Any], *, auto_lr: Callabl
     ``optimizer.lr: auto`` takes the lr that ``auto_lr(config)`` finds for the config built with
     the optimizer's default lr; without ``auto_lr`` (validation) the default lr stands in.
     """
-    tree = apply_changes({**base, **top}, values)
-    optimizer = tree.get("optimizer")
-    if isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR:
-        del optimizer["lr"]
-        if auto_lr is not None:
-            optimizer["lr"] = auto_lr(build_config(tree, origin="study trial"))
+    tree, auto = without_auto_lr(apply_changes({**base, **top}, values))
+    if auto and auto_lr is not None:
+        tree["optimizer"]["lr"] = auto_lr(build_config(tree, origin="study trial"))
     return build_config(tree, origin="study trial")
 
 
-__all__ = ["AUTO_LR", "VARIANT", "Param", "Space", "SpaceErrors", "check_path", "config_for"]
+def without_auto_lr(tree: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``tree`` with an ``optimizer.lr: auto`` taken out (the optimizer's default lr stands in until the
+    range test's is known; ``tree`` itself is not changed), and whether it had one."""
+    optimizer = tree.get("optimizer")
+    if not (isinstance(optimizer, dict) and optimizer.get("lr") == AUTO_LR):
+        return tree, False
+    return {**tree, "optimizer": {k: v for k, v in optimizer.items() if k != "lr"}}, True
+
+
+__all__ = ["AUTO_LR", "VARIANT", "Param", "Space", "SpaceErrors", "check_path", "config_for", "without_auto_lr"]
