@@ -128,7 +128,8 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
 
     Args:
         table: each configuration's objective per seed (seeds in training order, as sorted keys); a
-            configuration counts once it has ``racing.min`` seeds.
+            configuration counts once it has ``racing.min`` seeds; one with a non-finite value on a
+            seed leaves the race there (its mean is the worst).
         racing: the study's ``repeats`` section.
         maximize: the study's direction.
         failed: configurations whose next seed failed: they leave the race where they would need it.
@@ -155,14 +156,20 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
             if c in failed:
                 calls[c] = f"left the race: its seed {n} failed"
         alive = [c for c in alive if c not in failed or len(seeds[c]) >= n]
+        for c in alive:  # a seed whose objective is not finite (a class never found: HD95 inf) ranks it last
+            bad = next((s for s, v in zip(sorted(table[c]), seeds[c][:n]) if not math.isfinite(v)), None)
+            if bad is not None:
+                calls[c] = f"left the race: its objective on seed {bad} is not finite"
+        alive = [c for c in alive if not calls.get(c, "").startswith("left the race: its objective")]
+        if len(alive) <= 1:  # the last one trains no more seeds: there is no one left to compare it with
+            calls.update({c: f"the last in the race, after {min(n, len(seeds[c]))} seeds" for c in alive})
+            return Race((), calls, looks)
         pending = tuple(c for c in alive if len(seeds[c]) < n)
         if pending:  # the round of seed n is not complete yet
             calls.update({c: f"in the race after {n - 1} seeds" for c in alive})
             return Race(pending, calls, looks)
-        if len(alive) <= 1 or n >= racing.max:
-            why = (f"{racing.max} seeds: the most repeats allows" if n >= racing.max and len(alive) > 1
-                   else f"the last in the race, after {n} seeds")
-            calls.update({c: why for c in alive})
+        if n >= racing.max:
+            calls.update({c: f"{racing.max} seeds: the most repeats allows" for c in alive})
             return Race((), calls, looks)
         current = look({c: seeds[c][:n] for c in alive}, racing)
         looks.append(current)
@@ -181,7 +188,9 @@ def race_table(trials: list[FrozenTrial]) -> tuple[dict[int, dict[int, float]], 
         home = int(t.user_attrs.get(HOME, t.number))
         if home not in latest or len(t.user_attrs.get(RUNS, [])) > len(latest[home].user_attrs.get(RUNS, [])):
             latest[home] = t
-    table = {home: per_seed([RunRecord.from_attr(r) for r in t.user_attrs.get(RUNS, [])]) for home, t in latest.items()}
+    # every seed, a non-finite objective too, so that the seeds of two configurations stay paired
+    table = {home: per_seed([RunRecord.from_attr(r) for r in t.user_attrs.get(RUNS, [])], finite=False)
+             for home, t in latest.items()}
     live = _extended(trials)
     tried = {int(t.user_attrs[EXTENDS]) for t in trials if EXTENDS in t.user_attrs}
     # a configuration's round failed for good: its latest trial was extended, and no extension of it

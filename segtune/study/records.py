@@ -214,12 +214,14 @@ class TrialRecord:
                    resumed_after=dict(attrs.get(RESUMED, {})), worker=attrs.get(WORKER), config=attrs.get(CONFIG))
 
 
-def per_seed(runs: Sequence[RunRecord]) -> dict[int, float]:
-    """The objective of each seed of ``runs``: the mean over its folds; seeds with a non-finite value are left out."""
+def per_seed(runs: Sequence[RunRecord], *, finite: bool = True) -> dict[int, float]:
+    """The objective of each seed of ``runs``: the mean over its folds; seeds with a non-finite value
+    are left out, or with ``finite=False`` kept (their mean is then not finite)."""
     by_seed: dict[int, list[float]] = {}
     for r in runs:
         by_seed.setdefault(r.seed, []).append(r.value)
-    return {s: math.fsum(v) / len(v) for s, v in by_seed.items() if all(math.isfinite(x) for x in v)}
+    return {s: math.fsum(v) / len(v) if all(math.isfinite(x) for x in v) else math.nan
+            for s, v in by_seed.items() if not finite or all(math.isfinite(x) for x in v)}
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
@@ -270,8 +272,10 @@ def study_records(study: optuna.Study, *, study_dir: Path | None = None) -> list
     # a racing round's completed trial carries its configuration's runs on: the trial it extends is left out
     extended = {t.user_attrs[EXTENDS] for t in trials if t.state == TrialState.COMPLETE and EXTENDS in t.user_attrs}
     race = study.user_attrs.get(RACE, {})
+    # and a round queued twice (two workers at once) trained once: its copy is no row of its own
     records = [TrialRecord.from_trial(t, trials=trials, study_dir=study_dir)
-               for t in trials if t.state != TrialState.WAITING and t.number not in extended]
+               for t in trials if t.state != TrialState.WAITING and t.number not in extended
+               and not (EXTENDS in t.user_attrs and SAME_AS in t.user_attrs)]
     records = [dataclasses.replace(r, reason=f"race: {race[str(r.home)]}")
                if r.state == Status.COMPLETE and not r.reason and str(r.home) in race else r for r in records]
     order = {status: i for i, status in enumerate(Status)}

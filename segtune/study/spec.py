@@ -314,6 +314,8 @@ class StudySpec(pydantic.BaseModel):
         """What a resumed study must share with the stored one."""
         stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
                                  | ({"cv"} if self.cv else set()))
+        if isinstance(self.repeats, Racing) and not self.repeats.margin:
+            del stored["repeats"]["margin"]  # as before margins existed: older racing studies resume
         if not self.variants:
             return stored  # as before variants existed: older studies resume
         # the variants also as one list entry of the space, by label in the file's order: the

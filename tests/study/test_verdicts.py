@@ -84,6 +84,37 @@ def test_racing_looks_share_the_error_rate():
     assert look_confidence(RACE) == pytest.approx(1 - 0.05 / 3)
 
 
+def test_a_non_finite_seed_takes_its_configuration_out_and_keeps_the_others_paired():
+    """HD95 is inf where a class is never found: that seed ranks its configuration last, and the other
+    configurations are still compared seed by seed (seed 1 of each with seed 1 of the others)."""
+    import math
+
+    from segtune.study.racing import race_table
+
+    table = {0: {0: 2.0, 1: math.inf, 2: 2.0}, 1: {0: 2.0, 1: 2.1, 2: 2.05}, 2: {0: 5.0, 1: 5.2, 2: 5.1}}
+    r = race(table, Racing(min=3, max=5), maximize=False)
+    assert r.calls[0] == "left the race: its objective on seed 1 is not finite"
+    assert r.calls[2] == "separated: behind trial 1 on 3 seeds"
+    # the one left trains no more seeds: there is nothing left to compare it with
+    assert r.over and r.calls[1] == "the last in the race, after 3 seeds"
+    # a stored trial's runs keep the seed with a non-finite value in the race's table (the
+    # leaderboard's per-seed values leave it out)
+    trial = _stored(0, optuna.trial.TrialState.COMPLETE, {0: 2.0, 1: math.inf, 2: 2.0})
+    table, _, _ = race_table([trial])
+    assert sorted(table[0]) == [0, 1, 2] and not math.isfinite(table[0][1])
+
+
+def test_a_racing_study_without_a_margin_keeps_the_fingerprint_it_had_before_margins():
+    from tests.conftest import study_tree
+
+    from segtune.study.spec import parse_study
+
+    plain, _ = parse_study(study_tree(repeats={"min": 2, "max": 4}))
+    assert plain.fingerprint()["repeats"] == {"min": 2, "max": 4, "alpha": 0.05}
+    tied, _ = parse_study(study_tree(repeats={"min": 2, "max": 4, "margin": 0.01}))
+    assert tied.fingerprint()["repeats"]["margin"] == 0.01
+
+
 def test_racing_needs_min_below_max():
     with pytest.raises(ValueError, match="min \\(5\\) must be less than max \\(5\\)"):
         Racing(min=5, max=5)
@@ -173,7 +204,10 @@ def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_se
     # a round's trial queued twice trains once: the later copy takes the earlier one's result
     copies = [t for t in study.trials if SAME_AS in t.user_attrs]
     assert len(copies) == (4 if queued_twice else 0)
-    records = {r.params["optimizer.lr"]: r for r in study_records(study) if r.same_as is None}
+    # and it is no row of the records or the leaderboard: each configuration is one
+    listed = study_records(study)
+    assert len(listed) == 3 and all(r.same_as is None for r in listed)
+    records = {r.params["optimizer.lr"]: r for r in listed}
     # every configuration got min seeds first; then rounds of one seed for the two level ones, up to max
     assert {lr: sorted(r.values) for lr, r in records.items()} == {0.01: [0, 1, 2, 3], 0.02: [0, 1, 2, 3],
                                                                     0.001: [0, 1]}
@@ -186,9 +220,8 @@ def test_a_racing_study_races_in_rounds_and_stops_the_clearly_worse_after_min_se
     assert records[0.02].value == pytest.approx(statistics.fmean(records[0.02].values.values()))
     # the leaderboard shows each configuration once, with its runs
     header, rows = leaderboard(study)
-    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows
-            if not row[header.index("reason")].startswith("result of trial")}
-    assert runs == {"0.01": "4", "0.02": "4", "0.001": "2"}
+    runs = {row[header.index("optimizer.lr")]: row[header.index("runs")] for row in rows}
+    assert len(rows) == 3 and runs == {"0.01": "4", "0.02": "4", "0.001": "2"}
 
 
 @pytest.mark.parametrize("objective, direction", [("test.hd95_mean", "minimize"), ("val.avd_mean", "minimize"),
