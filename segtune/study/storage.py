@@ -23,7 +23,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.pool
 from optuna.storages._rdb import models as _models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
@@ -154,6 +156,29 @@ def storage_fault(err: BaseException) -> str | None:
     return None
 
 
+# the key of the PostgreSQL advisory lock segtune's workers hold while Optuna creates or checks its tables
+SCHEMA_LOCK = 0x5E67_7E5E
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """On PostgreSQL, one worker at a time sets up Optuna's tables: workers starting together on a
+    fresh database would race to create them (CREATE TABLE IF NOT EXISTS is not atomic there, and
+    the losers fail on a duplicate key). A session-level advisory lock, released when its
+    connection closes, even if the worker dies. SQLite locks its file itself."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            connection.commit()
+            yield
+    finally:
+        engine.dispose()
+
+
 def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> StudyStorage:
     """The study's RDB storage with heartbeats; a dead worker's trial is re-queued once stale.
 
@@ -178,8 +203,9 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> St
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
-                storage = StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
-                                   grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+                with _schema_lock(url):
+                    storage = StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+                                           grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
                 database = storage.engine.url.database if url.startswith("sqlite") else None
                 if database and database != ":memory:":
                     storage.reserve = Path(database).with_name(f".{Path(database).name}.reserve")
@@ -188,9 +214,7 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> St
         except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
             if attempt == 2:
                 raise open_error(given, err) from None
-            # Workers starting together on a fresh PostgreSQL database race to create Optuna's
-            # tables (CREATE TABLE IF NOT EXISTS is not atomic there); the loser's retry finds them.
-            time.sleep(0.5 + random.random())
+            time.sleep(0.5 + random.random())  # a server that is starting, a connection dropped
     raise AssertionError("unreachable")
 
 
