@@ -50,14 +50,17 @@ from segtune.study.stats import ranking
 from segtune.training.loop import train
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+DECADES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 SEEDS = range(5)
 # A pool's configurations: its key in the pool's JSON -> the overrides of demo.yaml that make it.
 CONFIGS: dict[str, dict[str, list[str]]] = {
     "lr": {str(lr): [f"optimizer.lr={lr}"] for lr in LRS},
+    "decades": {str(lr): [f"optimizer.lr={lr}"] for lr in DECADES},
     "demo-study": {f"{opt} {lr:g}, {loss}": [f"optimizer.name={opt}", f"optimizer.lr={lr}", f"loss.name={loss}"]
                    for opt, lr in (("adam", 3e-3), ("rmsprop", 1e-3), ("sgd", 0.1)) for loss in ("dice_ce", "dice")},
 }
-POOLS = {"lr": "adaptive_repeats_pool.json", "demo-study": "adaptive_repeats_pool_demo_study.json"}
+POOLS = {"lr": "adaptive_repeats_pool.json", "decades": "adaptive_repeats_pool_decades.json",
+         "demo-study": "adaptive_repeats_pool_demo_study.json"}
 
 
 def label(key: str) -> str:
