@@ -3,7 +3,8 @@
 Six configurations of the demo at 2 mm are each trained once per seed 0..4, a pool of 30 runs;
 their validation Dice (the study objective ``val.dice_mean``) is kept in a JSON file (``--pool``,
 read again instead of training). ``--configs`` chooses the six: ``lr`` (Adam at six learning
-rates, 1e-4 to 3e-2: several near-equal settings, the hard case) or ``demo-study`` (the
+rates, 1e-4 to 3e-2: several near-equal settings, the hard case), ``decades`` (Adam at 1e-6 to
+1e-1, the order-of-magnitude search users start with: half of them clearly worse) or ``demo-study`` (the
 ``segtune demo`` study's own space, Adam 3e-3 and RMSprop 1e-3 with the dice_ce and dice losses,
 plus SGD at lr 0.1 with its default momentum, with both losses: the comparison a user of the demo
 makes). Both rules are then replayed on the pool, so that every comparison is on the same numbers:
@@ -149,7 +150,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run of the pool (few: compute is scarce)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--configs", choices=sorted(CONFIGS), default="lr",
-                        help="the pool's six configurations: Adam learning rates, or the demo study's space plus SGD")
+                        help="the pool's six configurations: Adam learning rates near the best (lr), six decades of them "
+                             "(decades), or the demo study's space plus SGD (demo-study)")
     parser.add_argument("--pool", type=Path, default=None,
                         help="the pool's results, read if present (runs missing from it are trained); "
                              "default: the committed pool of --configs next to this script")
