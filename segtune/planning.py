@@ -59,7 +59,10 @@ def planned_tree(tree: dict[str, Any], origin: str = "config", *, explain: bool 
             and a study's ``optimizer.lr: auto`` is resolved per trial).
         DataError: a file header that cannot be read.
     """
-    config = validate_tree({k: v for k, v in tree.items() if k != "optimizer"}, origin)
+    # a section whose name the plan chooses may set its options already (augment.intensity without
+    # augment.name: the planned flip's): it is checked with the planned name, in plan_config
+    unnamed = {key.split(".")[0] for key in PLAN_KEYS if key.endswith(".name") and not given(tree, key)[0]}
+    config = validate_tree({k: v for k, v in tree.items() if k != "optimizer" and k not in unnamed}, origin)
     if config.data.source not in PLANNED_SOURCES:
         return PlannedConfig(None, tree, PlanReport({}, "no plan", [], {}, {}))
     if config.plan == "off" and not explain:

@@ -13,6 +13,7 @@ from tests.data.writers import write_folder, write_nnunet
 
 from segtune.cli import main
 from segtune.config import load_config
+from segtune.errors import ConfigError
 from segtune.planning import data_plan, plan_config
 
 
@@ -35,6 +36,16 @@ def test_a_loaded_config_takes_the_plan_for_the_keys_it_does_not_set(tmp_path, c
     assert cfg.model.options["norm"] == "instance" and cfg.train.patience == 0  # planned
     assert cfg.train.patch_size == (16, 16) and cfg.augment.name == "flip"
     assert cfg.loss.options["include_background"] is False and cfg.loss.options["batch"] is True
+
+
+def test_an_option_of_a_planned_name_is_taken_without_the_name(cells):
+    # augment.name is planned (flip): its intensity option needs no augment.name beside it
+    cfg = data_plan(str(cells), ["augment.intensity=1", "augment.vertical=true"]).config
+    assert cfg.augment.name == "flip" and cfg.augment.options["intensity"] == 1.0
+    assert cfg.augment.options["vertical"] is True
+    # with a name the plan does not choose, the option is still checked against it
+    with pytest.raises(ConfigError, match="augmentation 'none' has no option 'intensity'"):
+        data_plan(str(cells), ["augment.name=none", "augment.intensity=1"])
 
 
 def test_plan_off_keeps_every_default(tmp_path, cells):
