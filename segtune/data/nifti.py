@@ -238,10 +238,11 @@ def nifti(
 ) -> SegData:
     """3D NIfTI volumes (nnU-Net raw or MSD layout) as 2D slices, split by case.
 
-    With ``spacing``, ``info["native"]`` holds for each case how its slices lie on the grid it
-    was read at: ``size`` (its native ``[H, W]``), ``box`` (``[top, left, H, W]`` of the resampled
-    slices on the common canvas) and ``label`` (its label file), so that predictions can be put
-    back onto the case's own grid (:mod:`segtune.training.predict`).
+    With ``spacing``, ``info["native"]`` says how each case's slices lie on the grid it was read
+    at: ``canvas`` (the common ``[H, W]`` of the slices) and per case (``cases``) its native
+    ``size`` (``[H, W]``), ``spacing`` (``[between slices, rows, columns]`` in mm), ``box``
+    (``[top, left, H, W]`` of its resampled slices on the canvas) and ``label`` (its label file), so
+    that predictions can be put back onto each case's own grid (:mod:`segtune.training.predict`).
     """
     if not path:
         raise DataError("data.path is required for a nifti dataset: the folder that holds dataset.json")
@@ -254,12 +255,14 @@ def nifti(
         for case in every:
             read = slices[case.case_id]
             slices[case.case_id], resampled = _resampled(case, read, axis, spacing, len(found.class_names))
-            native[case.case_id] = {"size": list(read.images.shape[2:]), "resampled": list(resampled),
-                                    "label": str(case.label)}
+            native[case.case_id] = {"size": list(read.images.shape[2:]),
+                                    "spacing": _slice_spacing(case, axis, tuple(read.images.shape[2:])),
+                                    "resampled": list(resampled), "label": str(case.label)}
         canvas = tuple(max(entry["resampled"][i] for entry in native.values()) for i in (0, 1))
         for case in every:
             slices[case.case_id], corner = _pad_to(slices[case.case_id], canvas)
             native[case.case_id]["box"] = corner + native[case.case_id].pop("resampled")
+        native = {"canvas": list(canvas), "cases": native}
     first = found.cases[0].case_id
     for case in every:
         if slices[case.case_id].images.shape[2:] != slices[first].images.shape[2:]:
@@ -274,7 +277,8 @@ def nifti(
     if found.test_cases:
         cases["test"] = [c.case_id for c in found.test_cases]
     data = {name: _concat([slices[c] for c in listed]) for name, listed in cases.items()}
-    content = {c: tuple(native[c]["box"][2:]) if native else tuple(slices[c].images.shape[2:]) for c in slices}
+    content = {c: tuple(native["cases"][c]["box"][2:]) if native else tuple(slices[c].images.shape[2:])
+               for c in slices}
     info = {"source": "nifti", "path": str(root), "layout": found.kind, "axis": axis,
             "cases": {name: [[c, len(slices[c])] for c in listed] for name, listed in cases.items()},
             "spacing": {case.case_id: _slice_spacing(case, axis, content[case.case_id]) for case in every},

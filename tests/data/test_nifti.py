@@ -14,7 +14,7 @@ from segtune.data import SOURCES
 from segtune.errors import ConfigError, DataError
 from segtune.registry import RegistryError
 from tests.data.writers import (SHAPE, case_volumes, save, write_msd, write_msd_test, write_nnunet,
-                                write_nnunet_test)
+                                write_nnunet_test, write_two_spacings)
 
 def load(root: Path, **options):
     return SOURCES.build("nifti", {"path": str(root), **options}, 0)
@@ -273,27 +273,6 @@ def test_msd_test_image_without_label(tmp_path):
         load(root)
 
 
-def write_two_spacings(root: Path) -> Path:
-    """Two cases of one 20 x 20 mm field of view: case_000 at 1 mm in plane (20 x 20 voxels), case_001
-    at 2 x 1 mm (10 x 20 voxels), 4 axial slices of 3 mm; a class-1 square of 8 x 8 mm in each, a
-    class-2 bar of 2 mm rows in case_000."""
-    for i, (rows, step) in enumerate(((20, 1.0), (10, 2.0))):
-        label = np.zeros((rows, 20, 4), np.uint8)
-        label[round(6 / step):round(14 / step), 6:14] = 1
-        if i == 0:
-            label[16:18, 2:18] = 2
-        image = (label * 40.0 + np.random.default_rng(i).normal(0, 2, label.shape)).astype(np.float32)
-        affine = np.diag([step, 1.0, 3.0, 1.0])
-        for array, folder, name in ((image, "imagesTr", f"case_{i:03d}_0000"), (label, "labelsTr", f"case_{i:03d}")):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(array, affine), str(root / folder / f"{name}.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "square": 1, "bar": 2},
-        "numTraining": 2, "file_ending": ".nii.gz"}))
-    (root / "splits.json").write_text(json.dumps({"train": ["case_000"], "val": ["case_001"]}))  # tests on val
-    return root
-
-
 def test_spacing_resamples_every_case_in_plane_to_the_target(tmp_path):
     root = write_two_spacings(tmp_path)
     with pytest.raises(DataError, match="data.spacing"):  # 20x20 against 10x20 slices at native spacing
@@ -301,8 +280,10 @@ def test_spacing_resamples_every_case_in_plane_to_the_target(tmp_path):
     data = load(root, spacing=1.0)
     assert data.train.images.shape == data.val.images.shape == (4, 1, 20, 20)  # the slicing axis kept: 4 slices
     assert data.info["spacing"] == {"case_000": [3.0, 1.0, 1.0], "case_001": [3.0, 1.0, 1.0]}
-    assert data.info["native"]["case_001"]["size"] == [10, 20]
-    assert data.info["native"]["case_001"]["box"] == [0, 0, 20, 20]
+    assert data.info["native"]["canvas"] == [20, 20]
+    assert data.info["native"]["cases"]["case_001"]["size"] == [10, 20]
+    assert data.info["native"]["cases"]["case_001"]["spacing"] == [3.0, 2.0, 1.0]
+    assert data.info["native"]["cases"]["case_001"]["box"] == [0, 0, 20, 20]
     # the square covers 8 x 8 mm: 64 pixels per slice at 1 mm in both cases, and labels stay labels
     for split in (data.train, data.val):
         assert split.masks.dtype == torch.int64
@@ -331,8 +312,8 @@ def test_spacing_pads_a_smaller_field_of_view_onto_a_common_canvas(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.uint8), affine), str(root / "labelsTr" / "case_001.nii.gz"))
     data = load(root, spacing=2.0)  # case_000 -> 10 x 10; case_001 stays 6 x 6, centred on the 10 x 10 canvas
     assert data.val.images.shape[2:] == (10, 10)
-    assert data.info["native"]["case_001"] == {"size": [6, 6], "box": [2, 2, 6, 6],
-                                               "label": str(root / "labelsTr" / "case_001.nii.gz")}
+    assert data.info["native"]["cases"]["case_001"] == {"size": [6, 6], "spacing": [3.0, 2.0, 2.0], "box": [2, 2, 6, 6],
+                                                        "label": str(root / "labelsTr" / "case_001.nii.gz")}
     assert int(data.val.masks.sum()) == 4 * 36 and torch.all(data.val.masks[:, 2:8, 2:8] == 1)
     assert float(data.val.images.min()) == 40.0  # padded with the case's least value
 
