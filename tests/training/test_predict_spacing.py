@@ -82,3 +82,10 @@ def test_predict_writes_each_volume_on_its_own_grid_and_evaluate_agrees(spacing_
         assert set(np.unique(labels)) <= {0, 1, 2}
         dice = dice_per_class(torch.from_numpy(labels), torch.from_numpy(_truth(root, case)), 3).tolist()
         assert [metrics["per_case"][case][n] for n in names] == pytest.approx(dice)
+
+
+def test_labels_the_files_do_not_hold_are_scored_on_the_grid_the_model_sees(spacing_run):
+    run, _ = spacing_run
+    metrics, names = evaluate_run(run, split="val", overrides=["data.label_map={2: 1}"])  # bar merged into square
+    assert metrics["grid"] == "as read" and names == ["background", "square+bar"]
+    assert evaluate_run(run, split="val")[0]["grid"] == "original"
