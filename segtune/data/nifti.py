@@ -5,7 +5,9 @@ The layout (``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``, ``labels
 :mod:`segtune.data.splits`; labelled ``imagesTs`` cases are the test split), so no case is in
 two splits. The slices of a case stay together and in order; ``SegData.info["cases"]`` lists
 ``[case_id, n_slices]`` per split, so that predictions can be put back together into volumes,
-and ``SegData.info["split"]`` says where each split came from.
+and ``SegData.info["split"]`` says where each split came from. With ``spacing`` every case is
+resampled in plane to that spacing on reading (nnU-Net's target spacing, the slicing axis kept
+native) and ``SegData.info["native"]`` says how to put its slices back onto its own grid.
 """
 from __future__ import annotations
 
@@ -23,11 +25,10 @@ from segtune.data.splits import TEST_FRACTION, VAL_FRACTION, choose_split
 from segtune.errors import DataError
 
 __all__ = [  # NIFTI_ENDINGS and strip_ending are the layout's, named here for the readers of volumes
-    "NIFTI_ENDINGS", "InPlaneSpacing", "from_slices", "in_plane_spacing", "load_nifti", "nifti", "read_array",
-    "read_case", "read_image_volume", "resample_size", "resample_slices", "resize_probabilities", "resize_slices",
-    "strip_ending", "to_slices",
+    "NIFTI_ENDINGS", "SLICES_AT_ONCE", "InPlaneSpacing", "from_slices", "in_plane_spacing", "load_nifti", "nifti",
+    "read_array", "read_case", "read_image_volume", "resample_size", "resample_slices", "resize_probabilities",
+    "resize_slices", "strip_ending", "to_slices",
 ]
-
 
 
 def _in_plane(value: object) -> float | tuple[float, float]:
@@ -40,6 +41,8 @@ def _in_plane(value: object) -> float | tuple[float, float]:
     raise ValueError("expected a spacing in mm > 0: one number for rows and columns (e.g. 0.8), or [rows, columns] "
                      "(e.g. [0.8, 0.8]); null keeps each file's own")
 
+
+SLICES_AT_ONCE = 16  # slices whose one-hot labels or probabilities are resampled together (memory: K floats a pixel)
 
 # A target in-plane spacing in mm: one value for rows and columns, or [rows, columns].
 InPlaneSpacing = Annotated[float | tuple[float, float], PlainValidator(_in_plane)]
@@ -146,9 +149,9 @@ def resample_slices(images: torch.Tensor, masks: torch.Tensor | None, size: tupl
     if tuple(images.shape[2:]) == tuple(size):
         return images, masks
     images = F.interpolate(images, size=size, mode="bicubic", align_corners=False)
-    if masks is not None:
-        one_hot = F.one_hot(masks, n_classes).movedim(-1, 1).float()
-        masks = resize_probabilities(one_hot, size).argmax(1)
+    if masks is not None:  # a few slices at a time: one float per class and pixel
+        masks = torch.cat([resize_probabilities(F.one_hot(m, n_classes).movedim(-1, 1).float(), size).argmax(1)
+                           for m in masks.split(SLICES_AT_ONCE)])
     return images, masks
 
 

@@ -19,7 +19,7 @@ from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
 from segtune.config import Config, build_config, read_yaml
 from segtune.data import CaseSpan, SegData, Split, normalize_images
 from segtune.data.folder import IMAGE_SUFFIXES, read_image
-from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, in_plane_spacing, load_nifti, read_array,
+from segtune.data.nifti import (NIFTI_ENDINGS, SLICES_AT_ONCE, from_slices, in_plane_spacing, load_nifti, read_array,
                                 read_image_volume, resample_size, resample_slices, resize_probabilities,
                                 resize_slices, strip_ending, to_slices)
 from segtune.errors import DataError
@@ -156,7 +156,8 @@ def native_grid(probabilities_of: Any, split: Split, cases: list[list[Any]], inf
     native, preds, masks, start = info["native"], [], [], 0
     for case_id, n in cases:
         entry = native["cases"][str(case_id)]
-        preds.append(native_labels(probabilities_of(split.images[start:start + n]), native["canvas"], entry))
+        preds.append(torch.cat([native_labels(probabilities_of(x), native["canvas"], entry)
+                                for x in split.images[start:start + n].split(SLICES_AT_ONCE)]))
         masks.append(_native_masks(entry, info["axis"]))
         if masks[-1].shape != preds[-1].shape:
             raise DataError(f"{entry['label']}: {tuple(masks[-1].shape)} slices, but {case_id} was read with "
@@ -263,8 +264,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     Returns:
         ``(metrics, class_names)``: metrics as in ``summary.json``, plus for volumes
         ``per_case`` (``{case: {class: dice}}``), ``case_mean_dice_per_class`` and ``case_mean_dice``
-        (foreground classes) and ``grid`` (``original`` or ``as read``); for one split, ``case_metrics`` (each case's metrics as in a summary's
-        ``per_case``, surface metrics included with ``metrics.surface``) and their means (``hd95_mean``, ...); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
+        (foreground classes) and ``grid`` (``original`` or ``as read``); for one split, ``case_metrics``
+        (each case's metrics as in a summary's ``per_case``, surface metrics included with ``metrics.surface``) and their means (``hd95_mean``, ...); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
         and ``postprocessed`` (the same metrics after it).
 
     Raises:
@@ -377,9 +378,12 @@ class _Predictor:
         own grid: the probabilities resampled back linearly, then the most likely class."""
         size = tuple(images.shape[2:])
         images, _ = resample_slices(images.float(), None, tuple(read_size), 0)
-        probabilities = predict_probabilities(self.model, self._prepared(images), batch_size=self.batch_size,
-                                              device=self.device, patch_size=self.meta.get("patch_size"))
-        return resize_probabilities(resize_probabilities(probabilities, tuple(read_size)), size).argmax(1)
+        labels = []
+        for x in self._prepared(images).split(SLICES_AT_ONCE):
+            probabilities = predict_probabilities(self.model, x, batch_size=self.batch_size, device=self.device,
+                                                  patch_size=self.meta.get("patch_size"))
+            labels.append(resize_probabilities(resize_probabilities(probabilities, tuple(read_size)), size).argmax(1))
+        return torch.cat(labels)
 
 
 def write_label_volume(labels: np.ndarray, reference: Path, target: Path) -> None:

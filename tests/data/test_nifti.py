@@ -308,7 +308,8 @@ def test_spacing_to_a_coarser_grid_pads_cases_of_different_sizes(tmp_path):
 def test_spacing_pads_a_smaller_field_of_view_onto_a_common_canvas(tmp_path):
     root = write_two_spacings(tmp_path)
     affine = np.diag([2.0, 2.0, 3.0, 1.0])  # case_001 now 12 x 12 mm: 6 x 6 voxels of 2 mm, all class 1
-    nib.save(nib.Nifti1Image(np.full((6, 6, 4), 40.0, np.float32), affine), str(root / "imagesTr" / "case_001_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.full((6, 6, 4), 40.0, np.float32), affine),
+             str(root / "imagesTr" / "case_001_0000.nii.gz"))
     nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.uint8), affine), str(root / "labelsTr" / "case_001.nii.gz"))
     data = load(root, spacing=2.0)  # case_000 -> 10 x 10; case_001 stays 6 x 6, centred on the 10 x 10 canvas
     assert data.val.images.shape[2:] == (10, 10)
