@@ -115,14 +115,22 @@ def _split_metrics(pred: torch.Tensor, masks: torch.Tensor, cases: list[list[Any
     return metrics
 
 
-def native_labels(probabilities: torch.Tensor, canvas: tuple[int, int], entry: dict[str, Any]) -> torch.Tensor:
-    """A case's labels ``(n, H, W)`` on its own grid from class probabilities ``(n, K, h, w)`` of its
-    slices as read (with ``data.spacing``): brought to the ``canvas`` size (after a ``data.resize``),
-    cut to the case's ``box``, resampled linearly to its native ``size``, then the most likely class
-    (nnU-Net's export: probabilities, not labels, are resampled)."""
-    probabilities = resize_probabilities(probabilities, tuple(canvas))
+def native_labels(probabilities_of: Any, images: torch.Tensor, canvas: tuple[int, int], entry: dict[str, Any]
+                  ) -> torch.Tensor:
+    """A case's labels ``(n, H, W)`` on its own grid from its slices as read with ``data.spacing``.
+
+    The case's ``box`` is cut from the ``canvas`` first, so that it is predicted alone, as
+    :func:`predict_files` predicts it (and nnU-Net a case); after a ``data.resize`` the whole
+    slices are predicted and the probabilities brought back to the canvas size before the cut.
+    The probabilities, not labels, are resampled linearly to the case's native ``size``, then the
+    most likely class taken (nnU-Net's export).
+    """
     top, left, h, w = entry["box"]
-    return resize_probabilities(probabilities[:, :, top:top + h, left:left + w], tuple(entry["size"])).argmax(1)
+    if tuple(images.shape[2:]) == tuple(canvas):
+        probabilities = probabilities_of(images[:, :, top:top + h, left:left + w])
+    else:
+        probabilities = resize_probabilities(probabilities_of(images), tuple(canvas))[:, :, top:top + h, left:left + w]
+    return resize_probabilities(probabilities, tuple(entry["size"])).argmax(1)
 
 
 def _native_masks(entry: dict[str, Any], axis: int) -> torch.Tensor:
@@ -156,7 +164,7 @@ def native_grid(probabilities_of: Any, split: Split, cases: list[list[Any]], inf
     native, preds, masks, start = info["native"], [], [], 0
     for case_id, n in cases:
         entry = native["cases"][str(case_id)]
-        preds.append(torch.cat([native_labels(probabilities_of(x), native["canvas"], entry)
+        preds.append(torch.cat([native_labels(probabilities_of, x, native["canvas"], entry)
                                 for x in split.images[start:start + n].split(SLICES_AT_ONCE)]))
         masks.append(_native_masks(entry, info["axis"]))
         if masks[-1].shape != preds[-1].shape:

@@ -15,7 +15,7 @@ from segtune.data import Split
 from segtune.training import predict
 from segtune.training.loop import train
 from segtune.training.metrics import dice_per_class
-from segtune.training.predict import evaluate_run, native_grid, predict_files, run_config
+from segtune.training.predict import evaluate_run, native_grid, native_labels, predict_files, run_config
 from segtune.training.runtime import load_data
 
 
@@ -89,3 +89,23 @@ def test_labels_the_files_do_not_hold_are_scored_on_the_grid_the_model_sees(spac
     metrics, names = evaluate_run(run, split="val", overrides=["data.label_map={2: 1}"])  # bar merged into square
     assert metrics["grid"] == "as read" and names == ["background", "square+bar"]
     assert evaluate_run(run, split="val")[0]["grid"] == "original"
+
+
+def test_a_case_padded_onto_the_canvas_is_predicted_alone_as_predict_does():
+    seen = []
+
+    def probabilities_of(x):
+        seen.append(tuple(x.shape))
+        return F.one_hot((x[:, 0] > 0).long(), 3).movedim(-1, 1).float()
+
+    images = torch.zeros(4, 1, 10, 10)
+    images[:, :, 2:8, 2:8] = -1.0  # a 6 x 6 case (2 mm) centred on the canvas, padded with 0
+    images[:, :, 2:5, 2:5] = 1.0  # its class-1 corner
+    entry = {"size": [12, 12], "box": [2, 2, 6, 6]}  # natively 12 x 12 at 1 mm
+    labels = native_labels(probabilities_of, images, (10, 10), entry)
+    assert seen == [(4, 1, 6, 6)]  # the case's box alone, not the canvas
+    assert labels.shape == (4, 12, 12) and int(labels.sum()) == 4 * 36 and bool((labels[:, :6, :6] == 1).all())
+    # after a data.resize to 20 x 20 the whole slices are predicted and brought back to the canvas first
+    seen.clear()
+    labels = native_labels(probabilities_of, F.interpolate(images, size=(20, 20)), (10, 10), entry)
+    assert seen == [(4, 1, 20, 20)] and bool((labels[:, :6, :6] == 1).all()) and int(labels.sum()) == 4 * 36
