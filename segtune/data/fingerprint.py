@@ -64,7 +64,7 @@ def survey_files(source: str, options: dict[str, Any]) -> list[dict[str, Any]]:
             header = load_nifti(case.images[0]).header  # a 2D file is one slice, as the source reads it
             shape, zooms = (*header.get_data_shape()[:3], 1, 1)[:3], (*header.get_zooms()[:3], 1.0, 1.0)[:3]
             records.append({"file": str(case.images[0]), "size": tuple(int(s) for s in shape),
-                            "spacing": tuple(round(float(z), 4) for z in zooms)})
+                            "spacing": tuple(round(float(z), 4) for z in zooms), "test": case in layout.test_cases})
         return records
     folder = {"folder": root / "images", "oxford_pet": root / "images"}.get(source)
     if folder is None or not folder.is_dir():
@@ -113,8 +113,9 @@ def _modalities(source: str, options: dict[str, Any]) -> list[str]:
     return [str(v) for _, v in sorted(channels.items(), key=lambda kv: int(kv[0]))] if isinstance(channels, dict) else []
 
 
-def _spacing_warnings(spacings: list[tuple[float, ...]], axis: int) -> list[str]:
-    """Anisotropic voxels sliced along the wrong axis, and in-plane spacings that differ between cases."""
+def _spacing_warnings(spacings: list[tuple[float, ...]], axis: int, target: Any = None) -> list[str]:
+    """Anisotropic voxels sliced along the wrong axis, and in-plane spacings that differ between cases
+    where they are kept (no ``target`` in-plane spacing to resample them to)."""
     if not spacings:
         return []
     array = np.array(spacings, dtype=float)
@@ -126,12 +127,12 @@ def _spacing_warnings(spacings: list[tuple[float, ...]], axis: int) -> list[str]
                         f"mixes fine and coarse directions within a slice; data.axis={coarse} does not")
     in_plane = np.delete(array, axis, 1)
     spread = in_plane.max(0) / in_plane.min(0)
-    if spread.max() > SPACING_SPREAD:
+    if spread.max() > SPACING_SPREAD and target is None:
         lo, hi = in_plane.min(0).round(3).tolist(), in_plane.max(0).round(3).tolist()
         warnings.append(f"in-plane spacings differ between cases (from {lo} to {hi}): the same structure is up to "
-                        f"{spread.max():.1f}x larger in pixels in some; segtune keeps each file's own spacing, so "
-                        f"resample the volumes to a common one (e.g. the median, "
-                        f"{np.delete(median, axis).round(3).tolist()}) before training")
+                        f"{spread.max():.1f}x larger in pixels in some; data.spacing: null keeps each file's own, "
+                        f"so set data.spacing (the plan's is the median, "
+                        f"{np.delete(median, axis).round(3).tolist()}) to resample them on reading")
     return warnings
 
 
@@ -145,21 +146,28 @@ def survey(source: str, options: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``source``, ``path``, ``modalities`` (``dataset.json``'s channel names; empty for 2D
         sources), ``sizes`` (``{"HxW" or "XxYxZ": number of files}``), ``spacings`` (the same for
-        voxel spacings), ``median_spacing`` (per voxel axis, or None) and ``warnings``.
+        voxel spacings), ``median_spacing`` (per voxel axis, of the training cases as nnU-Net's
+        fingerprint: imagesTs left out; or None), ``grids`` (``[{"size", "spacing", "n"}]``: each
+        size with its spacing, for the plan's sizes after resampling), ``target_spacing`` (the
+        options' ``spacing``) and ``warnings``.
 
     Raises:
         DataError: a file or ``dataset.json`` that cannot be read.
     """
     records = survey_files(source, options)
     spacings = [r["spacing"] for r in records if r["spacing"]]
+    training = [r["spacing"] for r in records if r["spacing"] and not r.get("test")] or spacings
+    grids = Counter((r["size"], r["spacing"]) for r in records if r["spacing"])
     return {
         "source": source,
         "path": options.get("path", ""),
         "modalities": _modalities(source, options),
         "sizes": {"x".join(map(str, size)): n for size, n in Counter(r["size"] for r in records).most_common()},
         "spacings": {"x".join(map(str, s)): n for s, n in Counter(spacings).most_common()},
-        "median_spacing": np.median(np.array(spacings), 0).round(4).tolist() if spacings else None,
-        "warnings": _spacing_warnings(spacings, options.get("axis", 2)),
+        "median_spacing": np.median(np.array(training), 0).round(4).tolist() if training else None,
+        "grids": [{"size": list(size), "spacing": list(spacing), "n": n} for (size, spacing), n in grids.most_common()],
+        "target_spacing": options.get("spacing"),
+        "warnings": _spacing_warnings(spacings, options.get("axis", 2), options.get("spacing")),
     }
 
 
@@ -182,7 +190,8 @@ def _class_warnings(classes: dict[str, dict[str, Any]], class_names: list[str]) 
 def _size_to_load(head: dict[str, Any], source: str, options: dict[str, Any]) -> list[str]:
     """Files of several sizes and no ``size`` to resize them to: ``options["size"]`` is set for this report."""
     sizes = slice_sizes(head, options.get("axis", 2))
-    if len(sizes) <= 1 or options.get("size") is not None or "size" not in SOURCES.defaults(source):
+    if (len(sizes) <= 1 or options.get("size") is not None or options.get("spacing") is not None
+            or "size" not in SOURCES.defaults(source)):
         return []
     options["size"] = list(common_size(sizes))
     return [f"mixed sizes: {len(sizes)} different (H, W) among {sum(head['sizes'].values())} files; they are "
@@ -228,6 +237,10 @@ def fingerprint(config: Config) -> dict[str, Any]:
     }
 
 
+def _shown_spacing(spacing: Any) -> str:
+    return f"{spacing:g}" if isinstance(spacing, (int, float)) else "[" + ", ".join(f"{v:g}" for v in spacing) + "]"
+
+
 def format_fingerprint(fp: dict[str, Any]) -> str:
     """The fingerprint as a plain-text report."""
     lines = [f"source      {fp['source']}  {fp['path']}"]
@@ -242,7 +255,10 @@ def format_fingerprint(fp: dict[str, Any]) -> str:
         lines.append("file sizes  " + ", ".join(f"{s} ({n})" for s, n in list(fp["sizes"].items())[:5]))
     if fp["spacings"]:
         lines.append("spacings    " + ", ".join(f"{s} ({n})" for s, n in list(fp["spacings"].items())[:5]))
-        lines.append(f"median      spacing {fp['median_spacing']} (kept: volumes are not resampled)")
+        target = fp.get("target_spacing")
+        lines.append(f"median      spacing {fp['median_spacing']} of the training cases; " + (
+            f"resampled in plane to data.spacing {_shown_spacing(target)} mm on reading" if target is not None
+            else "kept: data.spacing is null, volumes are not resampled"))
     if fp["modalities"]:
         lines.append(f"modalities  {', '.join(fp['modalities'])}")
     lines.append(f"slices      {fp['slice_size'][0]}x{fp['slice_size'][1]}, {fp['channels']} channel(s)")

@@ -7,8 +7,9 @@ and ``dataset.json`` say) to settings, each a dotted config key with its value a
     # {"data.normalize": {"value": "ct", "reason": "CT: clip to the training foreground's ..."}, ...}
 
 The rules follow nnU-Net's published ones (Isensee et al. 2021, its ``ExperimentPlanner``,
-fingerprint extractor and normalisation schemes) adapted to 2D slices and to this tool: no
-resampling, a 2D patch of at most a pixel budget, and the budgets smaller on a CPU. The plan
+fingerprint extractor and normalisation schemes) adapted to 2D slices and to this tool: volumes
+resampled in plane only (the slicing axis keeps its spacing), a 2D patch of at most a pixel
+budget, and the budgets smaller on a CPU. The plan
 reads no voxel: it needs file sizes, voxel spacings and channel names only, so planning a run
 costs the time it takes to read the headers. Which keys a config takes from the plan (the ones
 it does not set itself) is decided by :mod:`segtune.config`.
@@ -24,10 +25,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from segtune.data.base import SOURCES
+from segtune.data.nifti import resample_size
 
 __all__ = ["CPU_BUDGET", "DATASET_SHARE", "DEPENDS_ON", "GPU_BUDGET", "LARGE_SIDE", "MIN_BATCH", "PLAN_KEYS",
            "SIZE_MULTIPLE", "Budget", "PlanReport", "common_size", "fill_in", "format_plan", "given",
-           "patch_and_batch", "plan", "slice_sizes"]
+           "patch_and_batch", "plan", "resampled_slice_sizes", "slice_sizes"]
 
 SIZE_MULTIPLE = 16  # a U-Net of depth 4 (the default monai_unet) halves the size four times
 LARGE_SIDE = 256  # images of mixed sizes are resized to a common size of at most this side: they are held in memory
@@ -50,13 +52,13 @@ CPU_BUDGET = Budget(patch_pixels=256 * 256, step_pixels=16 * 128 * 128)
 GPU_BUDGET = Budget(patch_pixels=512 * 512, step_pixels=12 * 512 * 512)
 
 # Every key a plan may set, in the order the rules apply (a component's name before its options).
-PLAN_KEYS = ("data.normalize", "data.axis", "data.size", "data.min_foreground_fraction", "model.norm",
+PLAN_KEYS = ("data.normalize", "data.axis", "data.spacing", "data.size", "data.min_foreground_fraction", "model.norm",
              "loss.name", "loss.include_background", "loss.batch", "scheduler.name", "augment.name", "augment.vertical",
              "train.patch_size", "train.batch_size", "train.foreground_oversample", "train.patience")
 
 
 # The keys whose values (the config's own, where it sets them) other rules depend on.
-DEPENDS_ON = ("data.axis", "data.size", "data.resize")
+DEPENDS_ON = ("data.axis", "data.spacing", "data.size", "data.resize")
 
 
 def _parse_sizes(fingerprint: Mapping[str, Any]) -> Counter:
@@ -76,6 +78,17 @@ def slice_sizes(fingerprint: Mapping[str, Any], axis: int) -> Counter:
             counts[tuple(s for i, s in enumerate(size) if i != axis)] += n * size[axis]
         else:
             counts[size[:2]] += n
+    return counts
+
+
+def resampled_slice_sizes(fingerprint: Mapping[str, Any], axis: int, target: Any) -> Counter:
+    """:func:`slice_sizes` of volumes once resampled in plane to ``target`` mm (one value or
+    ``[rows, columns]``), from the fingerprint's ``grids`` (each file's size with its spacing)."""
+    counts: Counter = Counter()
+    for grid in fingerprint.get("grids") or []:
+        rest = [i for i in range(3) if i != axis]
+        size = resample_size(tuple(grid["size"][i] for i in rest), tuple(grid["spacing"][i] for i in rest), target)
+        counts[size] += grid["n"] * grid["size"][axis]
     return counts
 
 
@@ -141,16 +154,34 @@ def _axis(fingerprint: Mapping[str, Any], out: _Plan) -> None:
                                f"each slice has the finest spacing in plane (nnU-Net's 2D rule)")
 
 
+def _spacing(fingerprint: Mapping[str, Any], axis: int, settings: Mapping[str, Any], out: _Plan) -> Any:
+    """Plans ``data.spacing`` for volumes (not beside the config's own ``data.size``); the target in use."""
+    if "data.spacing" in settings:
+        return settings["data.spacing"]
+    if settings.get("data.size") is not None or not fingerprint.get("grids"):
+        return None
+    median = np.array(fingerprint["median_spacing"], dtype=float)
+    target = [round(float(v), 4) for v in np.delete(median, axis)]
+    out.put("data.spacing", target, f"the median in-plane spacing of the training cases (nnU-Net's target "
+                                    f"spacing, in mm): every case is resampled to it in plane on reading (the "
+                                    f"slicing axis kept), so a structure has one size in pixels in all; evaluate "
+                                    f"and predict resample the probabilities back to each case's own grid")
+    return target
+
+
 def _image_size(fingerprint: Mapping[str, Any], axis: int, settings: Mapping[str, Any], out: _Plan
                 ) -> tuple[tuple[float, float], int]:
     """The size images train at and how many images (slices) there are; plans ``data.size`` for mixed sizes."""
     sizes = slice_sizes(fingerprint, axis)
+    target = _spacing(fingerprint, axis, settings, out) if fingerprint.get("median_spacing") else None
+    if target is not None and fingerprint.get("grids"):  # resampled, and padded to a common size: no data.size
+        sizes = resampled_slice_sizes(fingerprint, axis, target)
     n_images = sum(sizes.values())
     if settings.get("data.resize") is not None:
         return tuple(settings["data.resize"]), n_images
     source_options = SOURCES.defaults(fingerprint["source"])
     size = settings.get("data.size", source_options.get("size"))
-    if size is None and len(sizes) > 1 and "size" in source_options:
+    if size is None and target is None and len(sizes) > 1 and "size" in source_options:
         size = list(common_size(sizes))
         out.put("data.size", size, f"{len(sizes)} different image sizes: every file is resized on reading to the "
                                    f"most common, rounded to a multiple of {SIZE_MULTIPLE}, sides at most "
@@ -209,9 +240,11 @@ def plan(fingerprint: Mapping[str, Any], *, settings: Mapping[str, Any] | None =
     Args:
         fingerprint: what :func:`segtune.data.fingerprint.survey` (or ``fingerprint``) returns:
             ``source``, ``sizes`` (``{"HxW" or "XxYxZ": number of files}``), ``median_spacing``
-            (volumes) and ``modalities`` (``dataset.json``'s channel names, or empty).
+            (volumes, of the training cases), ``grids`` (volumes: ``[{"size", "spacing", "n"}]``,
+            each file's size with its spacing) and ``modalities`` (``dataset.json``'s channel names, or empty).
         settings: values the config sets itself of the keys other rules depend on
-            (``data.axis``, ``data.size``, ``data.resize``); the plan's own are used otherwise.
+            (``data.axis``, ``data.spacing``, ``data.size``, ``data.resize``); the plan's own are used
+            otherwise.
         gpu: plan for a GPU (larger patch and step budgets) rather than a CPU.
 
     Returns:

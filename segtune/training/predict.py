@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from segtune.training.checkpoint import load_checkpoint, model_from_checkpoint
 from segtune.config import Config, build_config, read_yaml
-from segtune.data import SegData, Split, normalize_images
+from segtune.data import CaseSpan, SegData, Split, normalize_images
 from segtune.data.folder import IMAGE_SUFFIXES, read_image
-from segtune.data.nifti import (NIFTI_ENDINGS, from_slices, load_nifti, read_image_volume, resize_slices,
-                                strip_ending, to_slices)
+from segtune.data.nifti import (NIFTI_ENDINGS, SLICES_AT_ONCE, from_slices, in_plane_spacing, load_nifti, read_array,
+                                read_image_volume, resample_size, resample_slices, resize_probabilities,
+                                resize_slices, strip_ending, to_slices)
 from segtune.errors import DataError
-from segtune.training.evaluate import case_scores, final_distances, predict_labels
+from segtune.training.evaluate import case_scores, final_distances, predict_labels, predict_probabilities
 from segtune.training.metrics import confusion_counts, dice_from_counts, summarize
 from segtune.training.postprocess import (apply_postprocessing, case_units, choose_postprocessing, mean_case_dice,
                                           postprocess_split, read_postprocessing, write_postprocessing)
@@ -114,6 +115,68 @@ def _split_metrics(pred: torch.Tensor, masks: torch.Tensor, cases: list[list[Any
     return metrics
 
 
+def native_labels(probabilities_of: Any, images: torch.Tensor, canvas: tuple[int, int], entry: dict[str, Any]
+                  ) -> torch.Tensor:
+    """A case's labels ``(n, H, W)`` on its own grid from its slices as read with ``data.spacing``.
+
+    The case's ``box`` is cut from the ``canvas`` first, so that it is predicted alone, as
+    :func:`predict_files` predicts it (and nnU-Net a case); after a ``data.resize`` the whole
+    slices are predicted and the probabilities brought back to the canvas size before the cut.
+    The probabilities, not labels, are resampled linearly to the case's native ``size``, then the
+    most likely class taken (nnU-Net's export).
+    """
+    top, left, h, w = entry["box"]
+    if tuple(images.shape[2:]) == tuple(canvas):
+        probabilities = probabilities_of(images[:, :, top:top + h, left:left + w])
+    else:
+        probabilities = resize_probabilities(probabilities_of(images), tuple(canvas))[:, :, top:top + h, left:left + w]
+    return resize_probabilities(probabilities, tuple(entry["size"])).argmax(1)
+
+
+def _native_masks(entry: dict[str, Any], axis: int) -> torch.Tensor:
+    label = read_array(Path(entry["label"]), np.float32)
+    label = label[..., 0] if label.ndim == 4 else label
+    return torch.from_numpy(to_slices(label[None], axis)[:, 0].astype(np.int64))
+
+
+def _stack(parts: list[torch.Tensor], fill: int) -> torch.Tensor:
+    """Label slices of several cases in one ``(N, H, W)``, smaller ones padded with ``fill``."""
+    h, w = max(p.shape[1] for p in parts), max(p.shape[2] for p in parts)
+    return torch.cat([F.pad(p, (0, w - p.shape[2], 0, h - p.shape[1]), value=fill) for p in parts])
+
+
+def native_grid(probabilities_of: Any, split: Split, cases: list[list[Any]], info: dict[str, Any],
+                n_classes: int) -> tuple[torch.Tensor, Split]:
+    """Predicted and true labels of ``split``'s cases on each case's own grid (``info["native"]``).
+
+    Args:
+        probabilities_of: ``(n, C, h, w)`` images to their class probabilities ``(n, K, h, w)``.
+        split: the slices as read, of ``cases`` in order.
+        cases: ``[case_id, n_slices]`` per case.
+        info: the data's ``info``, with ``native`` and ``axis`` from the ``nifti`` source.
+        n_classes: the number of classes ``K``.
+
+    Returns:
+        Predicted labels ``(N, H, W)`` and a split of the true labels (read from the label files)
+        without images, its spans at each case's native spacing where ``split`` has spans. Cases of
+        different native sizes are padded to the largest with label ``K``, which no metric counts.
+    """
+    native, preds, masks, start = info["native"], [], [], 0
+    for case_id, n in cases:
+        entry = native["cases"][str(case_id)]
+        preds.append(torch.cat([native_labels(probabilities_of, x, native["canvas"], entry)
+                                for x in split.images[start:start + n].split(SLICES_AT_ONCE)]))
+        masks.append(_native_masks(entry, info["axis"]))
+        if masks[-1].shape != preds[-1].shape:
+            raise DataError(f"{entry['label']}: {tuple(masks[-1].shape)} slices, but {case_id} was read with "
+                            f"{tuple(preds[-1].shape)}; the file changed since, so evaluate again")
+        start += n
+    spans = None if split.cases is None else tuple(
+        CaseSpan(s.case_id, s.n, tuple(native["cases"][s.case_id]["spacing"])) for s in split.cases)
+    truth = _stack(masks, n_classes)
+    return _stack(preds, n_classes), Split(torch.zeros(len(truth), 0, *truth.shape[1:]), truth, spans)
+
+
 class _Evaluation:
     """A run's checkpoint and its data prepared for scoring: every image of every split, normalised
     as in training, predicted with the run's own evaluation options (so the numbers match its summary)."""
@@ -132,9 +195,26 @@ class _Evaluation:
             self.options["precision"] = "fp32"
 
     def predict(self, split: str) -> tuple[torch.Tensor, Split, list[list[Any]] | None]:
-        """Predicted labels ``(N, H, W)``, the split itself and its case list (None for 2D images)."""
+        """Predicted labels ``(N, H, W)``, the split itself and its case list (None for 2D images).
+
+        Volumes read with ``data.spacing`` are scored on each case's own grid (:func:`native_grid`):
+        the split returned then holds the labels of the files (and no images), the spans their spacing.
+        """
         images, cases = split_with_cases(self.data, split)
-        return predict_labels(self.model, images.images, **self.options), images, cases
+        if self.grid != "original" or cases is None:
+            return predict_labels(self.model, images.images, **self.options), images, cases
+        return (*native_grid(lambda x: predict_probabilities(self.model, x, **self.options), images, cases,
+                             self.data.info, len(self.data.class_names)), cases)
+
+    @property
+    def grid(self) -> str:
+        """Where metrics are computed: ``original`` (each case's own grid, for volumes read with
+        ``data.spacing``), else ``as read`` (the grid the model sees); labels remapped by
+        ``data.label_map`` or ``data.min_class_fraction`` are scored as read, as the files do not hold them."""
+        data = self.config.data
+        if "native" not in self.data.info or data.label_map or data.min_class_fraction > 0:
+            return "as read"
+        return "original"
 
 
 def _choose_on_val(evaluation: _Evaluation, run: str | Path, checkpoint: str) -> dict[str, bool]:
@@ -174,7 +254,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
 
     For volumes (the ``nifti`` source) the result also holds the 3D Dice of each case, over the
     whole volume (every slice of the case), and the mean over cases, per class. Metrics are
-    computed at the resolution the model sees, on every image of the split
+    computed at the resolution the model sees, except for volumes read with ``data.spacing``:
+    their probabilities are resampled back onto each case's own grid, and scored there against
+    its label file (``grid: original``; see :meth:`_Evaluation.grid`), on every image of the split
     (``data.train_fraction`` and ``data.min_foreground_fraction`` chose what to train on),
     normalised as in training (``zscore_dataset``: the training set's statistics); a
     patch-trained run (``train.patch_size``) predicts whole images by sliding windows.
@@ -190,8 +272,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     Returns:
         ``(metrics, class_names)``: metrics as in ``summary.json``, plus for volumes
         ``per_case`` (``{case: {class: dice}}``), ``case_mean_dice_per_class`` and ``case_mean_dice``
-        (foreground classes); for one split, ``case_metrics`` (each case's metrics as in a summary's
-        ``per_case``, surface metrics included with ``metrics.surface``) and their means (``hd95_mean``, ...); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
+        (foreground classes) and ``grid`` (``original`` or ``as read``); for one split, ``case_metrics``
+        (each case's metrics as in a summary's ``per_case``, surface metrics included with ``metrics.surface``) and their means (``hd95_mean``, ...); with ``postprocess``, ``postprocessing`` (``{class: keep_largest}``)
         and ``postprocessed`` (the same metrics after it).
 
     Raises:
@@ -201,6 +283,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", checkpoint: str = "bes
     names = evaluation.data.class_names
     pred, images, cases = evaluation.predict(split)
     metrics = _split_metrics(pred, images.masks, cases, names)
+    if cases:
+        metrics["grid"] = evaluation.grid
     if images.cases is not None:  # one split: its cases' surface metrics, and their means
         scores = case_scores(pred, images, names, evaluation.distances)
         metrics.update({k: v for k, v in scores.items() if k != "per_case"}, case_metrics=scores["per_case"])
@@ -261,14 +345,15 @@ def group_channels(volumes: list[Path], n_channels: int) -> dict[str, tuple[Path
     return cases
 
 
-def _volume_options(run: str | Path) -> tuple[int, tuple[int, int] | None]:
-    """The slicing axis and slice size the run was trained with (axis 2 and no resize if not volumes)."""
+def _volume_options(run: str | Path) -> tuple[int, tuple[int, int] | None, Any]:
+    """The slicing axis, slice size and in-plane spacing the run was trained with (axis 2, no resize
+    and native spacing if not volumes)."""
     try:
         data = run_config(run).data
     except DataError:
-        return 2, None
+        return 2, None, None
     options = data.options if data.source == "nifti" else {}
-    return options.get("axis", 2), options.get("size")
+    return options.get("axis", 2), options.get("size"), options.get("spacing")
 
 
 class _Predictor:
@@ -281,18 +366,32 @@ class _Predictor:
         self.model = model_from_checkpoint(ckpt).to(self.device)
         self.batch_size = batch_size
 
+    def _prepared(self, images: torch.Tensor) -> torch.Tensor:
+        if self.meta.get("resize"):
+            images, _ = resize_slices(images, None, tuple(self.meta["resize"]))
+        return normalize_images(images.float(), self.meta["normalize"], self.meta.get("normalize_stats"))
+
     def __call__(self, images: torch.Tensor, read_size: tuple[int, int] | None = None) -> torch.Tensor:
         size = tuple(images.shape[2:])
         if read_size:
             images, _ = resize_slices(images, None, tuple(read_size))
-        if self.meta.get("resize"):
-            images, _ = resize_slices(images, None, tuple(self.meta["resize"]))
-        images = normalize_images(images.float(), self.meta["normalize"], self.meta.get("normalize_stats"))
-        labels = predict_labels(self.model, images, batch_size=self.batch_size, device=self.device,
+        labels = predict_labels(self.model, self._prepared(images), batch_size=self.batch_size, device=self.device,
                                 patch_size=self.meta.get("patch_size"))
         if tuple(labels.shape[1:]) != size:
             labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
         return labels
+
+    def resampled(self, images: torch.Tensor, read_size: tuple[int, int]) -> torch.Tensor:
+        """Labels of slices resampled to ``read_size`` (a run trained with ``data.spacing``) on their
+        own grid: the probabilities resampled back linearly, then the most likely class."""
+        size = tuple(images.shape[2:])
+        images, _ = resample_slices(images.float(), None, tuple(read_size), 0)
+        labels = []
+        for x in self._prepared(images).split(SLICES_AT_ONCE):
+            probabilities = predict_probabilities(self.model, x, batch_size=self.batch_size, device=self.device,
+                                                  patch_size=self.meta.get("patch_size"))
+            labels.append(resize_probabilities(resize_probabilities(probabilities, tuple(read_size)), size).argmax(1))
+        return torch.cat(labels)
 
 
 def write_label_volume(labels: np.ndarray, reference: Path, target: Path) -> None:
@@ -338,7 +437,10 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
     ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz`` make one multi-channel case.
     Inputs are prepared as in training (channels, resize, normalisation) and, for a
     patch-trained run (its checkpoint's ``patch_size``), predicted whole by sliding windows; labels
-    are resized back to the input's size with nearest neighbour. With ``postprocess``, the run's saved
+    are resized back to the input's size with nearest neighbour. A run trained with ``data.spacing``
+    resamples each volume's slices in plane to that spacing, and its probabilities back onto the
+    input's own grid before the most likely class is taken, so the labels overlay the input voxel
+    for voxel. With ``postprocess``, the run's saved
     post-processing (:func:`saved_postprocessing`) is applied to each image or whole volume.
 
     Returns:
@@ -363,10 +465,15 @@ def predict_files(run: str | Path, inputs: list[str | Path], out: str | Path, *,
         written.append(target)
     volumes = [p for p in files if is_volume(p)]
     if volumes:
-        axis, read_size = _volume_options(run)
+        axis, read_size, spacing = _volume_options(run)
         for case, channel_files in group_channels(volumes, n_channels).items():
             slices = torch.from_numpy(to_slices(read_image_volume(channel_files, n_channels), axis))
-            labels = _postprocessed(from_slices(predictor(slices, read_size).numpy(), axis), saved)
+            if spacing is None:
+                labels = predictor(slices, read_size)
+            else:  # resampled to the run's spacing as in training, the labels on the input's own grid
+                grid = resample_size(tuple(slices.shape[2:]), in_plane_spacing(channel_files[0], axis), spacing)
+                labels = predictor.resampled(slices, grid)
+            labels = _postprocessed(from_slices(labels.numpy(), axis), saved)
             target = out / f"{case}.nii.gz"
             write_label_volume(labels, channel_files[0], target)
             written.append(target)

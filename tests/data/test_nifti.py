@@ -8,11 +8,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from segtune.data import SOURCES
 from segtune.errors import ConfigError, DataError
+from segtune.registry import RegistryError
 from tests.data.writers import (SHAPE, case_volumes, save, write_msd, write_msd_test, write_nnunet,
-                                write_nnunet_test)
+                                write_nnunet_test, write_two_spacings)
 
 def load(root: Path, **options):
     return SOURCES.build("nifti", {"path": str(root), **options}, 0)
@@ -269,3 +271,60 @@ def test_msd_test_image_without_label(tmp_path):
     with pytest.raises(DataError, match=r"imagesTs/vol_11\.nii\.gz: test image without a label in labelsTs/; "
                                         r"add labelsTs/vol_11\.nii\.gz"):
         load(root)
+
+
+def test_spacing_resamples_every_case_in_plane_to_the_target(tmp_path):
+    root = write_two_spacings(tmp_path)
+    with pytest.raises(DataError, match="data.spacing"):  # 20x20 against 10x20 slices at native spacing
+        load(root)
+    data = load(root, spacing=1.0)
+    assert data.train.images.shape == data.val.images.shape == (4, 1, 20, 20)  # the slicing axis kept: 4 slices
+    assert data.info["spacing"] == {"case_000": [3.0, 1.0, 1.0], "case_001": [3.0, 1.0, 1.0]}
+    assert data.info["native"]["canvas"] == [20, 20]
+    assert data.info["native"]["cases"]["case_001"]["size"] == [10, 20]
+    assert data.info["native"]["cases"]["case_001"]["spacing"] == [3.0, 2.0, 1.0]
+    assert data.info["native"]["cases"]["case_001"]["box"] == [0, 0, 20, 20]
+    # the square covers 8 x 8 mm: 64 pixels per slice at 1 mm in both cases, and labels stay labels
+    for split in (data.train, data.val):
+        assert split.masks.dtype == torch.int64
+        assert set(split.masks.unique().tolist()) <= {0, 1, 2}
+        assert [(split.masks[k] == 1).sum().item() for k in range(4)] == [64] * 4
+    assert (data.train.masks == 2).sum().item() == 4 * 2 * 16
+    assert torch.equal(data.val.masks[:, 6:14, 6:14], torch.ones(4, 8, 8, dtype=torch.int64))
+    # the image is interpolated: the square's inside still reads about 40
+    assert float(data.val.images[:, 0, 8:12, 8:12].mean()) == pytest.approx(40.0, abs=2.0)
+
+
+def test_spacing_to_a_coarser_grid_pads_cases_of_different_sizes(tmp_path):
+    root = write_two_spacings(tmp_path)
+    data = load(root, spacing=[2.0, 1.5])
+    # case_000: 20 x 20 at 1 mm -> 10 x 13; case_001: 10 x 20 at 2 x 1 mm -> 10 x 13
+    assert data.train.images.shape[2:] == (10, 13)
+    assert data.info["spacing"]["case_000"] == pytest.approx([3.0, 2.0, 20 / 13])
+    data = load(root, spacing=[0.5, 2.0])  # 40 x 10 both
+    assert data.val.images.shape[2:] == (40, 10)
+
+
+def test_spacing_pads_a_smaller_field_of_view_onto_a_common_canvas(tmp_path):
+    root = write_two_spacings(tmp_path)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])  # case_001 now 12 x 12 mm: 6 x 6 voxels of 2 mm, all class 1
+    nib.save(nib.Nifti1Image(np.full((6, 6, 4), 40.0, np.float32), affine),
+             str(root / "imagesTr" / "case_001_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.uint8), affine), str(root / "labelsTr" / "case_001.nii.gz"))
+    data = load(root, spacing=2.0)  # case_000 -> 10 x 10; case_001 stays 6 x 6, centred on the 10 x 10 canvas
+    assert data.val.images.shape[2:] == (10, 10)
+    assert data.info["native"]["cases"]["case_001"] == {"size": [6, 6], "spacing": [3.0, 2.0, 2.0], "box": [2, 2, 6, 6],
+                                                        "label": str(root / "labelsTr" / "case_001.nii.gz")}
+    assert int(data.val.masks.sum()) == 4 * 36 and torch.all(data.val.masks[:, 2:8, 2:8] == 1)
+    assert float(data.val.images.min()) == 40.0  # padded with the case's least value
+
+
+@pytest.mark.parametrize("value", ["auto", 0, -1.0, [1.0, 0.0], [1, 2, 3], True])
+def test_a_bad_spacing_is_a_config_error_naming_the_field(tmp_path, value):
+    with pytest.raises(RegistryError, match=r"spacing=.*expected a spacing in mm > 0"):
+        load(write_two_spacings(tmp_path), spacing=value)
+
+
+def test_spacing_and_size_together_are_refused(tmp_path):
+    with pytest.raises(RegistryError, match=r"spacing=1.0 and size=\(16, 16\) are both set"):
+        load(write_two_spacings(tmp_path), spacing=1.0, size=[16, 16])

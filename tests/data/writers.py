@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["AFFINE", "SHAPE", "TEST", "TRAINVAL", "case_volumes", "save", "trimap", "write_folder", "write_msd",
-           "write_msd_test", "write_nnunet", "write_nnunet_test", "write_pets"]
+           "write_msd_test", "write_nnunet", "write_nnunet_test", "write_pets", "write_two_spacings"]
 
 
 def write_folder(root: Path, n: int = 6, size: int = 16, *, labels: int = 3, mode: str = "L") -> Path:
@@ -95,6 +95,27 @@ def write_msd_test(root: Path, ids: range = range(10, 12), n_channels: int = 2, 
     tree = json.loads((root / "dataset.json").read_text())
     tree["test"] = [f"./imagesTs/vol_{i}.nii.gz" for i in ids]
     (root / "dataset.json").write_text(json.dumps(tree))
+    return root
+
+
+def write_two_spacings(root: Path) -> Path:
+    """Two cases of one 20 x 20 mm field of view: case_000 at 1 mm in plane (20 x 20 voxels), case_001
+    at 2 x 1 mm (10 x 20 voxels), 4 axial slices of 3 mm; a class-1 square of 8 x 8 mm in each, a
+    class-2 bar of 2 mm rows in case_000."""
+    for i, (rows, step) in enumerate(((20, 1.0), (10, 2.0))):
+        label = np.zeros((rows, 20, 4), np.uint8)
+        label[round(6 / step):round(14 / step), 6:14] = 1
+        if i == 0:
+            label[16:18, 2:18] = 2
+        image = (label * 40.0 + np.random.default_rng(i).normal(0, 2, label.shape)).astype(np.float32)
+        affine = np.diag([step, 1.0, 3.0, 1.0])
+        for array, folder, name in ((image, "imagesTr", f"case_{i:03d}_0000"), (label, "labelsTr", f"case_{i:03d}")):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), str(root / folder / f"{name}.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "square": 1, "bar": 2},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    (root / "splits.json").write_text(json.dumps({"train": ["case_000"], "val": ["case_001"]}))  # tests on val
     return root
 
 
