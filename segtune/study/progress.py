@@ -67,10 +67,10 @@ class EpochProgress:
         if math.isfinite(self.n_trials):
             later = max(self.n_trials - number - 1, 0)
             most = _minutes(per_unit * (trial_left + later * length * self.runs))
-            if self.first_rung is not None and self.first_rung < length:  # every later trial pruned at the first rung
-                left += f", ~{_minutes(per_unit * (trial_left + later * self.first_rung))} to {most} in the study"
-            else:
-                left += f", at most ~{most} in the study"
+            least = most  # every later trial pruned at the first rung, where a pruner can stop one before the end
+            if self.first_rung is not None and self.first_rung < length:
+                least = _minutes(per_unit * (trial_left + later * self.first_rung))
+            left += f", ~{least} to {most} in the study" if least != most else f", at most ~{most} in the study"
         return f"  trial {number:>3}  {unit} {at:>3}/{length}{dice}  {row.get('seconds', 0.0):.1f} s{left}"
 
 

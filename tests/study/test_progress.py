@@ -44,8 +44,10 @@ def test_with_a_pruner_the_study_estimate_runs_from_every_later_trial_pruned_at_
     two.seconds, two.units = 30.0, 3
     assert two.line(2, ("epoch", 10), 4, {"seconds": 9.0}).endswith(
         "~3 min left in this trial, ~3 min to 6 min in the study")  # 160 + 30 s; 160 + 200 s
-    # a first rung at the end of the budget prunes nothing earlier: one bound
+    # a first rung at the end of the budget prunes nothing earlier, and the last trial has no later one: one bound
     assert EpochProgress(4, first_rung=10).line(0, ("epoch", 10), 4, {"seconds": 1.0}).count(" to ") == 0
+    assert progress.line(3, ("epoch", 10), 4, {"seconds": 9.0}).endswith(
+        "~1 min left in this trial, at most ~1 min in the study")
 
 
 def test_a_pruned_study_prints_the_range_of_its_pruner(tmp_path, capsys):
