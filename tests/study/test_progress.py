@@ -50,11 +50,24 @@ def test_with_a_pruner_the_study_estimate_runs_from_every_later_trial_pruned_at_
         "~1 min left in this trial, at most ~1 min in the study")
 
 
-def test_a_pruned_study_prints_the_range_of_its_pruner(tmp_path, capsys):
-    path = write_study(tmp_path, epochs=3, pruner={"name": "median", "min_epochs": 1, "n_startup_trials": 1})
+def test_a_pruned_study_estimates_from_its_pruners_first_rung(tmp_path, monkeypatch, capsys):
+    import segtune.study.workers as workers
+
+    made = []  # the progress each worker builds: the rendering itself is tested above, without a clock
+
+    class Recorded(EpochProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(workers, "EpochProgress", Recorded)
+    path = write_study(tmp_path, epochs=3, pruner={"name": "median", "min_epochs": 2, "n_startup_trials": 1})
     run_study(path, study_dir=tmp_path / "study", progress=True)
-    first = next(line for line in capsys.readouterr().out.splitlines() if " epoch " in line)
-    assert re.search(r"left in this trial, ~\S+ (s|min) to \S+ (s|min) in the study$", first), first
+    assert [(p.n_trials, p.first_rung) for p in made] == [(2, 2)]
+    assert sum(" epoch " in line for line in capsys.readouterr().out.splitlines()) >= 4  # trial 0's 3, trial 1's 1+
+    (tmp_path / "none").mkdir()
+    run_study(write_study(tmp_path / "none", epochs=1), study_dir=tmp_path / "none" / "study", progress=True)
+    assert made[-1].first_rung is None  # no pruner: the upper bound alone
 
 
 def test_a_study_on_a_step_budget_prints_its_steps(tmp_path, capsys):
