@@ -12,7 +12,7 @@ training set's mean and std (``zscore_dataset``), the same values either way.
 
 Usage::
 
-    python benchmarks/demo_volume.py                          # trains demo.yaml (about 2 minutes on 2 cores)
+    python benchmarks/demo_volume.py                          # trains demo.yaml (about 5 minutes on 2 idle AVX2 cores)
     python benchmarks/demo_volume.py --set data.min_brain_fraction=0.05   # slices with < 5 % head dropped
     python benchmarks/demo_volume.py --set data.normalize=zscore          # each slice z-scored on its own
     python benchmarks/demo_volume.py --run runs/demo           # an existing demo run

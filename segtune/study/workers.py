@@ -221,7 +221,7 @@ def run_worker(spec: StudySpec, space: Space, *, study_dir: Path, storage: str |
     objective = Objective(spec, space, study_dir, cache or DataCache(), num_threads, verbose, storage=backend,
                           run_changes=run_changes,
                           on_epoch=EpochProgress(min(spec.n_trials or math.inf, _n_configurations(space)),
-                                                 spec.max_repeats * len(spec.folds))
+                                                 spec.max_repeats * len(spec.folds), spec.pruner.options.get("min_epochs"))
                           if progress and not verbose else None)
     try:
         return _run_trials(spec, space, study, objective, progress, may_start)
