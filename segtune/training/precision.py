@@ -3,11 +3,13 @@
 On a CPU the first run of a model shape on a machine times a few training steps of the configured
 model, loss and optimizer on one training batch in fp32 and in bf16 autocast, each with and without
 channels_last, and trains in the fastest of the four; bf16 only where it is at least
-:data:`BF16_MARGIN` faster than the best fp32 (it rounds, so it has to pay for itself). The choice is
+:data:`BF16_MARGIN` faster than the best fp32 (it rounds, so it has to pay for itself), and only
+timed where the CPU's flags show bf16 units (:func:`native_bf16`; elsewhere it is emulated, several
+times slower, and timing it cost more than a short run's epochs). The choice is
 kept in a small JSON cache, ``<cache dir>/precision.json`` (``$SEGTUNE_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/segtune``, else ``~/.cache/segtune``), keyed by the machine (CPU model, CPU threads,
 torch version) and the model shape (model and its options, channels in and out, sample size, batch
-size): every later run of that shape on that machine trains the same way without timing again, so
+size; not the loss, whose share of a step is small, so a study over losses times once): every later run of that shape on that machine trains the same way without timing again, so
 the same config and seed give the same numbers there. The timing runs on copies of the random
 generators, so the run itself draws the same numbers whether it timed or read the cache.
 
@@ -37,13 +39,27 @@ from segtune.data import SegData
 from segtune.errors import ConfigError
 from segtune.training.runtime import build_training, cpu_model, grad_scaler, run_samples, train_on_batches
 
-__all__ = ["BF16_MARGIN", "CACHE_ENV", "CHOICE_ENV", "Precision", "as_trained", "cache_path", "resolve_precision"]
+__all__ = ["BF16_MARGIN", "CACHE_ENV", "CHOICE_ENV", "Precision", "as_trained", "cache_path", "native_bf16",
+           "resolve_precision"]
 
 CACHE_ENV = "SEGTUNE_CACHE_DIR"
 CHOICE_ENV = "SEGTUNE_PRECISION"  # what auto is on a CPU, without timing
 BF16_MARGIN = 0.10  # bf16 must be 10 % faster than fp32 to be chosen
 N_STEPS = 3  # timed steps per candidate, after one warm-up; the fastest counts (others' load only slows)
 CANDIDATES = (("fp32", True), ("fp32", False), ("bf16", True), ("bf16", False))
+# CPU flags of bf16 arithmetic in hardware (x86 AVX512-BF16 and AMX, Arm's BF16); without them bf16 is
+# emulated in fp32 and slower (7 to 11x a step on an AVX2 EPYC), so it is not timed
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether the CPU computes in bf16 in hardware, from its flags; None where they cannot be read."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+    flags = {f for line in lines if line.startswith(("flags", "Features")) for f in line.partition(":")[2].split()}
+    return bool(flags & BF16_FLAGS) if flags else None
 
 
 @dataclass(frozen=True)
@@ -131,7 +147,7 @@ def _machine_and_shape(config: Config, data: SegData) -> str:
     sample = tuple(config.train.patch_size or data.train.images.shape[2:])
     machine = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     shape = {"model": config.model.name, "options": config.model.options, "in": data.in_channels,
-             "classes": data.n_classes, "loss": config.loss.name, "sample": list(sample),
+             "classes": data.n_classes, "sample": list(sample),
              "batch": min(config.train.batch_size, len(data.train))}
     return json.dumps({"machine": machine, "shape": shape}, sort_keys=True, default=str)
 
@@ -160,8 +176,9 @@ def _time_candidates(config: Config, data: SegData, device: torch.device) -> dic
     """Seconds per training step of each candidate, the fastest of :data:`N_STEPS` after a warm-up;
     on copies of the random generators, so the run draws what it would have drawn without timing."""
     timings = {}
+    candidates = [c for c in CANDIDATES if c[0] == "fp32" or native_bf16() is not False]
     with torch.random.fork_rng(devices=[]):
-        for precision, channels_last in CANDIDATES:
+        for precision, channels_last in candidates:
             train = config.train.model_copy(update={"precision": precision, "channels_last": channels_last})
             candidate = config.model_copy(update={"train": train})
             model, loss_fn, optimizer = build_training(candidate, data, device)

@@ -10,7 +10,7 @@ import yaml
 
 from segtune.config import build_config
 from segtune.training.loop import train
-from segtune.training.precision import CACHE_ENV, CHOICE_ENV, as_trained, cache_path
+from segtune.training.precision import CACHE_ENV, CHOICE_ENV, as_trained, cache_path, native_bf16
 
 from segtune.errors import ConfigError
 from tests.conftest import tiny_tree
@@ -24,14 +24,18 @@ def test_auto_is_timed_once_then_read_from_the_cache_and_trains_as_it_says(tmp_p
     cfg = build_config(tiny_tree())  # precision left at its default, auto
     first = train(cfg, out_dir=tmp_path / "a", verbose=False).summary
     assert first["precision"]["source"] == "timed"
-    assert set(first["precision"]["seconds_per_step"]) == {"fp32", "fp32+channels_last", "bf16",
-                                                           "bf16+channels_last"}
+    # bf16 is timed only on a CPU with bf16 units
+    bf16 = {"bf16", "bf16+channels_last"} if native_bf16() is not False else set()
+    assert set(first["precision"]["seconds_per_step"]) == {"fp32", "fp32+channels_last"} | bf16
     second = train(cfg, out_dir=tmp_path / "b", verbose=False).summary
     # read from the cache: the same choice, and the timing drew nothing from the run's generators
     assert second["precision"]["source"] == "cached"
     assert second["precision"]["precision"] == first["precision"]["precision"]
     assert second["test"] == first["test"]
     assert yaml_precision(tmp_path / "b") == "auto"  # config.yaml keeps what was asked
+    # another loss is the same model shape: no second timing
+    other = build_config(tiny_tree(loss={"name": "dice"}))
+    assert train(other, out_dir=tmp_path / "d", verbose=False).summary["precision"]["source"] == "cached"
     # the cache entry of this machine and shape, made to say bf16 without channels_last: the run takes it
     entries = json.loads(cache_path().read_text())
     (key,) = entries
@@ -39,6 +43,20 @@ def test_auto_is_timed_once_then_read_from_the_cache_and_trains_as_it_says(tmp_p
     cache_path().write_text(json.dumps(entries))
     third = train(cfg, out_dir=tmp_path / "c", verbose=False).summary["precision"]
     assert (third["precision"], third["channels_last"], third["source"]) == ("bf16", False, "cached")
+
+
+@pytest.mark.parametrize("lines, native", [
+    ("flags\t\t: fpu sse2 avx avx2 fma\n", False),  # an AVX2 EPYC
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16\nflags\t\t: fpu avx2 avx512f avx512_bf16\n", True),
+    ("flags\t\t: fpu avx2 amx_tile amx_bf16\n", True),  # a Sapphire Rapids Xeon
+    ("Features\t: fp asimd sve bf16\n", True),  # an Arm Neoverse
+    ("processor\t: 0\n", None),  # no flags: unknown, so bf16 is timed
+])
+def test_bf16_units_are_read_from_the_cpu_flags(tmp_path, lines, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(lines)
+    assert native_bf16(cpuinfo) is native
+    assert native_bf16(tmp_path / "missing") is None
 
 
 def test_a_set_precision_is_used_as_given_and_an_evaluation_predicts_as_trained(tmp_path):
