@@ -15,7 +15,12 @@ import yaml
 
 from segtune.config import build_config
 
-torch.set_num_threads(1)  # tiny models gain nothing from more; worker subprocesses get the cores
+torch.set_num_threads(1)  # tiny models gain nothing from more
+# and one thread in what the tests start too: a study in the test process (its trials train at the
+# study's count, by default every CPU) and the processes it starts (`segtune train`, study workers)
+# read OMP_NUM_THREADS. The suite already runs one test per core (xdist); more threads than cores
+# make every small parallel op wait for a descheduled thread (a value set before the run is kept)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # train.precision: auto caches its timings per machine and model shape: in a directory of the test
 # session (inherited by the subprocesses it starts), never in the user's cache
 # train.precision auto trains in fp32 in the tests: a timed choice would make their numbers depend on

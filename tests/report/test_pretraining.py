@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from matplotlib.figure import Figure
 
 from segtune.report import write_report
@@ -18,6 +19,7 @@ def _pretraining_run(folder, mse: float) -> None:
     Figure(figsize=(2, 1)).savefig(folder / "reconstructions.png")
 
 
+@pytest.mark.slow
 def test_the_report_tables_each_encoders_reconstruction_error_and_names_varied_base_values(tmp_path, make_study):
     study = make_study(tmp_path, n_trials=2)
     # the study also varied the loss: the header must not name the base loss as if it were fixed

@@ -77,6 +77,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_stop_between_stages_resumes_at_the_next_stage_and_never_reruns_a_finished_one(tmp_path, capsys):
     path, out = _staged_file(tmp_path), tmp_path / "out"
 
@@ -123,6 +124,7 @@ def test_every_problem_of_a_staged_file_is_named_at_once(tmp_path, change, messa
         load_stages(_staged_file(tmp_path, **change))
 
 
+@pytest.mark.slow
 def test_a_decided_stage_whose_definition_changed_is_an_error_not_a_silent_reuse(tmp_path):
     path, out = _staged_file(tmp_path), tmp_path / "out"
     tree = yaml.safe_load(path.read_text())

@@ -77,6 +77,7 @@ def test_a_bad_case_of_a_two_entry_condition_is_named(cases, message):
         parse_study(study_tree(space=raw))
 
 
+@pytest.mark.slow
 def test_a_variant_study_trains_each_label_with_its_settings(tmp_path):
     # the trial records its label as one parameter; its config carries the variant's settings
     variants = [{"label": "adam-fast", "optimizer.name": "adam", "optimizer.lr": 0.01},

@@ -123,9 +123,10 @@ def test_two_worker_processes_share_one_study(tmp_path, backend, request):
 
 
 @pytest.mark.slow
-def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path):
+def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path, monkeypatch):
     # a study fixes its trials' thread count when created (here the cores divided between 2
     # workers); the same count in one in-process worker gives every cell the same value
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's 1 would fix the count
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
     two = run_study(path, study_dir=tmp_path / "two", n_workers=2)
     threads = two.user_attrs["threads"]
@@ -308,6 +309,7 @@ def test_a_changed_study_file_is_not_resumed_into_the_old_study(tmp_path):
         run_study(write_study(tmp_path, space={"optimizer.lr": [0.02]}), study_dir=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_path, monkeypatch, capsys):
     # the numbers depend on the thread count: a study keeps the count it was created with
     import segtune.study.objective
@@ -327,7 +329,8 @@ def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run_study(path, study_dir=out, num_threads=1)
     monkeypatch.setattr(segtune.study.objective, "train", real_train)
-    monkeypatch.setattr(segtune.study.workers.os, "cpu_count", lambda: 8)  # another machine, or more cores free
+    monkeypatch.setattr("segtune.study.workers.available_cpus", lambda: 8)  # another machine, or more cores free
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's 1 would give a new count of 1 too
     assert main(["study", str(path), "--out", str(out), "--quiet"]) == 0
     trials = load_existing_study(path, study_dir=out).get_trials()
     assert [t.user_attrs["config"]["train"]["num_threads"] for t in trials] == [1, 1, 1]  # done, stopped, re-run
@@ -337,6 +340,7 @@ def test_a_resumed_study_trains_with_the_thread_count_it_was_created_with(tmp_pa
             "count") in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["random", {"name": "tpe", "n_startup_trials": 2}], ids=["random", "tpe"])
 def test_a_resumed_study_draws_new_configurations_and_the_same_as_a_fresh_one(tmp_path, method):
     # trial n's draw depends on the study's seed and n only: a study stopped after 2 trials and

@@ -1,14 +1,13 @@
 """Resuming an interrupted run ends with the same numbers as an uninterrupted one."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
 
+from segtune.cli import main
 from segtune.config import build_config
 from segtune.training.checkpoint import load_checkpoint
 from segtune.errors import DataError, SegtuneError
@@ -145,14 +144,15 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path, patches):
     config.write_text(yaml.safe_dump(tree))
     args = ["train", str(config), "--quiet", "--set", *OVERRIDES[:-1], "train.epochs=12", "train.patience=0",
             *patches]
-    segtune = [sys.executable, "-m", "segtune"]
-    subprocess.run(segtune + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+    # only the killed run needs a process of its own: the uninterrupted run and the resume are the
+    # same command run in this one (one thread in both, as in the killed process: tests/conftest.py)
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
     run = tmp_path / "cut"
     run_killed_in_epoch(3, args + ["--out", str(run)])  # its metrics row written, its last.pt not
     assert _rows(run / "metrics.csv") == 1 + 3 and not (run / "summary.json").exists()
     first = torch.load(run / "last.pt", weights_only=True)
     assert first["epoch"] == 2
-    subprocess.run(segtune + args + ["--out", str(run), "--resume"], check=True, capture_output=True)
+    assert main(args + ["--out", str(run), "--resume"]) == 0
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     cut = json.loads((run / "summary.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs_run"] == full["epochs_run"] == 12
