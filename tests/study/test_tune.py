@@ -218,8 +218,10 @@ def test_a_tune_of_a_step_budget_probes_one_epoch_and_trains_its_trials_in_steps
     path.write_text(yaml.safe_dump(tiny_tree(train={"steps": 6, "val_every_steps": 2, "batch_size": 8, "patience": 0,
                                                     "num_threads": 1})))
     out = tmp_path / "tune"
-    # readings 0 (start), 100 (trial 0 starts with 50 s left), 200 (spent), 300 (the end)
-    result = run_tune(path, budget=150, study_dir=out, progress=False, clock=_clock())
+    # readings 0 (start), 1000 (trial 0 starts with 500 s left), 2000 (spent), 3000 (the end): the trial's
+    # own max_minutes (what is left, less the probe's measured set-up and end, on the real clock) is
+    # minutes, so a loaded machine cannot cut its 6 steps short
+    result = run_tune(path, budget=1500, study_dir=out, progress=False, clock=_clock(1000.0))
     probe = json.loads((out / PROBE_DIR / "summary.json").read_text())
     assert (probe["unit"], probe["steps_run"]) == ("epoch", 2)  # one epoch: 16 images in batches of 8
     assert result.study.user_attrs[EPOCHS] == 6  # the base's 6 steps fit a quarter of the budget
