@@ -112,6 +112,11 @@ class DataConfig(Component):
         if self.folds is not None and self.fold >= self.folds:
             raise ValueError(f"data.fold={self.fold}, but data.folds={self.folds} gives folds 0 to "
                              f"{self.folds - 1}; set data.fold to one of them")
+        if self.resize is not None and self.options.get("spacing") is not None and self.source == "nifti":
+            # training resizes the padded canvas of every case, predict one case: they would not match
+            raise ValueError(f"data.resize={list(self.resize)} and data.spacing={self.options['spacing']} are both "
+                             f"set: a resize after resampling changes the spacing again; set data.resize: null "
+                             f"(train.patch_size crops large slices instead) or data.spacing: null")
         return self
 
     @property

@@ -31,15 +31,19 @@ __all__ = [  # NIFTI_ENDINGS and strip_ending are the layout's, named here for t
 ]
 
 
+MAX_SPACING = 1000.0  # mm: a finite target; a case resampled to fewer than 2 pixels a side is refused on reading
+MAX_SIDE = 4096  # pixels: the largest side a resampled slice may have (a 4096 x 4096 float slice is 64 MiB)
+
+
 def _in_plane(value: object) -> float | tuple[float, float]:
     """A target in-plane spacing: a number of mm > 0 for rows and columns, or ``[rows, columns]``."""
     pair = list(value) if isinstance(value, (list, tuple)) else None
     numbers = pair if pair is not None else [value]
     if (len(numbers) in ((1,) if pair is None else (2,))
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in numbers)):
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < MAX_SPACING for v in numbers)):
         return float(value) if pair is None else (float(pair[0]), float(pair[1]))
-    raise ValueError("expected a spacing in mm > 0: one number for rows and columns (e.g. 0.8), or [rows, columns] "
-                     "(e.g. [0.8, 0.8]); null keeps each file's own")
+    raise ValueError(f"expected a spacing in mm, > 0 and < {MAX_SPACING:g}: one number for rows and columns (e.g. "
+                     f"0.8), or [rows, columns] (e.g. [0.8, 0.8]); null keeps each file's own")
 
 
 SLICES_AT_ONCE = 16  # slices whose one-hot labels or probabilities are resampled together (memory: K floats a pixel)
@@ -193,6 +197,10 @@ def _resampled(case: Case, read: Split, axis: int, spacing: float | tuple[float,
                ) -> tuple[Split, tuple[int, int]]:
     """A case's slices resampled in plane to ``spacing`` mm (the slicing axis keeps its own), and their size."""
     size = resample_size(tuple(read.images.shape[2:]), in_plane_spacing(case.images[0], axis), spacing)
+    if min(size) < 2 or max(size) > MAX_SIDE:
+        raise DataError(f"{case.images[0]}: resampled to data.spacing={spacing} mm its slices would be "
+                        f"{size[0]}x{size[1]} pixels (at least 2 and at most {MAX_SIDE} a side); set data.spacing "
+                        f"nearer the files' own {in_plane_spacing(case.images[0], axis)} mm, or null")
     return Split(*resample_slices(read.images, read.masks, size, n_classes)), size
 
 

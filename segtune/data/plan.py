@@ -154,12 +154,21 @@ def _axis(fingerprint: Mapping[str, Any], out: _Plan) -> None:
                                f"each slice has the finest spacing in plane (nnU-Net's 2D rule)")
 
 
+# in-plane spacings of the cases within this ratio of one another count as one: data.spacing is not planned
+SPACING_TOLERANCE = 1.1
+
+
 def _spacing(fingerprint: Mapping[str, Any], axis: int, settings: Mapping[str, Any], out: _Plan) -> Any:
-    """Plans ``data.spacing`` for volumes (not beside the config's own ``data.size``); the target in use."""
+    """Plans ``data.spacing`` for volumes whose in-plane spacings differ by more than
+    :data:`SPACING_TOLERANCE` (not beside the config's own ``data.size`` or ``data.resize``); the target in use."""
     if "data.spacing" in settings:
         return settings["data.spacing"]
-    if settings.get("data.size") is not None or not fingerprint.get("grids"):
+    if settings.get("data.size") is not None or settings.get("data.resize") is not None or not fingerprint.get("grids"):
         return None
+    rest = [i for i in range(3) if i != axis]
+    spacings = np.array([[g["spacing"][i] for i in rest] for g in fingerprint["grids"]], dtype=float)
+    if (spacings.max(0) <= SPACING_TOLERANCE * spacings.min(0)).all():
+        return None  # one spacing (within 10 %): resampling would change nothing but pad mixed sizes
     median = np.array(fingerprint["median_spacing"], dtype=float)
     target = [round(float(v), 4) for v in np.delete(median, axis)]
     out.put("data.spacing", target, f"the median in-plane spacing of the training cases (nnU-Net's target "

@@ -71,4 +71,6 @@ def evaluate_ensemble(runs: Sequence[str | Path], *, split: str = "test", checkp
     ensemble = score_labels((total / len(folders)).argmax(1), target, names, final_distances(config))
     mean_of_runs = {k: statistics.fmean(s[k] for s in scores.values())
                     for k in _SHOWN if all(s.get(k) is not None for s in scores.values())}
-    return {"ensemble": ensemble, "runs": scores, "class_names": names, "mean_of_runs": mean_of_runs}
+    # scored on the grid the models see (resampled with data.spacing), not each case's own grid
+    return {"ensemble": ensemble, "runs": scores, "class_names": names, "mean_of_runs": mean_of_runs,
+            "grid": "as read"}

@@ -319,10 +319,27 @@ def test_spacing_pads_a_smaller_field_of_view_onto_a_common_canvas(tmp_path):
     assert float(data.val.images.min()) == 40.0  # padded with the case's least value
 
 
-@pytest.mark.parametrize("value", ["auto", 0, -1.0, [1.0, 0.0], [1, 2, 3], True])
+@pytest.mark.parametrize("value", ["auto", 0, -1.0, [1.0, 0.0], [1, 2, 3], True, float("inf"), 1e300])
 def test_a_bad_spacing_is_a_config_error_naming_the_field(tmp_path, value):
-    with pytest.raises(RegistryError, match=r"spacing=.*expected a spacing in mm > 0"):
+    with pytest.raises(RegistryError, match=r"spacing=.*expected a spacing in mm, > 0 and < 1000"):
         load(write_two_spacings(tmp_path), spacing=value)
+
+
+def test_a_spacing_that_leaves_too_few_pixels_is_a_data_error_naming_the_case(tmp_path):
+    from segtune.errors import DataError
+
+    with pytest.raises(DataError, match=r"case_000_0000.nii.gz: resampled to data.spacing=50.0 mm its slices would "
+                                        r"be \d+x\d+ pixels \(at least 2"):
+        load(write_two_spacings(tmp_path), spacing=50.0)
+
+
+def test_spacing_and_resize_together_are_refused(tmp_path):
+    from segtune.config import build_config
+    from segtune.errors import ConfigError
+
+    tree = {"data": {"source": "nifti", "path": str(write_two_spacings(tmp_path)), "spacing": 1.0, "resize": [16, 16]}}
+    with pytest.raises(ConfigError, match=r"data.resize=\[16, 16\] and data.spacing=1.0 are both set"):
+        build_config(tree)
 
 
 def test_spacing_and_size_together_are_refused(tmp_path):

@@ -41,6 +41,15 @@ def test_the_configs_own_spacing_or_size_wins():
     # data.spacing: null keeps each file's own, so the mixed sizes are resized on reading as before
     assert plan(fp, settings={"data.spacing": None})["data.size"]["value"] == [192, 192]
     assert "data.spacing" not in plan(fp, settings={"data.size": [128, 128]})  # a resize would undo it
+    assert "data.spacing" not in plan(fp, settings={"data.resize": [128, 128]})
+
+
+def test_cases_of_one_spacing_are_not_resampled_and_mixed_sizes_resized_as_before():
+    # 0.78 and 0.80 mm (within 10 %) count as one: no spacing planned, so no padding to the largest case
+    grids = [{"size": [256, 256, 20], "spacing": [0.78, 0.78, 5.0], "n": 9},
+             {"size": [512, 512, 20], "spacing": [0.80, 0.80, 5.0], "n": 1}]
+    p = plan(_volumes(grids, [0.78, 0.78, 5.0]))
+    assert "data.spacing" not in p and p["data.size"]["value"] == [256, 256]
 
 
 def test_the_median_is_of_the_training_cases(tmp_path):

@@ -33,6 +33,7 @@ def test_the_ensemble_of_a_run_with_itself_is_the_run(folds):
     alone = result["runs"][str(folds[0])]
     assert result["ensemble"]["dice_per_class"] == alone["dice_per_class"]
     assert result["ensemble"]["per_case"] == alone["per_case"]
+    assert result["grid"] == "as read"  # the grid the models see, not each case's own
 
 
 def test_the_ensemble_scores_every_test_case_next_to_each_fold(folds, capsys):
