@@ -330,15 +330,17 @@ class Config(_Strict):
     # auto: the settings this config does not set are planned from the data's file headers
     # (segtune.data.plan; sources that read files only); off: every unset setting keeps its default.
     plan: Literal["auto", "off"] = "auto"
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    # built when a config is, not at import: a default optimizer is checked by building it, and torch's
+    # first optimizer imports torch._dynamo (about 2 s of every command's start)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @pydantic.field_validator("plan", mode="before")
     @classmethod

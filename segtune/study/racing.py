@@ -39,7 +39,6 @@ from typing import Mapping
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from scipy import stats
 
 from segtune.study.records import (EXTENDS, HOME, RACE, RUNS, SAME_AS, SEPARATED, RunRecord, per_seed,
                                    requeued_on_resume)
@@ -105,6 +104,8 @@ def look(block: Mapping[int, list[float]], racing: Racing) -> Look:
 
 @functools.lru_cache(maxsize=256)
 def _studentized_range(confidence: float, k: int, df: int) -> float:
+    from scipy import stats
+
     return float(stats.studentized_range.ppf(confidence, k, df))  # a numerical integral: a second under load
 
 

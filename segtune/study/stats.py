@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+# scipy.stats is imported in the functions that use it: it takes about a second, and every command imports this module
 
 import optuna
-from scipy import stats
 
 CONFIDENCE = 0.95  # the level of every interval in a report
 MIN_CASES = 10  # shared cases from which verdicts compare case by case (Wilcoxon), not seed by seed
@@ -66,6 +66,7 @@ def mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE) -> MeanC
         >>> mean_ci([0.80, 0.82, 0.81]).text(3)
         '0.810 ± 0.025'
     """
+    from scipy import stats
     if not values:
         raise ValueError("mean_ci needs at least one value")
     if len(values) < 2:
@@ -118,6 +119,7 @@ def paired_comparison(best: dict[int, float], other: dict[int, float], *, other_
     Returns:
         The comparison, or None when the two share fewer than two seeds.
     """
+    from scipy import stats
     seeds = tuple(sorted(set(best) & set(other)))
     if len(seeds) < 2:
         return None
@@ -175,6 +177,7 @@ def _case_differences(a: Mapping[CaseKey, float], b: Mapping[CaseKey, float], ma
 
 def bootstrap_mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE) -> MeanCI:
     """The mean of ``values`` and its bootstrap (BCa, :data:`N_BOOTSTRAP` resamples, seed 0) interval."""
+    from scipy import stats
     if statistics.pstdev(values) == 0:
         return MeanCI(statistics.fmean(values), values[0], values[0], len(values))
     result = stats.bootstrap((np.asarray(values),), np.mean, confidence_level=confidence, n_resamples=N_BOOTSTRAP,
@@ -202,6 +205,7 @@ def verdict(a: int, b: int, *, seeds: tuple[Mapping[int, float], Mapping[int, fl
         >>> verdict(1, 2, seeds=({0: 0.90, 1: 0.91, 2: 0.90}, {0: 0.70, 1: 0.71, 2: 0.71})).word
         'better'
     """
+    from scipy import stats
     diffs = _case_differences(*cases, maximize)
     if len(diffs) >= MIN_CASES:
         nonzero = [d for d in diffs if d != 0]
