@@ -314,14 +314,21 @@ class StudySpec(pydantic.BaseModel):
         """What a resumed study must share with the stored one."""
         stored = self.model_dump(mode="json", include={"base", "objective", "method", "repeats", "space"}
                                  | ({"cv"} if self.cv else set()))
-        if isinstance(self.repeats, Racing) and not self.repeats.margin:
-            del stored["repeats"]["margin"]  # as before margins existed: older racing studies resume
         if not self.variants:
             return stored  # as before variants existed: older studies resume
         # the variants also as one list entry of the space, by label in the file's order: the
         # report reads the stored space, and shows them as one setting
         labels = [v["label"] for v in self.variants]
         return {**stored, "space": {VARIANT: labels, **stored["space"]}, "variants": self.variants}
+
+
+def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A stored or new fingerprint in the form two are compared in: racing repeats stored before
+    ``margin`` existed had none, which is a margin of 0 (so those studies and stages resume)."""
+    repeats = fingerprint.get("repeats")
+    if isinstance(repeats, dict) and {"min", "max"} <= set(repeats):
+        return {**fingerprint, "repeats": {"margin": 0.0, **repeats}}
+    return fingerprint
 
 
 class StudyErrors(ConfigError):
@@ -403,6 +410,6 @@ def load_study(path: str | Path, overrides: Sequence[str] = (), *, every_cell: b
     return parse_study(tree, origin=str(path), every_cell=every_cell, errors=errors)
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudyErrors", "StudySpec", "grid_sampler", "hyperband_pruner",
+__all__ = ["PRUNERS", "SAMPLERS", "MethodSection", "PrunerSection", "StudyErrors", "StudySpec", "comparable", "grid_sampler", "hyperband_pruner",
            "load_study", "median_pruner", "no_pruner", "parse_study", "random_sampler", "read_study_tree",
            "successive_halving_pruner", "tpe_sampler"]

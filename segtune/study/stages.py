@@ -48,7 +48,7 @@ from segtune.errors import ConfigError
 from segtune.registry import suggest
 from segtune.study.records import TrialRecord, Status, study_records
 from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
-from segtune.study.spec import Racing, StudyErrors, StudySpec, parse_study, read_study_tree
+from segtune.study.spec import Racing, StudyErrors, StudySpec, comparable, parse_study, read_study_tree
 from segtune.study.stats import paired_comparison
 
 STAGES_DIR = "stages"
@@ -278,9 +278,10 @@ def walk(staged: Staged, root: Path, upto: int | None = None) -> tuple[list[Deci
         decision = read_decision(directory)
         if decision is None:
             break
-        now = stage_fingerprint(staged, i, stage_study(staged, i, base, follows)[0])
+        now = comparable(stage_fingerprint(staged, i, stage_study(staged, i, base, follows)[0]))
         # a decision written before a key was part of the fingerprint is compared on the keys it has
-        changed = sorted(k for k in now if k in (decision.study or {}) and now[k] != decision.study[k])
+        then = comparable(decision.study or {})
+        changed = sorted(k for k in now if k in then and now[k] != then[k])
         if changed:
             raise ConfigError(f"stage {i + 1} ({stage.name}) was decided on another definition ({', '.join(changed)} "
                               f"differ) and is never run again; restore the study file, or move {directory} aside "

@@ -33,7 +33,7 @@ from segtune.study.racing import queue_round
 from segtune.study.records import (EXTENDS, HOME, REQUEUED_FROM, RETRY_HISTORY, SAME_AS, SPEC, THREADS, TRIALS_DIR,
                                    Status, progress_line, requeued_on_resume, status_of)
 from segtune.study.space import Space, config_for
-from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, load_study
+from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, comparable, load_study
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
                                    storage_fault)
 from segtune.training.runtime import available_cpus
@@ -90,8 +90,8 @@ def open_study(spec: StudySpec, space: Space, storage: optuna.storages.RDBStorag
     stored = study.user_attrs.get(SPEC)
     if stored is None:
         study.set_user_attr(SPEC, spec.fingerprint())
-    elif stored != json.loads(json.dumps(spec.fingerprint())):
-        changed = sorted(k for k in stored if stored[k] != json.loads(json.dumps(spec.fingerprint()))[k])
+    elif comparable(stored) != (now := comparable(json.loads(json.dumps(spec.fingerprint())))):
+        changed = sorted(k for k in comparable(stored) if comparable(stored)[k] != now.get(k))
         raise ConfigError(f"study {spec.name!r} in this storage was made from a different study file "
                           f"({', '.join(changed)} differ); rename the study or use another study directory")
     return study

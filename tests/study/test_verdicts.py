@@ -104,15 +104,27 @@ def test_a_non_finite_seed_takes_its_configuration_out_and_keeps_the_others_pair
     assert sorted(table[0]) == [0, 1, 2] and not math.isfinite(table[0][1])
 
 
-def test_a_racing_study_without_a_margin_keeps_the_fingerprint_it_had_before_margins():
+@pytest.mark.parametrize("stored_repeats", [{"min": 2, "max": 4, "alpha": 0.05},  # stored before margins
+                                            {"min": 2, "max": 4, "alpha": 0.05, "margin": 0.0}])
+def test_a_racing_study_stored_with_or_without_a_margin_opens_again(tmp_path, stored_repeats):
+    import json
+
     from tests.conftest import study_tree
 
+    from segtune.errors import ConfigError
+    from segtune.study import open_storage
+    from segtune.study.records import SPEC
     from segtune.study.spec import parse_study
+    from segtune.study.workers import open_study
 
-    plain, _ = parse_study(study_tree(repeats={"min": 2, "max": 4}))
-    assert plain.fingerprint()["repeats"] == {"min": 2, "max": 4, "alpha": 0.05}
-    tied, _ = parse_study(study_tree(repeats={"min": 2, "max": 4, "margin": 0.01}))
-    assert tied.fingerprint()["repeats"]["margin"] == 0.01
+    spec, space = parse_study(study_tree(repeats={"min": 2, "max": 4}))
+    storage = open_storage(spec, tmp_path)
+    study = open_study(spec, space, storage)
+    study.set_user_attr(SPEC, {**json.loads(json.dumps(spec.fingerprint())), "repeats": stored_repeats})
+    assert open_study(spec, space, storage).study_name == spec.name  # no "made from a different study file"
+    tied, tied_space = parse_study(study_tree(repeats={"min": 2, "max": 4, "margin": 0.01}))
+    with pytest.raises(ConfigError, match=r"made from a different study file \(repeats differ\)"):
+        open_study(tied, tied_space, storage)
 
 
 def test_racing_needs_min_below_max():
