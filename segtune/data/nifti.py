@@ -120,9 +120,15 @@ def resize_slices(images: torch.Tensor, masks: torch.Tensor | None, size: tuple[
     return images, masks
 
 
+def _zooms_and_shape(path: Path) -> tuple[list[float], list[int]]:
+    """The header's voxel spacing (mm) and shape of the first three axes (a 2D file: 1 mm, 1 voxel)."""
+    header = load_nifti(path).header
+    return ([float(z) for z in header.get_zooms()] + [1.0] * 3)[:3], (list(header.get_data_shape()) + [1] * 3)[:3]
+
+
 def in_plane_spacing(path: Path, axis: int) -> tuple[float, float]:
     """The header's voxel spacing (mm) of the rows and columns of the slices cut along ``axis``."""
-    zooms = ([float(z) for z in load_nifti(path).header.get_zooms()] + [1.0] * 3)[:3]
+    zooms, _ = _zooms_and_shape(path)
     rows, cols = (a for a in range(3) if a != axis)
     return zooms[rows], zooms[cols]
 
@@ -186,9 +192,7 @@ def read_case(case: Case, layout: Layout, axis: int, size: tuple[int, int] | Non
 def _slice_spacing(case: Case, axis: int, read: tuple[int, int]) -> list[float]:
     """The header's voxel spacing (mm) of a case as ``[between slices, rows, columns]`` of its slices
     as read at ``read`` ``(H, W)`` (a resize or resampling on reading scales the in-plane spacing)."""
-    header = load_nifti(case.images[0]).header
-    zooms = ([float(z) for z in header.get_zooms()] + [1.0] * 3)[:3]  # a 2D file: 1 mm between "slices"
-    shape = (list(header.get_data_shape()) + [1] * 3)[:3]
+    zooms, shape = _zooms_and_shape(case.images[0])
     rest = [a for a in range(3) if a != axis]
     return [zooms[axis], zooms[rest[0]] * shape[rest[0]] / read[0], zooms[rest[1]] * shape[rest[1]] / read[1]]
 
@@ -196,11 +200,12 @@ def _slice_spacing(case: Case, axis: int, read: tuple[int, int]) -> list[float]:
 def _resampled(case: Case, read: Split, axis: int, spacing: float | tuple[float, float], n_classes: int
                ) -> tuple[Split, tuple[int, int]]:
     """A case's slices resampled in plane to ``spacing`` mm (the slicing axis keeps its own), and their size."""
-    size = resample_size(tuple(read.images.shape[2:]), in_plane_spacing(case.images[0], axis), spacing)
+    own = in_plane_spacing(case.images[0], axis)
+    size = resample_size(tuple(read.images.shape[2:]), own, spacing)
     if min(size) < 2 or max(size) > MAX_SIDE:
         raise DataError(f"{case.images[0]}: resampled to data.spacing={spacing} mm its slices would be "
                         f"{size[0]}x{size[1]} pixels (at least 2 and at most {MAX_SIDE} a side); set data.spacing "
-                        f"nearer the files' own {in_plane_spacing(case.images[0], axis)} mm, or null")
+                        f"nearer the files' own {own} mm, or null")
     return Split(*resample_slices(read.images, read.masks, size, n_classes)), size
 
 
