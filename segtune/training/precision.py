@@ -176,7 +176,8 @@ def _time_candidates(config: Config, data: SegData, device: torch.device) -> dic
     """Seconds per training step of each candidate, the fastest of :data:`N_STEPS` after a warm-up;
     on copies of the random generators, so the run draws what it would have drawn without timing."""
     timings = {}
-    candidates = [c for c in CANDIDATES if c[0] == "fp32" or native_bf16() is not False]
+    bf16 = native_bf16() is not False
+    candidates = [c for c in CANDIDATES if c[0] == "fp32" or bf16]
     with torch.random.fork_rng(devices=[]):
         for precision, channels_last in candidates:
             train = config.train.model_copy(update={"precision": precision, "channels_last": channels_last})
