@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 import statistics
 
+import numpy as np
 import optuna
 import pytest
 from scipy.stats import studentized_range
+from scipy.stats import t as t_dist
 from tests.conftest import tiny_tree, write_study
 
 from segtune.study import run_study
-from segtune.study.racing import look, look_confidence, race
+from segtune.study.racing import look, look_confidence, mcb_critical, race
 from segtune.study.spec import Racing
 from segtune.study.stats import ranking, verdict
 
@@ -45,11 +47,28 @@ def test_racing_stops_a_clearly_worse_configuration_after_min_seeds():
     block = {0: [0.90, 0.92], 1: [0.60, 0.62], 2: [0.895, 0.91]}
     looked = look(block, RACE)
     assert looked.leader == 0 and looked.stopped == {1: "separated: behind trial 0 on 2 seeds"}
-    # Tukey's interval at 1 - 0.05 / 3 with (3 - 1) x (2 - 1) = 2 degrees of freedom: the residuals of
+    # Hsu's MCB at 1 - 0.05 / 3 with (3 - 1) x (2 - 1) = 2 degrees of freedom: the residuals of
     # two seeds are +-(d - mean d) / 2 of each configuration's seed difference d (0.02, 0.02, 0.015)
     residual_ss = 2 * ((0.02 - 0.055 / 3) ** 2 * 2 + (0.015 - 0.055 / 3) ** 2) / 4
-    q = studentized_range.ppf(1 - 0.05 / 3, 3, 2)
-    assert looked.half_width == pytest.approx(q * (residual_ss / 2 / 2) ** 0.5) == pytest.approx(0.0212, abs=1e-4)
+    h = mcb_critical(1 - 0.05 / 3, 3, 2)
+    assert looked.half_width == pytest.approx(h * (residual_ss / 2 / 2) ** 0.5) == pytest.approx(0.0139, abs=1e-4)
+    # narrower than Tukey's all-pairwise interval at the same level, which the race does not need
+    assert h < 0.8 * studentized_range.ppf(1 - 0.05 / 3, 3, 2)
+
+
+@pytest.mark.parametrize("k, df", [(2, 1), (2, 4), (3, 2), (6, 5), (6, 12)])
+def test_mcb_critical_value_covers_the_best_at_its_level(k, df):
+    confidence = 1 - 0.05 / 3
+    h = mcb_critical(confidence, k, df)
+    if k == 2:  # one comparison: the one-sided t quantile of the difference of two means
+        assert h == pytest.approx(2 ** 0.5 * t_dist.ppf(confidence, df), rel=1e-4)
+    # by simulation: of k equal configurations, none's mean is more than h estimated standard errors
+    # above the first's with probability `confidence` (means in units of their standard error)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((400_000, k))
+    s = np.sqrt(rng.chisquare(df, 400_000) / df)
+    covered = float(np.mean((z[:, 1:] - z[:, :1]).max(axis=1) <= h * s))
+    assert covered == pytest.approx(confidence, abs=0.0015)
 
 
 def test_racing_gives_the_level_configurations_a_seed_a_round_up_to_max():
@@ -66,7 +85,7 @@ def test_racing_gives_the_level_configurations_a_seed_a_round_up_to_max():
 
 
 def test_racing_stops_a_practical_tie_inside_the_margin():
-    tied = {0: {s: 0.900 + 0.01 * s for s in range(3)}, 1: {s: 0.899 + 0.01 * s + 0.0005 * (s % 2) for s in range(3)}}
+    tied = {0: {s: 0.900 + 0.01 * s for s in range(3)}, 1: {s: 0.899 + 0.01 * s + 0.0015 * (s % 2) for s in range(3)}}
     assert not race(tied, RACE, maximize=True).over  # without a margin, level configurations race on
     calls = race(tied, Racing(min=2, max=5, margin=0.01), maximize=True).calls
     # two configurations on two seeds leave one degree of freedom: too wide an interval; three seeds tie them
