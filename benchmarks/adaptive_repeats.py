@@ -27,6 +27,7 @@ Usage::
 
     python benchmarks/adaptive_repeats.py                  # the committed 4-epoch pool: no training
     python benchmarks/adaptive_repeats.py --configs demo-study   # the committed demo-study pool
+    python benchmarks/adaptive_repeats.py --configs decades --epochs 10 --pool benchmarks/adaptive_repeats_pool_decades_10ep.json
     python benchmarks/adaptive_repeats.py --epochs 10 --pool /tmp/pool10.json   # train (or extend) a pool
     python benchmarks/adaptive_repeats.py --alpha 0.2 --margin 0.02             # another race
 """
