@@ -308,6 +308,17 @@ def drop_empty_slices(split: Split, min_foreground: float) -> Split:
     return split.subset(keep.nonzero()[:, 0])
 
 
+OWN_AT_ONCE = 64  # images normalised on their own pixels together (a few temporaries of their size)
+
+
+def _per_image(images: torch.Tensor, normalize: str, own: torch.Tensor | None) -> torch.Tensor:
+    """A per-image normalisation of ``images``, on the pixels ``own`` marks (a few images at a time)."""
+    if own is None:
+        return normalize_images(images, normalize)
+    return torch.cat([normalize_images(x, normalize, own=o) for x, o in zip(images.split(OWN_AT_ONCE),
+                                                                            own.split(OWN_AT_ONCE))])
+
+
 def _training_stats(train: Split, normalize: str) -> Stats:
     return dataset_stats(train.images) if normalize == "zscore_dataset" else foreground_stats(train)
 
@@ -353,9 +364,8 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         splits[name] = resize_split(split, resize) if resize is not None else split
     data = replace(data, **splits)
     if normalize not in DATASET_NORMALIZE:
-        data = replace(data, **{name: Split(normalize_images(data.split(name).images, normalize,
-                                                             own=own_pixels(data, name)), data.split(name).masks)
-                                for name in ("train", "val", "test")})
+        data = replace(data, **{name: Split(_per_image(data.split(name).images, normalize, own_pixels(data, name)),
+                                            data.split(name).masks) for name in ("train", "val", "test")})
     if label_map:
         data = remap_labels(data, label_map)
     if min_class_fraction > 0:

@@ -13,6 +13,7 @@ from tests.conftest import tiny_tree
 
 from segtune.config import build_config
 from segtune.data import normalize_images
+from segtune.data import base
 from segtune.data.base import own_pixels
 from segtune.training import predict
 from segtune.training.loop import train
@@ -46,7 +47,8 @@ def _config(root, normalize="zscore", **train):
 
 
 @pytest.mark.parametrize("normalize", ["zscore", "minmax", "histogram"])
-def test_a_padded_case_is_normalised_on_its_own_pixels(tmp_path, normalize):
+def test_a_padded_case_is_normalised_on_its_own_pixels(tmp_path, normalize, monkeypatch):
+    monkeypatch.setattr(base, "OWN_AT_ONCE", 3)  # the 4 slices of each split in two goes
     data = load_data(_config(write_padded(tmp_path), normalize))
     own = own_pixels(data, "val")
     assert own is not None and int(own.sum()) == 4 * 144 and bool(own[BOX].all())
