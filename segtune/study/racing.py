@@ -170,7 +170,8 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
         alive = [c for c in alive if not calls.get(c, "").startswith(NOT_FINITE)]
         if len(alive) <= 1:  # the last one trains no more seeds: there is no one left to compare it with
             calls.update({c: f"the last in the race, after {min(n, len(seeds[c]))} seeds" for c in alive})
-            return Race((), calls, looks, f"trial {alive[0]} is {calls[alive[0]]}" if alive else _no_winner(calls, racing))
+            end = f"trial {alive[0]} is {calls[alive[0]]}" if alive else _no_winner(calls, racing)
+            return Race((), calls, looks, end)
         pending = tuple(c for c in alive if len(seeds[c]) < n)
         if pending:  # the round of seed n is not complete yet
             calls.update({c: f"in the race after {n - 1} seeds" for c in alive})
@@ -192,7 +193,8 @@ def _no_winner(calls: dict[int, str], racing: Racing) -> str:
     counted = {c: why for c, why in sorted(calls.items()) if not why.startswith("waits for")}
     if not counted:
         return f"no winner: no configuration has completed its first {racing.min} seeds"
-    text = f"no winner: no configuration is left in the race ({'; '.join(f'trial {c} {w}' for c, w in counted.items())})"
+    each = "; ".join(f"trial {c} {why}" for c, why in counted.items())
+    text = f"no winner: no configuration is left in the race ({each})"
     if any(why.startswith(NOT_FINITE) for why in counted.values()):
         text += (", so none can be ranked; an objective that is not finite on a seed (HD95 and ASD are inf where a "
                  "class is never found) takes its configuration out: race on one every run gives a finite value "

@@ -56,7 +56,8 @@ def test_a_padded_case_is_normalised_on_its_own_pixels(tmp_path, normalize, monk
     assert torch.allclose(data.val.images[BOX], normalize_images(raw.val.images[BOX].contiguous(), normalize),
                           atol=1e-5)
     padding = data.val.images[~own.expand_as(data.val.images)].view(4, -1)  # the case's least value, normalised
-    assert bool((padding == padding[:, :1]).all()) and bool((padding[:, 0] <= data.val.images[BOX].amin((1, 2, 3))).all())
+    assert bool((padding == padding[:, :1]).all())
+    assert bool((padding[:, 0] <= data.val.images[BOX].amin((1, 2, 3))).all())
     if normalize == "zscore":  # each slice: mean 0, std 1 over its own pixels (the padding counted would shift both)
         own_values = data.val.images[BOX].flatten(1)
         assert own_values.mean(1).abs().max() < 1e-5 and (own_values.std(1) - 1).abs().max() < 1e-5
