@@ -116,8 +116,8 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None,
         stats: for ``zscore_dataset`` and ``ct``: one value per channel of each of their keys.
         own: ``(N, 1, H, W)`` bool, True on each image's own pixels (:func:`own_pixels`): the per-image
             normalisations take their statistics from these alone and apply them to every pixel, so
-            that padding around a case neither changes its values nor its own (it becomes the
-            normalised pad value); None: every pixel is the image's own.
+            that padding around a case does not change the values of its own pixels (the padding
+            becomes the normalised pad value); None: every pixel is the image's own.
 
     Raises:
         DataError: ``zscore_dataset`` or ``ct`` without ``stats``.
@@ -173,7 +173,7 @@ def equalize_histogram(images: torch.Tensor, own: torch.Tensor | None = None) ->
     flat = images.reshape(images.shape[0] * images.shape[1], -1)
     if own is None:
         ordered, count = flat.sort(dim=1).values, flat.shape[1]
-    else:  # the padding sorted last, past every value, so that it counts below none
+    else:  # the padding sorted last, past every value: no value counts it
         mine = own.expand_as(images).reshape(flat.shape)
         ordered, count = flat.masked_fill(~mine, torch.inf).sort(dim=1).values, mine.sum(1, keepdim=True)
     below = torch.searchsorted(ordered.contiguous(), flat.contiguous(), right=True)
