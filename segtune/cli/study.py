@@ -95,15 +95,19 @@ def print_study_results(study: Any) -> Any:
     """
     import yaml
 
-    from segtune.study.records import best_trial, leaderboard, objective_name
+    from segtune.study.records import RACE_END, Status, best_trial, leaderboard, objective_name
 
     header, rows = leaderboard(study)
     print(f"study {study.study_name}: {len(rows)} trial(s)")
     if rows:
         print_table(rows, header)
+    if study.user_attrs.get(RACE_END):
+        print(f"\nthe race: {study.user_attrs[RACE_END]}")
     best = best_trial(study)
     if best is None:
-        print("no trial has completed yet")
+        completed = any(row[header.index("state")] == str(Status.COMPLETE) for row in rows)
+        print(f"no best configuration: no trial has completed with a finite {objective_name(study)}" if completed
+              else "no trial has completed yet")
         return None
     print(f"\nbest: trial {best.number}, {objective_name(study)} {best.value:.4f}; its configuration:")
     print(yaml.safe_dump(best.config, sort_keys=False).rstrip())

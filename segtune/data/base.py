@@ -20,7 +20,7 @@ from segtune.registry import Registry
 __all__ = [
     "COLOR_CHANNELS", "DATASET_NORMALIZE", "LUMA", "SOURCES", "CaseSpan", "ImageSize", "SegData", "Split", "Stats",
     "convert_channels", "dataset_stats", "drop_empty_slices", "foreground_stats",
-    "merge_rare_classes", "normalize_images", "prepare", "remap_labels", "resize_split",
+    "merge_rare_classes", "normalize_images", "own_pixels", "prepare", "remap_labels", "resize_split",
 ]
 
 # An image size (H, W) to resize to on reading; 8 pixels is the least any network here can take.
@@ -101,7 +101,8 @@ COLOR_CHANNELS = {"grey": 1, "rgb": 3}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights for RGB to grey
 
 
-def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None) -> torch.Tensor:
+def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None,
+                     own: torch.Tensor | None = None) -> torch.Tensor:
     """Normalise images: per image (``zscore``, ``minmax``), with training-set statistics or not at all.
 
     Args:
@@ -113,6 +114,10 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
             ``minmax`` (each image to [0, 1]), ``histogram`` (each channel of each image through its own
             empirical CDF to (0, 1]: histogram equalisation, whatever the scanner's scale) or ``none``.
         stats: for ``zscore_dataset`` and ``ct``: one value per channel of each of their keys.
+        own: ``(N, 1, H, W)`` bool, True on each image's own pixels (:func:`own_pixels`): the per-image
+            normalisations take their statistics from these alone and apply them to every pixel, so
+            that padding around a case does not change the values of its own pixels (the padding
+            becomes the normalised pad value); None: every pixel is the image's own.
 
     Raises:
         DataError: ``zscore_dataset`` or ``ct`` without ``stats``.
@@ -126,8 +131,13 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
         return images
     dims = (1, 2, 3)
     if how == "zscore":
-        mean = images.mean(dims, keepdim=True)
-        std = images.std(dims, keepdim=True)
+        if own is None:
+            mean, std = images.mean(dims, keepdim=True), images.std(dims, keepdim=True)
+        else:
+            weight = own.expand_as(images).to(images.dtype)
+            n = weight.sum(dims, keepdim=True)
+            mean = (images * weight).sum(dims, keepdim=True) / n
+            std = ((images - mean).square() * weight).sum(dims, keepdim=True).div((n - 1).clamp_min(1)).sqrt()
         return (images - mean) / std.clamp_min(1e-6)
     if how in DATASET_NORMALIZE:
         if stats is None or not set(DATASET_NORMALIZE[how]) <= set(stats):
@@ -139,19 +149,21 @@ def normalize_images(images: torch.Tensor, how: str, stats: Stats | None = None)
             images = torch.maximum(torch.minimum(images, per_channel["upper"]), per_channel["lower"])
         return (images - per_channel["mean"]) / per_channel["std"].clamp_min(1e-6)
     if how == "minmax":
-        lo = images.amin(dims, keepdim=True)
-        hi = images.amax(dims, keepdim=True)
+        padding = None if own is None else ~own.expand_as(images)
+        lo = (images if padding is None else images.masked_fill(padding, torch.inf)).amin(dims, keepdim=True)
+        hi = (images if padding is None else images.masked_fill(padding, -torch.inf)).amax(dims, keepdim=True)
         return (images - lo) / (hi - lo).clamp_min(1e-6)
     if how == "histogram":
-        return equalize_histogram(images)
+        return equalize_histogram(images, own)
     raise ValueError(f"unknown normalisation {how!r}")
 
 
-def equalize_histogram(images: torch.Tensor) -> torch.Tensor:
+def equalize_histogram(images: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
     """Each channel of each image ``(N, C, H, W)`` mapped through its own empirical CDF.
 
     A value becomes the share of the channel's pixels at or below it, so equal values stay equal and
-    the output is spread evenly over (0, 1].
+    the output is spread evenly over (0, 1]. With ``own`` (``(N, 1, H, W)`` bool, as in
+    :func:`normalize_images`) the CDF is of the image's own pixels alone.
 
     Example:
         >>> equalize_histogram(torch.tensor([[[[5.0, 1.0], [5.0, 9.0]]]]))
@@ -159,9 +171,36 @@ def equalize_histogram(images: torch.Tensor) -> torch.Tensor:
                   [0.7500, 1.0000]]]])
     """
     flat = images.reshape(images.shape[0] * images.shape[1], -1)
-    ordered = flat.sort(dim=1).values
+    if own is None:
+        ordered, count = flat.sort(dim=1).values, flat.shape[1]
+    else:  # the padding sorted last, past every value: no value counts it
+        mine = own.expand_as(images).reshape(flat.shape)
+        ordered, count = flat.masked_fill(~mine, torch.inf).sort(dim=1).values, mine.sum(1, keepdim=True)
     below = torch.searchsorted(ordered.contiguous(), flat.contiguous(), right=True)
-    return (below.to(images.dtype) / flat.shape[1]).reshape(images.shape)
+    return (below.to(images.dtype) / count).reshape(images.shape)
+
+
+def own_pixels(data: SegData, name: str) -> torch.Tensor | None:
+    """``(N, 1, H, W)`` bool of split ``name``: True on the pixels of each image that are its case's own,
+    False on the padding a source put around a case to bring it onto a common canvas (the ``box``
+    of each case in ``info["native"]``, from the ``nifti`` source with ``spacing``); None where
+    every pixel is an image's own. ``info["cases"]`` must list the split's images (a whole split).
+
+    Raises:
+        DataError: ``info["cases"]`` does not count the split's images.
+    """
+    native, split = data.info.get("native"), data.split(name)
+    if not native or tuple(split.images.shape[2:]) != tuple(native["canvas"]):
+        return None
+    own, start = torch.zeros(len(split), 1, *split.images.shape[2:], dtype=torch.bool), 0
+    for case_id, n in data.info["cases"][name]:
+        top, left, h, w = native["cases"][str(case_id)]["box"]
+        own[start:start + n, :, top:top + h, left:left + w] = True
+        start += n
+    if start != len(split):
+        raise DataError(f"the cases of the {name} split count {start} images, but it has {len(split)}; "
+                        f"its padding cannot be told from its cases' own pixels")
+    return None if bool(own.all()) else own
 
 
 def dataset_stats(images: torch.Tensor) -> Stats:
@@ -269,6 +308,17 @@ def drop_empty_slices(split: Split, min_foreground: float) -> Split:
     return split.subset(keep.nonzero()[:, 0])
 
 
+OWN_AT_ONCE = 64  # images normalised on their own pixels together (a few temporaries of their size)
+
+
+def _per_image(images: torch.Tensor, normalize: str, own: torch.Tensor | None) -> torch.Tensor:
+    """A per-image normalisation of ``images``, on the pixels ``own`` marks (a few images at a time)."""
+    if own is None:
+        return normalize_images(images, normalize)
+    return torch.cat([normalize_images(x, normalize, own=o) for x, o in zip(images.split(OWN_AT_ONCE),
+                                                                            own.split(OWN_AT_ONCE))])
+
+
 def _training_stats(train: Split, normalize: str) -> Stats:
     return dataset_stats(train.images) if normalize == "zscore_dataset" else foreground_stats(train)
 
@@ -294,7 +344,11 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     7. ``normalize``: see :func:`normalize_images`; ``zscore_dataset`` uses the mean and std of
        the final training split, ``ct`` the statistics of its foreground (:func:`foreground_stats`),
        stored in ``info["normalize_stats"]``, or ``normalize_stats`` when given (a trained model
-       evaluated on other data keeps its training set's statistics).
+       evaluated on other data keeps its training set's statistics). The per-image ones
+       (``zscore``, ``minmax``, ``histogram``) are applied right after step 2, as steps 3 to 6 keep
+       every pixel's value, while each split is still whole: a case padded onto a common canvas
+       (:func:`own_pixels`) is normalised on its own pixels alone, as ``predict`` normalises it
+       without padding, and its padding by the same transform.
 
     Raises:
         DataError: a step leaves a split empty, or cannot be applied to these images.
@@ -309,6 +363,9 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         split = Split(images, split.masks.long())
         splits[name] = resize_split(split, resize) if resize is not None else split
     data = replace(data, **splits)
+    if normalize not in DATASET_NORMALIZE:
+        data = replace(data, **{name: Split(_per_image(data.split(name).images, normalize, own_pixels(data, name)),
+                                            data.split(name).masks) for name in ("train", "val", "test")})
     if label_map:
         data = remap_labels(data, label_map)
     if min_class_fraction > 0:
@@ -331,8 +388,9 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
     for name in ("train", "val", "test"):
         if len(data.split(name)) == 0:
             raise DataError(f"the {name} split is empty; use more data or smaller validation/test shares")
-    stats = (normalize_stats or _training_stats(data.train, normalize)) if normalize in DATASET_NORMALIZE else None
+    if normalize not in DATASET_NORMALIZE:
+        return data
+    stats = normalize_stats or _training_stats(data.train, normalize)
     splits = {name: Split(normalize_images(data.split(name).images, normalize, stats), data.split(name).masks)
               for name in ("train", "val", "test")}
-    info = data.info if stats is None else {**data.info, "normalize_stats": stats}
-    return replace(data, info=info, **splits)
+    return replace(data, info={**data.info, "normalize_stats": stats}, **splits)

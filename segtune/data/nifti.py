@@ -211,7 +211,11 @@ def _resampled(case: Case, read: Split, axis: int, spacing: float | tuple[float,
 
 def _pad_to(read: Split, size: tuple[int, int]) -> tuple[Split, list[int]]:
     """Slices centred on a canvas of ``size``: images padded with each channel's least value (air),
-    masks with background; returns the padded split and the ``[top, left]`` of the case on it."""
+    masks with background; returns the padded split and the ``[top, left]`` of the case on it.
+
+    The case's ``box`` in ``info["native"]`` tells its pixels from the padding, so that a per-image
+    normalisation takes its statistics from the case's own (:func:`~segtune.data.base.own_pixels`),
+    as ``predict`` normalises the case alone."""
     h, w = read.images.shape[2:]
     top, left = (size[0] - h) // 2, (size[1] - w) // 2
     pad = (left, size[1] - w - left, top, size[0] - h - top)

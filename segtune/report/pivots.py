@@ -14,6 +14,7 @@ every level); the tables say how many of each. Every bar chart's y axis starts a
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Mapping, Sequence
 
 from segtune.report.cells import class_names, metric_headers, metric_values, trial_runs
@@ -43,13 +44,13 @@ def independent_pairs(varied: Sequence[Levels], space: Mapping[str, Any] | None)
 
 
 def reported_values(record: ReportedTrial) -> list[float]:
-    """The values a completed or pruned trial reported: each finished seed's objective, else its last
-    reported value; none for a failed, stopped or running trial (its value is no result)."""
+    """The values a completed or pruned trial reported: each finished seed's finite objective, else its
+    last reported value if finite; none for a failed, stopped or running trial (its value is no result)."""
     if record.state not in (Status.COMPLETE, Status.PRUNED):
         return []
     if record.values:
         return list(record.values.values())
-    return [record.value] if record.value is not None else []
+    return [record.value] if record.value is not None and math.isfinite(record.value) else []
 
 
 def _ci(records: Sequence[ReportedTrial]) -> MeanCI | None:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from segtune.report.data import ReportedTrial
 from segtune.report.document import Block, Heading, Table, Text, figure_block
 from segtune.report.figures import level_label
-from segtune.study.records import RACE, SPEC, Status, maximizes, objective_name
+from segtune.study.records import RACE, RACE_END, SPEC, Status, maximizes, objective_name
 from segtune.study.stats import mean_ci, ranking
 from segtune.training.distances import DISTANCE_METRICS
 
@@ -69,7 +69,11 @@ def answer_blocks(study: optuna.Study, records: Sequence[ReportedTrial]) -> list
     blocks: list[Block] = [Heading("The answer")]
     done = [r for r in records if r.state == Status.COMPLETE and r.values]
     if not done:
-        return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
+        if not any(r.state == Status.COMPLETE for r in records):
+            return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
+        end = study.user_attrs.get(RACE_END)
+        return blocks + [Text(f"No trial has completed with a finite {objective_name(study)} on any seed, so there "
+                              f"is no best configuration." + (f" The race: {end}." if end else ""))]
     best, objective, maximize = done[0], objective_name(study), maximizes(study)
     blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
                        f"**{best.ci.text()}** over {best.ci.n} seed(s)."))

@@ -125,7 +125,7 @@ class Objective:
             trial.set_user_attr(SECONDS, time.perf_counter() - t0)
             raise
         trial.set_user_attr(SECONDS, time.perf_counter() - t0 + trial.user_attrs.get(SECONDS, 0.0))
-        scores = list(per_seed(runs).values()) or [r.value for r in runs]  # each seed: the mean over its folds
+        scores = list(per_seed(runs).values())  # each finite seed: the mean over its folds (stdev fails on inf)
         trial.set_user_attr(SPREAD, statistics.stdev(scores) if len(scores) > 1 else 0.0)
         return statistics.fmean(r.value for r in runs)
 

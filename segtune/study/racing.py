@@ -14,7 +14,9 @@ covered, ``n_trials`` reached), the study races them, in rounds:
    ``margin``, one whose interval lies inside ``(-margin, +margin)`` is a *practical tie* with the
    leader (as in TOST equivalence testing): it stops too;
 4. each configuration left, the leader included, trains one more seed (an Optuna trial queued
-   with its parameters, see :func:`queue_round`); the race ends when one is left or all have ``max``.
+   with its parameters, see :func:`queue_round`); the race ends when one is left or all have ``max``,
+   or with no winner when none is left (each left it: an objective not finite on a seed, a failed
+   seed); :attr:`Race.end` says which, and the study keeps it (``race_end``).
 
 What it controls. Under the model (per-seed objectives normal with one variance around a
 configuration effect plus a seed effect shared by every configuration: the seeds pair the runs),
@@ -45,11 +47,13 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from segtune.study.records import (EXTENDS, HOME, RACE, RUNS, SAME_AS, SEPARATED, RunRecord, per_seed,
+from segtune.study.records import (EXTENDS, HOME, RACE, RACE_END, RUNS, SAME_AS, SEPARATED, RunRecord, per_seed,
                                    requeued_on_resume)
 from segtune.study.spec import Racing, StudySpec
 
 __all__ = ["Look", "Race", "look", "look_confidence", "mcb_critical", "queue_round", "race", "race_table"]
+
+NOT_FINITE = "left the race: its objective"
 
 
 def look_confidence(racing: Racing) -> float:
@@ -143,6 +147,7 @@ class Race:
     more: tuple[int, ...]  # configurations that train one more seed now
     calls: dict[int, str]  # every configuration's standing, a sentence
     looks: list[Look] = field(default_factory=list)
+    end: str = ""  # once over, how the race ended, a sentence: who is left, or why there is no winner
 
     @property
     def over(self) -> bool:
@@ -164,7 +169,8 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
 
     Returns:
         The :class:`Race`: the configurations that train one more seed now (none while a round is
-        still training one), and a sentence per configuration.
+        still training one), a sentence per configuration and, once over, one on how it ended
+        (``no winner: ...`` when no configuration is left in it).
 
     Example:
         >>> r = race({0: {0: 0.9, 1: 0.91}, 1: {0: 0.6, 1: 0.62}, 2: {0: 0.89, 1: 0.9}}, Racing(min=2, max=5),
@@ -188,22 +194,39 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
             bad = next((s for s, v in zip(sorted(table[c]), seeds[c][:n]) if not math.isfinite(v)), None)
             if bad is not None:
                 calls[c] = f"left the race: its objective on seed {bad} is not finite"
-        alive = [c for c in alive if not calls.get(c, "").startswith("left the race: its objective")]
+        alive = [c for c in alive if not calls.get(c, "").startswith(NOT_FINITE)]
         if len(alive) <= 1:  # the last one trains no more seeds: there is no one left to compare it with
             calls.update({c: f"the last in the race, after {min(n, len(seeds[c]))} seeds" for c in alive})
-            return Race((), calls, looks)
+            end = f"trial {alive[0]} is {calls[alive[0]]}" if alive else _no_winner(calls, racing)
+            return Race((), calls, looks, end)
         pending = tuple(c for c in alive if len(seeds[c]) < n)
         if pending:  # the round of seed n is not complete yet
             calls.update({c: f"in the race after {n - 1} seeds" for c in alive})
             return Race(pending, calls, looks)
         if n >= racing.max:
             calls.update({c: f"{racing.max} seeds: the most repeats allows" for c in alive})
-            return Race((), calls, looks)
+            best = max(alive, key=lambda c: (sum(seeds[c][:n]), -c))
+            return Race((), calls, looks, f"trials {', '.join(map(str, alive))} ran {racing.max} seeds, the most "
+                                          f"repeats allows; trial {best} has the best mean over them")
         current = look({c: seeds[c][:n] for c in alive}, racing)
         looks.append(current)
         calls.update(current.stopped)
         alive = [c for c in alive if c not in current.stopped]
         n += 1
+
+
+def _no_winner(calls: dict[int, str], racing: Racing) -> str:
+    """Why a race that no configuration is left in has no winner: each one's call, and the fix."""
+    counted = {c: why for c, why in sorted(calls.items()) if not why.startswith("waits for")}
+    if not counted:
+        return f"no winner: no configuration has completed its first {racing.min} seeds"
+    each = "; ".join(f"trial {c} {why}" for c, why in counted.items())
+    text = f"no winner: no configuration is left in the race ({each})"
+    if any(why.startswith(NOT_FINITE) for why in counted.values()):
+        text += (", so none can be ranked; an objective that is not finite on a seed (HD95 and ASD are inf where a "
+                 "class is never found) takes its configuration out: race on one every run gives a finite value "
+                 "(e.g. val.dice_mean), or find out why the runs miss a class")
+    return text
 
 
 def race_table(trials: list[FrozenTrial]) -> tuple[dict[int, dict[int, float]], dict[int, FrozenTrial], frozenset[int]]:
@@ -239,7 +262,8 @@ def queue_round(study: optuna.Study, spec: StudySpec) -> int:
 
     Called by the worker loop when no trial is waiting or running; each queued trial has the
     parameters of its configuration and extends its latest completed trial (``extends``). The calls
-    are kept in the study's ``race`` attribute ({home trial: sentence}).
+    are kept in the study's ``race`` attribute ({home trial: sentence}), and once the race is over
+    how it ended in ``race_end`` (:attr:`Race.end`).
 
     Returns:
         How many trials were queued (0: the race is over, or the study does not race).
@@ -252,6 +276,8 @@ def queue_round(study: optuna.Study, spec: StudySpec) -> int:
     calls = {str(c): why for c, why in sorted(state.calls.items())}
     if study.user_attrs.get(RACE) != calls:
         study.set_user_attr(RACE, calls)
+    if study.user_attrs.get(RACE_END, "") != state.end:
+        study.set_user_attr(RACE_END, state.end)
     extended = _extended(trials)
     queued = 0
     for home in state.more:

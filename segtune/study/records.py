@@ -66,6 +66,7 @@ RETRY_HISTORY = "retry_history"
 SPEC = "spec"
 THREADS = "threads"  # the CPU threads of every trial, fixed when the study is created
 RACE = "race"  # with racing repeats: {home trial: its standing in the race} (segtune.study.racing)
+RACE_END = "race_end"  # with racing repeats, once the race is over: how it ended, a sentence (Race.end)
 AUTO_LR_CACHE = "auto_lr:"  # auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 
 TRIALS_DIR = "trials"  # <study dir>/trials/<home:04d>-seed<seed>/: the run directories
@@ -324,13 +325,16 @@ def progress_line(trial: FrozenTrial) -> str:
 
 
 def best_trial(study: optuna.Study) -> TrialRecord | None:
-    """The record of the best completed trial, or None when no trial has completed."""
+    """The record of the best completed trial, or None when no trial has completed with a finite objective
+    (HD95 is inf where a class is never found: such a trial is no best)."""
     records = study_records(study)  # ranked: with racing, a configuration's latest record, not Optuna's best
-    return records[0] if records and records[0].state == Status.COMPLETE else None
+    done = [r for r in records if r.state == Status.COMPLETE and r.value is not None and math.isfinite(r.value)]
+    return done[0] if done else None
 
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
-           "EXTENDS", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "REASON_WIDTH", "REQUEUED_FROM", "RESUMED",
+           "EXTENDS", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "RACE_END", "REASON_WIDTH",
+           "REQUEUED_FROM", "RESUMED",
            "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SEPARATED", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
            "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",

@@ -158,28 +158,58 @@ def storage_fault(err: BaseException) -> str | None:
 
 # the key of the PostgreSQL advisory lock segtune's workers hold while Optuna creates or checks its tables
 SCHEMA_LOCK = 0x5E67_7E5E
+# seconds a worker waits for that lock: far longer than workers starting together take in turn to set
+# up the tables (well under a second each), short enough that a worker hung while holding it is told
+SCHEMA_LOCK_TIMEOUT = 300.0
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE of a wait ended by lock_timeout
 
 
 @contextlib.contextmanager
-def _schema_lock(url: str):
+def _schema_lock(url: str, timeout: float = SCHEMA_LOCK_TIMEOUT, given: str | None = None):
     """On PostgreSQL, one worker at a time sets up Optuna's tables: workers starting together on a
     fresh database would race to create them (CREATE TABLE IF NOT EXISTS is not atomic there, and
     the losers fail on a duplicate key). A session-level advisory lock, released when its
-    connection closes, even if the worker dies. SQLite locks its file itself."""
+    connection closes, even if the worker dies; waited for at most ``timeout`` seconds (this
+    connection's ``lock_timeout``), as a worker that hangs holding it would keep every other one
+    waiting (``given``: the URL as the user wrote it, for the message). SQLite locks its file itself.
+
+    Raises:
+        StorageError: the lock was not free within ``timeout``; the message names the database,
+            how to find the connection that holds it and how to end it.
+    """
     if not url.startswith("postgresql"):
         yield
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            connection.execute(sqlalchemy.text("SELECT set_config('lock_timeout', :ms, false)"),
+                               {"ms": str(max(1, round(timeout * 1000)))})  # 0 would wait for ever
+            try:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            except sqlalchemy.exc.OperationalError as err:
+                code = getattr(err.orig, "pgcode", None) or getattr(err.orig, "sqlstate", None)
+                if code != _LOCK_NOT_AVAILABLE:
+                    raise
+                raise _lock_timeout(given or url, engine.url.database, timeout) from None
             connection.commit()
             yield
     finally:
         engine.dispose()
 
 
-def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> StudyStorage:
+def _lock_timeout(url: str, database: str | None, timeout: float) -> StorageError:
+    holder = (f"SELECT pid, usename, client_addr, backend_start, state FROM pg_stat_activity JOIN pg_locks USING "
+              f"(pid) WHERE locktype = 'advisory' AND granted AND datname = '{database}' "
+              f"AND classid = 0 AND objid = {SCHEMA_LOCK} AND objsubid = 1")
+    return StorageError(f"study storage {redact(url)}: waited {timeout:g} s for the lock with which segtune's "
+                        f"workers set up Optuna's tables in database {database!r}, and another connection still "
+                        f"holds it (a worker hung while opening the storage?). Find it with `{holder}`, stop that "
+                        f"worker (or `SELECT pg_terminate_backend(pid)` for its pid), then start this one again")
+
+
+def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None, *,
+                 lock_timeout: float = SCHEMA_LOCK_TIMEOUT) -> StudyStorage:
     """The study's RDB storage with heartbeats; a dead worker's trial is re-queued once stale.
 
     Args:
@@ -187,9 +217,13 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> St
         study_dir: where the default SQLite file ``study.db`` lives.
         url: an SQLAlchemy URL (``postgresql://user@host/db``; the password from ``PGPASSWORD`` or
             ``~/.pgpass``); default the SQLite file.
+        lock_timeout: on PostgreSQL, the seconds to wait for the lock under which one worker at a
+            time sets up Optuna's tables (see :func:`_schema_lock`).
 
     Raises:
         ConfigError: an unusable URL or server; the message never shows a password.
+        StorageError: on PostgreSQL, another connection held the schema lock past ``lock_timeout``
+            (not tried again: the wait is the timeout already).
     """
     if url is None:
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +237,7 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> St
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
-                with _schema_lock(url):
+                with _schema_lock(url, lock_timeout, given):
                     storage = StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
                                            grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
                 database = storage.engine.url.database if url.startswith("sqlite") else None
@@ -211,6 +245,8 @@ def open_storage(spec: StudySpec, study_dir: Path, url: str | None = None) -> St
                     storage.reserve = Path(database).with_name(f".{Path(database).name}.reserve")
                     storage.keep_reserve()
                 return storage
+        except StorageError:
+            raise
         except Exception as err:  # SQLAlchemy / driver errors: an unusable URL or server
             if attempt == 2:
                 raise open_error(given, err) from None
@@ -296,6 +332,6 @@ def load_existing_study(path: str | Path, *, study_dir: str | Path | None = None
         raise ConfigError(f"no study {spec.name!r} in the storage; run `segtune study {path}` first") from None
 
 
-__all__ = ["RESERVE_BYTES", "STORAGE_ENV", "StudyStorage", "check_study_file", "default_study_dir",
+__all__ = ["RESERVE_BYTES", "SCHEMA_LOCK", "SCHEMA_LOCK_TIMEOUT", "STORAGE_ENV", "StudyStorage", "check_study_file", "default_study_dir",
            "fail_stale_trials", "load_existing_study", "open_error", "open_storage", "redact", "resolve", "scrub",
            "storage_fault"]

@@ -224,6 +224,42 @@ def test_workers_starting_together_on_a_fresh_postgresql_database_all_open_it(tm
 
 
 @pytest.mark.slow
+def test_a_worker_waits_for_a_held_schema_lock_no_longer_than_its_timeout(tmp_path, postgres_url, monkeypatch):
+    # a worker that hangs holding the lock (here: a connection that took it and does nothing) must not
+    # keep the others waiting for ever: they give up after the timeout, saying what to do
+    import psycopg2
+
+    from segtune.errors import StorageError
+    from segtune.study import open_storage
+    from segtune.study.spec import load_study
+
+    url = fresh_database(postgres_url, workers=1)
+    spec, _ = load_study(write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01]}))
+    hung = psycopg2.connect(url)
+    hung.autocommit = True
+    with hung.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (storage.SCHEMA_LOCK,))
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # open_storage's retries: there must be none
+    database = url.rsplit("/", 1)[1]
+    with pytest.raises(StorageError) as caught:
+        open_storage(spec, tmp_path, url, lock_timeout=0.5)
+    message = str(caught.value)
+    assert message.startswith(f"study storage {url}: waited 0.5 s for the lock with which segtune's workers set up "
+                              f"Optuna's tables in database '{database}', and another connection still holds it")
+    assert "pg_terminate_backend(pid)" in message and slept == []
+    # the query the message gives finds the connection holding the lock
+    holder = message.split("Find it with `", 1)[1].split("`", 1)[0]
+    with hung.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (pid,) = cur.fetchone()
+        cur.execute(holder)
+        assert [row[0] for row in cur.fetchall()] == [pid]
+    hung.close()  # the lock goes with its connection: the storage opens
+    assert open_storage(spec, tmp_path, url, lock_timeout=0.5).engine.url.database == database
+
+
+@pytest.mark.slow
 def test_the_password_comes_from_pgpassword_or_pgpass_and_is_never_shown(tmp_path, postgres_url, monkeypatch,
                                                                          capsys):
     # the server asks for a password; the README's URL holds none

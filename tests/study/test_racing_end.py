@@ -1,0 +1,89 @@
+"""How a race ends, and why it has no winner where every configuration's objective is not finite."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+from tests.conftest import write_study
+
+from segtune.study import best_trial, run_study
+from segtune.study.racing import race
+from segtune.study.records import RACE_END
+from segtune.study.spec import Racing
+
+RACE = Racing(min=2, max=5)
+NO_FINITE_HINT = (", so none can be ranked; an objective that is not finite on a seed (HD95 and ASD are inf where a "
+                  "class is never found) takes its configuration out: race on one every run gives a finite value "
+                  "(e.g. val.dice_mean), or find out why the runs miss a class")
+
+
+def test_a_race_whose_every_objective_is_not_finite_ends_saying_why_there_is_no_winner():
+    table = {0: {0: math.inf, 1: math.inf}, 1: {0: 2.0, 1: math.nan}, 2: {0: -math.inf, 1: 2.0}}
+    r = race(table, RACE, maximize=False)
+    assert r.over and r.more == () and r.looks == []
+    assert r.calls == {0: "left the race: its objective on seed 0 is not finite",
+                       1: "left the race: its objective on seed 1 is not finite",
+                       2: "left the race: its objective on seed 0 is not finite"}
+    assert r.end == ("no winner: no configuration is left in the race (trial 0 left the race: its objective on seed 0 "
+                     "is not finite; trial 1 left the race: its objective on seed 1 is not finite; trial 2 left the "
+                     "race: its objective on seed 0 is not finite)" + NO_FINITE_HINT)
+
+
+def test_a_race_the_leader_leaves_on_a_later_seed_names_the_one_stopped_before_it():
+    table = {0: {0: 0.9, 1: 0.92, 2: math.inf}, 1: {0: 0.6, 1: 0.62}}
+    r = race(table, RACE, maximize=True)
+    assert r.over and r.end == ("no winner: no configuration is left in the race (trial 0 left the race: its "
+                                "objective on seed 2 is not finite; trial 1 separated: behind trial 0 on 2 seeds)"
+                                + NO_FINITE_HINT)
+
+
+@pytest.mark.parametrize("table, failed, end", [
+    ({0: {0: 2.0, 1: math.inf}, 1: {0: 2.0, 1: 2.1}}, frozenset(), "trial 1 is the last in the race, after 2 seeds"),
+    ({0: {s: 0.9 + 0.01 * (s % 2) for s in range(5)}, 1: {s: 0.9 + 0.01 * ((s + 1) % 2) for s in range(5)}},
+     frozenset(), "trials 0, 1 ran 5 seeds, the most repeats allows; trial 1 has the best mean over them"),
+    ({0: {0: 0.9}}, frozenset(), "no winner: no configuration has completed its first 2 seeds"),
+    ({0: {0: 0.9, 1: 0.91}, 1: {0: 0.9, 1: 0.92}}, frozenset({0, 1}),
+     "no winner: no configuration is left in the race (trial 0 left the race: its seed 3 failed; trial 1 left the "
+     "race: its seed 3 failed)"),
+])
+def test_every_end_of_a_race_is_a_sentence(table, failed, end):
+    r = race(table, RACE, maximize=True, failed=failed)
+    assert r.over and r.end == end
+
+
+def test_a_race_not_over_has_no_end_yet():
+    r = race({0: {0: 0.9, 1: 0.91}, 1: {0: 0.9, 1: 0.92}}, RACE, maximize=True)
+    assert r.more == (0, 1) and r.end == ""
+
+
+def test_a_racing_study_whose_every_run_is_not_finite_records_and_prints_no_winner(tmp_path, monkeypatch, capsys):
+    """HD95 is inf where a class is never found: every run of every configuration here. The trials
+    complete (with an inf objective), the race ends with no winner, and the study says so."""
+    import segtune.study.objective
+    from segtune.cli.study import print_study_results
+    from segtune.report import study_report
+
+    def train(config, **kwargs):
+        split = {"dice_mean": 0.5, "hd95_mean": math.inf, "per_case": {}}
+        return types.SimpleNamespace(summary={"val": split, "test": split, "epochs_run": 1, "best_epoch": 1,
+                                              "class_names": ["background", "a"]})
+
+    monkeypatch.setattr(segtune.study.objective, "train", train)
+    path = write_study(tmp_path, repeats={"min": 2, "max": 4}, space={"optimizer.lr": [0.01, 0.02]},
+                       objective="val.hd95_mean")
+    study = run_study(path, study_dir=tmp_path / "out")
+    assert [(t.state.name, t.value, len(t.user_attrs["runs"])) for t in study.trials] == [("COMPLETE", math.inf, 2)] * 2
+    end = study.user_attrs[RACE_END]
+    assert end == ("no winner: no configuration is left in the race (trial 0 left the race: its objective on seed 0 "
+                   "is not finite; trial 1 left the race: its objective on seed 0 is not finite)" + NO_FINITE_HINT)
+    assert best_trial(study) is None
+    capsys.readouterr()
+    assert print_study_results(study) is None
+    out = capsys.readouterr().out
+    assert f"\nthe race: {end}\n" in out and "no best configuration: no trial has completed with a finite " \
+                                                "val.hd95_mean" in out and "best: trial" not in out
+    text = study_report(study, study_dir=tmp_path / "out").with_suffix(".md").read_text()
+    assert (f"No trial has completed with a finite val.hd95_mean on any seed, so there is no best configuration. "
+            f"The race: {end}.") in text
