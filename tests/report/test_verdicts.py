@@ -30,7 +30,8 @@ def test_answer_ranks_with_ties_counts_racing_runs_and_draws_the_cases():
     records = [trial(0, 0.80, 5, rng), trial(1, 0.80, 2, rng), trial(2, 0.60, 2, rng)]
     study = optuna.create_study(direction="maximize")
     study.set_user_attr(SPEC, {"objective": "val.dice_mean", "repeats": {"min": 2, "max": 5}})
-    study.set_user_attr(RACE, {"0": "5 seeds: the most repeats allows", "1": "practical tie: within ±0.01 of trial 0",
+    study.set_user_attr(RACE, {"0": "5 seeds: the most repeats allows",
+                               "1": "practical tie: within 0.01 of the best (leader: trial 0)",
                                "2": "separated: behind trial 0 on 2 seeds"})
     blocks = answer_blocks(study, records)
     text = "\n".join(b.text for b in blocks if isinstance(b, Text))

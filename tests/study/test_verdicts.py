@@ -9,6 +9,8 @@ import numpy as np
 import optuna
 import pytest
 from scipy.stats import studentized_range
+from scipy.optimize import brentq
+from scipy.stats import norm as normal
 from scipy.stats import t as t_dist
 from tests.conftest import tiny_tree, write_study
 
@@ -71,6 +73,39 @@ def test_mcb_critical_value_covers_the_best_at_its_level(k, df):
     assert covered == pytest.approx(confidence, abs=0.0015)
 
 
+def test_mcb_critical_value_at_the_edges_of_its_inputs():
+    # many degrees of freedom: the limit of a known variance (the one-sided max of k - 1 correlated normals)
+    z, w = np.polynomial.hermite_e.hermegauss(200)
+    known = brentq(lambda h: float(w @ normal.cdf(z + h) ** 5) / (2 * np.pi) ** 0.5 - 0.983, 0, 20)
+    assert mcb_critical(0.983, 6, 10 ** 6) == pytest.approx(known, rel=1e-4)
+    assert mcb_critical(0.983, 6, 400) == pytest.approx(3.76985, rel=1e-4)  # adaptive quadrature's
+    # one degree of freedom and a high level (a long race at a small alpha): found, not a bracket error
+    assert mcb_critical(1 - 0.001 / 28, 3, 1) > mcb_critical(0.983, 3, 1) == pytest.approx(39.701, rel=1e-4)
+    # a level the first of k equal ones reaches by leading alone: no margin at all
+    assert mcb_critical(0.4, 2, 3) == mcb_critical(1 / 6, 6, 3) == 0.0
+    assert look({0: [0.9, 0.91], 1: [0.89, 0.9]}, Racing(min=2, max=3, alpha=0.6)).half_width == 0.0
+
+
+def test_racing_keeps_its_error_rate_in_simulated_races():
+    # 2,000 races of 6 configurations under the model (a seed effect shared by all, normal noise):
+    # configuration 0 is the best by a third of the noise sd, two more tie it within 0.01 of the
+    # noise sd, three are far behind. Stopping configuration 0 as separated, or calling a
+    # practical tie one more than `margin` behind the best, is an error; the race allows alpha.
+    racing = Racing(min=2, max=5, alpha=0.2, margin=0.5)
+    truth = np.array([1 / 3, 1 / 3 - 0.01, 1 / 3 - 0.01, -3.0, -3.0, -3.0])
+    rng = np.random.default_rng(7)
+    errors = 0
+    for _ in range(2000):
+        draws = truth[:, None] + rng.standard_normal(5)[None, :] + rng.standard_normal((6, 5))
+        calls = race({c: dict(enumerate(draws[c])) for c in range(6)}, racing, maximize=True).calls
+        best_stopped = calls[0].startswith("separated")
+        false_tie = any(calls[c].startswith("practical tie") and truth[c] < truth[0] - racing.margin for c in range(6))
+        errors += best_stopped or false_tie
+    assert errors / 2000 <= racing.alpha
+    # and the race does stop the far-behind ones: its savings are real
+    assert calls[3].startswith(("separated", "practical tie"))
+
+
 def test_racing_gives_the_level_configurations_a_seed_a_round_up_to_max():
     table = {0: {0: 0.90, 1: 0.92}, 1: {0: 0.60, 1: 0.62}, 2: {0: 0.91, 1: 0.90}}
     first = race(table, RACE, maximize=True)
@@ -89,7 +124,7 @@ def test_racing_stops_a_practical_tie_inside_the_margin():
     assert not race(tied, RACE, maximize=True).over  # without a margin, level configurations race on
     calls = race(tied, Racing(min=2, max=5, margin=0.01), maximize=True).calls
     # two configurations on two seeds leave one degree of freedom: too wide an interval; three seeds tie them
-    assert calls[1] == "practical tie: within ±0.01 of trial 0 on 3 seeds"
+    assert calls[1] == "practical tie: within 0.01 of the best (leader: trial 0) on 3 seeds"
 
 
 def test_racing_a_minimised_objective_keeps_the_lowest():
