@@ -173,10 +173,10 @@ class Racing(pydantic.BaseModel):
 
     min: Annotated[int, Field(ge=1, le=99)] = 2
     max: Annotated[int, Field(ge=2, le=100)] = 5
-    # the chance that any stop of the race is wrong (a configuration stopped as behind a leader it is
-    # not behind, or as a practical tie when it is not within margin of it), over the whole race
+    # the chance that any stop of the race is wrong (a truly best configuration stopped as separated,
+    # or a practical tie called when it is not within margin of the best), over the whole race
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
-    # a practical tie: stop a configuration whose difference to the leader is surely inside +-margin
+    # a practical tie: stop a configuration that is surely within margin of the best
     # (in the objective's units, e.g. 0.01 Dice); 0 stops only separated configurations
     margin: Annotated[float, Field(ge=0.0)] = 0.0
 
