@@ -19,8 +19,8 @@ of the voxels). On each, in this process or its children, one after the other:
 - ``tune``: ``segtune tune DIR --budget 10m`` (skipped, with a note, where this checkout has no
   ``tune`` command).
 
-It prints one table (dataset x method: mean foreground test Dice, Dice per class, wall seconds)
-and writes it to ``benchmarks/real_data.md``. The runs are kept under ``CACHE/runs/``.
+It prints each row as its method ends, then one table (dataset x method: mean foreground test Dice,
+Dice per class, wall seconds), and writes the table to ``benchmarks/real_data.md``. The runs are kept under ``CACHE/runs/``.
 
 Usage::
 
@@ -303,6 +303,8 @@ def main() -> None:
                 result = run_segtune(method, folder, runs / name / method, epochs=args.epochs, budget=args.budget,
                                      seed=args.seed)
             results.append(replace(result, dataset=name))
+            baseline = next((r for r in results if r.dataset == name and r.method == "monai"), None)
+            print(_cell(results[-1], baseline), flush=True)  # each row when it is measured: a long run's rows survive a stop
     text = _table(results, args, time.perf_counter() - start)
     print(text)
     args.out.write_text(text + "\n")

@@ -64,3 +64,26 @@ def test_the_baseline_crops_only_images_larger_than_the_planned_patch():
     assert windows == (16, 16)
     x, y = sampler(torch.tensor([0, 1]), torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 16, 16) and bool(y[1].any())  # the second half of the batch is centred on foreground
+
+
+def test_each_row_is_printed_when_its_method_ends(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from benchmarks import real_data
+
+    def run_segtune(method, folder, out, **options):
+        assert "lung_tumour | monai | 0.250" in capsys.readouterr().out  # the baseline's row, before this run
+        return real_data.Result(folder.name, method, {"dice_mean": 0.5, "dice_per_class": {"background": 1.0,
+                                                                                         "tumour": 0.5}}, 2.0)
+
+    monkeypatch.setattr(real_data, "build_dataset", lambda name, cache: tmp_path / name)
+    monkeypatch.setattr(real_data, "_has_command", lambda name: True)
+    monkeypatch.setattr(real_data, "monai_baseline", lambda folder, epochs, seed: real_data.Result(
+        folder.name, "monai", {"dice_mean": 0.25, "dice_per_class": {"background": 1.0, "tumour": 0.25}}, 1.0))
+    monkeypatch.setattr(real_data, "run_segtune", run_segtune)
+    monkeypatch.setattr(sys, "argv", ["real_data.py", "--datasets", "lung_tumour", "--methods", "monai,default",
+                                      "--out", str(tmp_path / "table.md")])
+    real_data.main()
+    printed = capsys.readouterr().out
+    assert "| lung_tumour | default | 0.500 | +0.250 | tumour 0.500 | 2 |" in printed.splitlines()[0]  # before the table
+    assert "| lung_tumour | default | 0.500 | +0.250 |" in (tmp_path / "table.md").read_text()
