@@ -10,12 +10,39 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from xdist.scheduler import LoadScopeScheduling
 
-from segtune.config import build_config
+# torch and segtune are imported where tests run, not here: with xdist the controlling process, which
+# runs no test, imports this file too, before it starts the test processes
 
-torch.set_num_threads(1)  # tiny models gain nothing from more
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread per test process: tiny models gain nothing from more."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# The packages whose tests share package-scoped fixtures: tests/report trains one run and writes one
+# study's report for all of its test files
+SHARED_PACKAGES = ("tests/report/",)
+
+
+class ByModule(LoadScopeScheduling):
+    """xdist's ``loadscope``: a test process gets a module's tests together, so that a module- or
+    package-scoped fixture (a trained run, a written report) is made in one process, not in each."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return next((p for p in SHARED_PACKAGES if nodeid.startswith(p)), None) or super()._split_scope(nodeid)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """:class:`ByModule` for ``-n`` (the default, ``-n 2``); a ``--dist`` other than ``load`` is kept."""
+    return ByModule(config, log) if config.getvalue("dist") == "load" else None
+
+
 # and one thread in what the tests start too: a study in the test process (its trials train at the
 # study's count, by default every CPU) and the processes it starts (`segtune train`, study workers)
 # read OMP_NUM_THREADS. The suite already runs one test per core (xdist); more threads than cores
@@ -71,6 +98,8 @@ def unique_study_name() -> str:
 @pytest.fixture
 def tiny_config():
     """A validated config for a tiny synthetic task (2 epochs, about a second)."""
+    from segtune.config import build_config
+
     return build_config(tiny_tree())
 
 

@@ -5,6 +5,10 @@ tests/test_registries.py checks that every model has tiny options and trains one
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
+
 import pytest
 import torch
 
@@ -21,11 +25,23 @@ N_PARAMS = {
 }
 
 
+@functools.cache
+def _built(name: str, options_json: str, in_channels: int, n_classes: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, json.loads(options_json), in_channels, n_classes)
+
+
+def tiny_model(name: str, options: dict, in_channels: int, n_classes: int) -> torch.nn.Module:
+    """``build_model(name, options, in_channels, n_classes)``, built once per module and copied for each
+    test (ResNet-34 has 21 M parameters to initialise, twice: FlexibleUNet's own encoder is replaced)."""
+    return copy.deepcopy(_built(name, json.dumps(options, sort_keys=True), in_channels, n_classes))
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("in_channels,n_classes,size", [(1, 3, (29, 31)), (3, 2, (32, 27))])
 def test_model_forward_backward_any_size(name, in_channels, n_classes, size):
+    model = tiny_model(name, TINY[name], in_channels, n_classes)
     torch.manual_seed(0)
-    model = build_model(name, TINY[name], in_channels, n_classes)
     x = torch.randn(2, in_channels, *size)
     mask = torch.randint(0, n_classes, (2, *size))
     out = model(x)
@@ -45,7 +61,7 @@ SMALLEST = [(name, TINY[name]) for name in sorted(TINY)] + [("monai_unet", {**TI
 def test_inputs_smaller_than_the_networks_multiple_train_and_predict(name, options, size):
     # Padded to the multiple alone, these would leave the deepest feature map 1x1: instance norm
     # refuses it, and so does batch norm with a batch of one. They are padded to a 2x2 deepest map.
-    model = build_model(name, options, 1, 3)
+    model = tiny_model(name, options, 1, 3)
     x = torch.randn(1, 1, *size)
     model.train()
     model(x).sum().backward()
@@ -67,7 +83,7 @@ def test_unet_bilinear_upsampling_and_dropout_build():
 
 
 def test_resnet34_encoder_is_resnet34_and_loads_weights_from_a_file(tmp_path):
-    rgb = build_model("resnet34_unet", TINY["resnet34_unet"], 3, 2).net.encoder
+    rgb = tiny_model("resnet34_unet", TINY["resnet34_unet"], 3, 2).net.encoder
     # ResNet-34 without its classifier: 21.28 M parameters, as torchvision's resnet34.
     assert count_parameters(rgb) == 21_284_672
     state = {**rgb.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}

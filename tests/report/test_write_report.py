@@ -14,6 +14,7 @@ from segtune.cli import main
 from tests.conftest import tiny_tree
 
 
+@pytest.mark.slow  # a whole report, every figure drawn
 def test_cli_report_of_a_study_too_small_for_importances(tmp_path, make_study, capsys):
     make_study(tmp_path, n_trials=1)
     assert main(["report", str(tmp_path)]) == 0
