@@ -25,7 +25,11 @@ def tiny_file(tmp_path):
 
 def stepping_clock(step: float):
     """A clock that moves ``step`` seconds each time it is read: the budget runs out after a fixed
-    number of decisions, however slow the machine (the first trial starts at 2 s of 5)."""
+    number of decisions. The steps are minutes, so that the real seconds a run's set-up and end take
+    (the margin the budget keeps for them, measured on the probe) fit in the first trial's share
+    however slow the machine: the first trial starts at 5 of 10 minutes, the second decision finds
+    none left. (With steps of 2 s in a 5 s budget, a loaded machine's margin of a second refused
+    the base trial.)"""
     readings = itertools.count()
     return lambda: step * next(readings)
 
@@ -33,9 +37,9 @@ def stepping_clock(step: float):
 @pytest.mark.slow
 def test_a_tune_of_seconds_ends_on_its_budget_with_the_report_and_a_best_model_to_predict_with(tiny_file, tmp_path,
                                                                                               capsys, monkeypatch):
-    monkeypatch.setattr(tune, "run_tune", functools.partial(tune.run_tune, clock=stepping_clock(2.0)))
+    monkeypatch.setattr(tune, "run_tune", functools.partial(tune.run_tune, clock=stepping_clock(300.0)))
     out = tmp_path / "tune"
-    assert main(["tune", str(tiny_file), "--budget", "5s", "--out", str(out)]) == 0
+    assert main(["tune", str(tiny_file), "--budget", "10m", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "ended: the budget is spent" in printed and "no trial starts" in printed
     assert "base (trial 0, the data's own config): val Dice" in printed
@@ -55,7 +59,7 @@ def test_a_tune_of_seconds_ends_on_its_budget_with_the_report_and_a_best_model_t
     # the same command again: the budget is spent, so no trial runs; the result is printed again
     trials = (out / "report" / "trials.csv").read_text().count("\n")
     capsys.readouterr()
-    assert main(["tune", str(tiny_file), "--budget", "5s", "--out", str(out)]) == 0
+    assert main(["tune", str(tiny_file), "--budget", "10m", "--out", str(out)]) == 0
     again = capsys.readouterr().out
     assert "no trial starts" in again and "best (trial" in again and "trial   " not in again  # no trial line
     assert (out / "report" / "trials.csv").read_text().count("\n") == trials
