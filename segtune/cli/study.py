@@ -95,7 +95,7 @@ def print_study_results(study: Any) -> Any:
     """
     import yaml
 
-    from segtune.study.records import RACE_END, Status, best_trial, leaderboard, objective_name
+    from segtune.study.records import RACE_END, Status, best_trial, leaderboard, no_winner, objective_name
 
     header, rows = leaderboard(study)
     print(f"study {study.study_name}: {len(rows)} trial(s)")
@@ -106,7 +106,8 @@ def print_study_results(study: Any) -> Any:
     best = best_trial(study)
     if best is None:
         completed = any(row[header.index("state")] == str(Status.COMPLETE) for row in rows)
-        print(f"no best configuration: no trial has completed with a finite {objective_name(study)}" if completed
+        print("no best configuration: the race has no winner (above)" if no_winner(study)
+              else f"no best configuration: no trial has completed with a finite {objective_name(study)}" if completed
               else "no trial has completed yet")
         return None
     print(f"\nbest: trial {best.number}, {objective_name(study)} {best.value:.4f}; its configuration:")

@@ -345,10 +345,10 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
        the final training split, ``ct`` the statistics of its foreground (:func:`foreground_stats`),
        stored in ``info["normalize_stats"]``, or ``normalize_stats`` when given (a trained model
        evaluated on other data keeps its training set's statistics). The per-image ones
-       (``zscore``, ``minmax``, ``histogram``) are applied right after step 2, as steps 3 to 6 keep
-       every pixel's value, while each split is still whole: a case padded onto a common canvas
-       (:func:`own_pixels`) is normalised on its own pixels alone, as ``predict`` normalises it
-       without padding, and its padding by the same transform.
+       (``zscore``, ``minmax``, ``histogram``) each image alone; a split whose cases are padded onto
+       a common canvas (:func:`own_pixels`) right after step 2, while it is still whole (steps 3 to
+       6 keep every pixel's value): each case is normalised on its own pixels alone, as ``predict``
+       normalises it without padding, and its padding by the same transform.
 
     Raises:
         DataError: a step leaves a split empty, or cannot be applied to these images.
@@ -363,9 +363,13 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         split = Split(images, split.masks.long())
         splits[name] = resize_split(split, resize) if resize is not None else split
     data = replace(data, **splits)
-    if normalize not in DATASET_NORMALIZE:
-        data = replace(data, **{name: Split(_per_image(data.split(name).images, normalize, own_pixels(data, name)),
-                                            data.split(name).masks) for name in ("train", "val", "test")})
+    # a padded split is normalised now, while whole (own_pixels needs every case); the others once
+    # subset, as per image the result is the same and the work and memory are those of the images kept
+    per_image = normalize not in DATASET_NORMALIZE and normalize != "none"
+    own = {name: own_pixels(data, name) for name in ("train", "val", "test")} if per_image else {}
+    early = {name for name, o in own.items() if o is not None}
+    data = replace(data, **{name: Split(_per_image(data.split(name).images, normalize, own[name]),
+                                        data.split(name).masks) for name in early})
     if label_map:
         data = remap_labels(data, label_map)
     if min_class_fraction > 0:
@@ -383,13 +387,15 @@ def prepare(data: SegData, *, train_fraction: float, resize: tuple[int, int] | N
         if val_from == "rest" and keep < n:
             rest = order[keep:].sort().values  # named by these indices, so that two runs pair the same images
             data = replace(data, val=train.subset(rest), info={**data.info, "val_from_rest": rest.tolist()})
+            early = {name for name in early if name != "val"} | ({"val"} if "train" in early else set())
         train = train.subset(order[:keep].sort().values)
     data = replace(data, train=train)
     for name in ("train", "val", "test"):
         if len(data.split(name)) == 0:
             raise DataError(f"the {name} split is empty; use more data or smaller validation/test shares")
     if normalize not in DATASET_NORMALIZE:
-        return data
+        return replace(data, **{name: Split(_per_image(data.split(name).images, normalize, None), data.split(name).masks)
+                                for name in ("train", "val", "test") if per_image and name not in early})
     stats = normalize_stats or _training_stats(data.train, normalize)
     splits = {name: Split(normalize_images(data.split(name).images, normalize, stats), data.split(name).masks)
               for name in ("train", "val", "test")}

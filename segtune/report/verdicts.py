@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from segtune.report.data import ReportedTrial
 from segtune.report.document import Block, Heading, Table, Text, figure_block
 from segtune.report.figures import level_label
-from segtune.study.records import RACE, RACE_END, SPEC, Status, maximizes, objective_name
+from segtune.study.records import RACE, RACE_END, SPEC, Status, maximizes, no_winner, objective_name
 from segtune.study.stats import mean_ci, ranking
 from segtune.training.distances import DISTANCE_METRICS
 
@@ -67,17 +67,21 @@ def _entries(records: Sequence[ReportedTrial], objective: str) -> list[tuple[int
 def answer_blocks(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Block]:
     """The report's answer: the best, the ranking of the leaders with ties, and the verdicts behind it."""
     blocks: list[Block] = [Heading("The answer")]
-    done = [r for r in records if r.state == Status.COMPLETE and r.values]
+    # as best_trial: a finite objective on every seed, and no best where the race ended with no winner
+    done = [r for r in records if r.state == Status.COMPLETE and r.value is not None and math.isfinite(r.value)]
+    spent = runs_spent(study.user_attrs.get(SPEC, {}), records, study.user_attrs.get(RACE))
+    if no_winner(study):
+        return blocks + [Text(f"There is no best configuration. The race: {no_winner(study)}.")] + \
+            ([Text(spent)] if spent else [])
     if not done:
         if not any(r.state == Status.COMPLETE for r in records):
             return blocks + [Text("No trial has completed yet, so there is no best configuration.")]
         end = study.user_attrs.get(RACE_END)
-        return blocks + [Text(f"No trial has completed with a finite {objective_name(study)} on any seed, so there "
-                              f"is no best configuration." + (f" The race: {end}." if end else ""))]
+        return blocks + [Text(f"No trial has completed with a finite {objective_name(study)} on every seed, so "
+                              f"there is no best configuration." + (f" The race: {end}." if end else ""))]
     best, objective, maximize = done[0], objective_name(study), maximizes(study)
     blocks.append(Text(f"**Best: trial {best.number}** ({_config_text(best.params)}) with {objective} "
                        f"**{best.ci.text()}** over {best.ci.n} seed(s)."))
-    spent = runs_spent(study.user_attrs.get(SPEC, {}), records, study.user_attrs.get(RACE))
     if spent:
         blocks.append(Text(spent))
     leaders = done[:N_LEADERS]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import socket
 import statistics
@@ -125,8 +126,11 @@ class Objective:
             trial.set_user_attr(SECONDS, time.perf_counter() - t0)
             raise
         trial.set_user_attr(SECONDS, time.perf_counter() - t0 + trial.user_attrs.get(SECONDS, 0.0))
-        scores = list(per_seed(runs).values())  # each finite seed: the mean over its folds (stdev fails on inf)
-        trial.set_user_attr(SPREAD, statistics.stdev(scores) if len(scores) > 1 else 0.0)
+        scores = list(per_seed(runs, finite=False).values())  # each seed: the mean over its folds
+        # a seed not finite (HD95 inf where a class is never found) leaves the spread unknown, not the finite seeds'
+        spread = (None if not all(map(math.isfinite, scores)) else statistics.stdev(scores) if len(scores) > 1
+                  else 0.0)
+        trial.set_user_attr(SPREAD, spread)
         return statistics.fmean(r.value for r in runs)
 
     def _start(self, trial: optuna.Trial) -> tuple[dict[str, Any], int]:

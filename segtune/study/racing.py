@@ -46,14 +46,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from segtune.study.records import (EXTENDS, HOME, RACE, RACE_END, RUNS, SAME_AS, SEPARATED, RunRecord, per_seed,
-                                   requeued_on_resume)
+from segtune.study.records import (EXTENDS, HOME, NO_WINNER, RACE, RACE_END, RUNS, SAME_AS, SEPARATED, RunRecord,
+                                   per_seed, requeued_on_resume)
 from segtune.study.spec import Racing, StudySpec
 
 __all__ = ["Look", "Race", "look", "look_confidence", "mcb_critical", "queue_round", "race", "race_table"]
@@ -171,7 +171,7 @@ class Race:
 
 
 def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: bool,
-         failed: frozenset[int] = frozenset()) -> Race:
+         failed: frozenset[int] = frozenset(), names: Mapping[int, int] | None = None) -> Race:
     """Replay the race on what the configurations have run so far (stateless: the same table, the same calls).
 
     Args:
@@ -181,6 +181,8 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
         racing: the study's ``repeats`` section.
         maximize: the study's direction.
         failed: configurations whose next seed failed: they leave the race where they would need it.
+        names: the trial number each configuration is named by in the sentences (a study's: the
+            latest trial of each, the one its leaderboard shows); by default its key.
 
     Returns:
         The :class:`Race`: the configurations that train one more seed now (none while a round is
@@ -193,6 +195,9 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
         >>> r.more, r.calls[1]
         ((0, 2), 'separated: behind trial 0 on 2 seeds')
     """
+    def shown(c: int) -> int:
+        return names.get(c, c) if names else c
+
     sign = 1.0 if maximize else -1.0
     seeds = {c: [sign * v[s] for s in sorted(v)] for c, v in table.items()}
     alive = sorted(c for c, v in seeds.items() if len(v) >= racing.min)
@@ -212,7 +217,7 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
         alive = [c for c in alive if not calls.get(c, "").startswith(NOT_FINITE)]
         if len(alive) <= 1:  # the last one trains no more seeds: there is no one left to compare it with
             calls.update({c: f"the last in the race, after {min(n, len(seeds[c]))} seeds" for c in alive})
-            end = f"trial {alive[0]} is {calls[alive[0]]}" if alive else _no_winner(calls, racing)
+            end = f"trial {shown(alive[0])} is {calls[alive[0]]}" if alive else _no_winner(calls, looks, racing, shown)
             return Race((), calls, looks, end)
         pending = tuple(c for c in alive if len(seeds[c]) < n)
         if pending:  # the round of seed n is not complete yet
@@ -221,26 +226,33 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
         if n >= racing.max:
             calls.update({c: f"{racing.max} seeds: the most repeats allows" for c in alive})
             best = max(alive, key=lambda c: (sum(seeds[c][:n]), -c))
-            return Race((), calls, looks, f"trials {', '.join(map(str, alive))} ran {racing.max} seeds, the most "
-                                          f"repeats allows; trial {best} has the best mean over them")
+            return Race((), calls, looks, f"trials {', '.join(str(shown(c)) for c in alive)} ran {racing.max} seeds, "
+                                          f"the most repeats allows; trial {shown(best)} has the best mean over them")
         current = look({c: seeds[c][:n] for c in alive}, racing)
         looks.append(current)
-        calls.update(current.stopped)
+        # a look's sentence names one trial, its leader
+        calls.update({c: why.replace(f"trial {current.leader}", f"trial {shown(current.leader)}")
+                      for c, why in current.stopped.items()})
         alive = [c for c in alive if c not in current.stopped]
         n += 1
 
 
-def _no_winner(calls: dict[int, str], racing: Racing) -> str:
-    """Why a race that no configuration is left in has no winner: each one's call, and the fix."""
+def _no_winner(calls: dict[int, str], looks: list[Look], racing: Racing, shown: Callable[[int], int]) -> str:
+    """Why a race that no configuration is left in has no winner: each one's call, who was stopped
+    against whom, and the fix. No trial is then the study's best (:func:`~segtune.study.records.best_trial`)."""
     counted = {c: why for c, why in sorted(calls.items()) if not why.startswith("waits for")}
     if not counted:
-        return f"no winner: no configuration has completed its first {racing.min} seeds"
-    each = "; ".join(f"trial {c} {why}" for c, why in counted.items())
-    text = f"no winner: no configuration is left in the race ({each})"
+        return f"{NO_WINNER}: no configuration has completed its first {racing.min} seeds"
+    each = "; ".join(f"trial {shown(c)} {why}" for c, why in counted.items())
+    text = f"{NO_WINNER}: no configuration is left in the race ({each}), so no trial is named best"
+    stopped = [(c, look.leader) for look in looks for c in look.stopped]
+    if stopped:
+        text += " (" + "; ".join(f"trial {shown(c)} was stopped against trial {shown(leader)}, which left the "
+                                 f"race later" for c, leader in stopped) + ")"
     if any(why.startswith(NOT_FINITE) for why in counted.values()):
-        text += (", so none can be ranked; an objective that is not finite on a seed (HD95 and ASD are inf where a "
-                 "class is never found) takes its configuration out: race on one every run gives a finite value "
-                 "(e.g. val.dice_mean), or find out why the runs miss a class")
+        text += ("; an objective that is not finite on a seed (HD95 and ASD are inf where a class is never found) "
+                 "takes its configuration out: race on one every run gives a finite value (e.g. val.dice_mean), "
+                 "or find out why the runs miss a class")
     return text
 
 
@@ -278,7 +290,8 @@ def queue_round(study: optuna.Study, spec: StudySpec) -> int:
     Called by the worker loop when no trial is waiting or running; each queued trial has the
     parameters of its configuration and extends its latest completed trial (``extends``). The calls
     are kept in the study's ``race`` attribute ({home trial: sentence}), and once the race is over
-    how it ended in ``race_end`` (:attr:`Race.end`).
+    how it ended in ``race_end`` (:attr:`Race.end`); the sentences name each configuration by its
+    latest completed trial, as the leaderboard does.
 
     Returns:
         How many trials were queued (0: the race is over, or the study does not race).
@@ -287,7 +300,9 @@ def queue_round(study: optuna.Study, spec: StudySpec) -> int:
         return 0
     trials = study.get_trials(deepcopy=False)
     table, latest, failed = race_table(trials)
-    state = race(table, spec.repeats, maximize=spec.resolved_direction == "maximize", failed=failed)
+    # the sentences name each configuration by its latest trial, the one the leaderboard shows
+    state = race(table, spec.repeats, maximize=spec.resolved_direction == "maximize", failed=failed,
+                 names={home: t.number for home, t in latest.items()})
     calls = {str(c): why for c, why in sorted(state.calls.items())}
     if study.user_attrs.get(RACE) != calls:
         study.set_user_attr(RACE, calls)

@@ -6,7 +6,7 @@ the CLI show. Trial user attributes:
 
 - ``params`` ({config path: value}), ``config`` (the resolved config of its first repeat);
 - ``runs``: per repeat (and cross-validation fold), a :class:`RunRecord` as JSON (seed, fold, value,
-  epochs_run, best_epoch, run_dir, class_names, test metrics, per-case metrics of val and test); ``spread`` (standard deviation over repeats); ``epochs`` (epochs run
+  epochs_run, best_epoch, run_dir, class_names, test metrics, per-case metrics of val and test); ``spread`` (standard deviation over repeats; None where a seed's objective is not finite); ``epochs`` (epochs run
   by the first repeat); ``seconds``; ``worker`` (host:pid);
 - ``pretrain_run``, ``pretrain_mse``, ``pretrain_mae``: with a ``pretrain`` budget, the cached
   pre-training its runs started from (``<study dir>/pretrain/<budget>-<hash>``) and its validation
@@ -67,6 +67,7 @@ SPEC = "spec"
 THREADS = "threads"  # the CPU threads of every trial, fixed when the study is created
 RACE = "race"  # with racing repeats: {home trial: its standing in the race} (segtune.study.racing)
 RACE_END = "race_end"  # with racing repeats, once the race is over: how it ended, a sentence (Race.end)
+NO_WINNER = "no winner"  # how race_end starts when no configuration is left in the race: no trial is the best
 AUTO_LR_CACHE = "auto_lr:"  # auto_lr:<hash>: {"key": optimizer, loss, model and data as JSON, "lr"}
 
 TRIALS_DIR = "trials"  # <study dir>/trials/<home:04d>-seed<seed>/: the run directories
@@ -170,7 +171,7 @@ class TrialRecord:
     seconds: float = 0.0
     reason: str = ""  # why it ended as it did (see trial_reason)
     runs: tuple[RunRecord, ...] = ()
-    spread: float = 0.0  # standard deviation of the objective over repeats
+    spread: float | None = 0.0  # standard deviation of the objective over repeats; None with a seed not finite
     run_dirs: list[Path] = field(default_factory=list)  # its own runs' directories found here, by seed
     home: int | None = None
     same_as: int | None = None
@@ -210,7 +211,7 @@ class TrialRecord:
                    value=trial.value if trial.value is not None else _last_value(trial),
                    values=per_seed(runs),
                    epochs=attrs.get(EPOCHS), seconds=float(attrs.get(SECONDS, 0.0)), reason=trial_reason(trial, trials),
-                   runs=runs, spread=float(attrs.get(SPREAD, 0.0)), run_dirs=_run_dirs(trial, runs, home, study_dir),
+                   runs=runs, spread=_spread(attrs.get(SPREAD, 0.0)), run_dirs=_run_dirs(trial, runs, home, study_dir),
                    home=home, same_as=attrs.get(SAME_AS), requeued_from=attrs.get(REQUEUED_FROM),
                    resumed_after=dict(attrs.get(RESUMED, {})), worker=attrs.get(WORKER), config=attrs.get(CONFIG))
 
@@ -223,6 +224,10 @@ def per_seed(runs: Sequence[RunRecord], *, finite: bool = True) -> dict[int, flo
         by_seed.setdefault(r.seed, []).append(r.value)
     return {s: math.fsum(v) / len(v) if all(math.isfinite(x) for x in v) else math.nan
             for s, v in by_seed.items() if not finite or all(math.isfinite(x) for x in v)}
+
+
+def _spread(stored: Any) -> float | None:
+    return None if stored is None or not math.isfinite(float(stored)) else float(stored)
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
@@ -307,7 +312,7 @@ def leaderboard(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     records = study_records(study)
     paths = sorted({p for r in records for p in r.params})
     rows = [[r.number] + [_show(r.params.get(p, "-")) for p in paths]
-            + ["-" if r.value is None else float(r.value), r.spread, runs_cell(r),
+            + ["-" if r.value is None else float(r.value), "-" if r.spread is None else r.spread, runs_cell(r),
                "-" if r.epochs is None else r.epochs, str(r.state), f"{r.seconds:.0f}", r.reason[:REASON_WIDTH]]
             for r in records]
     header = ["trial"] + paths + [objective_name(study), "spread", "runs", "epochs", "state", "seconds", "reason"]
@@ -324,18 +329,27 @@ def progress_line(trial: FrozenTrial) -> str:
             f"{record.seconds:5.0f} s  {params}{reason}")
 
 
+def no_winner(study: optuna.Study) -> str | None:
+    """How a racing study's race ended when no configuration is left in it (its ``race_end``), else None."""
+    end = str(study.user_attrs.get(RACE_END, ""))
+    return end if end.startswith(NO_WINNER) else None
+
+
 def best_trial(study: optuna.Study) -> TrialRecord | None:
     """The record of the best completed trial, or None when no trial has completed with a finite objective
-    (HD95 is inf where a class is never found: such a trial is no best)."""
+    (HD95 is inf where a class is never found: such a trial is no best) or the race ended with no winner
+    (:func:`no_winner`: a configuration it stopped against one that left it later is not the best either)."""
+    if no_winner(study):
+        return None
     records = study_records(study)  # ranked: with racing, a configuration's latest record, not Optuna's best
     done = [r for r in records if r.state == Status.COMPLETE and r.value is not None and math.isfinite(r.value)]
     return done[0] if done else None
 
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
-           "EXTENDS", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "RACE_END", "REASON_WIDTH",
+           "EXTENDS", "NO_WINNER", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "RACE_END", "REASON_WIDTH",
            "REQUEUED_FROM", "RESUMED",
            "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SEPARATED", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
-           "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
+           "no_winner", "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]

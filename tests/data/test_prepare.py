@@ -165,3 +165,23 @@ def test_data_options_are_validated_in_the_config():
         build_config({"data": {"source": "synthetic", "min_class_fraction": 1.5}})
     cfg = build_config({"data": {"source": "synthetic"}}, ["data.label_map={3: 1}"])
     assert cfg.data.label_map == {3: 1}
+
+
+@pytest.mark.parametrize("how", ["zscore", "minmax", "histogram"])
+@pytest.mark.parametrize("val_from", ["fixed", "rest"])
+def test_per_image_normalisation_of_unpadded_data_normalises_only_the_images_kept(how, val_from, monkeypatch):
+    """Each image alone: the same values as normalising the subset kept, and no work on the images dropped."""
+    import segtune.data.base as base
+
+    raw, kept = _raw(channels=3), {**PLAIN, "train_fraction": 0.5, "min_foreground_fraction": 0.05, "val_from": val_from}
+    plain = prepare(raw, **kept)
+    seen = []
+    per_image = base._per_image
+    monkeypatch.setattr(base, "_per_image", lambda images, *a: seen.append(len(images)) or per_image(images, *a))
+    data = prepare(raw, **{**kept, "normalize": how})
+    assert len(plain.train) < len(raw.train) and sum(seen) == len(data.train) + len(data.val) + len(data.test)
+    for name in ("train", "val", "test"):
+        assert torch.equal(data.split(name).images, base.normalize_images(plain.split(name).images, how))
+        assert torch.equal(data.split(name).masks, plain.split(name).masks)
+    seen.clear()
+    assert torch.equal(prepare(raw, **kept).train.images, plain.train.images) and seen == []  # none: nothing to do
