@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from segtune.report.data import ReportedTrial
 from segtune.report.document import Block, Heading, Table, Text, figure_block
 from segtune.report.figures import level_label
-from segtune.study.records import RACE, RACE_END, SPEC, Status, maximizes, no_winner, objective_name
+from segtune.study.records import RACE, RACE_END, SPEC, Status, can_be_best, maximizes, no_winner, objective_name
 from segtune.study.stats import mean_ci, ranking
 from segtune.training.distances import DISTANCE_METRICS
 
@@ -68,10 +68,10 @@ def answer_blocks(study: optuna.Study, records: Sequence[ReportedTrial]) -> list
     """The report's answer: the best, the ranking of the leaders with ties, and the verdicts behind it."""
     blocks: list[Block] = [Heading("The answer")]
     # as best_trial: a finite objective on every seed, and no best where the race ended with no winner
-    done = [r for r in records if r.state == Status.COMPLETE and r.value is not None and math.isfinite(r.value)]
+    done = [r for r in records if can_be_best(r)]
     spent = runs_spent(study.user_attrs.get(SPEC, {}), records, study.user_attrs.get(RACE))
-    if no_winner(study):
-        return blocks + [Text(f"There is no best configuration. The race: {no_winner(study)}.")] + \
+    if ended := no_winner(study):
+        return blocks + [Text(f"There is no best configuration. The race: {ended}.")] + \
             ([Text(spent)] if spent else [])
     if not done:
         if not any(r.state == Status.COMPLETE for r in records):

@@ -77,13 +77,14 @@ class Look:
     stopped: dict[int, str]  # configuration: why it stops here
 
 
-def look(block: Mapping[int, list[float]], racing: Racing) -> Look:
+def look(block: Mapping[int, list[float]], racing: Racing, names: Mapping[int, int] | None = None) -> Look:
     """Compare every configuration of ``block`` with its leader.
 
     Args:
         block: each configuration's objective on the same ``n`` seeds, in seed order, oriented so that
             higher is better.
         racing: the study's ``repeats`` section.
+        names: the trial number the leader is named by in the sentences (see :func:`race`).
 
     Returns:
         The :class:`Look`: the leader, the interval's half-width, the configurations that stop.
@@ -104,15 +105,15 @@ def look(block: Mapping[int, list[float]], racing: Racing) -> Look:
     residual = values - values.mean(axis=1, keepdims=True) - values.mean(axis=0, keepdims=True) + values.mean()
     scale = math.sqrt(float((residual ** 2).sum()) / df / n)
     half = mcb_critical(look_confidence(racing), k, df) * scale
-    stopped = {}
+    stopped, named = {}, (names or {}).get(leader, leader)
     for c in keys:
         gap = means[leader] - means[c]
         if c == leader:
             continue
         if gap - half > 0:
-            stopped[c] = f"{SEPARATED}: behind trial {leader} on {n} seeds"
+            stopped[c] = f"{SEPARATED}: behind trial {named} on {n} seeds"
         elif racing.margin > 0 and gap + half < racing.margin:  # gap >= 0: the leader has the best mean
-            stopped[c] = f"practical tie: within {racing.margin:g} of the best (leader: trial {leader}) on {n} seeds"
+            stopped[c] = f"practical tie: within {racing.margin:g} of the best (leader: trial {named}) on {n} seeds"
     return Look(n, means, leader, half, stopped)
 
 
@@ -228,11 +229,9 @@ def race(table: Mapping[int, Mapping[int, float]], racing: Racing, *, maximize: 
             best = max(alive, key=lambda c: (sum(seeds[c][:n]), -c))
             return Race((), calls, looks, f"trials {', '.join(str(shown(c)) for c in alive)} ran {racing.max} seeds, "
                                           f"the most repeats allows; trial {shown(best)} has the best mean over them")
-        current = look({c: seeds[c][:n] for c in alive}, racing)
+        current = look({c: seeds[c][:n] for c in alive}, racing, names)
         looks.append(current)
-        # a look's sentence names one trial, its leader
-        calls.update({c: why.replace(f"trial {current.leader}", f"trial {shown(current.leader)}")
-                      for c, why in current.stopped.items()})
+        calls.update(current.stopped)
         alive = [c for c in alive if c not in current.stopped]
         n += 1
 

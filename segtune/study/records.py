@@ -329,6 +329,12 @@ def progress_line(trial: FrozenTrial) -> str:
             f"{record.seconds:5.0f} s  {params}{reason}")
 
 
+def can_be_best(record: Any) -> bool:
+    """Whether a trial's record (a :class:`TrialRecord` or the report's) can be the best: completed, with a
+    finite objective (HD95 is inf where a class is never found: such a trial is no best)."""
+    return record.state == Status.COMPLETE and record.value is not None and math.isfinite(record.value)
+
+
 def no_winner(study: optuna.Study) -> str | None:
     """How a racing study's race ended when no configuration is left in it (its ``race_end``), else None."""
     end = str(study.user_attrs.get(RACE_END, ""))
@@ -342,8 +348,7 @@ def best_trial(study: optuna.Study) -> TrialRecord | None:
     if no_winner(study):
         return None
     records = study_records(study)  # ranked: with racing, a configuration's latest record, not Optuna's best
-    done = [r for r in records if r.state == Status.COMPLETE and r.value is not None and math.isfinite(r.value)]
-    return done[0] if done else None
+    return next(filter(can_be_best, records), None)
 
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
@@ -351,5 +356,5 @@ __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUP
            "REQUEUED_FROM", "RESUMED",
            "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SEPARATED", "SPEC", "SPREAD", "THREADS",
            "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
-           "no_winner", "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
+           "can_be_best", "no_winner", "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]
