@@ -67,9 +67,9 @@ def _cell_text(here: Sequence[ReportedTrial], stopped: ReportedTrial | None) -> 
 
 
 def pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence[ReportedTrial],
-          objective: str) -> Table:
+          objective: str, best: ReportedTrial | None = None) -> Table:
     """Rows ``a``, columns ``b``: the best trial of each cell, else its furthest pruned one; the
-    study's best in bold."""
+    study's ``best`` (None: no cell) in bold."""
     rows, bold = [], set()
     for i, la in enumerate(a.labels):
         row: list[Any] = [la]
@@ -78,7 +78,7 @@ def pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence[
             stopped = max((r for r in pruned if a.of(r) == la and b.of(r) == lb),
                           key=lambda r: r.epochs or 0, default=None)
             row.append(_cell_text(here, stopped))
-            if here and here[0] is done[0]:
+            if here and here[0] is best:
                 bold.add((i, j + 1))
         rows.append(row)
     return Table([f"{a.path} \\ {b.path}"] + b.labels, rows, bold=frozenset(bold), name=f"pivot-{a.path}-{b.path}",
@@ -125,7 +125,7 @@ def averages_table(lv: Levels, records: Sequence[ReportedTrial], objective: str)
 
 def pivot_blocks(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, objective: str,
                  space: Mapping[str, Any] | None, metrics: Sequence[str],
-                 test_losses: Mapping[Any, float] | None = None) -> list[Block]:
+                 test_losses: Mapping[Any, float] | None = None, best: ReportedTrial | None = None) -> list[Block]:
     """The section "Hyperparameters: pairs and averages" of a study's report.
 
     Args:
@@ -135,6 +135,7 @@ def pivot_blocks(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, 
         space: the study's space (to leave dependent pairs out of the pivots).
         metrics: the columns of the per-cell metrics tables (:data:`segtune.report.cells.METRICS`).
         test_losses: run directory -> the common test loss computed for it.
+        best: the study's best trial, in bold in the pivots (None: the study names no best).
 
     Returns:
         [] where no trial reported a value or nothing was varied.
@@ -152,7 +153,7 @@ def pivot_blocks(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, 
                            f"other (a conditional entry of the space), so most cells could not exist."))
     for a, b in pairs:
         if done:
-            blocks.append(pivot(a, b, done, pruned, objective))
+            blocks.append(pivot(a, b, done, pruned, objective, best))
         if metrics:
             blocks.append(cell_metrics_table(a, b, records, metrics, test_losses=test_losses))
     if pairs:

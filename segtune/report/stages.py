@@ -23,6 +23,7 @@ _RULES = {
     "tie_best_mean": "the best mean, within the noise of the runner-up (tie: best_mean)",
     "untested": "the best mean (one seed: no paired test possible)",
     "no_result": "no trial completed: nothing fixed",
+    "no_winner": "the race ended with no configuration left (see the stage's report): its starting configuration is kept",
 }
 
 

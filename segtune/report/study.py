@@ -32,8 +32,8 @@ from segtune.report.run import curve_blocks
 from segtune.report.test_loss import common_test_losses
 from segtune.report.verdicts import answer_blocks, leader_metrics, seeds_text
 from segtune.study.stats import importances
-from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, maximizes,
-                                   objective_name, runs_cell)
+from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, can_be_best, maximizes,
+                                   no_winner, objective_name, runs_cell)
 
 
 def _values_text(values: Any) -> str:
@@ -79,7 +79,8 @@ def _question(study: optuna.Study, records: Sequence[ReportedTrial]) -> list[Blo
     ]
 
 
-def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels]) -> list[Block]:
+def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: Sequence[Levels],
+                 best: ReportedTrial | None) -> list[Block]:
     paths = list(dict.fromkeys(p for r in records for p in r.params))
     header = ["trial"] + paths + [objective_name(study), "95% interval", "runs", "epochs", "state", "seconds", "reason"]
     rows = []
@@ -89,7 +90,7 @@ def _leaderboard(study: optuna.Study, records: Sequence[ReportedTrial], varied: 
         rows.append([r.number] + [level_label(r.params[p]) if p in r.params else BASE_LEVEL for p in paths]
                     + [ci.mean if ci else r.value, interval, runs_cell(r), r.epochs, r.state, round(r.seconds),
                        r.reason[:REASON_WIDTH]])
-    bold = frozenset({(0, len(paths) + 1)}) if records and records[0].state == Status.COMPLETE else frozenset()
+    bold = frozenset({(0, len(paths) + 1)}) if records and records[0] is best else frozenset()
     blocks: list[Block] = [Heading("Leaderboard"), Table(header, rows, bold=bold, caption=(
         "All trials: completed ones best first (mean over seeds), then running ones (they may still complete), "
         "pruned ones, failed ones with the reason, trials stopped by Ctrl-C and trials whose worker died (both run "
@@ -147,8 +148,9 @@ def _curves(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels 
 
 
 def _predictions(records: Sequence[ReportedTrial], rows: Levels | None, cols: Levels | None,
-                 options: ReportOptions) -> list[Block]:
-    """The best trial of every (rows, cols) cell, the best trials side by side, the best one's worst cases."""
+                 options: ReportOptions, best: ReportedTrial | None) -> list[Block]:
+    """The best trial of every (rows, cols) cell, the best trials side by side, the best one's worst cases
+    (none where the study has no best: a race that ended with no configuration left)."""
     done = [r for r in records if r.state == Status.COMPLETE and r.run_dirs]
     shown = dict(n_images=options.n_images, images=options.images)
     blocks: list[Block] = []
@@ -160,12 +162,13 @@ def _predictions(records: Sequence[ReportedTrial], rows: Levels | None, cols: Le
         where = f"rows {rows.path}, columns {cols.path}" if rows else f"columns {cols.path}"
         blocks += section("Predictions by setting", grid_blocks(cells, name="prediction-grid", **shown,
                                                                what=f"the best trial of each cell ({where})"))
-    best = done[:options.n_best]
-    blocks += section("Predictions of the best trials",
-                      prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in best}, **shown))
-    if done:
-        blocks += section(f"Worst cases of the best trial ({done[0].number})",
-                          worst_case_blocks(f"trial {done[0].number}", done[0].run_dirs[0], n_images=options.n_images))
+    title = "Predictions of the best trials" if best is not None else \
+        "Predictions of the top-ranked trials (the study names no best)"
+    blocks += section(title, prediction_blocks({f"trial {r.number}": r.run_dirs[0] for r in done[:options.n_best]},
+                                               **shown))
+    if best is not None and best.run_dirs:
+        blocks += section(f"Worst cases of the best trial ({best.number})",
+                          worst_case_blocks(f"trial {best.number}", best.run_dirs[0], n_images=options.n_images))
     return blocks
 
 
@@ -248,15 +251,16 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
     blocks += answer_blocks(study, records)
-    blocks += _leaderboard(study, records, varied)
+    best = None if no_winner(study) else next(filter(can_be_best, records), None)
+    blocks += _leaderboard(study, records, varied, best)
     blocks += _test_table(records, varied, test_losses=test_losses, test_loss=options.test_loss)
     blocks += leader_metrics(records)
     blocks += pivot_blocks(records, varied, objective=objective_name(study), space=space, metrics=options.metrics,
-                           test_losses=test_losses)
+                           test_losses=test_losses, best=best)
     blocks += pretraining_blocks(records, varied, objective=objective_name(study))
     blocks += _importance(study)
     blocks += _curves(records, rows, cols)
-    blocks += _predictions(records, rows, cols, options)
+    blocks += _predictions(records, rows, cols, options, best)
     blocks += [Heading("Data files"), Text(_FILES_TEXT)]
     write_trial_tables(study, records, out_dir)
     return write_document(blocks, out_dir, title=f"Study {study.study_name}", formats=options.formats)

@@ -46,7 +46,7 @@ import pydantic
 from segtune.config import SafeName, apply_changes, format_errors
 from segtune.errors import ConfigError
 from segtune.registry import suggest
-from segtune.study.records import TrialRecord, Status, study_records
+from segtune.study.records import TrialRecord, Status, no_winner, study_records
 from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
 from segtune.study.spec import Racing, StudyErrors, StudySpec, comparable, parse_study, read_study_tree
 from segtune.study.stats import paired_comparison
@@ -97,7 +97,8 @@ class Decision:
     index: int
     name: str
     # best_mean | kept_base (best and runner-up within the noise) | tie_best_mean (within the noise, tie:
-    # best_mean) | untested (one seed: no paired test) | no_result (no trial completed)
+    # best_mean) | untested (one seed: no paired test) | no_result (no trial completed) | no_winner (its
+    # race ended with no configuration left: the base is kept)
     rule: str
     changes: dict[str, Any]  # what the stage set in the base of the next one
     base_after: dict[str, Any]  # the base config tree of the next stage
@@ -326,7 +327,8 @@ def _summary(record: TrialRecord) -> dict[str, Any]:
 
 
 def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_of: Callable[[TrialRecord], dict],
-           base: dict[str, Any], index: int = 0, name: str = "stage", per: str | None = None) -> Decision:
+           base: dict[str, Any], index: int = 0, name: str = "stage", per: str | None = None,
+           race_end: str | None = None) -> Decision:
     """Choose a stage's winner from its trials by the winner rule (see the module doc).
 
     Args:
@@ -335,6 +337,8 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
         tie: ``keep_base`` or ``best_mean``: what a best within the noise of the runner-up gives.
         changes_of: a trial's dotted config changes (its variant's settings, its found lr).
         base: the base config tree the stage started from.
+        race_end: how the stage's race ended when it left no configuration (:func:`records.no_winner`):
+            the stage then keeps its base, as no trial can be called its best.
 
     Returns:
         The :class:`Decision`; its ``changes`` are empty where the base is kept.
@@ -343,6 +347,8 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
     done.sort(key=lambda r: r.value, reverse=maximize)
     if not done:
         return Decision(index, name, "no_result", {}, base)
+    if race_end:
+        return Decision(index, name, "no_winner", {}, base, n_trials=len(records))
     best, runner = done[0], (done[1] if len(done) > 1 else None)
     comparison = runner and paired_comparison(best.values, runner.values, other_number=runner.number,
                                               maximize=maximize)
@@ -420,7 +426,7 @@ def run_stages(path: str | Path, *, study_dir: str | Path | None = None, storage
                               f"fix them, and run the same command again")
         decision = decide(records, maximize=spec.resolved_direction == "maximize",
                           tie=stage.tie or staged.tie, changes_of=_changes_of(space, stage.lr == AUTO_LR),
-                          base=base, index=i, name=stage.name, per=stage.per)
+                          base=base, index=i, name=stage.name, per=stage.per, race_end=no_winner(study))
         decision.study = stage_fingerprint(staged, i, spec)
         _write_decision(directory, decision)
         decisions.append(decision)

@@ -161,3 +161,25 @@ def test_a_race_whose_leaders_leave_after_one_was_separated_names_no_best_and_on
     out, text = _three_places(study, tmp_path, capsys)
     assert "no best configuration: the race has no winner" in out and "best: trial" not in out
     assert f"There is no best configuration. The race: {end}." in text and "Best:" not in text
+
+
+def test_a_report_of_a_race_with_no_winner_emphasises_no_trial_and_shows_no_best_trials_predictions(
+        tmp_path, monkeypatch, capsys):
+    """The race of the study above ends with no winner; its only finite trial (B, behind A) leads the
+    leaderboard, but the report's leaderboard, pivots and prediction sections do not call it the best."""
+    import segtune.report.study as report_study
+    from segtune.report.options import ReportOptions
+
+    values = {0.01: [1.0, 1.1, math.inf], 0.02: [5.0, 5.3], 0.03: [1.02, 1.12, math.inf]}
+    _mock_training(monkeypatch, lambda lr, seed: values[lr][seed])
+    path = write_study(tmp_path, repeats={"min": 2, "max": 4, "alpha": 0.2},
+                       space={"optimizer.lr": [0.01, 0.02, 0.03]}, objective="val.hd95_mean")
+    study = run_study(path, study_dir=tmp_path / "out")
+    shown = []
+    monkeypatch.setattr(report_study, "worst_case_blocks", lambda title, *a, **k: shown.append(title) or [])
+    monkeypatch.setattr(report_study, "section", lambda title, blocks: shown.append(title) or list(blocks))
+    text = report_study.study_report(study, study_dir=tmp_path / "out",
+                                     options=ReportOptions(formats=())).with_suffix(".md").read_text()
+    assert "**" not in text.split("## Leaderboard")[1].split("\n## ")[0]  # no cell of the leaderboard in bold
+    assert "Predictions of the top-ranked trials (the study names no best)" in shown
+    assert not any(t.startswith("Worst cases") or t.startswith("trial") for t in shown)

@@ -336,3 +336,40 @@ def test_a_racing_stage_trains_and_decides_on_the_seeds_its_race_gave(tmp_path):
     assert len(records) == 2 and seeds == {0.0: 3, 0.01: 3}
     assert any("extends" in t.user_attrs for t in stage_studies(staged, out)[0].trials)
     assert decision.best["seeds"] == next(r.values for r in records if r.number == decision.best["number"])
+
+
+def test_a_stage_whose_race_has_no_winner_keeps_its_base_and_says_why(tmp_path, monkeypatch):
+    """Every run's objective is inf (HD95 where a class is never found): the stage's race leaves no
+    configuration, so the stage keeps its starting configuration instead of taking the first trial."""
+    import math
+    import types
+
+    import segtune.study.objective
+    from segtune.report.stages import _RULES
+
+    def train(config, **kwargs):
+        split = {"dice_mean": 0.5, "hd95_mean": math.inf, "per_case": {}}
+        return types.SimpleNamespace(summary={"val": split, "test": split, "epochs_run": 1, "best_epoch": 1,
+                                              "class_names": ["background", "a"]})
+
+    monkeypatch.setattr(segtune.study.objective, "train", train)
+    tree = yaml.safe_load(_staged_file(tmp_path).read_text())
+    tree["objective"] = "val.hd95_mean"
+    tree["stages"] = [{"name": "decay", "space": {"optimizer.weight_decay": [0.0, 0.01]},
+                       "repeats": {"min": 2, "max": 3}}]
+    path = tmp_path / "racing.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    base = load_stages(path).top["base"]
+    _, (decision,) = run_stages(path, study_dir=tmp_path / "out")
+    assert decision.rule == "no_winner" and decision.changes == {} and decision.base_after == base
+    assert decision.n_trials == 2 and "no configuration left" in _RULES[decision.rule]
+
+
+def test_the_winner_rule_with_a_race_that_ended_with_no_winner_changes_nothing():
+    records = [_record(0, {"optimizer.weight_decay": 0.01}, {0: 0.9, 1: 0.9}),
+               _record(1, {"optimizer.weight_decay": 0.0}, {0: 0.5, 1: 0.6})]
+    decision = decide(records, maximize=True, tie="best_mean", changes_of=lambda r: dict(r.params), base=BASE,
+                      race_end="no winner: no configuration is left in the race (...)")
+    assert decision.rule == "no_winner" and decision.changes == {} and decision.base_after == BASE
+    assert decide(records, maximize=True, tie="best_mean", changes_of=lambda r: dict(r.params),
+                  base=BASE).changes == {"optimizer.weight_decay": 0.01}
