@@ -227,8 +227,8 @@ class TrainConfig(_Strict):
     # torch.compile the training forward pass: faster steps after a one-off compile (tens of
     # seconds, cached on disk for later runs of the same model); needs a C++ compiler on CPU.
     compile: bool = False
-    # CPU threads: a count; None = every CPU this process may use (affinity and quota), fixed for the
-    # run, so the same config and seed give the same numbers; auto = the CPUs other processes leave
+    # CPU threads: a count; None = every CPU this process may use (affinity and quota) but one (the
+    # other work of the machine's), fixed for the run, so the same config and seed give the same numbers; auto = the CPUs other processes leave
     # free, read again after each epoch (faster on a shared machine, but the numbers then depend on
     # its load). OMP_NUM_THREADS in the environment fixes the count of None and auto.
     num_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
@@ -268,7 +268,7 @@ class TrainConfig(_Strict):
         if value is None or value == "auto" or (type(value) is int and value >= 1):
             return value
         raise ValueError("num_threads must be a positive whole number of CPU threads, auto (follow the CPUs "
-                         "other processes leave free) or null (every CPU this process may use, fixed)")
+                         "other processes leave free) or null (every CPU this process may use but one, fixed)")
 
     @pydantic.field_validator("device")
     @classmethod

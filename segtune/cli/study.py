@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
                                                          "(--storage default: $SEGTUNE_STORAGE)")
     p.add_argument("--out", help="study directory (default: runs/<study name>)")
     p.add_argument("--threads", type=int, help="CPU threads per trial, fixed when the study is created "
-                                               "(default: CPUs / workers)")
+                                               "(default: every CPU but one, divided among the workers)")
     p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
     p.add_argument("--dry-run", action="store_true", help="check every cell, print the trials, repeats, varied "

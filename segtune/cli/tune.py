@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     add_set(p)
     p.add_argument("--seed", type=int, default=0, help="the search's seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads per trial, fixed when the tune starts "
-                                           "(default: every CPU this process may use)")
+                                           "(default: every CPU this process may use but one)")
     p.add_argument("--verbose", action="store_true", help="print every epoch of every trial")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
     p.set_defaults(handler=cmd_tune)

@@ -251,7 +251,7 @@ def run_tune(data: str | Path, *, budget: str | float, study_dir: str | Path | N
         overrides: ``--set`` changes of the base config.
         seed: the sampler's seed.
         num_threads: CPU threads per trial, fixed when the study is created (default: every CPU
-            this process may use, :func:`~segtune.training.runtime.available_cpus`).
+            this process may use but one, :func:`~segtune.training.threads.default_threads`).
         progress, verbose: print the budget and a line per trial; every epoch.
         clock: seconds, for the budget (tests give their own).
 

@@ -37,7 +37,7 @@ from segtune.study.spec import PRUNERS, SAMPLERS, StudySpec, comparable, load_st
 from segtune.study.storage import (STORAGE_ENV, default_study_dir, fail_stale_trials, open_storage,
                                    storage_fault)
 from segtune.training.runtime import available_cpus
-from segtune.training.threads import environment_threads
+from segtune.training.threads import default_threads, environment_threads
 
 MAX_DRAWS = 10  # a random or TPE study ends after MAX_DRAWS x n_trials trials, however few were new
 
@@ -46,8 +46,9 @@ def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1
     """The CPU threads every trial of ``study`` trains with, in every worker and every later command.
 
     The numbers a trial gives depend on its thread count (see the README's Reproducibility), so
-    the count is stored when the study is created: ``requested``, else the CPUs this process may use
-    (:func:`~segtune.training.runtime.available_cpus`) divided among ``n_workers``. Every trial trains
+    the count is stored when the study is created: ``requested``, else a run's default
+    (:func:`~segtune.training.threads.default_threads`: every CPU this process may use but one)
+    divided among ``n_workers``, at least 1. Every trial trains
     at it, never following the load: a base config with ``train.num_threads: auto`` is refused when
     the study file is read (:class:`~segtune.study.spec.StudySpec`).
 
@@ -56,7 +57,7 @@ def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1
     """
     stored = study.user_attrs.get(THREADS)
     if stored is None:
-        stored = requested or environment_threads() or max(1, available_cpus() // n_workers)
+        stored = requested or environment_threads() or default_threads(available_cpus(), n_workers)
         study.set_user_attr(THREADS, stored)
     elif requested is not None and requested != stored:
         raise ConfigError(f"study {study.study_name!r} trains every trial with {stored} CPU thread(s), fixed when it "

@@ -130,7 +130,7 @@ class _Run:
     stopping: EarlyStopping
     clock: Clock
     evaluate: Callable[[torch.nn.Module, Split], dict[str, Any]]  # every evaluation of the run, one way
-    threads: Threads  # train.num_threads: fixed (default every CPU), or auto: the CPUs free, between periods
+    threads: Threads  # train.num_threads: fixed (default every CPU but one), or auto: the CPUs free, between periods
     started: float = field(default_factory=time.perf_counter)  # when this part of the run started
     earlier_seconds: float = 0.0  # the wall time of the parts before a resume
     out_of_time: bool = False  # train.max_minutes was spent: the last epoch was the budget's last

@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
 
 def setup_device(train: TrainConfig) -> torch.device:
     """The device of ``train.device`` for ``train.precision``, after setting the thread count
-    (``train.num_threads``, by default every CPU this process may use: :func:`device_and_threads`).
+    (``train.num_threads``, by default every CPU this process may use but one: :func:`device_and_threads`).
 
     Raises:
         ConfigError: the device is not available, or fp16 is asked for off a CUDA GPU.

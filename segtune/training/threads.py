@@ -1,13 +1,17 @@
 """A run's CPU thread count: fixed by default, or following the load with ``train.num_threads: auto``.
 
 The numbers of a CPU training depend on its thread count (the convolutions split their sums
-differently), so by default a run trains with one fixed count: every CPU this process may use
-(:func:`~segtune.training.runtime.available_cpus`, at most the count torch had before segtune
-first changed it), and the same config and seed give the same numbers on the same machine.
-``train.num_threads: N`` (or ``OMP_NUM_THREADS`` in the environment) fixes another count.
+differently), so by default a run trains with one fixed count, :func:`default_threads`: every CPU
+this process may use but one (:func:`~segtune.training.runtime.available_cpus` less one, at least 1
+and at most the count torch had before segtune first changed it), and the same config and seed
+give the same numbers on the same machine. ``train.num_threads: N`` (or ``OMP_NUM_THREADS`` in the
+environment) fixes another count.
 
 On a CPU whose cores are busy with other work, every OpenMP barrier waits for the thread that the
-system has descheduled, so more threads than free cores train slower than fewer. With
+system has descheduled, so more threads than free cores train slower than fewer: beside one busy
+process, a team of every CPU trains at half the speed of one a CPU smaller, or less. The one CPU
+the default leaves is for that other work (a browser, a second job); on an idle machine it costs
+at most one CPU's share, less where the last thread adds little. With
 ``train.num_threads: auto`` (opt-in: a run's numbers then depend on the machine's load) a run
 counts the CPU time that other processes took over a window (the busy time in ``/proc/stat`` of
 the CPUs this process may use, less this process's own CPU time) and trains with the CPUs left, at
@@ -29,7 +33,7 @@ from typing import Callable, Literal
 
 import torch
 
-__all__ = ["AUTO", "CpuReading", "Threads", "busy_seconds", "free_threads", "read_cpu"]
+__all__ = ["AUTO", "CpuReading", "Threads", "busy_seconds", "default_threads", "free_threads", "read_cpu"]
 
 AUTO = "auto"  # train.num_threads: follow the CPUs other processes leave free
 PROBE_SECONDS = 0.1  # the window of a run's first decision, when no recent reading exists
@@ -96,6 +100,12 @@ _set: int | None = None  # the count segtune last gave torch; another one was se
 _ceiling: int | None = None  # the most threads the default uses: torch's own count, before segtune's
 
 
+def default_threads(available: int, workers: int = 1) -> int:
+    """The default thread count of each of ``workers`` runs on ``available`` CPUs: every CPU but one,
+    divided among them, at least 1 (one thread has no barrier to wait at)."""
+    return max(1, (available - 1) // workers)
+
+
 def environment_threads() -> int | None:
     """The count ``OMP_NUM_THREADS`` fixes, or None where it is unset or not a positive integer."""
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
@@ -104,9 +114,10 @@ def environment_threads() -> int | None:
 
 class Threads:
     """A run's CPU threads. ``setting`` is ``train.num_threads``: a count, fixed; None (the default),
-    fixed at every CPU this process may use (``available``) and at most the count torch had before
-    segtune first changed it (a script's own ``torch.set_num_threads`` caps it); or ``"auto"``, the
-    free CPUs of :func:`free_threads`, at most that same count, read again after each period.
+    fixed at :func:`default_threads` of the CPUs this process may use (``available``) and at most the
+    count torch had before segtune first changed it (a script's own ``torch.set_num_threads`` caps
+    it); or ``"auto"``, the free CPUs of :func:`free_threads`, at most every CPU and that count, read
+    again after each period.
     ``OMP_NUM_THREADS`` in the environment fixes the count of None and ``"auto"``.
 
     Args:
@@ -117,7 +128,7 @@ class Threads:
 
     Attributes:
         fixed: the count of every period; None with ``"auto"``, which follows the load.
-        most: the default's count, and the most ``"auto"`` uses.
+        most: the most ``"auto"`` uses: every CPU, at most torch's count before segtune's.
     """
 
     def __init__(self, setting: int | Literal["auto"] | None, available: int, *,
@@ -133,7 +144,7 @@ class Threads:
         elif environment is not None:
             self.fixed = environment
         else:
-            self.fixed = self.most if setting is None else None
+            self.fixed = min(self.most, default_threads(available)) if setting is None else None
         self.read, self.wait = read or read_cpu, wait or time.sleep
 
     def start(self) -> int:

@@ -90,13 +90,14 @@ def _no_reading() -> CpuReading:
 
 
 @pytest.mark.parametrize(("available", "prior", "expected"), [
-    (2, 2, 2),  # every CPU this process may use
-    (1, 2, 1),  # an affinity mask or a quota of 1 CPU
+    (2, 2, 1),  # every CPU this process may use but one
+    (4, 4, 3),
+    (1, 2, 1),  # an affinity mask or a quota of 1 CPU: at least 1
     (8, 2, 2),  # more CPUs than torch's count before the run (a script's own torch.set_num_threads(2))
     (2, 1, 1),
 ])
-def test_the_default_is_fixed_at_the_cpus_available_and_never_reads_the_load(two_threads, monkeypatch, available,
-                                                                             prior, expected):
+def test_the_default_is_fixed_at_every_cpu_available_but_one_and_never_reads_the_load(two_threads, monkeypatch,
+                                                                                     available, prior, expected):
     from segtune.config import TrainConfig
     from segtune.training import runtime
 
@@ -164,6 +165,12 @@ def test_a_training_records_each_periods_threads_fixed_or_following_the_load(two
     # busy in the probe: 1 thread for period 1; idle in period 1: 2 threads for period 2
     assert summary["threads"] == {"fixed": None, "per_period": [1, 2]}
     monkeypatch.setattr(threads, "read_cpu", _no_reading)
-    del tree["train"]["num_threads"]  # the default: every CPU, the same in every period
+    del tree["train"]["num_threads"]  # the default: every CPU but one, the same in every period
     summary = train(build_config(tree), out_dir=tmp_path / "default", verbose=False).summary
-    assert summary["threads"] == {"fixed": 2, "per_period": [2, 2]}
+    assert summary["threads"] == {"fixed": 1, "per_period": [1, 1]}
+
+
+@pytest.mark.parametrize(("available", "workers", "expected"), [
+    (1, 1, 1), (2, 1, 1), (4, 1, 3), (16, 1, 15), (2, 2, 1), (8, 2, 3), (16, 4, 3), (4, 8, 1)])
+def test_the_default_leaves_one_cpu_and_divides_the_rest_among_the_workers(available, workers, expected):
+    assert threads.default_threads(available, workers) == expected
