@@ -28,6 +28,7 @@ from tests.conftest import run_killed_in_epoch, tiny_tree, unique_study_name, wr
 from segtune.errors import ConfigError
 from segtune.study import leaderboard, load_existing_study, run_study, storage
 from segtune.study.workers import gpu_assignment
+from segtune.training.runtime import available_cpus
 
 TrialState = optuna.trial.TrialState
 
@@ -124,13 +125,13 @@ def test_two_worker_processes_share_one_study(tmp_path, backend, request):
 
 @pytest.mark.slow
 def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path, monkeypatch):
-    # a study fixes its trials' thread count when created (here the cores divided between 2
+    # a study fixes its trials' thread count when created (here every CPU but one divided between 2
     # workers); the same count in one in-process worker gives every cell the same value
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's 1 would fix the count
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
     two = run_study(path, study_dir=tmp_path / "two", n_workers=2)
     threads = two.user_attrs["threads"]
-    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    assert threads == max(1, (available_cpus() - 1) // 2)
     one = run_study(path, study_dir=tmp_path / "one", n_workers=1, num_threads=threads)
 
     def values(study):
