@@ -227,10 +227,10 @@ class TrainConfig(_Strict):
     # torch.compile the training forward pass: faster steps after a one-off compile (tens of
     # seconds, cached on disk for later runs of the same model); needs a C++ compiler on CPU.
     compile: bool = False
-    # CPU threads: a count; None = every CPU this process may use (affinity and quota) but one (the
-    # other work of the machine's), fixed for the run, so the same config and seed give the same numbers; auto = the CPUs other processes leave
-    # free, read again after each epoch (faster on a shared machine, but the numbers then depend on
-    # its load). OMP_NUM_THREADS in the environment fixes the count of None and auto.
+    # CPU threads: a count; None = every CPU this process may use (affinity and quota) but one (for
+    # the machine's other work), fixed for the run, so the same config and seed give the same numbers;
+    # auto = the CPUs other processes leave free, read again after each epoch (faster on a shared
+    # machine, but the numbers then depend on its load). OMP_NUM_THREADS fixes the count of both.
     num_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
 
     @pydantic.model_validator(mode="before")

@@ -44,7 +44,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 # and one thread in what the tests start too: a study in the test process (its trials train at the
-# study's count, by default every CPU) and the processes it starts (`segtune train`, study workers)
+# study's count, by default every CPU but one) and the processes it starts (`segtune train`, study workers)
 # read OMP_NUM_THREADS. The suite already runs one test per core (xdist); more threads than cores
 # make every small parallel op wait for a descheduled thread (a value set before the run is kept)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

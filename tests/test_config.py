@@ -70,7 +70,7 @@ def test_num_threads_otherwise_is_one_clear_error(value):
     lines = str(err.value).splitlines()
     assert len(lines) == 2 and lines[1].startswith(  # one line, not one per member of the union
         "  train.num_threads: num_threads must be a positive whole number of CPU threads, auto (follow the CPUs "
-        "other processes leave free) or null (every CPU this process may use, fixed) (got ")
+        "other processes leave free) or null (every CPU this process may use but one, fixed) (got ")
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -67,7 +67,7 @@ def _cell_text(here: Sequence[ReportedTrial], stopped: ReportedTrial | None) -> 
 
 
 def pivot(a: Levels, b: Levels, done: Sequence[ReportedTrial], pruned: Sequence[ReportedTrial],
-          objective: str, best: ReportedTrial | None = None) -> Table:
+          objective: str, *, best: ReportedTrial | None) -> Table:
     """Rows ``a``, columns ``b``: the best trial of each cell, else its furthest pruned one; the
     study's ``best`` (None: no cell) in bold."""
     rows, bold = [], set()
@@ -125,7 +125,7 @@ def averages_table(lv: Levels, records: Sequence[ReportedTrial], objective: str)
 
 def pivot_blocks(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, objective: str,
                  space: Mapping[str, Any] | None, metrics: Sequence[str],
-                 test_losses: Mapping[Any, float] | None = None, best: ReportedTrial | None = None) -> list[Block]:
+                 best: ReportedTrial | None, test_losses: Mapping[Any, float] | None = None) -> list[Block]:
     """The section "Hyperparameters: pairs and averages" of a study's report.
 
     Args:
@@ -153,7 +153,7 @@ def pivot_blocks(records: Sequence[ReportedTrial], varied: Sequence[Levels], *, 
                            f"other (a conditional entry of the space), so most cells could not exist."))
     for a, b in pairs:
         if done:
-            blocks.append(pivot(a, b, done, pruned, objective, best))
+            blocks.append(pivot(a, b, done, pruned, objective, best=best))
         if metrics:
             blocks.append(cell_metrics_table(a, b, records, metrics, test_losses=test_losses))
     if pairs:

@@ -22,8 +22,9 @@ _RULES = {
                  "(with the best settings of its own `per` value, where the stage has one)",
     "tie_best_mean": "the best mean, within the noise of the runner-up (tie: best_mean)",
     "untested": "the best mean (one seed: no paired test possible)",
-    "no_result": "no trial completed: nothing fixed",
-    "no_winner": "the race ended with no configuration left (see the stage's report): its starting configuration is kept",
+    "no_result": "no trial completed with a finite objective: nothing fixed",
+    "no_winner": "the race ended with no configuration left (see the stage's report): its starting configuration "
+                 "is kept",
 }
 
 
@@ -32,8 +33,10 @@ def _settings(values: dict[str, Any]) -> str:
 
 
 def _evidence(d: Decision) -> str:
+    if d.race_end:
+        return f"the race: {d.race_end}"
     if d.best is None:
-        return "no completed trial"
+        return "no trial completed with a finite objective"
     text = f"trial {d.best['number']} mean {d.best['mean']:.4f}"
     if d.runner_up is not None:
         text += f" vs trial {d.runner_up['number']} {d.runner_up['mean']:.4f}"

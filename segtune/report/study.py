@@ -32,8 +32,8 @@ from segtune.report.run import curve_blocks
 from segtune.report.test_loss import common_test_losses
 from segtune.report.verdicts import answer_blocks, leader_metrics, seeds_text
 from segtune.study.stats import importances
-from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, can_be_best, maximizes,
-                                   no_winner, objective_name, runs_cell)
+from segtune.study.records import (REASON_WIDTH, RUNS, SPEC, TRIALS_DIR, RunRecord, Status, best_of, maximizes,
+                                   objective_name, runs_cell)
 
 
 def _values_text(values: Any) -> str:
@@ -251,7 +251,7 @@ def study_report(study: optuna.Study, out_dir: str | Path | None = None, *, stud
     blocks: list[Block] = [Heading(f"Study {study.study_name}", 1)]
     blocks += _question(study, records)
     blocks += answer_blocks(study, records)
-    best = None if no_winner(study) else next(filter(can_be_best, records), None)
+    best = best_of(study, records)
     blocks += _leaderboard(study, records, varied, best)
     blocks += _test_table(records, varied, test_losses=test_losses, test_loss=options.test_loss)
     blocks += leader_metrics(records)

@@ -341,20 +341,24 @@ def no_winner(study: optuna.Study) -> str | None:
     return end if end.startswith(NO_WINNER) else None
 
 
+def best_of(study: optuna.Study, records: Sequence[Any]) -> Any:
+    """The first of the ranked ``records`` (:class:`TrialRecord` or the report's) that :func:`can_be_best`,
+    or None, as well where the race ended with no winner (:func:`no_winner`: a configuration it stopped
+    against one that left it later is not the best either)."""
+    return None if no_winner(study) else next(filter(can_be_best, records), None)
+
+
 def best_trial(study: optuna.Study) -> TrialRecord | None:
     """The record of the best completed trial, or None when no trial has completed with a finite objective
     (HD95 is inf where a class is never found: such a trial is no best) or the race ended with no winner
-    (:func:`no_winner`: a configuration it stopped against one that left it later is not the best either)."""
-    if no_winner(study):
-        return None
-    records = study_records(study)  # ranked: with racing, a configuration's latest record, not Optuna's best
-    return next(filter(can_be_best, records), None)
+    (:func:`best_of`)."""
+    return best_of(study, study_records(study))  # ranked: with racing, a configuration's latest record
 
 
 __all__ = ["AUTO_LR_CACHE", "CONFIG", "EPOCHS", "FAIL_REASON", "HOME", "INTERRUPTED", "PARAMS", "PRETRAIN_DIR",
            "EXTENDS", "NO_WINNER", "PRETRAIN_MAE", "PRETRAIN_MSE", "PRETRAIN_RUN", "RACE", "RACE_END", "REASON_WIDTH",
            "REQUEUED_FROM", "RESUMED",
            "RETRY_HISTORY", "RUNS", "SAME_AS", "SECONDS", "SEPARATED", "SPEC", "SPREAD", "THREADS",
-           "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_trial", "leaderboard", "maximizes",
+           "TRIALS_DIR", "WORKER", "RunRecord", "Status", "TrialRecord", "best_of", "best_trial", "leaderboard", "maximizes",
            "can_be_best", "no_winner", "objective_name", "per_seed", "progress_line", "runs_cell", "rank", "requeued_on_resume", "run_dir", "status_of", "study_records",
            "trial_reason"]

@@ -46,7 +46,7 @@ import pydantic
 from segtune.config import SafeName, apply_changes, format_errors
 from segtune.errors import ConfigError
 from segtune.registry import suggest
-from segtune.study.records import TrialRecord, Status, no_winner, study_records
+from segtune.study.records import TrialRecord, Status, can_be_best, no_winner, study_records
 from segtune.study.space import AUTO_LR, VARIANT, Space, SpaceErrors, config_for
 from segtune.study.spec import Racing, StudyErrors, StudySpec, comparable, parse_study, read_study_tree
 from segtune.study.stats import paired_comparison
@@ -97,8 +97,8 @@ class Decision:
     index: int
     name: str
     # best_mean | kept_base (best and runner-up within the noise) | tie_best_mean (within the noise, tie:
-    # best_mean) | untested (one seed: no paired test) | no_result (no trial completed) | no_winner (its
-    # race ended with no configuration left: the base is kept)
+    # best_mean) | untested (one seed: no paired test) | no_result (no trial completed with a finite
+    # objective) | no_winner (its race ended with no configuration left: the base is kept)
     rule: str
     changes: dict[str, Any]  # what the stage set in the base of the next one
     base_after: dict[str, Any]  # the base config tree of the next stage
@@ -108,6 +108,7 @@ class Decision:
     difference: dict[str, Any] | None = None  # {mean, low, high, seeds, p_value}: best minus runner-up
     follows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per: {value: settings}
     study: dict[str, Any] = field(default_factory=dict)  # the stage's study as decided (its fingerprint)
+    race_end: str | None = None  # rule no_winner: how the stage's race ended
 
 
 def is_staged(path: str | Path) -> bool:
@@ -343,12 +344,14 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
     Returns:
         The :class:`Decision`; its ``changes`` are empty where the base is kept.
     """
-    done = [r for r in records if r.state == Status.COMPLETE and r.same_as is None and r.value is not None]
+    # as best_trial: a finite objective (HD95 is inf where a class is never found: no winner, and no
+    # paired test can take its differences)
+    done = [r for r in records if can_be_best(r) and r.same_as is None]
     done.sort(key=lambda r: r.value, reverse=maximize)
-    if not done:
-        return Decision(index, name, "no_result", {}, base)
     if race_end:
-        return Decision(index, name, "no_winner", {}, base, n_trials=len(records))
+        return Decision(index, name, "no_winner", {}, base, n_trials=len(records), race_end=race_end)
+    if not done:
+        return Decision(index, name, "no_result", {}, base, n_trials=len(records))
     best, runner = done[0], (done[1] if len(done) > 1 else None)
     comparison = runner and paired_comparison(best.values, runner.values, other_number=runner.number,
                                               maximize=maximize)

@@ -46,9 +46,9 @@ def study_threads(study: optuna.Study, requested: int | None, n_workers: int = 1
     """The CPU threads every trial of ``study`` trains with, in every worker and every later command.
 
     The numbers a trial gives depend on its thread count (see the README's Reproducibility), so
-    the count is stored when the study is created: ``requested``, else a run's default
-    (:func:`~segtune.training.threads.default_threads`: every CPU this process may use but one)
-    divided among ``n_workers``, at least 1. Every trial trains
+    the count is stored when the study is created: ``requested``, else a run's default divided among
+    ``n_workers`` (:func:`~segtune.training.threads.default_threads`: every CPU this process may use
+    but one, at most torch's own count, at least 1). Every trial trains
     at it, never following the load: a base config with ``train.num_threads: auto`` is refused when
     the study file is read (:class:`~segtune.study.spec.StudySpec`).
 
@@ -274,8 +274,8 @@ def run_study(path: str | Path, *, study_dir: str | Path | None = None, storage:
         study_dir: run directories and the default SQLite storage; default ``runs/<name>``.
         storage: an SQLAlchemy URL of a shared storage (``postgresql://user@host:5432/db``).
         n_workers: worker processes on this machine; 1 runs in this process.
-        num_threads: CPU threads per trial when the study is created; default the CPUs this
-            process may use divided among the workers. A study keeps its count (see :func:`study_threads`).
+        num_threads: CPU threads per trial when the study is created; default every CPU this
+            process may use but one, divided among the workers. A study keeps its count (see :func:`study_threads`).
         overrides: ``--set`` style changes of the base config (``["data.spacing=2"]``).
         verbose: print every epoch of every trial.
         progress: print one line per finished trial.

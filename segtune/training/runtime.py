@@ -1,7 +1,7 @@
 """The set-up and the optimisation step that every training shares: the loop, pre-training, the LR range test.
 
 - :func:`setup_device`: the configured device, checked, and the thread count (default: fixed at
-  :func:`available_cpus`; ``auto``: the CPUs other processes leave free; :mod:`segtune.training.threads`);
+  every CPU of :func:`available_cpus` but one; ``auto``: the CPUs other processes leave free; :mod:`segtune.training.threads`);
   :func:`device_and_threads`: the same, with the :class:`~segtune.training.threads.Threads` that a
   training loop adapts between periods with ``auto``; :func:`cpu_model`: the CPU's name, for figures and caches.
 - :func:`load_data`: the configured data source with the shared preprocessing.
@@ -69,8 +69,8 @@ def setup_device(train: TrainConfig) -> torch.device:
 
 def device_and_threads(train: TrainConfig) -> tuple[torch.device, Threads]:
     """:func:`setup_device`'s device and the run's :class:`~segtune.training.threads.Threads`, started:
-    ``train.num_threads``, by default fixed at :func:`available_cpus` (torch counts the machine's
-    cores, not a quota's); with ``auto`` the CPUs other processes leave free, which
+    ``train.num_threads``, by default fixed at every CPU of :func:`available_cpus` but one (torch counts
+    the machine's cores, not a quota's); with ``auto`` the CPUs other processes leave free, which
     :meth:`Threads.adapt` follows.
 
     Raises:

@@ -15,7 +15,7 @@ at most one CPU's share, less where the last thread adds little. With
 ``train.num_threads: auto`` (opt-in: a run's numbers then depend on the machine's load) a run
 counts the CPU time that other processes took over a window (the busy time in ``/proc/stat`` of
 the CPUs this process may use, less this process's own CPU time) and trains with the CPUs left, at
-least 1 and at most the default's count: a short probe when it starts, then the window of each
+least 1 and at most every CPU: a short probe when it starts, then the window of each
 period (an epoch, or the steps up to a validation), set between periods only.
 
 - :func:`busy_seconds`: the busy CPU seconds of ``/proc/stat``'s per-CPU lines.
@@ -33,7 +33,8 @@ from typing import Callable, Literal
 
 import torch
 
-__all__ = ["AUTO", "CpuReading", "Threads", "busy_seconds", "default_threads", "free_threads", "read_cpu"]
+__all__ = ["AUTO", "CpuReading", "Threads", "busy_seconds", "default_threads", "free_threads", "read_cpu",
+           "torch_ceiling"]
 
 AUTO = "auto"  # train.num_threads: follow the CPUs other processes leave free
 PROBE_SECONDS = 0.1  # the window of a run's first decision, when no recent reading exists
@@ -97,13 +98,22 @@ def free_threads(before: CpuReading, after: CpuReading, available: int) -> int:
 
 _last: CpuReading | None = None  # this process's latest reading: the next run's window starts there
 _set: int | None = None  # the count segtune last gave torch; another one was set by its user
-_ceiling: int | None = None  # the most threads the default uses: torch's own count, before segtune's
+_ceiling: int | None = None  # the most threads a run uses: torch's own count, before segtune's
 
 
 def default_threads(available: int, workers: int = 1) -> int:
-    """The default thread count of each of ``workers`` runs on ``available`` CPUs: every CPU but one,
-    divided among them, at least 1 (one thread has no barrier to wait at)."""
-    return max(1, (available - 1) // workers)
+    """The default thread count of each of ``workers`` runs on ``available`` CPUs: every CPU but one, at
+    most :func:`torch_ceiling`, divided among them, at least 1 (one thread has no barrier to wait at)."""
+    return max(1, min(available - 1, torch_ceiling()) // workers)
+
+
+def torch_ceiling() -> int:
+    """The count torch had before segtune first changed it (a script's own ``torch.set_num_threads``
+    after that counts again): the most threads a run uses."""
+    global _ceiling
+    if _ceiling is None or _set is None or torch.get_num_threads() != _set:
+        _ceiling = torch.get_num_threads()
+    return _ceiling
 
 
 def environment_threads() -> int | None:
@@ -134,17 +144,14 @@ class Threads:
     def __init__(self, setting: int | Literal["auto"] | None, available: int, *,
                  read: Callable[[], CpuReading | None] | None = None,
                  wait: Callable[[float], None] | None = None) -> None:
-        global _ceiling
-        if _set is None or torch.get_num_threads() != _set:
-            _ceiling = torch.get_num_threads()
-        self.most = max(1, min(available, _ceiling))
+        self.most = max(1, min(available, torch_ceiling()))
         environment = environment_threads()
         if isinstance(setting, int):
             self.fixed: int | None = setting
         elif environment is not None:
             self.fixed = environment
         else:
-            self.fixed = min(self.most, default_threads(available)) if setting is None else None
+            self.fixed = default_threads(available) if setting is None else None
         self.read, self.wait = read or read_cpu, wait or time.sleep
 
     def start(self) -> int:

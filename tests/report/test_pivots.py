@@ -93,3 +93,12 @@ def test_a_step_budget_run_reads_the_row_of_its_best_validation_not_of_its_epoch
     assert [r["step"] for r in rows if _at_best(r, run)] == ["7"]
     by_epoch = RunRecord.from_attr({**stored, "best_epoch": 3, "best_step": None})
     assert [r["epoch"] for r in [{"epoch": "2"}, {"epoch": "3"}] if _at_best(r, by_epoch)] == ["3"]
+
+
+def test_the_study_s_best_is_in_bold_in_the_leaderboard_and_its_pivot_cell_only(study_report):
+    md = (study_report / "report.md").read_text()
+    section = lambda title: md.split(f"## {title}")[1].split("\n## ")[0]  # noqa: E731
+    best = mean_ci([0.80, 0.82, 0.81])  # adam, none: the best mean of TRIALS
+    assert section("Leaderboard").count("**") == 2 and f"**{best.mean:.4f}**" in section("Leaderboard")
+    pivots = section("Hyperparameters: pairs and averages")
+    assert pivots.count("**") == 2 and f"**{best.text()}**" in pivots

@@ -3,6 +3,9 @@ and the dry run's counts against the trials a run makes."""
 
 from __future__ import annotations
 
+import math
+import types
+
 import pytest
 import yaml
 from tests.conftest import tiny_tree
@@ -341,9 +344,6 @@ def test_a_racing_stage_trains_and_decides_on_the_seeds_its_race_gave(tmp_path):
 def test_a_stage_whose_race_has_no_winner_keeps_its_base_and_says_why(tmp_path, monkeypatch):
     """Every run's objective is inf (HD95 where a class is never found): the stage's race leaves no
     configuration, so the stage keeps its starting configuration instead of taking the first trial."""
-    import math
-    import types
-
     import segtune.study.objective
     from segtune.report.stages import _RULES
 
@@ -373,3 +373,22 @@ def test_the_winner_rule_with_a_race_that_ended_with_no_winner_changes_nothing()
     assert decision.rule == "no_winner" and decision.changes == {} and decision.base_after == BASE
     assert decide(records, maximize=True, tie="best_mean", changes_of=lambda r: dict(r.params),
                   base=BASE).changes == {"optimizer.weight_decay": 0.01}
+
+
+def test_a_trial_whose_objective_is_not_finite_neither_wins_a_stage_nor_breaks_its_paired_test():
+    """HD95 is inf where a class is never found: such a runner-up is left out (no paired test of inf
+    differences), and a stage with no finite trial fixes nothing."""
+    from segtune.report.stages import path_blocks
+
+    best = _record(0, {"optimizer.weight_decay": 0.01}, {0: 2.0, 1: 2.1})
+    inf = _record(1, {"optimizer.weight_decay": 0.0}, {0: 1.0, 1: math.inf})
+    decision = decide([inf, best], maximize=False, tie="keep_base", changes_of=lambda r: dict(r.params), base=BASE)
+    assert decision.rule == "untested" and decision.best["number"] == 0 and decision.runner_up is None
+    decision = decide([inf], maximize=False, tie="keep_base", changes_of=lambda r: dict(r.params), base=BASE)
+    assert decision.rule == "no_result" and decision.changes == {} and decision.base_after == BASE
+    ended = "no winner: no configuration is left in the race (trial 1 left the race)"
+    decision = decide([inf, best], maximize=False, tie="keep_base", changes_of=lambda r: dict(r.params), base=BASE,
+                      race_end=ended)
+    staged = types.SimpleNamespace(stages=[object()], top={"base": BASE})
+    (row,) = path_blocks(staged, [decision])[1].rows
+    assert row[4] == f"the race: {ended}" and "starting configuration is kept" in row[5]

@@ -29,6 +29,7 @@ from segtune.errors import ConfigError
 from segtune.study import leaderboard, load_existing_study, run_study, storage
 from segtune.study.workers import gpu_assignment
 from segtune.training.runtime import available_cpus
+from segtune.training.threads import default_threads
 
 TrialState = optuna.trial.TrialState
 
@@ -131,7 +132,7 @@ def test_two_workers_and_one_worker_give_the_same_value_per_cell(tmp_path, monke
     path = write_study(tmp_path, epochs=2, space={"optimizer.lr": [0.01, 0.003], "train.batch_size": [4, 8]})
     two = run_study(path, study_dir=tmp_path / "two", n_workers=2)
     threads = two.user_attrs["threads"]
-    assert threads == max(1, (available_cpus() - 1) // 2)
+    assert threads == default_threads(available_cpus(), 2)  # its values: tests/training/test_threads.py
     one = run_study(path, study_dir=tmp_path / "one", n_workers=1, num_threads=threads)
 
     def values(study):

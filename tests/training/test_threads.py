@@ -1,4 +1,4 @@
-"""The thread count: fixed by default (every CPU this process may use); with ``train.num_threads: auto``
+"""The thread count: fixed by default (every CPU this process may use but one); with ``train.num_threads: auto``
 the CPUs other processes leave free, from injected /proc/stat readings."""
 
 from __future__ import annotations
@@ -170,7 +170,12 @@ def test_a_training_records_each_periods_threads_fixed_or_following_the_load(two
     assert summary["threads"] == {"fixed": 1, "per_period": [1, 1]}
 
 
-@pytest.mark.parametrize(("available", "workers", "expected"), [
-    (1, 1, 1), (2, 1, 1), (4, 1, 3), (16, 1, 15), (2, 2, 1), (8, 2, 3), (16, 4, 3), (4, 8, 1)])
-def test_the_default_leaves_one_cpu_and_divides_the_rest_among_the_workers(available, workers, expected):
+@pytest.mark.parametrize(("available", "workers", "ceiling", "expected"), [
+    (1, 1, 64, 1), (2, 1, 64, 1), (4, 1, 64, 3), (16, 1, 64, 15), (2, 2, 64, 1), (8, 2, 64, 3), (16, 4, 64, 3),
+    (4, 8, 64, 1),
+    (16, 1, 4, 4), (16, 2, 4, 2),  # torch's own count (a script's torch.set_num_threads(4)) caps it, then divided
+])
+def test_the_default_leaves_one_cpu_and_divides_the_rest_among_the_workers(monkeypatch, available, workers, ceiling,
+                                                                            expected):
+    monkeypatch.setattr(threads, "torch_ceiling", lambda: ceiling)
     assert threads.default_threads(available, workers) == expected
