@@ -19,6 +19,10 @@ of the voxels). On each, in this process or its children, one after the other:
 - ``tune``: ``segtune tune DIR --budget 10m`` (skipped, with a note, where this checkout has no
   ``tune`` command).
 
+A tumour dataset has two cases and two folds (its ``splits_final.json``: fold 0 trains on the
+larger tumour and validates on the smaller, fold 1 the reverse); ``--folds`` picks which of them
+run (``data.fold``), each its own row ``<dataset> fold <k>``.
+
 It prints each row as its method ends, then one table (dataset x method: mean foreground test Dice,
 Dice per class, wall seconds), and writes the table to ``benchmarks/real_data.md``. The runs are kept under ``CACHE/runs/``.
 
@@ -27,6 +31,7 @@ Usage::
     python benchmarks/real_data.py                         # 3 datasets x 3 methods: 1 to 1.5 hours on 2 idle CPU cores
     python benchmarks/real_data.py --quick --methods monai,default     # a smoke run: 5 to 13 minutes on 2 CPU cores
     python benchmarks/real_data.py --datasets nuclei --epochs 20 --budget 5m --out /tmp/nuclei.md
+    python benchmarks/real_data.py --datasets brain_tumour,lung_tumour --folds 0,1   # both directions
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -110,11 +116,11 @@ def _baseline_crops(config, data) -> tuple[PatchSampler | None, tuple[int, int] 
     return sampler, tuple(patch)
 
 
-def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
-    """The plain MONAI script on the dataset in ``folder``: its test metrics and wall seconds
-    (data loading included, as in the CLI runs)."""
+def monai_baseline(folder: Path, epochs: int, seed: int, overrides: Sequence[str] = ()) -> Result:
+    """The plain MONAI script on the dataset in ``folder`` (``overrides``: ``data.fold=1``, say):
+    its test metrics and wall seconds (data loading included, as in the CLI runs)."""
     start = time.perf_counter()
-    config = data_config(str(folder), [f"seed={seed}"])
+    config = data_config(str(folder), [f"seed={seed}", *overrides])
     data = load_data(config)  # segtune's split, images, normalisation
     sampler, windows = _baseline_crops(config, data)
     torch.manual_seed(seed)
@@ -144,14 +150,17 @@ def monai_baseline(folder: Path, epochs: int, seed: int) -> Result:
     return Result(folder.name, "monai", test, time.perf_counter() - start, f"best val epoch, val Dice {best:.3f}{crops}")
 
 
-def segtune_command(method: str, folder: Path, out: Path, *, epochs: int, budget: str, seed: int) -> list[str]:
-    """The ``segtune`` command line of ``method`` (``default`` or ``tune``) on ``folder``."""
+def segtune_command(method: str, folder: Path, out: Path, *, epochs: int, budget: str, seed: int,
+                    overrides: Sequence[str] = ()) -> list[str]:
+    """The ``segtune`` command line of ``method`` (``default`` or ``tune``) on ``folder``, with
+    ``overrides`` (``KEY=VALUE``) set on the run or the tune's base."""
     segtune = [sys.executable, "-m", "segtune"]
     if method == "default":
         return [*segtune, "train", "--data", str(folder), "--set", f"train.epochs={epochs}", f"seed={seed}",
-                "--out", str(out), "--quiet"]
+                *overrides, "--out", str(out), "--quiet"]
     if method == "tune":
-        return [*segtune, "tune", str(folder), "--budget", budget, "--out", str(out), "--seed", str(seed)]
+        extra = ["--set", *overrides] if overrides else []
+        return [*segtune, "tune", str(folder), "--budget", budget, *extra, "--out", str(out), "--seed", str(seed)]
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -270,6 +279,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epochs of the monai and default runs (default 40; --quick 2)")
     parser.add_argument("--budget", help="wall-clock budget of each tune (default 10m; --quick 1m)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", default="0", help="comma-separated folds (data.fold) of the datasets with a "
+                                                     "splits_final.json, the tumours': 0 (default), 1, or 0,1")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="packages, datasets and runs")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs, a 1-minute tune")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "real_data.md")
@@ -277,6 +288,10 @@ def _arguments() -> argparse.Namespace:
     args.epochs = args.epochs or (QUICK["epochs"] if args.quick else 40)
     args.budget = args.budget or (QUICK["budget"] if args.quick else "10m")
     args.datasets, args.methods = args.datasets.split(","), args.methods.split(",")
+    try:
+        args.folds = [int(f) for f in args.folds.split(",")]
+    except ValueError:
+        parser.error(f"--folds {args.folds!r}: give fold numbers separated by commas, e.g. 0,1")
     for name, chosen, known in (("--datasets", args.datasets, DATASETS), ("--methods", args.methods, METHODS)):
         unknown = [c for c in chosen if c not in known]
         if unknown:
@@ -293,18 +308,22 @@ def main() -> None:
     results = []
     for name in args.datasets:
         folder = build_dataset(name, cache)
-        for method in args.methods:
-            print(f"{name}: {method} ...", flush=True)
-            if not available[method]:
-                result = Result(name, method, None, 0.0, f"skipped: this checkout has no `segtune {method}` command")
-            elif method == "monai":
-                result = monai_baseline(folder, args.epochs, args.seed)
-            else:
-                result = run_segtune(method, folder, runs / name / method, epochs=args.epochs, budget=args.budget,
-                                     seed=args.seed)
-            results.append(replace(result, dataset=name))
-            baseline = next((r for r in results if r.dataset == name and r.method == "monai"), None)
-            print(_cell(results[-1], baseline), flush=True)  # each row when it is measured: a long run's rows survive a stop
+        folds = args.folds if (folder / "splits_final.json").is_file() else [None]  # splits.json: one split
+        for fold in folds:
+            label, overrides = (name, []) if fold is None else (f"{name} fold {fold}", [f"data.fold={fold}"])
+            for method in args.methods:
+                print(f"{label}: {method} ...", flush=True)
+                if not available[method]:
+                    result = Result(name, method, None, 0.0, f"skipped: this checkout has no `segtune {method}` command")
+                elif method == "monai":
+                    result = monai_baseline(folder, args.epochs, args.seed, overrides)
+                else:
+                    out = runs / name / ("" if fold is None else f"fold{fold}") / method
+                    result = run_segtune(method, folder, out, epochs=args.epochs, budget=args.budget, seed=args.seed,
+                                         overrides=overrides)
+                results.append(replace(result, dataset=label))
+                baseline = next((r for r in results if r.dataset == label and r.method == "monai"), None)
+                print(_cell(results[-1], baseline), flush=True)  # each row when it is measured: a long run's rows survive a stop
     text = _table(results, args, time.perf_counter() - start)
     print(text)
     args.out.write_text(text + "\n")

@@ -9,9 +9,10 @@
   source archive (``data/brain1_image.nrrd``, ``brain1_label.nrrd``, ``brain2_*``: MRI;
   ``lung1_*``, ``lung2_*``: CT; label 1 is the tumour, 0.007 to 0.25 % of the voxels). Each
   becomes an nnU-Net raw dataset (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``,
-  ``dataset.json``) whose ``splits_final.json`` trains on the case with the larger tumour and
-  validates on the other (brain1 -> brain2, lung2 -> lung1); with two cases there is no third
-  to test on, so the test split is the val case. The volumes are stored with 5 to 6.5 mm
+  ``dataset.json``) whose ``splits_final.json`` holds two folds: fold 0 trains on the case with
+  the larger tumour and validates on the other (brain1 -> brain2, lung2 -> lung1), fold 1 the
+  reverse (``data.fold=1``); with two cases there is no third to test on, so the test split is
+  the val case. The volumes are stored with 5 to 6.5 mm
   between slices and 0.57 to 0.78 mm in plane, so they are cut along voxel axis 2 (axial),
   segtune's default.
 
@@ -247,7 +248,7 @@ def build_tumour(sdist: Path, out: Path, *, cases: tuple[str, str], modality: st
     Args:
         sdist: the ``pyradiomics-3.0.1.tar.gz`` holding ``data/<case>_image.nrrd`` and ``_label.nrrd``.
         out: the dataset folder to write.
-        cases: ``(train case, val case)``; the val case is also the test split.
+        cases: ``(train case, val case)`` of fold 0; fold 1 swaps them. The val case is also the test split.
         modality: the channel name for ``dataset.json`` (``MRI`` or ``CT``).
     """
     import nibabel as nib
@@ -269,7 +270,8 @@ def build_tumour(sdist: Path, out: Path, *, cases: tuple[str, str], modality: st
             "reference": "pyradiomics 3.0.1 test cases (data/ of its source archive)"}
     (out / "dataset.json").write_text(json.dumps(tree, indent=1) + "\n")
     train, val = cases
-    (out / "splits_final.json").write_text(json.dumps([{"train": [train], "val": [val]}], indent=1) + "\n")
+    folds = [{"train": [train], "val": [val]}, {"train": [val], "val": [train]}]  # fold 1: the reverse direction
+    (out / "splits_final.json").write_text(json.dumps(folds, indent=1) + "\n")
     _copy_licence(sdist, "LICENSE.txt", out, "pyradiomics 3.0.1 source archive, data/ (the package's "
                   "BSD 3-Clause licence; no separate data licence is shipped)")
 
@@ -291,10 +293,10 @@ DATASETS = {d.name: d for d in (
             "DSB 2018 nuclei image in the stardist wheel, 16 tiles of 128x128: 10 train, val 3, test 3"),
     Dataset("brain_tumour", "Dataset901_BrainTumour", "pyradiomics==3.0.1", True,
             lambda archive, out: build_tumour(archive, out, cases=("brain1", "brain2"), modality="MRI"),
-            "pyradiomics brain1/brain2 MRI: train brain1, val = test brain2"),
+            "pyradiomics brain1/brain2 MRI: fold 0 trains brain1, val = test brain2; fold 1 the reverse"),
     Dataset("lung_tumour", "Dataset902_LungTumour", "pyradiomics==3.0.1", True,
             lambda archive, out: build_tumour(archive, out, cases=("lung2", "lung1"), modality="CT"),
-            "pyradiomics lung1/lung2 CT: train lung2, val = test lung1"),
+            "pyradiomics lung1/lung2 CT: fold 0 trains lung2, val = test lung1; fold 1 the reverse"),
 )}
 
 

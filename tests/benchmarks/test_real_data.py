@@ -31,6 +31,12 @@ def test_commands_of_the_segtune_methods(tmp_path):
     tune = segtune_command("tune", tmp_path / "d", tmp_path / "out", epochs=7, budget="10m", seed=1)
     assert tune[-8:] == ["tune", str(tmp_path / "d"), "--budget", "10m", "--out", str(tmp_path / "out"), "--seed",
                          "1"]
+    on_fold = segtune_command("default", tmp_path / "d", tmp_path / "out", epochs=7, budget="10m", seed=1,
+                              overrides=["data.fold=1"])
+    assert on_fold[-7:-2] == ["--set", "train.epochs=7", "seed=1", "data.fold=1", "--out"]
+    tune_fold = segtune_command("tune", tmp_path / "d", tmp_path / "out", epochs=7, budget="10m", seed=1,
+                                overrides=["data.fold=1"])
+    assert tune_fold[-8:-2] == ["--budget", "10m", "--set", "data.fold=1", "--out", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="choose from monai, default, tune"):
         segtune_command("grid", tmp_path, tmp_path, epochs=1, budget="1m", seed=0)
 
@@ -78,7 +84,7 @@ def test_each_row_is_printed_when_its_method_ends(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(real_data, "build_dataset", lambda name, cache: tmp_path / name)
     monkeypatch.setattr(real_data, "_has_command", lambda name: True)
-    monkeypatch.setattr(real_data, "monai_baseline", lambda folder, epochs, seed: real_data.Result(
+    monkeypatch.setattr(real_data, "monai_baseline", lambda folder, epochs, seed, overrides: real_data.Result(
         folder.name, "monai", {"dice_mean": 0.25, "dice_per_class": {"background": 1.0, "tumour": 0.25}}, 1.0))
     monkeypatch.setattr(real_data, "run_segtune", run_segtune)
     monkeypatch.setattr(sys, "argv", ["real_data.py", "--datasets", "lung_tumour", "--methods", "monai,default",
@@ -87,3 +93,29 @@ def test_each_row_is_printed_when_its_method_ends(tmp_path, monkeypatch, capsys)
     printed = capsys.readouterr().out
     assert "| lung_tumour | default | 0.500 | +0.250 | tumour 0.500 | 2 |" in printed.splitlines()[0]  # before the table
     assert "| lung_tumour | default | 0.500 | +0.250 |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_dataset_with_folds_runs_each_fold_asked_for_as_its_own_row(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from benchmarks import real_data
+
+    folder = tmp_path / "lung_tumour"
+    folder.mkdir()
+    (folder / "splits_final.json").write_text("[]")
+    seen = []
+
+    def run_segtune(method, folder, out, **options):
+        seen.append((method, options["overrides"], out.parent.name))
+        return real_data.Result(folder.name, method, {"dice_mean": 0.5, "dice_per_class": {"background": 1.0,
+                                                                                         "tumour": 0.5}}, 2.0)
+
+    monkeypatch.setattr(real_data, "build_dataset", lambda name, cache: tmp_path / name)
+    monkeypatch.setattr(real_data, "_has_command", lambda name: True)
+    monkeypatch.setattr(real_data, "run_segtune", run_segtune)
+    monkeypatch.setattr(sys, "argv", ["real_data.py", "--datasets", "lung_tumour", "--methods", "default",
+                                      "--folds", "0,1", "--out", str(tmp_path / "table.md")])
+    real_data.main()
+    assert seen == [("default", ["data.fold=0"], "fold0"), ("default", ["data.fold=1"], "fold1")]
+    table = (tmp_path / "table.md").read_text()
+    assert "| lung_tumour fold 0 | default | 0.500 |" in table and "| lung_tumour fold 1 | default | 0.500 |" in table

@@ -136,7 +136,8 @@ def test_tumour_sdist_becomes_nnunet_raw_trained_on_one_case_and_tested_on_the_o
                  modality="CT")
     root = tmp_path / "tumour"
     assert json.loads((root / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
-    assert json.loads((root / "splits_final.json").read_text()) == [{"train": ["big"], "val": ["small"]}]
+    assert json.loads((root / "splits_final.json").read_text()) == [{"train": ["big"], "val": ["small"]},
+                                                                   {"train": ["small"], "val": ["big"]}]
     data = SOURCES.build("nifti", {"path": str(root)}, 0)
     assert data.class_names == ["background", "tumour"]
     assert data.info["cases"] == {"train": [["big", 4]], "val": [["small", 4]], "test": [["small", 4]]}
@@ -145,6 +146,8 @@ def test_tumour_sdist_becomes_nnunet_raw_trained_on_one_case_and_tested_on_the_o
     saved = nib.load(str(root / "imagesTr" / "big_0000.nii.gz"))
     assert np.array_equal(np.asarray(saved.dataobj), _volume(0)[0])
     assert np.allclose(np.diag(saved.affine)[:3], [-0.5, -0.5, 5.0])  # LPS written as RAS
+    reverse = SOURCES.build("nifti", {"path": str(root), "fold": 1}, 0)  # fold 1: the other direction
+    assert reverse.info["cases"] == {"train": [["small", 4]], "val": [["big", 4]], "test": [["big", 4]]}
 
 
 def test_build_dataset_builds_once_and_names_the_known_datasets(tmp_path, monkeypatch):
