@@ -310,21 +310,33 @@ def thread_lines(rows: list[tuple[str, str, float, str]]) -> list[str]:
     return lines
 
 
-def precision_lines(epochs: int) -> list[str]:
-    """The demo config (1 mm) trained for ``epochs`` in fp32 and in bf16 autocast: test Dice and s/epoch,
-    and what ``train.precision: auto`` chooses here."""
-    lines = ["", f"Precision: the demo config, {epochs} epochs, one seed each, the best epoch's weights:", "",
-             "| precision | s/epoch | test Dice | CSF / grey / white |", "|---|---|---|---|"]
-    for precision in ("fp32", "bf16", "auto"):
-        cfg = load_config(demo_config_path(), [f"train.epochs={epochs}", f"train.precision={precision}"])
-        with tempfile.TemporaryDirectory() as tmp:
-            result = train(cfg, out_dir=f"{tmp}/run", verbose=False)
-        test, chosen = result.summary["test"], result.summary["precision"]
-        label = precision if precision != "auto" else f"auto -> {chosen['precision']} ({chosen['source']})"
-        per_class = " / ".join(f"{v:.3f}" for v in list(test["dice_per_class"].values())[1:])
-        lines.append(f"| {label} | {sum(r['seconds'] for r in result.history) / len(result.history):.2f} | "
-                     f"{test['dice_mean']:.3f} | {per_class} |")
-    return lines
+def precision_lines(epochs: int, models: list[str], seeds: list[int]) -> list[str]:
+    """The demo config (1 mm) trained for ``epochs`` in fp32, in bf16 autocast and in what ``train.precision:
+    auto`` chooses here, with its own model (``monai_unet``) or another of :data:`MODELS` in its place, once
+    per seed: test Dice and s/epoch of each run, and the mean test Dice over the seeds."""
+    lines = ["", f"Precision: the demo config, {epochs} epochs, the best epoch's weights, seeds "
+             f"{', '.join(map(str, seeds))}:", "",
+             "| model | precision | seed | s/epoch | test Dice | CSF / grey / white |", "|---|---|---|---|---|---|"]
+    means = []
+    for model in models:
+        for precision in ("fp32", "bf16", "auto"):
+            tests = []
+            for seed in seeds:
+                changes = [f"train.epochs={epochs}", f"train.precision={precision}", f"seed={seed}"]
+                tree = load_config(demo_config_path(), changes).to_dict()
+                if model != "monai_unet":
+                    tree["model"] = MODELS[model]
+                with tempfile.TemporaryDirectory() as tmp:
+                    result = train(build_config(tree), out_dir=f"{tmp}/run", verbose=False)
+                test, chosen = result.summary["test"], result.summary["precision"]
+                label = precision if precision != "auto" else f"auto -> {chosen['precision']} ({chosen['source']})"
+                per_class = " / ".join(f"{v:.3f}" for v in list(test["dice_per_class"].values())[1:])
+                lines.append(f"| {model} | {label} | {seed} | "
+                             f"{sum(r['seconds'] for r in result.history) / len(result.history):.2f} | "
+                             f"{test['dice_mean']:.3f} | {per_class} |")
+                tests.append(test["dice_mean"])
+            means.append(f"{model} {precision}: mean test Dice {np.mean(tests):.3f}")
+    return lines + ["", "; ".join(means)]
 
 
 STEP_PARTS = {  # the profiler's operators, grouped by what they do in a training step
@@ -450,6 +462,9 @@ def main() -> None:
     parser.add_argument("--thread-repeats", type=int, default=3, help="runs of each thread setting, round robin")
     parser.add_argument("--precision-epochs", type=int, default=40,
                         help="epochs of the fp32 / bf16 / auto Dice check on the demo config; 0 skips it")
+    parser.add_argument("--precision-models", default="monai_unet,unet",
+                        help="models of the precision check: the demo config with each in place of its own")
+    parser.add_argument("--precision-seeds", default="0,1", help="the seeds of the precision check")
     parser.add_argument("--profile-steps", type=int, default=3,
                         help="training steps of each model profiled (where a step's time goes); 0 skips it")
     parser.add_argument("--out", default="benchmarks/throughput.md")
@@ -523,7 +538,8 @@ def main() -> None:
     lines += ["", *bars] if bars else []
     lines += [line for table in profiles for line in table]
     lines += thread_lines(threads) if threads else []
-    lines += precision_lines(args.precision_epochs) if args.precision_epochs else []
+    lines += precision_lines(args.precision_epochs, args.precision_models.split(","),
+                             [int(s) for s in args.precision_seeds.split(",")]) if args.precision_epochs else []
     lines += ["", "Measured peaks (GFLOP/s): " + (", ".join(
         f"{p} {k} {v:.0f}" for p, d in peaks.items() for k, v in d.items()) or "not measured (no model)"),
         f"Peak resident memory of this benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"]
