@@ -15,9 +15,10 @@ peak of its precision); where a training step's time goes (torch.profiler, ``--p
 `predict` speed, the cost of augmenting the training set (per-sample scipy against segtune's
 batched tensors), peak resident memory, and the final Dice check: the reference loop and
 segtune's default (at the reference's thread count) each train each model of ``--dice-models``
-for ``--dice-epochs`` epochs with each of ``--dice-seeds``, and their test Dice (segtune's mean
-at least the reference's less 0.01: the bar) and wall time are compared (the short throughput runs
-are too short to compare Dice);
+for ``--dice-epochs`` epochs with each of ``--dice-seeds``, each keeping the weights of its best
+validation epoch (``--dice-weights``; the last epoch's swing too much between seeds at a constant
+lr), and their test Dice (segtune's mean at least the reference's less 0.01: the bar) and wall
+time are compared (the short throughput runs are too short to compare Dice);
 ``segtune demo``, the main job, in a child process: its wall time and peak resident memory, and
 its wall time again beside one busy process; the thread settings idle and beside one busy
 process (child processes: segtune's default, every CPU but one with the passive wait, fixed;
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import resource
 import subprocess
@@ -97,15 +99,17 @@ def same_threads() -> list[str]:
     return [f"train.num_threads={torch.get_num_threads()}"]
 
 
-def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Module, float]:
-    """The hand-written loop: returns (train images/s, val Dice, model, first epoch's seconds)."""
+def reference_loop(cfg, data, epochs: int, *, keep_best: bool = False) -> tuple[float, float, torch.nn.Module, float]:
+    """The hand-written loop: returns (train images/s, val Dice, model, first epoch's seconds); with
+    ``keep_best`` it validates after every epoch (outside the timed seconds) and returns the weights of
+    its best validation epoch, as scripts written from MONAI's tutorials do."""
     torch.manual_seed(cfg.seed)
     loss_fn = LOSSES.build(cfg.loss.name, cfg.loss.options, data.n_classes)
     model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.options["lr"])
     ds = HandWrittenDataset(data.train.images.numpy(), data.train.masks.numpy(), cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=True)
-    n, seconds, first = 0, 0.0, 0.0
+    n, seconds, first, best = 0, 0.0, 0.0, (-1.0, None)
     for epoch in range(epochs):
         model.train()
         t = time.perf_counter()
@@ -117,6 +121,13 @@ def reference_loop(cfg, data, epochs: int) -> tuple[float, float, torch.nn.Modul
             n += len(x) if epoch else 0
         seconds += time.perf_counter() - t if epoch else 0.0  # epoch 0 is warm-up
         first = first or time.perf_counter() - t
+        if keep_best:
+            dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
+            if dice > best[0]:
+                best = (dice, copy.deepcopy(model.state_dict()))
+    if keep_best:
+        model.load_state_dict(best[1])
+        return n / seconds, best[0], model, first
     dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
     return n / seconds, dice, model, first
 
@@ -132,15 +143,16 @@ def segtune_loop(cfg, data, epochs: int) -> tuple[float, float, float]:
     return images * (epochs - 2) / seconds, result.summary["val"]["dice_mean"], result.history[0]["seconds"]
 
 
-def final_dice(tree: dict, data, epochs: int) -> list[tuple[str, float, float, float]]:
-    """Train to ``epochs`` with each loop: (label, test Dice, val Dice, wall seconds incl. validation)."""
+def final_dice(tree: dict, data, epochs: int, weights: str = "best") -> list[tuple[str, float, float, float]]:
+    """Train to ``epochs`` with each loop, each keeping the ``weights`` of its best validation epoch or of
+    its last: (label, test Dice, val Dice, wall seconds incl. validation)."""
     cfg = build_config(tree, [f"train.epochs={epochs}"])
     t = time.perf_counter()
-    _, val_dice, model, _ = reference_loop(cfg, data, epochs)
+    _, val_dice, model, _ = reference_loop(cfg, data, epochs, keep_best=weights == "best")
     ref = ("plain PyTorch (reference)", evaluate_split(model, data.test, data.class_names)["dice_mean"], val_dice,
            time.perf_counter() - t)
-    cfg = build_config(tree, [f"train.epochs={epochs}", "train.patience=0", "train.restore_best=false",
-                              *same_threads()])
+    cfg = build_config(tree, [f"train.epochs={epochs}", "train.patience=0",
+                              f"train.restore_best={str(weights == 'best').lower()}", *same_threads()])
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         summary = train(cfg, out_dir=f"{tmp}/run", data=data, verbose=False).summary
@@ -151,18 +163,18 @@ def final_dice(tree: dict, data, epochs: int) -> list[tuple[str, float, float, f
                   summary["val"]["dice_mean"], time.perf_counter() - t)]
 
 
-def dice_check(checks, epochs: int, seeds: list[int]) -> tuple[list[str], list[str]]:
+def dice_check(checks, epochs: int, seeds: list[int], weights: str = "best") -> tuple[list[str], list[str]]:
     """The final Dice check of each ``(model, tree, data)`` of ``checks``: the reference loop and segtune's
     default trained ``epochs`` epochs with each of ``seeds``; (the table's lines, one verdict per model: the
     mean test Dice of segtune's default at least the reference's less 0.01)."""
-    lines = ["", f"Final Dice check: {epochs} epochs, seeds {', '.join(map(str, seeds))}, the last epoch's weights, "
-             "test Dice over the held-out test slices.", "",
+    lines = ["", f"Final Dice check: {epochs} epochs, seeds {', '.join(map(str, seeds))}, the {weights} epoch's "
+             "weights of each loop (best: of its best validation epoch), test Dice over the held-out test slices.", "",
              "| model | seed | loop | test Dice | val Dice | wall s |", "|---|---|---|---|---|---|"]
     verdicts = []
     for model, tree, data in checks:
         tests: dict[int, list[float]] = {0: [], 1: []}  # reference, segtune
         for seed in seeds:
-            rows = final_dice({**tree, "seed": seed}, data, epochs)
+            rows = final_dice({**tree, "seed": seed}, data, epochs, weights)
             lines += [f"| {model} | {seed} | {label} | {test:.3f} | {val:.3f} | {sec:.0f} |"
                       for label, test, val, sec in rows]
             for i, (_, test, _, _) in enumerate(rows):
@@ -452,6 +464,8 @@ def main() -> None:
                         help="epochs of the final Dice check of each model in --dice-models; 0 skips it")
     parser.add_argument("--dice-seeds", default="0,1,2",
                         help="the seeds of the final Dice check, each a run of both loops")
+    parser.add_argument("--dice-weights", default="best", choices=["best", "last"],
+                        help="the final Dice check judges each loop's best validation epoch (default) or its last")
     parser.add_argument("--dice-models", default="unet,monai_unet",
                         help="the models of --models whose final Dice is checked (reference against segtune's default)")
     parser.add_argument("--no-demo", action="store_true", help="skip timing `segtune demo` and its peak memory")
@@ -532,7 +546,8 @@ def main() -> None:
         per_sample, batched = augment_seconds(build_config(tree), data)
         lines += ["", f"Augmenting the training set (rotation, shift, flip): per-sample scipy "
                   f"{1e3 * per_sample:.2f} ms per image, segtune batched tensors {1e3 * batched:.2f} ms per image."]
-        table, verdicts = dice_check(checks, args.dice_epochs, [int(s) for s in args.dice_seeds.split(",")])
+        table, verdicts = dice_check(checks, args.dice_epochs, [int(s) for s in args.dice_seeds.split(",")],
+                                     args.dice_weights)
         lines += table
         bars += verdicts
     lines += ["", *bars] if bars else []
