@@ -344,12 +344,12 @@ def decide(records: Sequence[TrialRecord], *, maximize: bool, tie: Tie, changes_
     Returns:
         The :class:`Decision`; its ``changes`` are empty where the base is kept.
     """
+    if race_end:
+        return Decision(index, name, "no_winner", {}, base, n_trials=len(records), race_end=race_end)
     # as best_trial: a finite objective (HD95 is inf where a class is never found: no winner, and no
     # paired test can take its differences)
     done = [r for r in records if can_be_best(r) and r.same_as is None]
     done.sort(key=lambda r: r.value, reverse=maximize)
-    if race_end:
-        return Decision(index, name, "no_winner", {}, base, n_trials=len(records), race_end=race_end)
     if not done:
         return Decision(index, name, "no_result", {}, base, n_trials=len(records))
     best, runner = done[0], (done[1] if len(done) > 1 else None)
