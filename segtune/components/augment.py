@@ -61,12 +61,16 @@ def random_flip(images: torch.Tensor, masks: torch.Tensor, generator: torch.Gene
 
 def random_affine(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, *,
                   degrees: float, translate: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate each image by up to ``degrees`` and shift it by up to ``translate`` of its size."""
-    n = images.shape[0]
+    """Rotate each image by up to ``degrees`` about its centre, in pixel space (a disc stays a disc on a
+    non-square image), and shift it by up to ``translate`` of its size."""
+    n, (h, w) = images.shape[0], images.shape[-2:]
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2  # grid coords span 2
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    # affine_grid's coordinates span [-1, 1] on both axes, so x is in units of w / 2 and y of h / 2: a
+    # rotation of pixels is S^-1 R S there, S = diag(w, h) / 2 (a plain R shears non-square images)
+    theta = torch.stack([torch.stack([cos, -sin * h / w, shift[:, 0]], 1),
+                         torch.stack([sin * w / h, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", padding_mode="zeros",

@@ -78,6 +78,35 @@ def test_combine_rotates_within_its_range():
     assert 0.85 < float(ratio) < 1.15
 
 
+def test_rotation_turns_pixels_not_the_grid_a_disc_stays_a_disc_on_a_non_square_image():
+    # affine_grid's coordinates are relative to each side; rotated there, a disc on a 40 x 64 image came
+    # out as an ellipse (at 90 degrees its height and width swapped by the side ratio, 1.6)
+    h, w, radius = 40, 64, 12
+    yy, xx = torch.meshgrid(torch.arange(h) - h / 2 + 0.5, torch.arange(w) - w / 2 + 0.5, indexing="ij")
+    masks = ((xx ** 2 + yy ** 2) < radius ** 2).long().expand(32, h, w).contiguous()
+    _, y = augment.random_affine(masks[:, None].float(), masks, torch.Generator().manual_seed(0),
+                                 degrees=90, translate=0)
+    for rotated in y:
+        rows, cols = torch.nonzero(rotated, as_tuple=True)
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert abs(height - 2 * radius) <= 1 and abs(width - 2 * radius) <= 1, (height, width)
+        assert abs(int(rotated.sum()) - int(masks[0].sum())) <= 0.03 * int(masks[0].sum())
+
+
+def test_a_quarter_turn_is_rot90_on_a_square_image_and_keeps_the_frame_on_a_non_square_one(monkeypatch):
+    # the angle is drawn as (u * 2 - 1) * degrees: u = 1 turns by +degrees; the shift's u = 0.5 is none
+    draws = iter([torch.ones(2), torch.full((2, 2), 0.5)] * 2)
+    monkeypatch.setattr(augment.torch, "rand", lambda *a, **k: next(draws))
+    _, masks = _batch(n=2, size=24)
+    _, y = augment.random_affine(masks[:, None].float(), masks, torch.Generator(), degrees=90, translate=0.1)
+    assert any(torch.equal(y, torch.rot90(masks, k, (1, 2))) for k in (1, -1))
+    wide = torch.zeros(2, 20, 40, dtype=torch.long)
+    wide[:, 8:12, 5:35] = 1  # a horizontal bar 30 long, 4 high: turned upright it is cut by the frame
+    _, y = augment.random_affine(wide[:, None].float(), wide, torch.Generator(), degrees=90, translate=0.1)
+    rows, cols = torch.nonzero(y[0], as_tuple=True)
+    assert int(cols.max() - cols.min() + 1) == 4 and int(rows.max() - rows.min() + 1) == 20
+
+
 @pytest.mark.parametrize("n_aug, augmenting, n_seen, n_augmented", [
     (2, True, 15, 10),   # each image once as it is plus 2 augmented copies: (1 + n_aug) x the data
     (0, True, 5, 5),     # no copies: every image is augmented on the fly
