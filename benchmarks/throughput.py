@@ -29,7 +29,7 @@ end and around each load, since other work on the machine changes every figure.
 
 Usage::
 
-    python benchmarks/throughput.py                  # everything: about 35 minutes on 2 idle cores with bf16
+    python benchmarks/throughput.py                  # everything: about an hour on 2 idle cores with bf16
                                                      # units (most of it the Dice check), longer without
     python benchmarks/throughput.py --models '' --dice-epochs 0 --no-demo --precision-epochs 0 \
         --profile-steps 0                            # the thread table only, about 4 minutes there
