@@ -17,7 +17,9 @@ generators, so the run itself draws the same numbers whether it timed or read th
 ``auto`` means on a CPU without timing: for machines whose load makes a timing meaningless, and for
 test suites, whose numbers must not depend on how busy the machine was when they first ran.
 
-On a CUDA GPU: bf16 where the GPU supports it, else fp16 (with the loss scaler); the configured
+On a CUDA GPU: bf16 where the GPU computes it in hardware (Ampere and later; torch's own check
+counts an emulated bf16 too, which a V100 or T4 runs several times slower), else fp16 (with the loss
+scaler); the configured
 memory format; no timing. On MPS: fp32. A set ``train.precision`` (fp32, bf16, fp16) is used as
 given, with the configured ``train.channels_last``.
 """
@@ -39,8 +41,8 @@ from segtune.data import SegData
 from segtune.errors import ConfigError
 from segtune.training.runtime import build_training, cpu_model, grad_scaler, run_samples, train_on_batches
 
-__all__ = ["BF16_MARGIN", "CACHE_ENV", "CHOICE_ENV", "Precision", "as_trained", "cache_path", "native_bf16",
-           "resolve_precision"]
+__all__ = ["BF16_MARGIN", "CACHE_ENV", "CHOICE_ENV", "Precision", "as_trained", "cache_path", "fastest",
+           "gpu_precision", "native_bf16", "resolve_precision"]
 
 CACHE_ENV = "SEGTUNE_CACHE_DIR"
 CHOICE_ENV = "SEGTUNE_PRECISION"  # what auto is on a CPU, without timing
@@ -112,8 +114,7 @@ def resolve_precision(config: Config, data: SegData, device: torch.device) -> tu
     if train.precision != "auto":
         choice = Precision(train.precision, train.channels_last, "set")
     elif device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-        choice = Precision("bf16" if bf16 else "fp16", train.channels_last, "device")
+        choice = Precision(gpu_precision(), train.channels_last, "device")
     elif device.type != "cpu":
         choice = Precision("fp32", train.channels_last, "device")
     elif os.environ.get(CHOICE_ENV):
@@ -122,6 +123,20 @@ def resolve_precision(config: Config, data: SegData, device: torch.device) -> tu
         choice = _cached_or_timed(config, data, device)
     resolved = train.model_copy(update={"precision": choice.precision, "channels_last": choice.channels_last})
     return config.model_copy(update={"train": resolved}), choice
+
+
+def gpu_precision() -> str:
+    """``auto`` on a CUDA GPU: bf16 where the GPU has bf16 units, else fp16 (never emulated bf16)."""
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
+def fastest(timings: dict[tuple[str, bool], float]) -> tuple[str, bool]:
+    """The ``(precision, channels_last)`` to train in from seconds per step of each candidate: the
+    fastest fp32 layout, unless a bf16 one is at least :data:`BF16_MARGIN` faster than it."""
+    best = min((t, p, cl) for (p, cl), t in timings.items() if p == "fp32")
+    fast = min((t, p, cl) for (p, cl), t in timings.items())
+    _, precision, channels_last = fast if fast[0] < (1 - BF16_MARGIN) * best[0] else best
+    return precision, channels_last
 
 
 def _from_environment(value: str) -> Precision:
@@ -162,9 +177,7 @@ def _cached_or_timed(config: Config, data: SegData, device: torch.device) -> Pre
             return Precision(cached["precision"], cached["channels_last"], "cached",
                              dict(cached.get("seconds_per_step") or {}))
         timings = _time_candidates(config, data, device)
-        best = min((t, p, cl) for (p, cl), t in timings.items() if p == "fp32")
-        fast = min((t, p, cl) for (p, cl), t in timings.items())
-        _, precision, channels_last = fast if fast[0] < (1 - BF16_MARGIN) * best[0] else best
+        precision, channels_last = fastest(timings)
         choice = Precision(precision, channels_last, "timed",
                            {f"{p}{'+channels_last' if cl else ''}": t for (p, cl), t in timings.items()})
         entries[key] = {k: v for k, v in asdict(choice).items() if k != "source"}

@@ -10,7 +10,9 @@ import yaml
 
 from segtune.config import build_config
 from segtune.training.loop import train
-from segtune.training.precision import CACHE_ENV, CHOICE_ENV, as_trained, cache_path, native_bf16
+import segtune.training.precision as precision_module
+from segtune.training.precision import (CACHE_ENV, CHOICE_ENV, as_trained, cache_path, fastest, gpu_precision,
+                                     native_bf16)
 
 from segtune.errors import ConfigError
 from tests.conftest import tiny_tree
@@ -43,6 +45,34 @@ def test_auto_is_timed_once_then_read_from_the_cache_and_trains_as_it_says(tmp_p
     cache_path().write_text(json.dumps(entries))
     third = train(cfg, out_dir=tmp_path / "c", verbose=False).summary["precision"]
     assert (third["precision"], third["channels_last"], third["source"]) == ("bf16", False, "cached")
+
+
+@pytest.mark.parametrize("timings, chosen", [
+    # bf16 with channels_last 0.15 s is more than 10 % under the best fp32 (0.18): taken
+    ({("fp32", False): 0.20, ("fp32", True): 0.18, ("bf16", False): 0.17, ("bf16", True): 0.15}, ("bf16", True)),
+    # 0.17 is only 6 % under 0.18: the best fp32 layout stays
+    ({("fp32", False): 0.20, ("fp32", True): 0.18, ("bf16", False): 0.17, ("bf16", True): 0.19}, ("fp32", True)),
+    ({("fp32", False): 0.10, ("fp32", True): 0.30, ("bf16", False): 0.50, ("bf16", True): 0.40}, ("fp32", False)),
+    ({("fp32", False): 0.30, ("fp32", True): 0.31}, ("fp32", False)),  # no bf16 units: fp32 only timed
+])
+def test_auto_trains_in_the_fastest_candidate_and_bf16_only_where_it_pays(tmp_path, monkeypatch, timings, chosen):
+    assert fastest(timings) == chosen
+    # and a run takes what its timing chose, with the timings in its summary
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(CHOICE_ENV, raising=False)
+    monkeypatch.setattr(precision_module, "_time_candidates", lambda config, data, device: timings)
+    summary = train(build_config(tiny_tree(train={"epochs": 1})), out_dir=tmp_path / "run", verbose=False).summary
+    assert (summary["precision"]["precision"], summary["precision"]["channels_last"]) == chosen
+    assert summary["precision"]["seconds_per_step"] == {
+        f"{p}{'+channels_last' if cl else ''}": t for (p, cl), t in timings.items()}
+
+
+def test_auto_on_a_gpu_never_takes_an_emulated_bf16(monkeypatch):
+    # torch's check counts an emulated bf16 unless told not to: a V100 or T4 would train in it, slowly
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert gpu_precision() == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert gpu_precision() == "bf16"
 
 
 @pytest.mark.parametrize("lines, native", [
@@ -96,7 +126,7 @@ def test_fp16_with_the_grad_scaler_trains_and_resumes_on_a_gpu(tmp_path):
 def test_auto_on_a_gpu_is_its_half_precision_without_timing(tmp_path):
     cfg = build_config(tiny_tree(), ["train.device=cuda"])
     choice = train(cfg, out_dir=tmp_path / "run", verbose=False).summary["precision"]
-    assert choice["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert choice["precision"] == ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
     assert choice["source"] == "device" and choice["seconds_per_step"] == {}
 
 
