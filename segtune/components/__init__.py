@@ -1,7 +1,8 @@
 """The swappable parts of a run, each in a registry: networks, losses, optimizers and schedules, augmentations.
 
 A config section names a registered component and sets its options (``segtune list`` shows them
-all); :mod:`segtune.registry` checks the options against the builder's signature.
+all); :mod:`segtune.registry` checks the options against the builder's signature. Beside them,
+:mod:`segtune.components.transfer` moves a batch's host draws to the device without a GPU stall.
 """
 
 from segtune.components.augment import AUGMENTATIONS

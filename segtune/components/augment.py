@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from segtune.components.transfer import to_device
 from segtune.registry import Registry
 
 __all__ = ["AUGMENTATIONS", "INTENSITY", "Augmentation", "combine", "flip", "none", "random_affine", "random_flip",
@@ -52,8 +53,9 @@ def random_flip(images: torch.Tensor, masks: torch.Tensor, generator: torch.Gene
     for enabled, dim in ((horizontal, -1), (vertical, -2)):
         if not enabled:
             continue
-        flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
-        if flip.any():
+        flip = torch.rand(images.shape[0], generator=generator) < 0.5
+        if flip.any():  # asked on the host, where it was drawn: no wait for the device
+            flip = to_device(flip, images.device)
             images = torch.where(flip[:, None, None, None], images.flip(dim), images)
             masks = torch.where(flip[:, None, None], masks.flip(dim), masks)
     return images, masks
@@ -71,7 +73,7 @@ def random_affine(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     # rotation of pixels is S^-1 R S there, S = diag(w, h) / 2 (a plain R shears non-square images)
     theta = torch.stack([torch.stack([cos, -sin * h / w, shift[:, 0]], 1),
                          torch.stack([sin * w / h, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(images.device, images.dtype), list(images.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta, images.device, images.dtype), list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)[:, 0].round().long()
@@ -90,12 +92,14 @@ def _around_one(shape: tuple[int, ...], low: float, high: float, generator: torc
 
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Each image blurred by a separable Gaussian of its own ``sigma`` (``(B,)``; radius 3 sigma, borders repeated)."""
+    """Each image blurred by a separable Gaussian of its own ``sigma`` (``(B,)``, on the host; radius 3 sigma,
+    borders repeated). The kernels are made on the host, so their size is known without asking the device."""
     b, c, h, w = images.shape
     radius = max(1, math.ceil(3 * float(sigma.max())))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=sigma.dtype)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K)
+    kernel = to_device(kernel, images.device, images.dtype)
     x = images.reshape(1, b * c, h, w)
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b * c)
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b * c)
@@ -122,33 +126,44 @@ def random_intensity(images: torch.Tensor, generator: torch.Generator, *, streng
     reproduces the whole stream."""
     b, c = images.shape[:2]
     per_channel = (b, c)
+    device = images.device
 
-    def chosen(name: str) -> torch.Tensor:
+    def chosen(name: str) -> torch.Tensor:  # on the CPU, where the draws are: asking it costs no device sync
         p = min(1.0, INTENSITY[name][0] * strength)
-        return (torch.rand(b, generator=generator) < p).to(images.device)[:, None, None, None]
+        return torch.rand(b, generator=generator) < p
 
-    def draws(name: str, shape: tuple[int, ...], around_one: bool = True) -> torch.Tensor:
+    def on(mask: torch.Tensor) -> torch.Tensor:
+        return to_device(mask, device)[:, None, None, None]
+
+    def draws(name: str, shape: tuple[int, ...], around_one: bool = True) -> torch.Tensor:  # on the host
         low, high = INTENSITY[name][1]
-        values = _around_one(shape, low, high, generator) if around_one else _uniform(shape, low, high, generator)
-        return values.to(images.device, images.dtype)
+        return _around_one(shape, low, high, generator) if around_one else _uniform(shape, low, high, generator)
 
-    on, std = chosen("noise"), draws("noise", (b,), around_one=False).sqrt()
-    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
-    images = torch.where(on, images + noise * std[:, None, None, None], images)
-    on, sigma = chosen("blur"), draws("blur", (b,), around_one=False)
-    if on.any():
-        images = torch.where(on, _blur(images, sigma), images)
-    on, factor = chosen("brightness"), draws("brightness", per_channel)
-    images = torch.where(on, images * factor[..., None, None], images)
-    on, factor = chosen("contrast"), draws("contrast", per_channel)
-    mean = images.mean((-2, -1), keepdim=True)
-    low, high = images.amin((-2, -1), keepdim=True), images.amax((-2, -1), keepdim=True)
-    contrasted = torch.minimum(torch.maximum((images - mean) * factor[..., None, None] + mean, low), high)
-    images = torch.where(on, contrasted, images)
+    def at(values: torch.Tensor) -> torch.Tensor:
+        return to_device(values, device, images.dtype)
+
+    mask, std = chosen("noise"), at(draws("noise", (b,), around_one=False).sqrt())
+    # the noise itself is drawn where the images are, from a seed of the stream (one draw whatever happens)
+    noise_seed = int(torch.randint(2**62, (1,), generator=generator))
+    if mask.any():
+        noise = torch.randn(images.shape, generator=torch.Generator(device).manual_seed(noise_seed), device=device,
+                            dtype=images.dtype)
+        images = torch.where(on(mask), images + noise * std[:, None, None, None], images)
+    mask, sigma = chosen("blur"), draws("blur", (b,), around_one=False)
+    if mask.any():
+        images = torch.where(on(mask), _blur(images, sigma), images)
+    mask, factor = chosen("brightness"), at(draws("brightness", per_channel))
+    images = torch.where(on(mask), images * factor[..., None, None], images)
+    mask, factor = chosen("contrast"), at(draws("contrast", per_channel))
+    if mask.any():
+        mean = images.mean((-2, -1), keepdim=True)
+        low, high = images.amin((-2, -1), keepdim=True), images.amax((-2, -1), keepdim=True)
+        contrasted = torch.minimum(torch.maximum((images - mean) * factor[..., None, None] + mean, low), high)
+        images = torch.where(on(mask), contrasted, images)
     for name in ("gamma_inverted", "gamma"):
-        on, gamma = chosen(name), draws(name, per_channel)
-        if on.any():
-            images = torch.where(on, _gamma(images, gamma, invert=name == "gamma_inverted"), images)
+        mask, gamma = chosen(name), at(draws(name, per_channel))
+        if mask.any():
+            images = torch.where(on(mask), _gamma(images, gamma, invert=name == "gamma_inverted"), images)
     return images
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from segtune.components.augment import AUGMENTATIONS
 from segtune.components.models import count_parameters, set_encoder_trainable
 from segtune.components.optim import build_scheduler
+from segtune.components.transfer import to_device
 from segtune.config import Config
 from segtune.data import SegData, Split
 from segtune.errors import TrainingDiverged
@@ -317,7 +318,7 @@ def _augmented_batches(run: _Run, index: torch.Tensor, flags: torch.Tensor,
         x, y = run.samples(idx, run.generator)
         if aug.any():
             ax, ay = run.augment(x, y, run.generator)
-            aug = aug.to(run.device)
+            aug = to_device(aug, run.device)
             x = torch.where(aug[:, None, None, None], ax, x)
             y = torch.where(aug[:, None, None], ay, y)
         yield x.contiguous(memory_format=fmt), y

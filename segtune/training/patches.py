@@ -42,6 +42,8 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from segtune.components.transfer import to_device
+
 __all__ = ["MAX_LOCATIONS", "WINDOW_OVERLAP", "ForegroundLocations", "PatchSampler", "TrainingSamples", "WholeImages",
            "foreground_locations", "oversampled", "pad_to", "window_logits"]
 
@@ -142,7 +144,7 @@ class WholeImages:
         self.images, self.masks = images.to(device), masks.to(device)
 
     def __call__(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index.to(self.images.device)
+        index = to_device(index, self.images.device)
         return self.images[index], self.masks[index]
 
 
@@ -196,11 +198,11 @@ class PatchSampler:
     def __call__(self, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Crops ``(B, C, h, w)`` and their masks ``(B, h, w)`` of images ``index`` ``(B,)``, on the device."""
         index = index.cpu()
-        corner = self.corners(index, generator).to(self.images.device)
+        corner = to_device(self.corners(index, generator), self.images.device)
         ph, pw = self.patch_size
         rows = (corner[:, :1] + torch.arange(ph, device=corner.device))[:, :, None]  # (B, ph, 1)
         cols = (corner[:, 1:] + torch.arange(pw, device=corner.device))[:, None, :]  # (B, 1, pw)
-        image = index.to(self.images.device)[:, None, None]
+        image = to_device(index, self.images.device)[:, None, None]
         x = self.images[image, :, rows, cols].permute(0, 3, 1, 2)  # advanced indices first: (B, ph, pw, C)
         return x.contiguous(), self.masks[image, rows, cols]
 

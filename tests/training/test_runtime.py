@@ -1,15 +1,20 @@
-"""The run-time set-up: the CPUs a process may use, and the OpenMP wait policy set at import."""
+"""The run-time set-up: the CPUs a process may use, the OpenMP wait policy set at import, and a GPU never
+kept waiting by the host between training batches."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
-
+from segtune.components.augment import AUGMENTATIONS
+from segtune.config import build_config
 from segtune.training import runtime
+from tests.conftest import tiny_tree
 
 
 def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(monkeypatch, tmp_path):
@@ -52,3 +57,40 @@ def test_epoch_tally_counts_as_confusion_counts_and_keeps_the_first_diverged_los
     calm = runtime.EpochTally(3, torch.device("cpu"), first_loss=2.0, divergence_factor=10.0)
     calm.add(logits, labels, torch.tensor(19.0))  # below 10 x the run's first loss, 2.0
     assert calm.diverged() is None
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"))])
+@pytest.mark.parametrize("patch_size", [None, [16, 16]])
+def test_training_batches_never_make_the_host_wait_for_a_gpu(device, patch_size):
+    # on a GPU every host read of a device value and every copy from pageable memory inside the batches
+    # (draws, augmentation with intensity, crops, step, tally) raises; on the CPU the same batches run
+    overrides = ["augment.name=combine", "augment.intensity=1", f"train.device={device}", "train.precision=bf16",
+                 "train.batch_size=4"] + ([f"train.patch_size={patch_size}"] if patch_size else [])
+    cfg = build_config(tiny_tree(), overrides)
+    data, dev = runtime.load_data(cfg), torch.device(device)
+    model, loss_fn, optimizer = runtime.build_training(cfg, data, dev)
+    samples = runtime.run_samples(cfg, data, dev)
+    augment = AUGMENTATIONS.build(cfg.augment.name, cfg.augment.options)
+    tally = runtime.EpochTally(data.n_classes, dev, first_loss=None, divergence_factor=10.0)
+    generator = torch.Generator().manual_seed(0)
+
+    def batches(n):
+        for _ in range(n):
+            x, y = samples(torch.randint(0, len(data.train), (4,), generator=generator), generator)
+            yield augment(x, y, generator)
+
+    step = {"model": model, "loss_fn": loss_fn, "optimizer": optimizer, "scaler": runtime.grad_scaler("bf16"),
+            "device": dev, "precision": "bf16"}
+    model.train()
+    runtime.train_on_batches(batches(1), **step)  # warm-up: the first step allocates and loads kernels
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        runtime.train_on_batches(batches(6), tally=tally, **step)
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert tally.samples == 24 and tally.diverged() is None and math.isfinite(tally.mean_loss())
+    assert int(tally.counts()[:, 2].sum()) == 24 * (16 * 16 if patch_size else 32 * 32)  # every pixel counted
