@@ -6,7 +6,9 @@ default memory format. segtune trains the same model on the same data with the s
 augmentation, loss and optimizer through ``segtune.training.loop`` (data resident as tensors, batched
 augmentation), in each memory format, in fp32 and bf16 autocast, and with ``torch.compile``
 (its one-off compile time is left out with the warm-up epoch; it is printed). Both run in this
-process, one after the other, so they see the same machine.
+process, one after the other, so they see the same machine, on its CUDA GPU where it has one (the
+reference copies each batch from its loader to it, as such scripts do); the step profile, the thread
+table and the augmentation cost are of the CPU.
 
 Also printed: FLOPs of one training step (torch.utils.flop_counter), achieved GFLOP/s against
 this machine's measured matmul and convolution peaks for the same precision, and per model the
@@ -64,8 +66,17 @@ from segtune.components.models import build_model
 from segtune.training.loop import train
 from segtune.study.records import best_trial
 from segtune.study.demo import demo_config_path
-from segtune.training.runtime import available_cpus, cpu_model, load_data
+from segtune.training.runtime import available_cpus, cpu_model, load_data, resolve_device
 from segtune.training.threads import default_threads
+
+DEVICE = resolve_device("auto")  # where both loops and the peaks run: a CUDA GPU where there is one, as segtune's
+
+
+def sync() -> None:
+    """Wait for the device's queued work before reading a clock (a GPU runs behind the host)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 
 MODELS = {
     "unet": {"name": "unet", "depth": 4, "base": 16},
@@ -105,7 +116,7 @@ def reference_loop(cfg, data, epochs: int, *, keep_best: bool = False) -> tuple[
     its best validation epoch, as scripts written from MONAI's tutorials do."""
     torch.manual_seed(cfg.seed)
     loss_fn = LOSSES.build(cfg.loss.name, cfg.loss.options, data.n_classes)
-    model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes)
+    model = build_model(cfg.model.name, cfg.model.options, data.in_channels, data.n_classes).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.options["lr"])
     ds = HandWrittenDataset(data.train.images.numpy(), data.train.masks.numpy(), cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0, drop_last=True)
@@ -114,21 +125,23 @@ def reference_loop(cfg, data, epochs: int, *, keep_best: bool = False) -> tuple[
         model.train()
         t = time.perf_counter()
         for x, y in loader:
+            x, y = x.to(DEVICE), y.to(DEVICE)  # as scripts do: each batch from the loader to the device
             loss = loss_fn(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             n += len(x) if epoch else 0
+        sync()
         seconds += time.perf_counter() - t if epoch else 0.0  # epoch 0 is warm-up
         first = first or time.perf_counter() - t
         if keep_best:
-            dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
+            dice = evaluate_split(model, data.val, data.class_names, device=DEVICE)["dice_mean"]
             if dice > best[0]:
                 best = (dice, copy.deepcopy(model.state_dict()))
     if keep_best:
         model.load_state_dict(best[1])
         return n / seconds, best[0], model, first
-    dice = evaluate_split(model, data.val, data.class_names)["dice_mean"]
+    dice = evaluate_split(model, data.val, data.class_names, device=DEVICE)["dice_mean"]
     return n / seconds, dice, model, first
 
 
@@ -149,7 +162,8 @@ def final_dice(tree: dict, data, epochs: int, weights: str = "best") -> list[tup
     cfg = build_config(tree, [f"train.epochs={epochs}"])
     t = time.perf_counter()
     _, val_dice, model, _ = reference_loop(cfg, data, epochs, keep_best=weights == "best")
-    ref = ("plain PyTorch (reference)", evaluate_split(model, data.test, data.class_names)["dice_mean"], val_dice,
+    ref = ("plain PyTorch (reference)", evaluate_split(model, data.test, data.class_names, device=DEVICE)["dice_mean"],
+           val_dice,
            time.perf_counter() - t)
     cfg = build_config(tree, [f"train.epochs={epochs}", "train.patience=0",
                               f"train.restore_best={str(weights == 'best').lower()}", *same_threads()])
@@ -438,9 +452,9 @@ def step_flops(cfg, data, precision: str) -> float:
 
 def peak_gflops(dtype: torch.dtype) -> dict[str, float]:
     """Measured peaks: a 2048^3 matmul and a 64->64 3x3 convolution (channels_last), the fastest of 8 runs."""
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
-    x = torch.randn(16, 64, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    a, b = (torch.randn(2048, 2048, dtype=dtype, device=DEVICE) for _ in range(2))
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(DEVICE, dtype, memory_format=torch.channels_last)
+    x = torch.randn(16, 64, 128, 128, dtype=dtype, device=DEVICE).contiguous(memory_format=torch.channels_last)
     out = {}
     for name, fn, flops in (("matmul", lambda: a @ b, 2 * 2048**3),
                             ("conv", lambda: conv(x), 2 * 16 * 64 * 64 * 9 * 128 * 128)):
@@ -448,8 +462,10 @@ def peak_gflops(dtype: torch.dtype) -> dict[str, float]:
         with torch.no_grad():
             fn()
             for _ in range(8):  # the fastest of 8: a peak, not an average over other processes' noise
+                sync()
                 t = time.perf_counter()
                 fn()
+                sync()
                 best = min(best, time.perf_counter() - t)
         out[name] = flops / best / 1e9
     return out
@@ -486,7 +502,8 @@ def main() -> None:
 
     started = time.perf_counter()
     lines = [f"# Training throughput ({date.today()}, {cpu_model()}, {available_cpus()} CPUs, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {_loadavg()} at the start)",
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {_loadavg()} at the start; "
+             f"both loops and the peaks on {torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else 'the CPU'})",
              "", "`" + " ".join(["python", *sys.argv]) + "`", "",
              f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
              f"| model | loop | train img/s | x reference | val Dice after {args.epochs} epochs | GFLOP/s "
@@ -533,7 +550,7 @@ def main() -> None:
                     f"{100 * share:.0f} % of the {precision} convolution peak: the bars (at least 1.5x and 50 %) are "
                     + ("met" if speed / ref_speed >= 1.5 and share >= 0.5 else "NOT met"))
         t = time.perf_counter()
-        predict_labels(ref_model, data.test.images, batch_size=16)
+        predict_labels(ref_model, data.test.images, batch_size=16, device=DEVICE)
         lines.append(f"| {model} | predict (inference_mode) | {len(data.test) / (time.perf_counter() - t):.1f} | | | | | |")
         lines.append(f"| {model} | FLOPs per training image | fp32 {flops['fp32'] / 1e9:.1f} G | | | | | |")
         if args.profile_steps:
