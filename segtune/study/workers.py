@@ -323,10 +323,14 @@ def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: st
         run_worker(spec, space, study_dir=study_dir, storage=storage, num_threads=num_threads,
                    seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
     else:
+        visible = _visible_gpus()
+        if visible and n_workers > workers_per_gpu * len(visible):
+            print(f"note: {n_workers} workers on {len(visible)} GPU(s) at --workers-per-gpu {workers_per_gpu}: "
+                  f"some GPUs get more than {workers_per_gpu} (round again); raise --workers-per-gpu to say so, "
+                  f"or run fewer workers", file=sys.stderr, flush=True)
         _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
                               num_threads=num_threads, overrides=overrides, progress=progress,
-                              gpus=gpu_assignment(n_workers, workers_per_gpu, _visible_gpus()),
-                              worker_args=worker_args)
+                              gpus=gpu_assignment(n_workers, workers_per_gpu, visible), worker_args=worker_args)
     return study
 
 

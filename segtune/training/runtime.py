@@ -89,13 +89,23 @@ def available_cpus() -> int:
     ``--cpus``), at least 1. ``os.cpu_count()`` counts the machine's, which a container or ``taskset``
     may not give; more threads than CPUs make each barrier wait for a descheduled thread."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return max(cpus, 1)
-    if quota != "max":
-        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    quota = _cgroup_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
     return max(cpus, 1)
+
+
+def _cgroup_quota() -> float | None:
+    """The cgroup's CPU quota in CPUs: cgroup v2's ``cpu.max`` (``150000 100000``: 1.5), else v1's
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (a quota of -1: none); None without a quota."""
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    return None
 
 
 def cpu_model() -> str:

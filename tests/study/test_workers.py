@@ -458,7 +458,13 @@ def test_worker_processes_get_one_gpu_each_and_the_mapping_is_printed(tmp_path, 
     path = write_study(tmp_path, epochs=1, space={"optimizer.lr": [0.01, 0.003]})
     run_study(path, study_dir=tmp_path / "out", n_workers=4, workers_per_gpu=2)
     assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["0", "0", "1", "1"]
-    assert "GPUs: worker 1 -> GPU 0, worker 2 -> GPU 0, worker 3 -> GPU 1, worker 4 -> GPU 1" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "GPUs: worker 1 -> GPU 0, worker 2 -> GPU 0, worker 3 -> GPU 1, worker 4 -> GPU 1" in out.out
+    assert "round again" not in out.err
+    started.clear()
+    run_study(path, study_dir=tmp_path / "out", n_workers=3, workers_per_gpu=1)  # 3 workers, 2 places
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in started] == ["0", "1", "0"]
+    assert "note: 3 workers on 2 GPU(s) at --workers-per-gpu 1: some GPUs get more than 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--workers-per-gpu must be at least 1, got 0"):
         run_study(path, study_dir=tmp_path / "out", n_workers=2, workers_per_gpu=0)
 

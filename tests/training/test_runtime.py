@@ -29,6 +29,20 @@ def test_available_cpus_is_the_affinity_mask_capped_by_the_cgroup_quota(monkeypa
     assert runtime.available_cpus() == 4
 
 
+def test_a_cgroup_v1_quota_caps_the_cpus_too(monkeypatch, tmp_path):
+    # a container's --cpus on a cgroup v1 host: cpu.cfs_quota_us over cpu.cfs_period_us, no cpu.max
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    files = {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": tmp_path / "quota", "/sys/fs/cgroup/cpu/cpu.cfs_period_us":
+             tmp_path / "period", "/sys/fs/cgroup/cpu.max": tmp_path / "absent"}
+    (tmp_path / "quota").write_text("250000\n")
+    (tmp_path / "period").write_text("100000\n")
+    real = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: files.get(p, real(p)))
+    assert runtime.available_cpus() == 3  # 2.5 CPUs
+    (tmp_path / "quota").write_text("-1\n")  # no quota: the mask
+    assert runtime.available_cpus() == 8
+
+
 @pytest.mark.slow  # starts two interpreters that import segtune
 def test_import_sets_a_passive_openmp_wait_unless_the_user_set_one():
     code = "import segtune, os; print(os.environ['OMP_WAIT_POLICY'])"
