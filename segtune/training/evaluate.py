@@ -12,6 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
+from segtune.components.transfer import to_device
 from segtune.config import Config
 from segtune.data import Split
 from segtune.training.distances import DistanceSettings
@@ -85,11 +86,12 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def batches(split: Split, batch_size: int, device: torch.device, channels_last: bool):
-    """Yield ``(images, masks)`` batches of ``split`` in order, moved to ``device``."""
+    """Yield ``(images, masks)`` batches of ``split`` in order, moved to ``device`` (without a GPU stall:
+    :func:`~segtune.components.transfer.to_device`)."""
     fmt = memory_format(channels_last)
     for i in range(0, len(split), batch_size):
-        x = split.images[i:i + batch_size].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        yield x, split.masks[i:i + batch_size].to(device, non_blocking=True)
+        x = to_device(split.images[i:i + batch_size], device).contiguous(memory_format=fmt)
+        yield x, to_device(split.masks[i:i + batch_size], device)
 
 
 def image_logits(model: nn.Module, images: torch.Tensor, *, patch_size: tuple[int, int] | None, batch_size: int,
@@ -137,22 +139,23 @@ def evaluate_split(model: nn.Module, split: Split, class_names: list[str], *, lo
     per-epoch validations do not (they cost a distance transform per case and class).
     """
     model.eval()
-    counts = torch.zeros(len(class_names), 3, dtype=torch.int64)
-    total_loss, n = 0.0, 0
+    # the sums stay on the device and are read once, after the last batch: no host wait per batch
+    counts = torch.zeros(len(class_names), 3, dtype=torch.int64, device=device)
+    total_loss, n = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device), 0
     predicted = []
     for x, y in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):
             logits = image_logits(model, x, patch_size=patch_size, batch_size=batch_size, channels_last=channels_last)
         if loss_fn is not None:
-            total_loss += float(loss_fn(logits, y)) * len(x)
+            total_loss += loss_fn(logits, y).detach().to(total_loss.dtype) * len(x)
             n += len(x)
         labels = labels_from_logits(logits)
-        counts += confusion_counts(labels, y, len(class_names)).cpu()
+        counts += confusion_counts(labels, y, len(class_names))
         if split.cases is not None:
-            predicted.append(labels.to(torch.uint8 if len(class_names) <= 256 else torch.int64).cpu())
-    result = summarize(counts, class_names)
+            predicted.append(labels.to(torch.uint8 if len(class_names) <= 256 else torch.int64))
+    result = summarize(counts.cpu(), class_names)
     if split.cases is not None:
-        result = {**result, **case_scores(torch.cat(predicted).long(), split, class_names, distances)}
+        result = {**result, **case_scores(torch.cat(predicted).cpu().long(), split, class_names, distances)}
     if loss_fn is not None:
-        result = {"loss": total_loss / max(n, 1), **result}
+        result = {"loss": float(total_loss) / max(n, 1), **result}
     return result

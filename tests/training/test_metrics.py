@@ -35,6 +35,15 @@ def test_counts_add_up_across_batches():
     assert torch.equal(whole, parts)
 
 
+def test_counts_are_per_class_definitions_and_labels_above_the_classes_count_only_in_the_totals():
+    g = torch.Generator().manual_seed(1)
+    for k, high in [(1, 1), (2, 2), (4, 4), (3, 5)]:  # (3, 5): labels 3 and 4 are not classes
+        pred, true = torch.randint(0, high, (3, 7, 5), generator=g), torch.randint(0, high, (3, 7, 5), generator=g)
+        expected = [[int(((pred == c) & (true == c)).sum()), int((pred == c).sum()), int((true == c).sum())]
+                    for c in range(k)]
+        assert confusion_counts(pred, true, k).tolist() == expected
+
+
 def test_summary_means_over_foreground_only():
     counts = torch.tensor([[10, 10, 10], [1, 2, 2], [0, 1, 1]])  # dice: 1.0, 0.5, 0.0
     s = summarize(counts, ["bg", "a", "b"])

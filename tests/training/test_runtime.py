@@ -108,3 +108,36 @@ def test_training_batches_never_make_the_host_wait_for_a_gpu(device, patch_size)
             torch.cuda.set_sync_debug_mode("default")
     assert tally.samples == 24 and tally.diverged() is None and math.isfinite(tally.mean_loss())
     assert int(tally.counts()[:, 2].sum()) == 24 * (16 * 16 if patch_size else 32 * 32)  # every pixel counted
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"))])
+def test_an_evaluation_reads_its_sums_once_whatever_its_batches(device):
+    # the same metrics in 6 batches as in 2; on a GPU as many host waits (the final reads) for both
+    import warnings
+
+    from segtune.training.evaluate import evaluate_split
+
+    cfg = build_config(tiny_tree(), [f"train.device={device}", "train.precision=bf16"])
+    data, dev = runtime.load_data(cfg), torch.device(device)
+    model, loss_fn, _ = runtime.build_training(cfg, data, dev)
+    split = data.train  # 16 images
+
+    def evaluated(batch_size):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = evaluate_split(model, split, data.class_names, loss_fn=loss_fn, batch_size=batch_size,
+                                        device=dev, precision="bf16")
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+        return result, sum("synchroniz" in str(w.message) for w in caught)
+
+    (few, few_waits), (many, many_waits) = evaluated(8), evaluated(3)
+    # the same pixels counted (a logit tie broken otherwise by another batch's kernels moves a Dice by 1e-4)
+    assert few["dice_per_class"] == pytest.approx(many["dice_per_class"], abs=1e-3)
+    assert many_waits == few_waits
