@@ -33,6 +33,7 @@ from segtune.data import SOURCES, SegData
 from segtune.data.cases import prepare_cases
 from segtune.errors import ConfigError
 from segtune.training.evaluate import autocast, labels_from_logits, memory_format
+from segtune.training.metrics import confusion_counts
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 from segtune.training.threads import Threads
 
@@ -283,7 +284,7 @@ class EpochTally:
     def __init__(self, n_classes: int, device: torch.device, *, first_loss: float | None,
                  divergence_factor: float | None) -> None:
         self.n_classes, self.factor = n_classes, divergence_factor
-        self.joint = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+        self.totals = torch.zeros(n_classes, 3, dtype=torch.int64, device=device)  # as confusion_counts
         self.first = None if first_loss is None else torch.tensor(first_loss, device=device)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
         self.bad_loss = torch.zeros((), device=device)  # the first diverged batch's loss, once ``bad``
@@ -302,9 +303,7 @@ class EpochTally:
         self.bad |= bad
         self.loss_sum += loss * len(targets)
         self.samples += len(targets)
-        pred = labels_from_logits(outputs).reshape(-1)
-        # scatter_add, not bincount: bincount reads its maximum to the host, a wait on a GPU
-        self.joint.scatter_add_(0, targets.reshape(-1).long() * self.n_classes + pred, torch.ones_like(pred))
+        self.totals += confusion_counts(labels_from_logits(outputs), targets, self.n_classes)  # on the device
 
     def mean_loss(self) -> float:
         """The mean loss per sample of the batches added; one host read."""
@@ -317,5 +316,4 @@ class EpochTally:
     def counts(self) -> torch.Tensor:
         """Per-class ``(intersection, predicted, true)`` pixel counts on the host, as
         :func:`~segtune.training.metrics.confusion_counts` gives them."""
-        joint = self.joint.reshape(self.n_classes, self.n_classes).cpu()  # rows: true class, columns: predicted
-        return torch.stack([joint.diagonal(), joint.sum(0), joint.sum(1)], 1)
+        return self.totals.cpu()
