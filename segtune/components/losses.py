@@ -196,8 +196,8 @@ class SwitchingLoss(nn.Module):
         self.lam, self.threshold, self.ce_weight = lam, threshold, ce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        foreground = (target > 0).float().mean()
-        w = self.lam if foreground < self.threshold else 1.0 - self.lam
+        foreground = (target > 0).float().mean()  # on the device: the switch is a where, not a host read
+        w = torch.where(foreground < self.threshold, self.lam, 1.0 - self.lam)
         loss = w * self.dice(logits, target) + (1.0 - w) * self.inverse(logits, target)
         if self.ce_weight:
             loss = loss + self.ce_weight * self.ce(logits, target)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from segtune.components.augment import AUGMENTATIONS
+from segtune.components.losses import LOSSES
 from segtune.config import build_config
 from segtune.training import runtime
 from tests.conftest import tiny_tree
@@ -75,13 +76,14 @@ def test_epoch_tally_counts_as_confusion_counts_and_keeps_the_first_diverged_los
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"))])
-@pytest.mark.parametrize("patch_size", [None, [16, 16]])
-def test_training_batches_never_make_the_host_wait_for_a_gpu(device, patch_size):
+@pytest.mark.parametrize("loss, patch_size", [(name, None) for name in LOSSES.names()] + [("dice_ce", [16, 16])])
+def test_training_batches_never_make_the_host_wait_for_a_gpu(device, loss, patch_size):
     # on a GPU every host read of a device value and every copy from pageable memory inside the batches
-    # (draws, augmentation with intensity, crops, step, tally) raises; on the CPU the same batches run
+    # (draws, augmentation with intensity, crops, loss, step, tally) raises; on the CPU the same batches run
     overrides = ["augment.name=combine", "augment.intensity=1", f"train.device={device}", "train.precision=bf16",
-                 "train.batch_size=4"] + ([f"train.patch_size={patch_size}"] if patch_size else [])
-    cfg = build_config(tiny_tree(), overrides)
+                 "train.batch_size=4", f"loss.name={loss}"] + ([f"train.patch_size={patch_size}"] if patch_size else [])
+    binary = "bce" in loss  # the sigmoid losses take a binary task
+    cfg = build_config(tiny_tree(), overrides + (["data.n_classes=2"] if binary else []))
     data, dev = runtime.load_data(cfg), torch.device(device)
     model, loss_fn, optimizer = runtime.build_training(cfg, data, dev)
     samples = runtime.run_samples(cfg, data, dev)
