@@ -78,6 +78,10 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def _device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "the CPU"
+
+
 MODELS = {
     "unet": {"name": "unet", "depth": 4, "base": 16},
     "monai_unet": {"name": "monai_unet", "channels": [16, 32, 64, 128], "num_res_units": 2},
@@ -162,9 +166,8 @@ def final_dice(tree: dict, data, epochs: int, weights: str = "best") -> list[tup
     cfg = build_config(tree, [f"train.epochs={epochs}"])
     t = time.perf_counter()
     _, val_dice, model, _ = reference_loop(cfg, data, epochs, keep_best=weights == "best")
-    ref = ("plain PyTorch (reference)", evaluate_split(model, data.test, data.class_names, device=DEVICE)["dice_mean"],
-           val_dice,
-           time.perf_counter() - t)
+    test_dice = evaluate_split(model, data.test, data.class_names, device=DEVICE)["dice_mean"]
+    ref = ("plain PyTorch (reference)", test_dice, val_dice, time.perf_counter() - t)
     cfg = build_config(tree, [f"train.epochs={epochs}", "train.patience=0",
                               f"train.restore_best={str(weights == 'best').lower()}", *same_threads()])
     t = time.perf_counter()
@@ -503,7 +506,7 @@ def main() -> None:
     started = time.perf_counter()
     lines = [f"# Training throughput ({date.today()}, {cpu_model()}, {available_cpus()} CPUs, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {_loadavg()} at the start; "
-             f"both loops and the peaks on {torch.cuda.get_device_name(DEVICE) if DEVICE.type == 'cuda' else 'the CPU'})",
+             f"both loops and the peaks on {_device_name()})",
              "", "`" + " ".join(["python", *sys.argv]) + "`", "",
              f"Demo data at {args.spacing} mm, batch 16, flip + rotation + shift augmentation, Dice+CE, Adam.", "",
              f"| model | loop | train img/s | x reference | val Dice after {args.epochs} epochs | GFLOP/s "

@@ -21,7 +21,7 @@ from segtune.training.patches import window_logits
 
 __all__ = ["autocast", "batches", "case_scores", "evaluate_split", "final_distances", "image_logits",
            "predict_probabilities", "score_labels", "labels_from_logits", "memory_format",
-           "predict_labels"]
+           "predict_labels", "wide_dtype"]
 
 
 def case_scores(pred: torch.Tensor, split: Split, class_names: list[str],
@@ -78,6 +78,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         raise ValueError(f"autocast: precision {precision!r} is not fp32, bf16 or fp16; resolve train.precision first")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a loss sum on ``device``: float64, or float32 on MPS (no float64 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -141,7 +146,7 @@ def evaluate_split(model: nn.Module, split: Split, class_names: list[str], *, lo
     model.eval()
     # the sums stay on the device and are read once, after the last batch: no host wait per batch
     counts = torch.zeros(len(class_names), 3, dtype=torch.int64, device=device)
-    total_loss, n = torch.zeros((), dtype=torch.float64 if device.type != "mps" else torch.float32, device=device), 0
+    total_loss, n = torch.zeros((), dtype=wide_dtype(device), device=device), 0
     predicted = []
     for x, y in batches(split, batch_size, device, channels_last):
         with autocast(device, precision):

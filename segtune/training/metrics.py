@@ -16,8 +16,8 @@ import torch
 from segtune.data import CaseSpan
 from segtune.training.distances import DISTANCE_METRICS, DistanceSettings, case_distances
 
-__all__ = ["case_means", "confusion_counts", "dice_from_counts", "dice_per_class", "dice_table_rows", "iou_from_counts",
-           "per_case_metrics", "summarize"]
+__all__ = ["case_means", "confusion_counts", "counts_from_joint", "dice_from_counts", "dice_per_class", "dice_table_rows",
+           "iou_from_counts", "joint_counts", "per_case_metrics", "summarize"]
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -34,15 +34,23 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -
         >>> confusion_counts(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 2).tolist()
         [[1, 1, 2], [1, 2, 1]]
     """
-    # one joint count of (true, predicted) pairs, labels above the classes pooled in a last row and column
-    # that only the totals see: scatter_add, not bincount or a boolean index, which read a size to the
-    # host (a wait on a GPU); on a CPU about as fast (2 to 3 ms for 16 x 160 x 192 labels)
+    return counts_from_joint(joint_counts(pred, target, n_classes), n_classes)
+
+
+def joint_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The ``(n_classes + 1, n_classes + 1)`` count of (true, predicted) label pairs, on their device; labels
+    above the classes pooled in the last row and column, which only the totals of
+    :func:`counts_from_joint` see. One ``scatter_add``, not ``bincount`` or a boolean index, which read a
+    size to the host (a wait on a GPU); on a CPU about as fast (2 to 3 ms for 16 x 160 x 192 labels)."""
     n = n_classes + 1
     pred, target = pred.reshape(-1).long().clamp_max(n_classes), target.reshape(-1).long().clamp_max(n_classes)
     joint = torch.zeros(n * n, dtype=torch.int64, device=pred.device)
-    joint = joint.scatter_add_(0, target * n + pred, torch.ones_like(pred)).reshape(n, n)
-    inter = joint.diagonal()[:n_classes]
-    return torch.stack([inter, joint[:, :n_classes].sum(0), joint[:n_classes].sum(1)], 1)
+    return joint.scatter_add_(0, target * n + pred, torch.ones_like(pred)).reshape(n, n)
+
+
+def counts_from_joint(joint: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """:func:`confusion_counts` from a (sum of) :func:`joint_counts`."""
+    return torch.stack([joint.diagonal()[:n_classes], joint[:, :n_classes].sum(0), joint[:n_classes].sum(1)], 1)
 
 
 def dice_from_counts(counts: torch.Tensor) -> torch.Tensor:

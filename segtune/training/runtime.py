@@ -32,8 +32,8 @@ from segtune.config import Config, TrainConfig
 from segtune.data import SOURCES, SegData
 from segtune.data.cases import prepare_cases
 from segtune.errors import ConfigError
-from segtune.training.evaluate import autocast, labels_from_logits, memory_format
-from segtune.training.metrics import confusion_counts
+from segtune.training.evaluate import autocast, labels_from_logits, memory_format, wide_dtype
+from segtune.training.metrics import counts_from_joint, joint_counts
 from segtune.training.patches import PatchSampler, TrainingSamples, WholeImages
 from segtune.training.threads import Threads
 
@@ -247,7 +247,7 @@ def train_on_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, mo
             it stops the epoch (the LR range test's divergence).
         tally: adds each batch's outputs, targets and loss on the device (see :class:`EpochTally`).
     """
-    total = torch.zeros((), dtype=_wide(device), device=device)
+    total = torch.zeros((), dtype=wide_dtype(device), device=device)
     count = 0
     for x, y in batches:
         with autocast(device, precision):
@@ -262,11 +262,6 @@ def train_on_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, mo
             count += len(x)
         backward_step(loss, optimizer, scaler)
     return None if tally is not None else float(total) / max(count, 1)
-
-
-def _wide(device: torch.device) -> torch.dtype:
-    """The dtype of a loss sum on ``device``: float64, or float32 on MPS (no float64 there)."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 class EpochTally:
@@ -284,11 +279,11 @@ class EpochTally:
     def __init__(self, n_classes: int, device: torch.device, *, first_loss: float | None,
                  divergence_factor: float | None) -> None:
         self.n_classes, self.factor = n_classes, divergence_factor
-        self.totals = torch.zeros(n_classes, 3, dtype=torch.int64, device=device)  # as confusion_counts
+        self.joint = torch.zeros(n_classes + 1, n_classes + 1, dtype=torch.int64, device=device)  # joint_counts
         self.first = None if first_loss is None else torch.tensor(first_loss, device=device)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
         self.bad_loss = torch.zeros((), device=device)  # the first diverged batch's loss, once ``bad``
-        self.loss_sum = torch.zeros((), dtype=_wide(device), device=device)  # over the samples added
+        self.loss_sum = torch.zeros((), dtype=wide_dtype(device), device=device)  # over the samples added
         self.samples = 0
 
     def add(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
@@ -303,7 +298,7 @@ class EpochTally:
         self.bad |= bad
         self.loss_sum += loss * len(targets)
         self.samples += len(targets)
-        self.totals += confusion_counts(labels_from_logits(outputs), targets, self.n_classes)  # on the device
+        self.joint += joint_counts(labels_from_logits(outputs), targets, self.n_classes)  # on the device
 
     def mean_loss(self) -> float:
         """The mean loss per sample of the batches added; one host read."""
@@ -316,4 +311,4 @@ class EpochTally:
     def counts(self) -> torch.Tensor:
         """Per-class ``(intersection, predicted, true)`` pixel counts on the host, as
         :func:`~segtune.training.metrics.confusion_counts` gives them."""
-        return self.totals.cpu()
+        return counts_from_joint(self.joint.cpu(), self.n_classes)
