@@ -142,28 +142,30 @@ def random_intensity(images: torch.Tensor, generator: torch.Generator, *, streng
     def at(values: torch.Tensor) -> torch.Tensor:
         return to_device(values, device, images.dtype)
 
-    mask, std = chosen("noise"), at(draws("noise", (b,), around_one=False).sqrt())
-    # the noise itself is drawn where the images are, from a seed of the stream (one draw whatever happens)
-    noise_seed = int(torch.randint(2**62, (1,), generator=generator))
+    # every transform draws its choice and values on the host whatever happens (the stream stays the same);
+    # only a transform some image takes moves them to the device and computes
+    mask, var = chosen("noise"), draws("noise", (b,), around_one=False)
+    noise_seed = int(torch.randint(2**62, (1,), generator=generator))  # the noise is drawn where the images are
     if mask.any():
         noise = torch.randn(images.shape, generator=torch.Generator(device).manual_seed(noise_seed), device=device,
                             dtype=images.dtype)
-        images = torch.where(on(mask), images + noise * std[:, None, None, None], images)
+        images = torch.where(on(mask), images + noise * at(var.sqrt())[:, None, None, None], images)
     mask, sigma = chosen("blur"), draws("blur", (b,), around_one=False)
     if mask.any():
         images = torch.where(on(mask), _blur(images, sigma), images)
-    mask, factor = chosen("brightness"), at(draws("brightness", per_channel))
-    images = torch.where(on(mask), images * factor[..., None, None], images)
-    mask, factor = chosen("contrast"), at(draws("contrast", per_channel))
+    mask, factor = chosen("brightness"), draws("brightness", per_channel)
+    if mask.any():
+        images = torch.where(on(mask), images * at(factor)[..., None, None], images)
+    mask, factor = chosen("contrast"), draws("contrast", per_channel)
     if mask.any():
         mean = images.mean((-2, -1), keepdim=True)
         low, high = images.amin((-2, -1), keepdim=True), images.amax((-2, -1), keepdim=True)
-        contrasted = torch.minimum(torch.maximum((images - mean) * factor[..., None, None] + mean, low), high)
+        contrasted = torch.minimum(torch.maximum((images - mean) * at(factor)[..., None, None] + mean, low), high)
         images = torch.where(on(mask), contrasted, images)
     for name in ("gamma_inverted", "gamma"):
-        mask, gamma = chosen(name), at(draws(name, per_channel))
+        mask, gamma = chosen(name), draws(name, per_channel)
         if mask.any():
-            images = torch.where(on(mask), _gamma(images, gamma, invert=name == "gamma_inverted"), images)
+            images = torch.where(on(mask), _gamma(images, at(gamma), invert=name == "gamma_inverted"), images)
     return images
 
 

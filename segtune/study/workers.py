@@ -324,10 +324,7 @@ def run_loaded(spec: StudySpec, space: Space, path: str | Path, *, study_dir: st
                    seed=spec.seed, verbose=verbose, progress=progress, cache=cache)
     else:
         visible = _visible_gpus()
-        if visible and n_workers > workers_per_gpu * len(visible):
-            print(f"note: {n_workers} workers on {len(visible)} GPU(s) at --workers-per-gpu {workers_per_gpu}: "
-                  f"some GPUs get more than {workers_per_gpu} (round again); raise --workers-per-gpu to say so, "
-                  f"or run fewer workers", file=sys.stderr, flush=True)
+        _note_gpus(n_workers, workers_per_gpu, visible)
         _run_worker_processes(path, study_dir=study_dir, storage=storage, n_workers=n_workers,
                               num_threads=num_threads, overrides=overrides, progress=progress,
                               gpus=gpu_assignment(n_workers, workers_per_gpu, visible), worker_args=worker_args)
@@ -348,6 +345,13 @@ def _note_threads(num_threads: int, n_workers: int, progress: bool) -> None:
         print(f"note: {n_workers} worker(s) x {num_threads} thread(s), the study's count, exceed the "
               f"{available_cpus()} CPUs this process may use: trials run slower than with fewer workers",
               file=sys.stderr, flush=True)
+
+
+def _note_gpus(n_workers: int, workers_per_gpu: int, visible: list[str]) -> None:
+    if visible and n_workers > workers_per_gpu * len(visible):
+        print(f"note: {n_workers} workers on {len(visible)} GPU(s) at --workers-per-gpu {workers_per_gpu}: "
+              f"some GPUs get more than {workers_per_gpu} (round again); raise --workers-per-gpu to say so, "
+              f"or run fewer workers", file=sys.stderr, flush=True)
 
 
 def _run_worker_processes(path: str | Path, *, study_dir: Path, storage: str | None, n_workers: int,
